@@ -1,0 +1,46 @@
+"""Datasets held as normalised tensors, a fixed validation split, and fast mini-batches.
+
+Importing this package registers every dataset in :data:`DATASETS`.
+"""
+
+from prunelab.data import cifar, digits, mnist, synthetic  # noqa: F401 - registers the datasets
+from prunelab.data.augment import cifar_augment
+from prunelab.data.base import (
+    DATASETS,
+    Dataset,
+    DatasetInfo,
+    DatasetLoader,
+    RawData,
+    Split,
+    dataset_status,
+    load_dataset,
+    register_loader,
+    split_indices,
+)
+from prunelab.data.download import download
+from prunelab.data.idx import read_idx, write_idx
+from prunelab.data.loader import TensorLoader
+from prunelab.data.locate import cache_dir, cache_root, candidate_dirs, find_data, ways_to_get
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DatasetInfo",
+    "DatasetLoader",
+    "RawData",
+    "Split",
+    "TensorLoader",
+    "cache_dir",
+    "cache_root",
+    "candidate_dirs",
+    "cifar_augment",
+    "dataset_status",
+    "download",
+    "find_data",
+    "load_dataset",
+    "read_idx",
+    "register_loader",
+    "split_indices",
+    "ways_to_get",
+    "write_idx",
+]

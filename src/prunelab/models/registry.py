@@ -1,0 +1,158 @@
+"""The model registry and :func:`build_model`, the one way experiments obtain a network.
+
+Every factory takes ``(num_classes, input_shape)`` so that a config file naming a model, a dataset
+and a seed fully determines the initial weights, which lottery-ticket rewinding depends on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunelab.errors import SpecError
+from prunelab.models.init import INITS, initialise
+from prunelab.registry import Registry
+
+InputShape = tuple[int, int, int]
+ModelFactory = Callable[[int, InputShape], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the registry knows about a model: how to build it and which inputs it accepts."""
+
+    factory: ModelFactory
+    family: str
+    default_init: str
+    description: str
+    min_size: int = 1
+    """Smallest height and width the model accepts; below it pooling shrinks the map to nothing."""
+
+    @property
+    def supported_input(self) -> str:
+        if self.min_size <= 1:
+            return "any C x H x W"
+        return f"C x H x W with H, W >= {self.min_size}"
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model(
+    name: str, family: str, default_init: str, description: str, *, min_size: int = 1
+) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator registering a factory ``f(num_classes, input_shape) -> nn.Module`` under ``name``.
+
+    The built module must have an ``output_layer`` attribute naming its final ``nn.Linear``.
+    """
+    if default_init not in INITS:
+        raise ValueError(f"model {name!r}: unknown default init {default_init!r}")
+
+    def decorator(factory: ModelFactory) -> ModelFactory:
+        MODELS.add(name, ModelEntry(factory, family, default_init, description, min_size))
+        return factory
+
+    return decorator
+
+
+def model_names() -> list[str]:
+    """Registered model names, in registration order."""
+    return MODELS.names()
+
+
+def _check_num_classes(num_classes: object) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise SpecError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return num_classes
+
+
+def _normalise_shape(input_shape: object) -> InputShape:
+    if (
+        not isinstance(input_shape, Sequence)
+        or len(input_shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_shape)
+    ):
+        raise SpecError(
+            f"input_shape must be three positive integers (channels, height, width), got {input_shape!r}"
+        )
+    return (input_shape[0], input_shape[1], input_shape[2])
+
+
+def _fits(entry: ModelEntry, shape: InputShape) -> bool:
+    return min(shape[1:]) >= entry.min_size
+
+
+def _check_output_layer(name: str, model: nn.Module, num_classes: int) -> None:
+    layer_name = getattr(model, "output_layer", None)
+    layer = dict(model.named_modules()).get(layer_name) if isinstance(layer_name, str) else None
+    if not isinstance(layer, nn.Linear) or layer.out_features != num_classes:
+        raise TypeError(
+            f"model {name!r}: output_layer={layer_name!r} is not a Linear with {num_classes} outputs"
+        )
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int = 10,
+    input_shape: InputShape = (1, 28, 28),
+    init: str | None = None,
+    seed: int | None = None,
+) -> nn.Module:
+    """Build and initialise the registered model ``name``.
+
+    ``init`` defaults to the family's scheme. With ``seed`` the weights depend on the seed alone
+    and the global RNG state is left untouched, so building a model mid-run does not perturb
+    data shuffling. Raises ``UnknownNameError`` for unknown model or init names and ``SpecError``
+    for a malformed ``num_classes``/``input_shape`` or a shape the model cannot take.
+    """
+    entry = MODELS.get(name)
+    scheme = entry.default_init if init is None else init
+    INITS.get(scheme)  # fail on a bad name before any (possibly slow) construction
+    num_classes = _check_num_classes(num_classes)
+    shape = _normalise_shape(input_shape)
+    if not _fits(entry, shape):
+        raise SpecError(
+            f"model {name!r} cannot take input shape {shape}: its pooling needs "
+            f"height and width >= {entry.min_size} (it accepts {entry.supported_input})"
+        )
+
+    def make() -> nn.Module:
+        return initialise(entry.factory(num_classes, shape), scheme)
+
+    if seed is None:
+        model = make()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = make()
+    _check_output_layer(name, model, num_classes)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Total number of parameter elements (weights, biases and norm affines)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_models(
+    input_shape: InputShape = (1, 28, 28), num_classes: int = 10
+) -> list[tuple[str, str, int | None, str]]:
+    """``(name, family, num_params, description)`` per model, for ``prunelab models``.
+
+    Models are built on the meta device (no memory, no RNG draws), so this is fast even for the
+    large ones. ``num_params`` is ``None`` for a model that cannot take ``input_shape``.
+    """
+    num_classes = _check_num_classes(num_classes)
+    shape = _normalise_shape(input_shape)
+    rows: list[tuple[str, str, int | None, str]] = []
+    for name, entry in MODELS.items():
+        num_params = None
+        if _fits(entry, shape):
+            with torch.device("meta"):
+                num_params = count_parameters(entry.factory(num_classes, shape))
+        rows.append((name, entry.family, num_params, entry.description))
+    return rows

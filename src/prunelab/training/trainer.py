@@ -1,0 +1,286 @@
+"""The masked trainer: whole datasets as tensors, fused optimizers, masks enforced exactly.
+
+Pruned weights are zero before training starts and their gradients are zeroed before every
+optimizer step. With zero gradients from the start, SGD (momentum, Nesterov, weight decay), Adam and
+AdamW all leave those weights at exactly zero and their optimizer state at exactly zero, so the forward
+pass needs no mask multiply and a masked epoch costs the same as a dense one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunelab.data import Dataset, Split, cifar_augment
+from prunelab.errors import CheckpointError, SpecError
+from prunelab.pruning.mask import Mask
+from prunelab.seeding import derive_seed
+from prunelab.training.config import TrainConfig
+from prunelab.training.device import resolve_device
+from prunelab.training.optim import build_optimizer
+from prunelab.training.schedule import build_schedule
+
+EVAL_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """Metrics at one evaluation point; train metrics average the iterations since the last one."""
+
+    iteration: int
+    epoch: float
+    lr: float
+    train_loss: float | None
+    train_acc: float | None
+    val_loss: float | None
+    val_acc: float | None
+    test_loss: float
+    test_acc: float
+
+
+@dataclass
+class TrainResult:
+    history: list[EvalRecord]
+    iterations: int
+    wall_time: float
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def final(self) -> EvalRecord:
+        return self.history[-1]
+
+    @property
+    def early_stop(self) -> EvalRecord:
+        """The evaluation with minimum validation loss: the lottery-ticket papers' learning-speed measure."""
+        with_val = [r for r in self.history if r.val_loss is not None]
+        return min(with_val, key=lambda r: r.val_loss) if with_val else self.final
+
+    @property
+    def early_stop_iteration(self) -> int:
+        return self.early_stop.iteration
+
+    def summary(self) -> dict:
+        best = self.early_stop
+        return {
+            "iterations": self.iterations,
+            "wall_time": self.wall_time,
+            "final": asdict(self.final),
+            "early_stop_iteration": best.iteration,
+            "early_stop": asdict(best),
+        }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` (eval mode, restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    for i in range(0, len(split), batch_size):
+        xb, yb = split.x[i : i + batch_size], split.y[i : i + batch_size]
+        out = model(xb).float()
+        loss += F.cross_entropy(out, yb, reduction="sum").double()
+        correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = max(1, len(split))
+    return float(loss) / n, float(correct) / n
+
+
+class Trainer:
+    """Trains one model on one dataset; its state can be checkpointed at epoch ends and resumed exactly."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        cfg: TrainConfig,
+        *,
+        mask: Mask | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        if cfg.bf16 and self.device.type != "cuda":
+            raise SpecError("bf16 autocast is a GPU option; it needs --device cuda (or auto on a GPU machine)")
+        self.data = data.to(self.device)
+        self.model = model.to(self.device)
+        self.mask = mask
+        if mask is not None:
+            mask.apply(self.model)  # checks that the mask fits
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, "data-order"))
+        self.rng_state = torch.Generator().manual_seed(derive_seed(seed, "dropout")).get_state()
+        self.optimizer = build_optimizer(self.model.parameters(), cfg, self.device)
+        self.batches_per_epoch = -(-len(self.data.train) // cfg.batch_size)
+        self.total = cfg.total_iterations(self.batches_per_epoch)
+        self.eval_interval = cfg.eval_interval(self.batches_per_epoch)
+        self.schedule = build_schedule(cfg, self.batches_per_epoch)
+        self.augment = data.info.augment if cfg.augment is None else cfg.augment
+        self.iteration = 0
+        self.history: list[EvalRecord] = []
+        self.wall_time = 0.0
+        self._masked = self._mask_pairs()
+
+    # ---------------------------------------------------------------------------------------
+    def _mask_pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        if self.mask is None:
+            return []
+        params = dict(self.model.named_parameters())
+        return [
+            (params[n], m.to(self.device, params[n].dtype))
+            for n, m in self.mask.items()
+            if not bool(m.all())
+        ]
+
+    def _set_lr(self, it: int) -> float:
+        lr = self.cfg.lr * self.schedule.factor(it)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: weights, optimizer, RNG states, history."""
+        return {
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "iteration": self.iteration,
+            "generator": self.generator.get_state(),
+            "rng": self.rng_state,
+            "history": [asdict(r) for r in self.history],
+            "wall_time": self.wall_time,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.iteration = int(state["iteration"])
+            self.generator.set_state(state["generator"])
+            self.rng_state = state["rng"]
+            self.history = [EvalRecord(**r) for r in state["history"]]
+            self.wall_time = float(state["wall_time"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"training checkpoint does not fit this run: {exc}") from None
+
+    # ---------------------------------------------------------------------------------------
+    def _record(self, lr: float, train_loss: torch.Tensor, correct: torch.Tensor, seen: int) -> None:
+        val_loss = val_acc = None
+        if len(self.data.val):
+            val_loss, val_acc = evaluate(self.model, self.data.val)
+        test_loss, test_acc = evaluate(self.model, self.data.test)
+        self.history.append(
+            EvalRecord(
+                iteration=self.iteration,
+                epoch=self.iteration / self.batches_per_epoch,
+                lr=lr,
+                train_loss=float(train_loss) / seen if seen else None,
+                train_acc=float(correct) / seen if seen else None,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                test_loss=test_loss,
+                test_acc=test_acc,
+            )
+        )
+
+    def run(
+        self,
+        *,
+        on_epoch_end: Callable[[Trainer], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        snapshot_at: Iterable[int] = (),
+    ) -> TrainResult:
+        """Train to the configured length; ``on_epoch_end`` is the place to checkpoint."""
+        snapshot_at = set(snapshot_at)
+        snapshots: dict[int, dict[str, torch.Tensor]] = {}
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.rng_state)
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed(derive_seed(self.seed, "dropout-cuda") + self.iteration)
+            self.model.train()
+            if self.iteration == 0 and not self.history:
+                self._snapshot(snapshots, snapshot_at)
+                self._record(self._set_lr(0), torch.zeros(()), torch.zeros(()), 0)
+            while self.iteration < self.total:
+                start = time.perf_counter()
+                self._epoch(snapshots, snapshot_at, on_progress)
+                self.rng_state = torch.get_rng_state()
+                self.wall_time += time.perf_counter() - start
+                if on_epoch_end is not None:
+                    on_epoch_end(self)
+        return TrainResult(self.history, self.iteration, self.wall_time, snapshots)
+
+    def _snapshot(self, snapshots: dict, wanted: set[int]) -> None:
+        if self.iteration in wanted:
+            snapshots[self.iteration] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def _epoch(self, snapshots: dict, snapshot_at: set[int], on_progress) -> None:
+        """One pass over a fresh permutation (or fewer iterations at the end of training)."""
+        train, bs, device = self.data.train, self.cfg.batch_size, self.device
+        perm = torch.randperm(len(train), generator=self.generator).to(device)
+        xs, ys = train.x[perm], train.y[perm]
+        model, opt, masked = self.model, self.optimizer, self._masked
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
+        constant_lr = self.cfg.schedule == "constant" and self.schedule.warmup == 0
+        lr = self._set_lr(self.iteration)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        steps = min(self.batches_per_epoch, self.total - self.iteration)
+        for b in range(steps):
+            xb, yb = xs[b * bs : (b + 1) * bs], ys[b * bs : (b + 1) * bs]
+            if self.augment:
+                xb = cifar_augment(xb, self.generator)
+            if not constant_lr:
+                lr = self._set_lr(self.iteration)
+            with autocast:
+                out = model(xb)
+                loss = F.cross_entropy(out.float(), yb)
+            loss.backward()
+            if masked:
+                pairs = [(p.grad, m) for p, m in masked if p.grad is not None]
+                torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss_sum += loss.detach() * len(yb)
+            correct += (out.detach().argmax(1) == yb).sum()
+            seen += len(yb)
+            self.iteration += 1
+            if snapshot_at:
+                self._snapshot(snapshots, snapshot_at)
+            if self.iteration % self.eval_interval == 0 or self.iteration == self.total:
+                self._record(lr, loss_sum, correct, seen)
+                self._check_mask()
+                loss_sum.zero_()
+                correct.zero_()
+                seen = 0
+            if on_progress is not None and (b % 50 == 49 or b == steps - 1):
+                on_progress(self.iteration, self.total)
+
+    def _check_mask(self) -> None:
+        """Invariant: pruned weights are exactly zero. A failure is a bug in prunelab, not user error."""
+        for p, m in self._masked:
+            if bool((p.detach()[m == 0] != 0).any()):
+                raise AssertionError("a pruned weight became non-zero during training")
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig | None = None,
+    *,
+    mask: Mask | None = None,
+    seed: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+    snapshot_at: Iterable[int] = (),
+) -> TrainResult:
+    """Train ``model`` (in place) and return its metrics history."""
+    trainer = Trainer(model, data, cfg or TrainConfig(epochs=1), mask=mask, seed=seed)
+    return trainer.run(on_progress=on_progress, snapshot_at=snapshot_at)
