@@ -82,9 +82,9 @@ def test_val_size_zero_and_too_large(tmp_path):
     assert (len(ds.train), len(ds.val)) == (N_TRAIN, 0)
     assert ds.val.x.shape == (0, 1, 28, 28)
     for bad in (N_TRAIN, N_TRAIN + 1, -1):
-        with pytest.raises(DataError, match="validation size"):
+        with pytest.raises(DataError, match=r"validation size"):
             load_dataset("mnist", data_dir=tmp_path, val_size=bad)
-    with pytest.raises(DataError, match="validation size 5000"):  # the default does not fit 60 images
+    with pytest.raises(DataError, match=r"validation size 5000"):  # the default does not fit 60 images
         load_dataset("mnist", data_dir=tmp_path)
 
 
@@ -151,7 +151,7 @@ def test_missing_data_lists_places_and_ways(tmp_path):
 
 def test_missing_fashion_mentions_debian_package(tmp_path, monkeypatch):
     monkeypatch.setattr(FashionMnist, "system_dirs", (tmp_path / "no-such-dir",))
-    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist") as info:
+    with pytest.raises(DataError, match=r"apt-get install dataset-fashion-mnist") as info:
         load_dataset("fashion-mnist")
     assert str(tmp_path / "no-such-dir") in str(info.value)
 
@@ -159,7 +159,7 @@ def test_missing_fashion_mentions_debian_package(tmp_path, monkeypatch):
 def test_incomplete_folder_is_not_found(tmp_path):
     fake_mnist(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match=r"not found"):
         load_dataset("mnist", data_dir=tmp_path)
 
 
@@ -182,7 +182,7 @@ def test_count_mismatch_names_files(tmp_path):
 def test_label_out_of_range_names_file(tmp_path):
     fake_mnist(tmp_path)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", torch.full((N_TEST,), 12, dtype=torch.uint8), gzip=True)
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz holds label 12"):
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz holds label 12"):
         load_dataset("mnist", data_dir=tmp_path, val_size=1)
 
 
@@ -190,14 +190,16 @@ def test_truncated_file_through_load(tmp_path):
     fake_mnist(tmp_path, compress=False)
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(DataError, match="train-images-idx3-ubyte is truncated"):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte is truncated"):
         load_dataset("mnist", data_dir=tmp_path, val_size=1)
 
 
 def test_wrong_image_size(tmp_path):
     fake_mnist(tmp_path)
-    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", torch.zeros(N_TEST, 32, 32, dtype=torch.uint8), gzip=True)
-    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz holds images of 32x32"):
+    write_idx(
+        tmp_path / "t10k-images-idx3-ubyte.gz", torch.zeros(N_TEST, 32, 32, dtype=torch.uint8), gzip=True
+    )
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz holds images of 32x32"):
         load_dataset("mnist", data_dir=tmp_path, val_size=1)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunelab.data import load_dataset
+from prunelab.data import dataset_status, load_dataset
 from prunelab.data.unpickle import safe_unpickle
 from prunelab.errors import DataError
 
@@ -30,7 +30,8 @@ def batches(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(seed)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     return {
-        n: (rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8), rng.integers(0, 10, PER_BATCH)) for n in names
+        n: (rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8), rng.integers(0, 10, PER_BATCH))
+        for n in names
     }
 
 
@@ -60,10 +61,15 @@ class Py2Pickler(pickle._Pickler):
 
 
 def write_py(folder: Path, data: dict, py2: bool = False) -> Path:
-    """Python batches: a dict with bytes keys; ``py2`` imitates the official files (protocol 2, numpy.core)."""
+    """Python batches: dicts with bytes keys; ``py2`` imitates the official files (protocol 2, numpy.core)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, (pixels, labels) in data.items():
-        batch = {b"batch_label": b"x", b"labels": [int(v) for v in labels], b"data": pixels, b"filenames": [b"a"]}
+        batch = {
+            b"batch_label": b"x",
+            b"labels": [int(v) for v in labels],
+            b"data": pixels,
+            b"filenames": [b"a"],
+        }
         if py2:
             buffer = io.BytesIO()
             Py2Pickler(buffer, protocol=2).dump(batch)
@@ -79,7 +85,9 @@ def expected(data: dict) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(pixels).float().div(255).reshape(-1, 3, 32, 32)
     mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
     std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
-    return (x - mean) / std, torch.from_numpy(np.concatenate([data[f"data_batch_{i}"][1] for i in range(1, 6)]))
+    return (x - mean) / std, torch.from_numpy(
+        np.concatenate([data[f"data_batch_{i}"][1] for i in range(1, 6)])
+    )
 
 
 def full(ds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,8 +101,12 @@ def full(ds) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_binary_and_python_versions_agree(tmp_path):
     data = batches()
-    bin_ds = load_dataset("cifar10", write_bin(tmp_path / "a" / "cifar-10-batches-bin", data).parent, val_size=10)
-    py_ds = load_dataset("cifar10", write_py(tmp_path / "b" / "cifar-10-batches-py", data).parent, val_size=10)
+    bin_ds = load_dataset(
+        "cifar10", write_bin(tmp_path / "a" / "cifar-10-batches-bin", data).parent, val_size=10
+    )
+    py_ds = load_dataset(
+        "cifar10", write_py(tmp_path / "b" / "cifar-10-batches-py", data).parent, val_size=10
+    )
     assert (len(bin_ds.train), len(bin_ds.val), len(bin_ds.test)) == (90, 10, 20)
     for a, b in ((bin_ds.train, py_ds.train), (bin_ds.val, py_ds.val), (bin_ds.test, py_ds.test)):
         assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
@@ -141,7 +153,7 @@ def test_unpickler_refuses_other_globals(tmp_path):
     path.write_bytes(pickle.dumps({b"data": [1, 2.5, b"x"], "n": None}, protocol=4))
     assert safe_unpickle(path) == {b"data": [1, 2.5, b"x"], "n": None}
     path.write_bytes(b"\x80\x04garbage")
-    with pytest.raises(DataError, match="not a readable pickle"):
+    with pytest.raises(DataError, match=r"not a readable pickle"):
         safe_unpickle(path)
 
 
@@ -149,7 +161,7 @@ def test_binary_size_not_multiple_of_record(tmp_path):
     folder = write_bin(tmp_path / "cifar-10-batches-bin", batches())
     path = folder / "data_batch_2.bin"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(DataError, match="data_batch_2.bin holds .* not a whole number of 3073-byte"):
+    with pytest.raises(DataError, match=r"data_batch_2.bin holds .* not a whole number of 3073-byte"):
         load_dataset("cifar10", folder, val_size=0)
 
 
@@ -182,6 +194,10 @@ def test_archive_extracted_into_cache(tmp_path):
     folder = write_bin(tmp_path / "src" / "cifar-10-batches-bin", data)
     (tmp_path / "dl").mkdir()
     make_archive(tmp_path / "dl" / "cifar-10-binary.tar.gz", folder)
+    assert dataset_status("cifar10", tmp_path / "dl") == (
+        True,
+        f"{tmp_path / 'dl' / 'cifar-10-binary.tar.gz'} (archive, extracted on first load)",
+    )
     ds = load_dataset("cifar10", tmp_path / "dl", val_size=0)
     extracted = tmp_path / "cache" / "prunelab" / "datasets" / "cifar10" / "cifar-10-batches-bin"
     assert sorted(p.name for p in extracted.iterdir())[0] == "data_batch_1.bin"
@@ -198,7 +214,7 @@ def test_archive_path_traversal_refused(tmp_path, name):
     member = tarfile.TarInfo(name)
     member.size = 1
     make_archive(tmp_path / "dl" / "cifar-10-python.tar.gz", folder, member)
-    with pytest.raises(DataError, match="points outside the destination"):
+    with pytest.raises(DataError, match=r"points outside the destination"):
         load_dataset("cifar10", tmp_path / "dl", val_size=0)
     assert not (tmp_path / "evil").exists()
 
@@ -209,7 +225,7 @@ def test_archive_symlink_refused(tmp_path):
     member = tarfile.TarInfo("cifar-10-batches-py/link")
     member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
     make_archive(tmp_path / "dl" / "cifar-10-python.tar.gz", folder, member)
-    with pytest.raises(DataError, match="is a link or special file"):
+    with pytest.raises(DataError, match=r"is a link or special file"):
         load_dataset("cifar10", tmp_path / "dl", val_size=0)
 
 
@@ -218,6 +234,6 @@ def test_truncated_archive(tmp_path):
     (tmp_path / "dl").mkdir()
     archive = make_archive(tmp_path / "dl" / "cifar-10-binary.tar.gz", folder)
     archive.write_bytes(archive.read_bytes()[:5000])
-    with pytest.raises(DataError, match="cifar-10-binary.tar.gz is not a readable archive"):
+    with pytest.raises(DataError, match=r"cifar-10-binary.tar.gz is not a readable archive"):
         load_dataset("cifar10", tmp_path / "dl", val_size=0)
     assert not list((tmp_path / "cache" / "prunelab" / "datasets" / "cifar10").glob("cifar-10-batches-*"))

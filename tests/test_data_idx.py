@@ -42,7 +42,7 @@ def test_header_fields(tmp_path):
 def test_expected_ndim(tmp_path):
     path = tmp_path / "labels-idx1-ubyte"
     write_idx(path, np.zeros(5, np.uint8), gzip=False)
-    with pytest.raises(DataError, match="labels-idx1-ubyte holds a 1-dimensional array"):
+    with pytest.raises(DataError, match=r"labels-idx1-ubyte holds a 1-dimensional array"):
         read_idx(path, ndim=3)
 
 
@@ -51,14 +51,16 @@ def test_truncated_payload(tmp_path, compress):
     full = bytes([0, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 4, 0, 0, 0, 4]) + bytes(100)
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(full) if compress else full)
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz is truncated: header says 10x4x4 = 160 .* 100"):
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte.gz is truncated: header says 10x4x4 = 160 .* 100"
+    ):
         read_idx(path)
 
 
 def test_extra_bytes(tmp_path):
     path = tmp_path / "f-idx1"
     path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 2, 1, 2, 3]))
-    with pytest.raises(DataError, match="f-idx1 is corrupt.*1 extra"):
+    with pytest.raises(DataError, match=r"f-idx1 is corrupt.*1 extra"):
         read_idx(path)
 
 
@@ -84,7 +86,7 @@ def test_truncated_gzip(tmp_path):
     data = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(range(200)))
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is a truncated gzip"):
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is a truncated gzip"):
         read_idx(path)
 
 
@@ -93,7 +95,7 @@ def test_corrupt_gzip(tmp_path):
     data[12:20] = b"\xff" * 8  # inside the deflate stream
     path = tmp_path / "train-labels-idx1-ubyte.gz"
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz is a (corrupt|truncated) gzip"):
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz is a (corrupt|truncated) gzip"):
         read_idx(path)
 
 
@@ -102,12 +104,12 @@ def test_bad_crc(tmp_path):
     data[-8] ^= 0xFF  # the CRC32 in the trailer
     path = tmp_path / "crc-idx"
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="crc-idx is a corrupt gzip"):
+    with pytest.raises(DataError, match=r"crc-idx is a corrupt gzip"):
         read_idx(path)
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(DataError, match="cannot read .*nope"):
+    with pytest.raises(DataError, match=r"cannot read .*nope"):
         read_idx(tmp_path / "nope")
 
 

@@ -11,7 +11,9 @@ from prunelab.errors import SpecError
 
 
 def split(n: int = 10) -> Split:
-    return Split(torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(), torch.arange(n))
+    return Split(
+        torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(), torch.arange(n)
+    )
 
 
 def epoch(loader: TensorLoader) -> list[torch.Tensor]:
@@ -27,7 +29,9 @@ def test_sequential_batches_and_len():
 
 
 def test_drop_last():
-    loader = TensorLoader(split(10), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True)
+    loader = TensorLoader(
+        split(10), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=True
+    )
     assert len(loader) == 2
     batches = epoch(loader)
     assert [len(b) for b in batches] == [4, 4]

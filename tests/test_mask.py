@@ -14,7 +14,9 @@ def mlp() -> nn.Module:
 
 def convnet() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
+    )
 
 
 def test_prunable_defaults_are_conv_and_linear_weights_only():
@@ -69,7 +71,9 @@ def test_mask_that_does_not_fit_is_refused_naming_the_problem():
     model = mlp()
     with pytest.raises(MaskError, match=r"'fc9.weight'"):
         Mask({"fc9.weight": torch.ones(2, 2, dtype=torch.bool)}).check_fits(model)
-    with pytest.raises(MaskError, match=r"'0.weight' has shape \(6, 5\) but the parameter has shape \(5, 6\)"):
+    with pytest.raises(
+        MaskError, match=r"'0.weight' has shape \(6, 5\) but the parameter has shape \(5, 6\)"
+    ):
         Mask({"0.weight": torch.ones(6, 5, dtype=torch.bool)}).apply(model)
     with pytest.raises(MaskError, match="other than 0 and 1"):
         Mask({"0.weight": torch.full((5, 6), 0.5)})
@@ -77,7 +81,9 @@ def test_mask_that_does_not_fit_is_refused_naming_the_problem():
 
 def test_save_load_roundtrip(tmp_path):
     model = convnet()
-    mask = Mask({n: torch.rand_like(p) > 0.5 for n, p in model.named_parameters() if n in prunable_names(model)})
+    mask = Mask(
+        {n: torch.rand_like(p) > 0.5 for n, p in model.named_parameters() if n in prunable_names(model)}
+    )
     mask.save(tmp_path / "m.safetensors")
     assert Mask.load(tmp_path / "m.safetensors") == mask
 
@@ -105,8 +111,10 @@ def test_export_matches_torch_prune_state_dict_and_imports_back():
     exported = mask.to_torch_prune(ours)
     assert set(exported) == set(reference)
     for key, value in reference.items():
-        assert torch.allclose(exported[key], value * (reference.get(key.replace("_orig", "_mask"), 1))
-                              if key.endswith("_orig") else value)
+        assert torch.allclose(
+            exported[key],
+            value * (reference.get(key.replace("_orig", "_mask"), 1)) if key.endswith("_orig") else value,
+        )
 
 
 def test_torch_prune_file_with_weights_only_loading(tmp_path):

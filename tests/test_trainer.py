@@ -48,7 +48,9 @@ OPTIMIZERS = [
 ]
 
 
-@pytest.mark.parametrize("opt", OPTIMIZERS, ids=lambda o: o["optimizer"] + ("-nesterov" if o.get("nesterov") else ""))
+@pytest.mark.parametrize(
+    "opt", OPTIMIZERS, ids=lambda o: o["optimizer"] + ("-nesterov" if o.get("nesterov") else "")
+)
 def test_pruned_weights_stay_exactly_zero_and_accumulate_no_state(data, opt):
     model = small_model(data)
     mask = random_mask(model)
@@ -76,8 +78,20 @@ def test_every_step_keeps_the_mask(data):
     """Step by step, not only at evaluation points."""
     model = small_model(data)
     mask = random_mask(model, 0.5)
-    trainer = Trainer(model, data, TrainConfig(iterations=12, batch_size=16, optimizer="sgd", lr=0.1,
-                                               momentum=0.9, weight_decay=1e-3, eval_every="1it"), mask=mask)
+    trainer = Trainer(
+        model,
+        data,
+        TrainConfig(
+            iterations=12,
+            batch_size=16,
+            optimizer="sgd",
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-3,
+            eval_every="1it",
+        ),
+        mask=mask,
+    )
     trainer.run()
     assert len(trainer.history) == 13
 
@@ -89,7 +103,9 @@ def test_same_seed_same_numbers_different_seed_different(data):
 
     (a, ma), (b, mb), (c, _) = run(0), run(0), run(1)
     assert [r.test_loss for r in a.history] == [r.test_loss for r in b.history]
-    assert all(torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values(), strict=True)
+    )
     assert [r.test_loss for r in a.history] != [r.test_loss for r in c.history]
 
 
@@ -154,7 +170,9 @@ def test_schedules():
 
 def test_lr_follows_schedule_in_training(data):
     model = small_model(data)
-    trainer = Trainer(model, data, TrainConfig(iterations=20, schedule="cosine", warmup="5it", eval_every="5it"))
+    trainer = Trainer(
+        model, data, TrainConfig(iterations=20, schedule="cosine", warmup="5it", eval_every="5it")
+    )
     trainer.run()
     lrs = [r.lr for r in trainer.history]
     assert lrs[1] == pytest.approx(1.2e-3)  # end of warmup

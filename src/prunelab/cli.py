@@ -22,13 +22,17 @@ app.add_typer(data_app, name="data")
 
 DataDir = Annotated[
     Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10
-    typer.Option("--data-dir", help="Folder holding the dataset files (else $PRUNELAB_DATA, the cache, ...)."),
+    typer.Option(
+        "--data-dir", help="Folder holding the dataset files (else $PRUNELAB_DATA, the cache, ...)."
+    ),
 ]
 
 
 @app.command()
 def models(
-    data: Annotated[str, typer.Option(help="Dataset whose input shape and classes size the models.")] = "fashion-mnist",
+    data: Annotated[
+        str, typer.Option(help="Dataset whose input shape and classes size the models.")
+    ] = "fashion-mnist",
 ) -> None:
     """List the registered models with their parameter counts."""
     from prunelab.data import DATASETS
@@ -38,7 +42,13 @@ def models(
     info = DATASETS.get(data).info
     rows = describe_models(info.input_shape, info.num_classes)
     shape = "x".join(map(str, info.input_shape))
-    console.print(table(f"Models for {data} ({shape}, {info.num_classes} classes)", ["model", "family", "parameters", "description"], rows))
+    console.print(
+        table(
+            f"Models for {data} ({shape}, {info.num_classes} classes)",
+            ["model", "family", "parameters", "description"],
+            rows,
+        )
+    )
 
 
 @data_app.command("list")
@@ -57,12 +67,17 @@ def data_list(data_dir: DataDir = None) -> None:
 @data_app.command("get")
 def data_get(
     name: Annotated[str, typer.Argument(help="Dataset to download (mnist, fashion-mnist, cifar10).")],
-    dest: Annotated[Optional[Path], typer.Option(help="Destination folder (default: the prunelab cache).")] = None,  # noqa: UP045
+    dest: Annotated[
+        Optional[Path], typer.Option(help="Root folder; files go to DEST/NAME (default: the prunelab cache).")
+    ] = None,  # noqa: UP045
 ) -> None:
     """Download a dataset from its official mirror, verify its checksums, and store it atomically."""
-    from prunelab.data import download
+    from prunelab.data import DATASETS, download
     from prunelab.ui import console
 
+    if not DATASETS.get(name).needs_files:
+        console.print(f"{name} needs no download: it is always available offline")
+        return
     path = download(name, dest)
     console.print(f"{name}: ready in {path}")
 
@@ -73,7 +88,9 @@ def train(
     data: Annotated[str, typer.Option(help="Dataset name (see `prunelab data list`).")] = "fashion-mnist",
     data_dir: DataDir = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training length in epochs.")] = None,  # noqa: UP045
-    iterations: Annotated[Optional[int], typer.Option(help="Training length in iterations (instead of epochs).")] = None,  # noqa: UP045
+    iterations: Annotated[
+        Optional[int], typer.Option(help="Training length in iterations (instead of epochs).")
+    ] = None,  # noqa: UP045
     optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw.")] = "adam",
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1.2e-3,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.0,
@@ -83,14 +100,26 @@ def train(
     schedule: Annotated[str, typer.Option(help="LR schedule: constant, step or cosine.")] = "constant",
     milestones: Annotated[str, typer.Option(help="Step-schedule milestones, e.g. '80ep,120ep'.")] = "",
     warmup: Annotated[str, typer.Option(help="Linear LR warmup, e.g. '500it' or '1ep'.")] = "0it",
-    eval_every: Annotated[Optional[str], typer.Option(help="Evaluate every '200it' or '1ep' (default: every epoch).")] = None,  # noqa: UP045
-    val_size: Annotated[Optional[int], typer.Option(help="Validation examples held out of the training set.")] = None,  # noqa: UP045
-    init: Annotated[Optional[str], typer.Option(help="Initialisation (glorot-normal, kaiming-normal, ...).")] = None,  # noqa: UP045
-    mask: Annotated[Optional[Path], typer.Option(help="Mask file (.safetensors, or a torch.nn.utils.prune state dict).")] = None,  # noqa: UP045
-    seed: Annotated[int, typer.Option(help="Replicate seed: initialisation and data order derive from it.")] = 0,
+    eval_every: Annotated[
+        Optional[str], typer.Option(help="Evaluate every '200it' or '1ep' (default: every epoch).")
+    ] = None,  # noqa: UP045
+    val_size: Annotated[
+        Optional[int], typer.Option(help="Validation examples held out of the training set.")
+    ] = None,  # noqa: UP045
+    init: Annotated[
+        Optional[str], typer.Option(help="Initialisation (glorot-normal, kaiming-normal, ...).")
+    ] = None,  # noqa: UP045
+    mask: Annotated[
+        Optional[Path], typer.Option(help="Mask file (.safetensors, or a torch.nn.utils.prune state dict).")
+    ] = None,  # noqa: UP045
+    seed: Annotated[
+        int, typer.Option(help="Replicate seed: initialisation and data order derive from it.")
+    ] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPU only).")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for final weights (safetensors) and metrics (JSON).")] = None,  # noqa: UP045
+    out: Annotated[
+        Optional[Path], typer.Option(help="Folder for final weights (safetensors) and metrics (JSON).")
+    ] = None,  # noqa: UP045
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a dense model, or a masked one with --mask, and print its metrics."""

@@ -42,22 +42,35 @@ def run_train(
         cfg = cfg.model_copy(update={"epochs": 1})
     keep = Mask.load(mask) if mask is not None else None
     info = loader.info
-    net = build_model(model, num_classes=info.num_classes, input_shape=info.input_shape, init=init,
-                      seed=derive_seed(seed, "init"))
+    net = build_model(
+        model,
+        num_classes=info.num_classes,
+        input_shape=info.input_shape,
+        init=init,
+        seed=derive_seed(seed, "init"),
+    )
     if keep is not None:
         keep.check_fits(net)
     dataset = load_dataset(data, data_dir=data_dir, val_size=val_size)
-    console.print(f"[bold]{model}[/] on [bold]{data}[/] ({dataset.source}); "
-                  f"train {len(dataset.train):,} / val {len(dataset.val):,} / test {len(dataset.test):,}")
+    console.print(
+        f"[bold]{model}[/] on [bold]{data}[/] ({dataset.source}); "
+        f"train {len(dataset.train):,} / val {len(dataset.val):,} / test {len(dataset.test):,}"
+    )
     trainer = Trainer(net, dataset, cfg, mask=keep, seed=seed)
     with progress_bar(f"training {model}", enabled=progress) as update:
         result = trainer.run(on_progress=update)
     report = sparsity_report(trainer.model, keep)
     history_rows = [
-        (f"{r.epoch:.2f}", r.iteration, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.test_acc) for r in result.history
+        (f"{r.epoch:.2f}", r.iteration, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.test_acc)
+        for r in result.history
     ]
-    console.print(table(None, ["epoch", "iteration", "train loss", "train acc", "val loss", "val acc", "test acc"],
-                        history_rows))
+    console.print(
+        table(
+            None,
+            ["epoch", "iteration", "train loss", "train acc", "val loss", "val acc", "test acc"],
+            history_rows,
+        )
+    )
     best = result.early_stop
     summary = [
         ("test accuracy (final)", result.final.test_acc),
@@ -71,9 +84,16 @@ def run_train(
     console.print(table(f"{model} on {data}, seed {seed}", ["metric", "value"], summary))
     if out is not None:
         save_tensors(out / "model.safetensors", trainer.model.state_dict())
-        atomic_write_json(out / "metrics.json", {
-            "model": model, "data": data, "seed": seed, "train": json.loads(cfg.model_dump_json()),
-            "summary": result.summary(), "history": [asdict(r) for r in result.history],
-            "sparsity": {"prunable": report.prunable_sparsity, "all": report.sparsity},
-        })
+        atomic_write_json(
+            out / "metrics.json",
+            {
+                "model": model,
+                "data": data,
+                "seed": seed,
+                "train": json.loads(cfg.model_dump_json()),
+                "summary": result.summary(),
+                "history": [asdict(r) for r in result.history],
+                "sparsity": {"prunable": report.prunable_sparsity, "all": report.sparsity},
+            },
+        )
         console.print(f"weights and metrics written to {out}")

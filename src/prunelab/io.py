@@ -52,7 +52,9 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
-def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: dict | None = None) -> None:
+def save_tensors(
+    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: dict | None = None
+) -> None:
     """Save tensors as safetensors, atomically. Booleans are kept as bool."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_with(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))

@@ -37,7 +37,11 @@ def format_validation_error(what: str, exc: ValidationError) -> str:
         field = ".".join(str(p) for p in err["loc"]) or what
         got = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{field}: {msg} (got {got!r})" if "input" in err and not isinstance(got, dict) else f"{field}: {msg}")
+        lines.append(
+            f"{field}: {msg} (got {got!r})"
+            if "input" in err and not isinstance(got, dict)
+            else f"{field}: {msg}"
+        )
     return f"invalid {what}: " + "; ".join(lines)
 
 

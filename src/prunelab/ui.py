@@ -6,7 +6,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -39,7 +46,8 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
     t = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
-        t.add_column(col, justify="left" if i == 0 else "right")
+        numeric = all(isinstance(row[i], int | float) or row[i] is None for row in rows)
+        t.add_column(col, justify="right" if numeric and rows else "left")
     for row in rows:
         t.add_row(*[fmt(v) for v in row])
     return t

@@ -3,7 +3,11 @@
 Importing this package registers every dataset in :data:`DATASETS`.
 """
 
-from prunelab.data import cifar, digits, mnist, synthetic  # noqa: F401 - registers the datasets
+# Importing the loader modules registers their datasets, in this order (the order of `data list`).
+from prunelab.data import mnist  # noqa: F401
+
+# isort: split
+from prunelab.data import cifar, digits, synthetic  # noqa: F401
 from prunelab.data.augment import cifar_augment
 from prunelab.data.base import (
     DATASETS,

@@ -23,8 +23,11 @@ def extract_folder(archive: Path, folder: str, dest: Path) -> Path:
     part-way never leaves a half-extracted dataset that later looks found.
     """
     target = dest / folder
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=dest))
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=dest))
+    except OSError as exc:
+        raise DataError(f"cannot extract {archive} into {dest}: {exc.strerror or exc}") from None
     try:
         _extract(archive, folder, tmp)
         if not (tmp / folder).is_dir():
@@ -44,18 +47,22 @@ def _extract(archive: Path, folder: str, dest: Path) -> None:
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=members, filter="data")
             else:  # pragma: no cover - Python without extraction filters; members are checked above
-                tar.extractall(dest, members=members)  # noqa: S202
+                tar.extractall(dest, members=members)
     except DataError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DataError(f"{archive} is not a readable archive ({exc}); it may be truncated or corrupt") from None
+        raise DataError(
+            f"{archive} is not a readable archive ({exc}); it may be truncated or corrupt"
+        ) from None
 
 
 def _check_member(archive: Path, member: tarfile.TarInfo, folder: str) -> bool:
     """True to extract ``member``; False to skip it; :class:`DataError` when it is unsafe."""
     path = PurePosixPath(member.name)
     if path.is_absolute() or ".." in path.parts or member.name.startswith(("/", "\\")):
-        raise DataError(f"refusing to extract {archive}: member {member.name!r} points outside the destination")
+        raise DataError(
+            f"refusing to extract {archive}: member {member.name!r} points outside the destination"
+        )
     if not (member.isfile() or member.isdir()):
         raise DataError(f"refusing to extract {archive}: member {member.name!r} is a link or special file")
     return path.parts[:1] == (folder,)

@@ -82,7 +82,9 @@ class Dataset:
     source: str
 
     def to(self, device: str | torch.device) -> Dataset:
-        return Dataset(self.info, self.train.to(device), self.val.to(device), self.test.to(device), self.source)
+        return Dataset(
+            self.info, self.train.to(device), self.val.to(device), self.test.to(device), self.source
+        )
 
 
 class RawData(NamedTuple):

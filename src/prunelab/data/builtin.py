@@ -29,6 +29,6 @@ class BuiltinLoader(DatasetLoader):
         return True, self.origin
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _generate_cached(loader: BuiltinLoader) -> RawData:
     return loader.generate()

@@ -96,7 +96,12 @@ def _read_py(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{path} is not a CIFAR-10 python batch: expected a dict with b'data' and b'labels'")
     data, labels = batch[b"data"], batch[b"labels"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != PIXELS
+    ):
         shape = getattr(data, "shape", type(data).__name__)
         raise DataError(f"{path} holds data of shape {shape}; expected N x {PIXELS} uint8")
     try:

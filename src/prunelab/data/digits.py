@@ -29,7 +29,7 @@ class Digits(BuiltinLoader):
     origin = "bundled with scikit-learn (offline)"
 
     def generate(self) -> RawData:
-        """A stratified 1437/360 train/test split fixed by ``random_state=0``; pixels 0..16 scaled to [0, 1]."""
+        """Stratified 1437/360 train/test split fixed by ``random_state=0``; pixels 0..16 scaled to [0, 1]."""
         from sklearn.datasets import load_digits  # slow import: only when this dataset is used
         from sklearn.model_selection import train_test_split
 

@@ -68,6 +68,7 @@ def _fetch(url: str, dest: Path, timeout: float, name: str) -> None:
             shutil.copyfileobj(response, out, CHUNK)
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
+        others = ways_to_get(name, include_download=False)
         raise DataError(
-            f"could not download {name} from {url}: {reason}\nOther ways to get it:\n{ways_to_get(name)}"
+            f"could not download {name} from {url}: {reason}\nOther ways to get it:\n{others}"
         ) from None

@@ -7,12 +7,12 @@ from abc import abstractmethod
 from pathlib import Path
 
 from prunelab.data.base import DatasetLoader, RawData
-from prunelab.data.locate import find_data, missing_message
+from prunelab.data.locate import find_data, missing_message, short_how
 from prunelab.errors import DataError
 
 
 class FileLoader(DatasetLoader):
-    """A dataset stored in files; subclasses say which files (``find_in``) and how to decode them (``read``)."""
+    """A dataset stored in files; subclasses say where they sit (``find_in``) and how to decode them."""
 
     needs_files = True
     #: Sub-folders of a search root in torchvision's layout (e.g. ``MNIST/raw``).
@@ -40,8 +40,8 @@ class FileLoader(DatasetLoader):
     def status(self, data_dir: Path | None) -> tuple[bool, str]:
         where = self.locate(data_dir)
         if where is None:
-            return False, missing_message(self.info.name, data_dir)
-        return True, str(where)
+            return False, short_how(self.info.name)
+        return True, f"{where} (archive, extracted on first load)" if where.is_file() else str(where)
 
 
 @functools.lru_cache(maxsize=4)

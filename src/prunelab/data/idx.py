@@ -83,7 +83,9 @@ def _parse_header(path: Path, data: bytes) -> tuple[tuple[int, ...], int]:
         raise DataError(f"{path} has a bad magic number 0x{data[:4].hex()}: zero dimensions")
     end = 4 + 4 * ndim
     if len(data) < end:
-        raise DataError(f"{path} is truncated: the header needs {end} bytes for {ndim} dims, file holds {len(data)}")
+        raise DataError(
+            f"{path} is truncated: the header needs {end} bytes for {ndim} dims, file holds {len(data)}"
+        )
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     return dims, end
 

@@ -21,7 +21,10 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 class TensorLoader:
-    """Iterate ``(xb, yb)`` batches of a :class:`Split`; shuffled order and augmentation follow ``generator``."""
+    """Iterate ``(xb, yb)`` batches of a :class:`Split`; shuffling and augmentation follow ``generator``.
+
+    Without shuffling (and augmentation) batches are views of the split: do not modify them in place.
+    """
 
     def __init__(
         self,

@@ -42,7 +42,7 @@ def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
         return []
     layouts = getattr(loader, "torchvision_dirs", ())
     dirs: list[Path] = []
-    for root in user_roots(Path(data_dir) if data_dir is not None else None):
+    for root in user_roots(Path(data_dir) if data_dir not in (None, "") else None):
         dirs += [root, root / name, *(root / sub for sub in layouts)]
     dirs += [cache_dir(name), *(cache_root() / sub for sub in layouts)]
     dirs += list(getattr(loader, "system_dirs", ()))
@@ -59,12 +59,12 @@ def find_data(name: str, data_dir: str | Path | None = None) -> Path | None:
     return None
 
 
-def ways_to_get(name: str) -> str:
+def ways_to_get(name: str, include_download: bool = True) -> str:
     """Bullet lines saying how to obtain dataset ``name``; shared by every 'not found' message."""
     loader = DATASETS.get(name)
     layouts = " or ".join(f"DIR/{sub}" for sub in getattr(loader, "torchvision_dirs", ()))
     lines = []
-    if loader.downloads:
+    if loader.downloads and include_download:
         lines.append(f"run `prunelab data get {name}` (downloads into {cache_dir(name)})")
     lines.append(
         f"put the files in a folder DIR and pass --data-dir DIR or set ${ENV_VAR}=DIR; they may sit in DIR, "
@@ -72,6 +72,14 @@ def ways_to_get(name: str) -> str:
     )
     lines.append(loader.info.how_to_get)
     return "\n".join(f"  - {line}" for line in lines)
+
+
+def short_how(name: str) -> str:
+    """One line on how to get dataset ``name``, for tables such as ``prunelab data list``."""
+    loader = DATASETS.get(name)
+    places = ", ".join([f"DIR/{name}", *(f"DIR/{sub}" for sub in getattr(loader, "torchvision_dirs", ()))])
+    get = f"`prunelab data get {name}`, or " if loader.downloads else ""
+    return f"not found: {get}--data-dir DIR / ${ENV_VAR}=DIR (files in DIR, {places})"
 
 
 def missing_message(name: str, data_dir: str | Path | None = None) -> str:

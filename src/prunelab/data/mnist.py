@@ -11,7 +11,12 @@ from prunelab.data.files import FileLoader
 from prunelab.data.idx import read_idx
 from prunelab.errors import DataError
 
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 FILE_LIST = ", ".join(f"{f}[.gz]" for f in FILES)
 
 
@@ -32,13 +37,17 @@ class IdxLoader(FileLoader):
         assert images_path is not None and labels_path is not None  # find_in checked them
         images, labels = read_idx(images_path, ndim=3), read_idx(labels_path, ndim=1)
         if tuple(images.shape[1:]) != (28, 28):
-            raise DataError(f"{images_path} holds images of {images.shape[1]}x{images.shape[2]}; expected 28x28")
+            raise DataError(
+                f"{images_path} holds images of {images.shape[1]}x{images.shape[2]}; expected 28x28"
+            )
         if len(images) != len(labels):
             raise DataError(
                 f"{labels_path} holds {len(labels)} labels but {images_path.name} holds {len(images)} images"
             )
         if len(labels) and int(labels.max()) > 9:
-            raise DataError(f"{labels_path} holds label {int(labels.max())}; {self.info.name} labels are 0..9")
+            raise DataError(
+                f"{labels_path} holds label {int(labels.max())}; {self.info.name} labels are 0..9"
+            )
         return images.unsqueeze(1), labels.to(torch.int64)
 
 
@@ -85,7 +94,8 @@ class FashionMnist(IdxLoader):
         default_val_size=5000,
         description="Fashion-MNIST clothing images (Zalando): 60000 training and 10000 test, 28x28 grey",
         how_to_get=(
-            "on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist (installs /usr/share/datasets/fashion-mnist); "
+            "on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist "
+            "(installs /usr/share/datasets/fashion-mnist); "
             f"the files are {FILE_LIST}, e.g. from http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
         ),
     )

@@ -29,7 +29,7 @@ class Synthetic(BuiltinLoader):
     origin = "generated in memory"
 
     def generate(self) -> RawData:
-        """Per class a random template in [0.2, 0.8]; each sample is its class template plus Gaussian noise."""
+        """A random template in [0.2, 0.8] per class; a sample is its class template plus Gaussian noise."""
         g = torch.Generator().manual_seed(SEED)
         templates = 0.2 + 0.6 * torch.rand((CLASSES, *SHAPE), generator=g)
         x_train, y_train = _samples(templates, TRAIN, g)

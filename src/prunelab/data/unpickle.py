@@ -54,4 +54,6 @@ def safe_unpickle(path: Path) -> Any:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # pickle raises many types for a truncated or foreign file
-        raise DataError(f"{path} is not a readable pickle ({type(exc).__name__}: {exc}); it may be truncated") from None
+        raise DataError(
+            f"{path} is not a readable pickle ({type(exc).__name__}: {exc}); it may be truncated"
+        ) from None

@@ -1,5 +1,14 @@
-"""Masks and pruning methods."""
+"""Masks and pruning methods.
 
+A pruning method is criterion x structure x scope (x schedule): see :func:`prune`. Each axis is a
+registry (:data:`CRITERIA`, :data:`STRUCTURES`, :data:`SCOPES`, :data:`METHODS`, ...), so a new
+method is one class or record plus one registration.
+"""
+
+from prunelab.pruning.context import PruneContext
+from prunelab.pruning.criteria import CRITERIA, Criterion
+from prunelab.pruning.densities import DISTRIBUTIONS, layer_densities, random_mask
+from prunelab.pruning.layers import LAYER_FILTERS, LayerInfo, prunable_layers
 from prunelab.pruning.mask import (
     Mask,
     SparsityReport,
@@ -7,5 +16,36 @@ from prunelab.pruning.mask import (
     prunable_names,
     sparsity_report,
 )
+from prunelab.pruning.methods import METHODS, Method
+from prunelab.pruning.prune import prune
+from prunelab.pruning.schedule import density_after, one_shot_rate, rate_for_rounds, rounds_for_rate
+from prunelab.pruning.scope import SCOPES
+from prunelab.pruning.structure import STRUCTURES, UNIT_NORMS, Structure
 
-__all__ = ["Mask", "SparsityReport", "from_torch_prune", "prunable_names", "sparsity_report"]
+__all__ = [
+    "CRITERIA",
+    "DISTRIBUTIONS",
+    "LAYER_FILTERS",
+    "METHODS",
+    "SCOPES",
+    "STRUCTURES",
+    "UNIT_NORMS",
+    "Criterion",
+    "LayerInfo",
+    "Mask",
+    "Method",
+    "PruneContext",
+    "SparsityReport",
+    "Structure",
+    "density_after",
+    "from_torch_prune",
+    "layer_densities",
+    "one_shot_rate",
+    "prunable_layers",
+    "prunable_names",
+    "prune",
+    "random_mask",
+    "rate_for_rounds",
+    "rounds_for_rate",
+    "sparsity_report",
+]

@@ -18,7 +18,13 @@ from prunelab.errors import MaskError
 from prunelab.io import load_tensors, save_tensors
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
 
 
 def prunable_names(model: nn.Module, include_bias: bool = False, include_norm: bool = False) -> list[str]:
@@ -177,7 +183,9 @@ def from_torch_prune(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch
             if orig is None:
                 raise MaskError(f"{key!r} has no matching {name + '_orig'!r} entry")
             if tuple(orig.shape) != tuple(value.shape):
-                raise MaskError(f"{key!r} has shape {tuple(value.shape)} but {name}_orig has {tuple(orig.shape)}")
+                raise MaskError(
+                    f"{key!r} has shape {tuple(value.shape)} but {name}_orig has {tuple(orig.shape)}"
+                )
             masks[name] = value != 0
             plain[name] = orig * value
         elif not key.endswith("_orig"):
@@ -245,5 +253,7 @@ def sparsity_report(model: nn.Module, mask: Mask | None = None) -> SparsityRepor
         kept_total += kept
     prunable_params = mask.num_total()
     params = dict(model.named_parameters())
-    prunable_kept = sum(int((m.to(params[n].device) & (params[n].detach() != 0)).sum()) for n, m in mask.items())
+    prunable_kept = sum(
+        int((m.to(params[n].device) & (params[n].detach() != 0)).sum()) for n, m in mask.items()
+    )
     return SparsityReport(tuple(rows), total, kept_total, prunable_params, prunable_kept)

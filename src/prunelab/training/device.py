@@ -12,7 +12,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("--device cuda was asked for, but no CUDA GPU is available here; use --device cpu or auto")
+        raise SpecError(
+            "--device cuda was asked for, but no CUDA GPU is available here; use --device cpu or auto"
+        )
     if name not in {"cpu", "cuda"}:
         raise SpecError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)

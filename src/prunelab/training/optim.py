@@ -20,7 +20,11 @@ def _fused(device: torch.device) -> dict:
 @OPTIMIZERS.register("sgd")
 def sgd(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
         **_fused(device),
     )
 

@@ -108,7 +108,9 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         if cfg.bf16 and self.device.type != "cuda":
-            raise SpecError("bf16 autocast is a GPU option; it needs --device cuda (or auto on a GPU machine)")
+            raise SpecError(
+                "bf16 autocast is a GPU option; it needs --device cuda (or auto on a GPU machine)"
+            )
         self.data = data.to(self.device)
         self.model = model.to(self.device)
         self.mask = mask
@@ -134,9 +136,7 @@ class Trainer:
             return []
         params = dict(self.model.named_parameters())
         return [
-            (params[n], m.to(self.device, params[n].dtype))
-            for n, m in self.mask.items()
-            if not bool(m.all())
+            (params[n], m.to(self.device, params[n].dtype)) for n, m in self.mask.items() if not bool(m.all())
         ]
 
     def _set_lr(self, it: int) -> float:
@@ -219,13 +219,21 @@ class Trainer:
 
     def _snapshot(self, snapshots: dict, wanted: set[int]) -> None:
         if self.iteration in wanted:
-            snapshots[self.iteration] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            snapshots[self.iteration] = {
+                k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+            }
 
-    def _epoch(self, snapshots: dict, snapshot_at: set[int], on_progress) -> None:
+    def train_epoch(self) -> None:
+        """One epoch of optimisation only, no evaluation (what the speed benchmark times)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng_state)
+            self._epoch({}, set(), None, evaluate=False)
+            self.rng_state = torch.get_rng_state()
+
+    def _epoch(self, snapshots: dict, snapshot_at: set[int], on_progress, evaluate: bool = True) -> None:
         """One pass over a fresh permutation (or fewer iterations at the end of training)."""
         train, bs, device = self.data.train, self.cfg.batch_size, self.device
         perm = torch.randperm(len(train), generator=self.generator).to(device)
-        xs, ys = train.x[perm], train.y[perm]
         model, opt, masked = self.model, self.optimizer, self._masked
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
         constant_lr = self.cfg.schedule == "constant" and self.schedule.warmup == 0
@@ -233,9 +241,14 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        steps = min(self.batches_per_epoch, self.total - self.iteration)
+        steps = (
+            self.batches_per_epoch
+            if not evaluate
+            else min(self.batches_per_epoch, self.total - self.iteration)
+        )
         for b in range(steps):
-            xb, yb = xs[b * bs : (b + 1) * bs], ys[b * bs : (b + 1) * bs]
+            idx = perm[b * bs : (b + 1) * bs]
+            xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
             if self.augment:
                 xb = cifar_augment(xb, self.generator)
             if not constant_lr:
@@ -255,7 +268,7 @@ class Trainer:
             self.iteration += 1
             if snapshot_at:
                 self._snapshot(snapshots, snapshot_at)
-            if self.iteration % self.eval_interval == 0 or self.iteration == self.total:
+            if evaluate and (self.iteration % self.eval_interval == 0 or self.iteration == self.total):
                 self._record(lr, loss_sum, correct, seen)
                 self._check_mask()
                 loss_sum.zero_()

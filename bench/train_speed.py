@@ -1,0 +1,130 @@
+"""Training speed of the masked trainer against the FLOP floor, and masked against dense.
+
+Prints, from one run on this machine:
+  * the peak float32 matmul rate, measured first and again between the timed epochs (the best of
+    square matmuls of several sizes), so that a busy moment cannot lower the floor;
+  * epoch time of LeNet-300-100 on Fashion-MNIST (batch 60, Adam) divided by the FLOP floor
+    (training FLOPs = 3 x 2 x weights x training examples, divided by that matmul rate);
+  * masked-epoch time (80% sparsity) divided by unmasked-epoch time.
+Goals (issue 2): at most 1.6x the floor, at most 1.05 masked/unmasked.
+
+    python bench/train_speed.py [--epochs-each 3] [--data fashion-mnist]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from prunelab.data import load_dataset
+from prunelab.errors import DataError
+from prunelab.models import build_model
+from prunelab.pruning import Mask
+from prunelab.training import TrainConfig, Trainer
+
+
+def matmul_rate(sizes=(512, 1024, 2048), repeats: int = 5) -> float:
+    """Peak float32 GFLOP/s over square matmuls (the best, so the floor is a true lower bound)."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2):
+            a @ b
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def lottery_mask(model, sparsity: float, seed: int = 0) -> Mask:
+    """A random mask with exactly ``sparsity`` of each layer's weights pruned."""
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    for name, full in Mask.ones(model).items():
+        keep = torch.zeros(full.numel(), dtype=torch.bool)
+        keep[torch.randperm(full.numel(), generator=g)[: round(full.numel() * (1 - sparsity))]] = True
+        masks[name] = keep.view(full.shape)
+    return Mask(masks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--epochs-each", type=int, default=3, help="timed epochs per variant (interleaved)")
+    parser.add_argument("--sparsity", type=float, default=0.8)
+    args = parser.parse_args()
+
+    torch.set_flush_denormal(True)
+    rates = [matmul_rate()]
+    try:
+        data = load_dataset(args.data)
+    except DataError as exc:
+        print(f"{args.data} unavailable ({str(exc).splitlines()[0]}); timing on random tensors of its size")
+        data = load_dataset("synthetic")
+        data = _resize_like_mnist(data)
+    info = data.info
+    cfg = TrainConfig(optimizer="adam", lr=1.2e-3, batch_size=60, epochs=10**6, device="cpu")
+
+    def trainer(masked: bool) -> Trainer:
+        model = build_model(
+            "lenet-300-100", num_classes=info.num_classes, input_shape=info.input_shape, seed=0
+        )
+        mask = lottery_mask(model, args.sparsity) if masked else None
+        return Trainer(model, data, cfg, mask=mask, seed=0)
+
+    runs = {"dense": trainer(False), "masked": trainer(True)}
+    for t in runs.values():  # warm-up epoch each (allocator, kernels)
+        t.train_epoch()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(args.epochs_each):
+        rates.append(matmul_rate())
+        for name, t in runs.items():
+            start = time.perf_counter()
+            t.train_epoch()
+            times[name].append(time.perf_counter() - start)
+
+    weights = Mask.ones(runs["dense"].model).num_total()
+    n = len(data.train)
+    flops = 3 * 2 * weights * n
+    rate = max(rates)
+    floor = flops / (rate * 1e9)
+    dense, masked = min(times["dense"]), min(times["masked"])
+    print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    print(
+        f"peak matmul rate: {rate:.1f} GFLOP/s (best of {len(rates)} measurements: "
+        f"{', '.join(f'{r:.0f}' for r in rates)})"
+    )
+    print(f"training FLOPs per epoch: 3 x 2 x {weights:,} weights x {n:,} examples = {flops / 1e9:.1f} GFLOP")
+    print(f"FLOP floor per epoch: {floor:.3f} s")
+    print(
+        f"epoch time, dense : {dense:.3f} s (best of {args.epochs_each}; median {statistics.median(times['dense']):.3f})  = {dense / floor:.2f} x floor"
+    )
+    print(
+        f"epoch time, masked: {masked:.3f} s (best of {args.epochs_each}; median "
+        f"{statistics.median(times['masked']):.3f}; {args.sparsity:.0%} sparse) = {masked / floor:.2f} x floor"
+        "   [goal <= 1.6]"
+    )
+    print(f"masked / unmasked: {masked / dense:.3f}   [goal <= 1.05]")
+
+
+def _resize_like_mnist(data):
+    """Fallback when Fashion-MNIST is absent: random tensors of its shape, so the timing is comparable."""
+    from prunelab.data import Dataset, DatasetInfo, Split
+
+    g = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> Split:
+        return Split(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+    info = DatasetInfo("random-28x28", (1, 28, 28), 10, (0.0,), (1.0,), False, 0, "random tensors", "")
+    return Dataset(info, split(55000), split(0), split(10000), "random tensors")
+
+
+if __name__ == "__main__":
+    main()

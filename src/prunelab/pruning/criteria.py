@@ -1,0 +1,293 @@
+"""Importance criteria: per-weight scores, higher = more important = kept.
+
+One class per criterion, registered in :data:`CRITERIA` (like Torch-Pruning's importance plug-ins).
+A criterion only scores; which weights go is decided by the structure, scope and counts in
+:mod:`prunelab.pruning.prune`. Scores are computed on the masked model (pruned weights at zero)
+and never modify the model: forward passes go through ``torch.func.functional_call`` with copies
+of the weights and buffers, so BatchNorm statistics and signs are left as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from prunelab.errors import SpecError
+from prunelab.pruning.context import Batch, PruneContext
+from prunelab.pruning.mask import PRUNABLE_TYPES, Mask
+from prunelab.registry import Registry
+
+Scores = dict[str, torch.Tensor]
+
+
+class Criterion(ABC):
+    """Scores the weights named ``names``; ``signed`` criteria may give negative scores."""
+
+    signed: ClassVar[bool] = False
+    """Signed scores have no meaningful Ln norm per unit, so they are refused for structured pruning."""
+
+    def check(self, model: nn.Module, names: Sequence[str], context: PruneContext) -> None:  # noqa: B027 (optional hook)
+        """Raise SpecError, before any work, if ``context`` lacks what this criterion needs."""
+
+    def rounds(self, context: PruneContext) -> int:
+        """Scoring rounds per pruning call; >1 re-scores between rounds (SynFlow)."""
+        return 1
+
+    @abstractmethod
+    def scores(
+        self,
+        model: nn.Module,
+        mask: Mask,
+        names: Sequence[str],
+        context: PruneContext,
+        generator: torch.Generator | None,
+    ) -> Scores: ...
+
+
+CRITERIA: Registry[type[Criterion]] = Registry("criterion")
+
+
+# helpers --------------------------------------------------------------------------------------
+def _weights(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
+    """Detached parameters with the mask applied: the network the scores are about."""
+    out = {}
+    for name, p in model.named_parameters():
+        w = p.detach()
+        out[name] = w * mask[name].to(w.device, w.dtype) if name in mask else w
+    return out
+
+
+def _forward(model: nn.Module, tensors: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` with ``tensors`` in place of its parameters, on copies of its buffers."""
+    state = {name: b.clone() for name, b in model.named_buffers()}
+    state.update(tensors)
+    return functional_call(model, state, (x,))
+
+
+def _grad(output: torch.Tensor, leaves: Mapping[str, torch.Tensor], create_graph: bool = False) -> Scores:
+    grads = torch.autograd.grad(output, list(leaves.values()), create_graph=create_graph, allow_unused=True)
+    return {
+        n: torch.zeros_like(t) if g is None else g for (n, t), g in zip(leaves.items(), grads, strict=True)
+    }
+
+
+def _leaves(weights: Mapping[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    return {n: weights[n].clone().requires_grad_(True) for n in names}
+
+
+def _batches(context: PruneContext) -> tuple[Batch, ...]:
+    return tuple(context.batches or ())
+
+
+def _require_batches(what: str, context: PruneContext) -> None:
+    if not _batches(context):
+        raise SpecError(
+            f"{what} scores weights with gradients of the loss, so it needs data: "
+            "pass context=PruneContext(batches=[(x, y), ...]) with at least one batch"
+        )
+
+
+def _require_initial(what: str, model: nn.Module, names: Sequence[str], context: PruneContext) -> None:
+    init = context.initial_state
+    if init is None:
+        raise SpecError(
+            f"{what} compares final with initial weights: pass context=PruneContext(initial_state=...) "
+            "holding the state_dict saved at initialisation"
+        )
+    params = dict(model.named_parameters())
+    missing = [n for n in names if n not in init]
+    if missing:
+        raise SpecError(f"{what}: initial_state has no entry for {missing[:5]} (it has {list(init)[:8]})")
+    for n in names:
+        if tuple(init[n].shape) != tuple(params[n].shape):
+            raise SpecError(
+                f"{what}: initial_state[{n!r}] has shape {tuple(init[n].shape)}, not {tuple(params[n].shape)}"
+            )
+
+
+def _initial(model: nn.Module, name: str, context: PruneContext) -> torch.Tensor:
+    p = dict(model.named_parameters())[name]
+    return context.initial_state[name].detach().to(p.device, p.dtype)  # type: ignore[index]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Evaluation mode for the duration, then each module's own mode back."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+# magnitude and random -------------------------------------------------------------------------
+@CRITERIA.register("magnitude")
+class Magnitude(Criterion):
+    """|w| of the current weights: IMP's criterion (Frankle & Carbin), torch's L1Unstructured."""
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        params = dict(model.named_parameters())
+        return {n: params[n].detach().abs() for n in names}
+
+
+@CRITERIA.register("random")
+class Random(Criterion):
+    """Uniform random scores from ``generator``: random positions with exact counts."""
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        params = dict(model.named_parameters())
+        return {
+            n: torch.rand(params[n].shape, generator=generator, dtype=torch.float64).to(params[n].device)
+            for n in names
+        }
+
+
+# Zhou et al. (2019) criteria ------------------------------------------------------------------
+@CRITERIA.register("large_final")
+class LargeFinal(Magnitude):
+    """Zhou et al.'s "large final": |w_final|, i.e. magnitude of the trained weights."""
+
+
+@CRITERIA.register("magnitude_increase")
+class MagnitudeIncrease(Criterion):
+    """Zhou et al.'s "magnitude increase": |w_final| - |w_init| (signed: shrunk weights go first)."""
+
+    signed = True
+
+    def check(self, model, names, context) -> None:
+        _require_initial("magnitude_increase", model, names, context)
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        params = dict(model.named_parameters())
+        return {n: params[n].detach().abs() - _initial(model, n, context).abs() for n in names}
+
+
+@CRITERIA.register("movement")
+class Movement(Criterion):
+    """Zhou et al.'s "movement": |w_final - w_init|, how far training moved the weight."""
+
+    def check(self, model, names, context) -> None:
+        _require_initial("movement", model, names, context)
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        params = dict(model.named_parameters())
+        return {n: (params[n].detach() - _initial(model, n, context)).abs() for n in names}
+
+
+# pruning at initialisation ----------------------------------------------------------------------
+def _loss_gradients(
+    model: nn.Module,
+    weights: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+    context: PruneContext,
+    temperature: float,
+) -> Scores:
+    """Gradient of the loss w.r.t. the masked weights, summed over the context's batches."""
+    total = {n: torch.zeros_like(weights[n]) for n in names}
+    for x, y in _batches(context):
+        leaves = _leaves(weights, names)
+        loss = context.loss_fn(_forward(model, {**weights, **leaves}, x) / temperature, y)
+        for n, g in _grad(loss, leaves).items():
+            total[n] += g
+    return total
+
+
+@CRITERIA.register("snip")
+class Snip(Criterion):
+    """SNIP (Lee et al. 2019): connection sensitivity |g * w|, g summed over the given batches.
+
+    Computed on the masked network, so re-scoring an already pruned model sees its current state.
+    """
+
+    def check(self, model, names, context) -> None:
+        _require_batches("snip", context)
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        weights = _weights(model, mask)
+        grads = _loss_gradients(model, weights, names, context, 1.0)
+        return {n: (grads[n] * weights[n]).abs() for n in names}
+
+
+@CRITERIA.register("grasp")
+class GraSP(Criterion):
+    """GraSP (Wang et al. 2020): keeps the weights whose removal would most reduce gradient flow.
+
+    Wang et al. define S(-w) = -w * (H g) and remove the weights with the *largest* S. Here higher
+    means kept, so the score is w * (H g) = -S (as in Tanaka et al.'s code). H g is a Hessian-gradient
+    product by double backward; g is summed over the batches, logits divided by
+    ``context.grasp_temperature``. Scores are signed.
+    """
+
+    signed = True
+
+    def check(self, model, names, context) -> None:
+        _require_batches("grasp", context)
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        weights = _weights(model, mask)
+        temperature = context.grasp_temperature
+        stopped = _loss_gradients(model, weights, names, context, temperature)
+        hg = {n: torch.zeros_like(weights[n]) for n in names}
+        for x, y in _batches(context):
+            leaves = _leaves(weights, names)
+            loss = context.loss_fn(_forward(model, {**weights, **leaves}, x) / temperature, y)
+            grads = _grad(loss, leaves, create_graph=True)
+            gnorm = sum((grads[n] * stopped[n]).sum() for n in names)
+            for n, g in _grad(gnorm, leaves).items():  # type: ignore[arg-type]
+                hg[n] += g
+        return {n: weights[n] * hg[n] for n in names}
+
+
+def synflow_input_shape(model: nn.Module, context: PruneContext) -> tuple[int, ...]:
+    """Input shape for SynFlow's all-ones input: given, from a batch, or a leading Linear's width."""
+    if context.input_shape is not None:
+        return tuple(context.input_shape)
+    batches = _batches(context)
+    if batches:
+        return tuple(batches[0][0].shape[1:])
+    first = next((m for m in model.modules() if isinstance(m, PRUNABLE_TYPES)), None)
+    if isinstance(first, nn.Linear):
+        return (first.in_features,)
+    raise SpecError(
+        "synflow feeds an all-ones input and cannot guess its shape for a model starting with a "
+        f"{type(first).__name__}: pass context=PruneContext(input_shape=(C, H, W))"
+    )
+
+
+@CRITERIA.register("synflow")
+class SynFlow(Criterion):
+    """SynFlow (Tanaka et al. 2020), data-free: |dR/dw * w| with R = sum(f(1; |w|)).
+
+    All parameters and float buffers (BatchNorm running statistics included) are made positive and
+    the model runs in eval mode on one all-ones input, in float64 against overflow. This works on
+    copies, so the model's signs and weights are untouched. Pruning is iterative
+    (``context.synflow_rounds``, 100 by default) with an exponential schedule, re-scoring each round.
+    """
+
+    def check(self, model, names, context) -> None:
+        if context.synflow_rounds < 1:
+            raise SpecError(f"synflow_rounds must be a positive integer, got {context.synflow_rounds!r}")
+        synflow_input_shape(model, context)
+
+    def rounds(self, context: PruneContext) -> int:
+        return context.synflow_rounds
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        tensors = {n: w.abs().double() for n, w in _weights(model, mask).items()}
+        for n, b in model.named_buffers():
+            tensors[n] = b.detach().abs().double() if b.is_floating_point() else b.clone()
+        leaves = _leaves(tensors, names)
+        device = next(iter(tensors.values())).device
+        ones = torch.ones((1, *synflow_input_shape(model, context)), dtype=torch.float64, device=device)
+        with _eval_mode(model):
+            flow = functional_call(model, {**tensors, **leaves}, (ones,)).sum()
+        grads = _grad(flow, leaves)
+        return {n: (grads[n] * leaves[n].detach()).abs() for n in names}

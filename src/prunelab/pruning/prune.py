@@ -1,0 +1,235 @@
+"""``prune``: one round of pruning = criterion x structure x scope, with exact counts.
+
+Each pool of competing elements (a layer, all layers, or all layers of one kind; see
+:mod:`prunelab.pruning.scope`) loses exactly ``round(rate * alive elements)`` -- Python's ``round``,
+as ``torch.nn.utils.prune`` computes its counts -- where an element is a weight, or a unit for
+structured layers. Elements are ranked by a stable ascending sort of their scores, so ties go to
+the lower flat index (layers in module order). Pruned elements are never candidates again, so a
+weight once pruned is never revived, whatever its value now.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunelab.errors import PrunelabError, SpecError
+from prunelab.pruning.context import PruneContext
+from prunelab.pruning.criteria import CRITERIA, Criterion
+from prunelab.pruning.layers import LayerInfo, describe, prunable_layers, resolve_layer, select_layers
+from prunelab.pruning.mask import Mask
+from prunelab.pruning.methods import METHODS
+from prunelab.pruning.schedule import check_rate
+from prunelab.pruning.scope import SCOPES
+from prunelab.pruning.structure import STRUCTURES, UNIT_NORMS, Structure, as_units, expand_units
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """Layers whose elements are ranked together, each with its structured axis, and their rate."""
+
+    layers: tuple[tuple[LayerInfo, int | None], ...]
+    rate: float
+
+
+def prune(
+    model: nn.Module,
+    mask: Mask | None,
+    *,
+    fraction: float,
+    method: str = "magnitude",
+    scope: str = "layerwise",
+    structure: str | None = None,
+    layers: str = "all",
+    exclude: Sequence[str] = (),
+    layer_rates: Mapping[str, float] | None = None,
+    output_rate_factor: float | None = None,
+    generator: torch.Generator | None = None,
+    context: PruneContext | None = None,
+) -> Mask:
+    """A new mask pruning ``fraction`` of the remaining elements of each scope pool of ``model``.
+
+    ``mask=None`` starts dense; the given mask is not modified and entries outside the selected
+    layers are copied unchanged. ``structure=None`` takes the method's own (``unstructured`` for
+    per-weight methods, ``structured-input`` for the ``*-structured`` ones, ``hybrid`` for hybrid).
+    ``layer_rates`` maps layer names to their own rate; such a layer is pruned on its own.
+    ``output_rate_factor`` prunes ``model.output_layer`` at ``fraction * factor`` (Frankle & Carbin
+    prune LeNet-300-100's output layer at half rate). Every input is checked before any scoring.
+    """
+    fraction = check_rate("fraction", fraction)
+    spec = METHODS.get(method)
+    criterion = CRITERIA.get(spec.criterion)()
+    struct = STRUCTURES.get(structure or spec.structure)
+    _check_structure(method, spec.structured_only, criterion, structure or spec.structure, struct)
+    scope_key = SCOPES.get(scope)
+    norm = UNIT_NORMS.get(spec.unit_norm)
+    mask = Mask.ones(model) if mask is None else mask
+    mask.check_fits(model)
+    chosen = [layer for layer in select_layers(model, layers, exclude) if layer.param in mask]
+    if not chosen:
+        raise SpecError(f"the mask covers none of the selected layers; its entries: {mask.names()[:8]}")
+    rates = _layer_rates(model, chosen, fraction, layer_rates, output_rate_factor)
+    pools = _pools(chosen, scope, scope_key, struct, rates, fraction)
+    context = context if context is not None else PruneContext()
+    names = [layer.param for layer in chosen]
+    criterion.check(model, names, context)
+
+    keep = {n: m.clone() for n, m in mask.items()}
+    _run(model, keep, pools, criterion, norm, names, context, generator, method)
+    return Mask(keep)
+
+
+# validation -----------------------------------------------------------------------------------
+def _check_structure(
+    method: str, structured_only: bool, criterion: Criterion, name: str, struct: Structure
+) -> None:
+    structured = [n for n, s in STRUCTURES.items() if s.structured]
+    if structured_only and not struct.structured:
+        raise SpecError(
+            f"method {method!r} prunes whole units, so structure must be one of {structured} "
+            f"(or left out), got {name!r}; for single weights use method 'magnitude' or 'random'"
+        )
+    if criterion.signed and struct.structured:
+        raise SpecError(
+            f"method {method!r} gives signed scores, which have no meaningful norm per unit: "
+            f"it needs structure 'unstructured', got {name!r}"
+        )
+
+
+def _layer_rates(
+    model: nn.Module,
+    chosen: list[LayerInfo],
+    fraction: float,
+    layer_rates: Mapping[str, float] | None,
+    output_rate_factor: float | None,
+) -> dict[str, float]:
+    """Per-layer rate overrides keyed by parameter name (explicit ``layer_rates`` win)."""
+    every = prunable_layers(model)
+    selected = {layer.param for layer in chosen}
+    rates: dict[str, float] = {}
+    for name, rate in (layer_rates or {}).items():
+        layer = resolve_layer(name, every, "layer in layer_rates")
+        if layer.param not in selected:
+            raise SpecError(
+                f"layer_rates names {name!r}, which the layer filter or exclude leaves unpruned; "
+                f"pruned layers: {describe(chosen)}"
+            )
+        rates[layer.param] = check_rate(f"layer_rates[{name!r}]", rate)
+    if output_rate_factor is not None:
+        if (
+            isinstance(output_rate_factor, bool)
+            or not isinstance(output_rate_factor, (int, float))
+            or not (output_rate_factor >= 0)
+        ):
+            raise SpecError(f"output_rate_factor must be a number >= 0, got {output_rate_factor!r}")
+        output = getattr(model, "output_layer", None)
+        if not isinstance(output, str):
+            raise SpecError(
+                f"output_rate_factor needs the model's output_layer attribute, which "
+                f"{type(model).__name__} lacks: pass layer_rates={{name: rate}} instead "
+                f"(prunable layers: {describe(every)})"
+            )
+        layer = resolve_layer(output, every, "output_layer")
+        if layer.param in selected and layer.param not in rates:
+            rates[layer.param] = check_rate(
+                f"the output layer's rate (fraction {fraction} x output_rate_factor {output_rate_factor})",
+                fraction * output_rate_factor,
+            )
+    return rates
+
+
+def _pools(
+    chosen: list[LayerInfo],
+    scope: str,
+    scope_key: object,
+    struct: Structure,
+    rates: Mapping[str, float],
+    fraction: float,
+) -> list[_Pool]:
+    """Group layers by scope; a layer with its own rate forms its own pool."""
+    groups: dict[Hashable, list[tuple[LayerInfo, int | None]]] = {}
+    for layer in chosen:
+        key = ("own rate", layer.param) if layer.param in rates else scope_key(layer)  # type: ignore[operator]
+        groups.setdefault(key, []).append((layer, struct.axis(layer)))
+    pools = []
+    for key, members in groups.items():
+        if len({axis is None for _, axis in members}) > 1:
+            raise SpecError(
+                f"scope {scope!r} would rank whole units of some layers against single weights of others "
+                f"({describe([layer for layer, _ in members])}); with a hybrid structure use scope "
+                "'layerwise' or 'by-type'"
+            )
+        rate = rates[key[1]] if isinstance(key, tuple) and key[0] == "own rate" else fraction
+        pools.append(_Pool(tuple(members), rate))
+    return pools
+
+
+# selection ------------------------------------------------------------------------------------
+def _drop_lowest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch.Tensor:
+    """``alive`` minus its ``count`` lowest-scored elements (stable sort: ties go to lower index)."""
+    index = alive.nonzero().squeeze(1)
+    order = torch.sort(scores[index], stable=True).indices
+    keep = alive.clone()
+    keep[index[order[:count]]] = False
+    return keep
+
+
+def _elements(
+    pool: _Pool, keep: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor] | None, norm, generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Alive flags and (if ``scores`` given) scores of the pool's elements, concatenated."""
+    alive, values = [], []
+    for layer, axis in pool.layers:
+        rows = as_units(keep[layer.param], axis)
+        alive.append(rows.any(dim=1))
+        if scores is not None:
+            s = as_units(scores[layer.param].to(rows.device, torch.float64), axis)
+            values.append(s[:, 0] if axis is None else norm(s, rows, generator).to(torch.float64))
+    return torch.cat(alive), (torch.cat(values) if scores is not None else None)
+
+
+def _run(
+    model: nn.Module,
+    keep: dict[str, torch.Tensor],
+    pools: list[_Pool],
+    criterion: Criterion,
+    norm,
+    names: list[str],
+    context: PruneContext,
+    generator: torch.Generator | None,
+    method: str,
+) -> None:
+    """Prune ``keep`` in place; iterative criteria approach each pool's goal exponentially."""
+    start = [int(_elements(pool, keep, None, norm, generator)[0].sum()) for pool in pools]
+    goal = [round(pool.rate * n) for pool, n in zip(pools, start, strict=True)]
+    removed = [0] * len(pools)
+    rounds = criterion.rounds(context)
+    for k in range(1, rounds + 1):
+        targets = [
+            g if k == rounds else min(g, round(n * (1.0 - (1.0 - pool.rate) ** (k / rounds))))
+            for pool, n, g in zip(pools, start, goal, strict=True)
+        ]
+        due = [t - r for t, r in zip(targets, removed, strict=True)]
+        if not any(due):
+            continue
+        scores = criterion.scores(model, Mask(keep), names, context, generator)
+        for i, pool in enumerate(pools):
+            if due[i] == 0:
+                continue
+            alive, values = _elements(pool, keep, scores, norm, generator)
+            if torch.isnan(values[alive]).any():  # type: ignore[index]
+                raise PrunelabError(
+                    f"method {method!r} gave NaN scores: the model's weights or data hold NaN/inf"
+                )
+            survivors = _drop_lowest(values, alive, due[i])  # type: ignore[arg-type]
+            offset = 0
+            for layer, axis in pool.layers:
+                size = layer.shape[axis] if axis is not None else math.prod(layer.shape)
+                part = survivors[offset : offset + size]
+                keep[layer.param] = keep[layer.param] & expand_units(part, layer.shape, axis)
+                offset += size
+            removed[i] += due[i]
