@@ -139,7 +139,7 @@ def test_corrupt_mask_file_is_refused(capsys, tmp_path):
 
 
 def test_usage_error_exits_2(capsys):
-    code, _, err = run(capsys, "train", "--epochs", "many")
+    code, _, _ = run(capsys, "train", "--epochs", "many")
     assert code == 2
 
 
@@ -157,7 +157,7 @@ def test_console_script_and_python_m(tmp_path):
 )
 def test_train_on_real_fashion_mnist(capsys, tmp_path):
     """End to end on real data: one epoch of LeNet-300-100 reaches the accuracy the papers report."""
-    code, out, _ = run(
+    code, _, _ = run(
         capsys,
         "train",
         "--model",

@@ -36,7 +36,7 @@ def test_learns_above_chance(data):
     result = train(model, data, TrainConfig(epochs=5, lr=3e-3, batch_size=32))
     assert result.final.test_acc > 0.6
     assert result.iterations == 5 * -(-len(data.train) // 32)
-    assert [r.iteration for r in result.history][0] == 0  # evaluated at initialisation too
+    assert result.history[0].iteration == 0  # evaluated at initialisation too
     assert result.history[-1].val_loss is not None
 
 

@@ -68,8 +68,8 @@ def data_list(data_dir: DataDir = None) -> None:
 def data_get(
     name: Annotated[str, typer.Argument(help="Dataset to download (mnist, fashion-mnist, cifar10).")],
     dest: Annotated[
-        Optional[Path], typer.Option(help="Root folder; files go to DEST/NAME (default: the prunelab cache).")
-    ] = None,  # noqa: UP045
+        Path | None, typer.Option(help="Root folder; files go to DEST/NAME (default: the prunelab cache).")
+    ] = None,
 ) -> None:
     """Download a dataset from its official mirror, verify its checksums, and store it atomically."""
     from prunelab.data import DATASETS, download
@@ -89,8 +89,8 @@ def train(
     data_dir: DataDir = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training length in epochs.")] = None,  # noqa: UP045
     iterations: Annotated[
-        Optional[int], typer.Option(help="Training length in iterations (instead of epochs).")
-    ] = None,  # noqa: UP045
+        int | None, typer.Option(help="Training length in iterations (instead of epochs).")
+    ] = None,
     optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw.")] = "adam",
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1.2e-3,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.0,
@@ -101,25 +101,25 @@ def train(
     milestones: Annotated[str, typer.Option(help="Step-schedule milestones, e.g. '80ep,120ep'.")] = "",
     warmup: Annotated[str, typer.Option(help="Linear LR warmup, e.g. '500it' or '1ep'.")] = "0it",
     eval_every: Annotated[
-        Optional[str], typer.Option(help="Evaluate every '200it' or '1ep' (default: every epoch).")
-    ] = None,  # noqa: UP045
+        str | None, typer.Option(help="Evaluate every '200it' or '1ep' (default: every epoch).")
+    ] = None,
     val_size: Annotated[
-        Optional[int], typer.Option(help="Validation examples held out of the training set.")
-    ] = None,  # noqa: UP045
+        int | None, typer.Option(help="Validation examples held out of the training set.")
+    ] = None,
     init: Annotated[
-        Optional[str], typer.Option(help="Initialisation (glorot-normal, kaiming-normal, ...).")
-    ] = None,  # noqa: UP045
+        str | None, typer.Option(help="Initialisation (glorot-normal, kaiming-normal, ...).")
+    ] = None,
     mask: Annotated[
-        Optional[Path], typer.Option(help="Mask file (.safetensors, or a torch.nn.utils.prune state dict).")
-    ] = None,  # noqa: UP045
+        Path | None, typer.Option(help="Mask file (.safetensors, or a torch.nn.utils.prune state dict).")
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Replicate seed: initialisation and data order derive from it.")
     ] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (GPU only).")] = False,
     out: Annotated[
-        Optional[Path], typer.Option(help="Folder for final weights (safetensors) and metrics (JSON).")
-    ] = None,  # noqa: UP045
+        Path | None, typer.Option(help="Folder for final weights (safetensors) and metrics (JSON).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a dense model, or a masked one with --mask, and print its metrics."""
