@@ -129,6 +129,140 @@ def train(
     run_train(**options)
 
 
+Root = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--root", help="Results folder (else $PRUNELAB_HOME, else ~/.prunelab/runs)."),
+]
+Opt = Optional  # typer reads Optional[...] on every supported Python
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Opt[Path], typer.Option(help="TOML/YAML experiment spec; flags given override it.")
+    ] = None,
+    model: Annotated[Opt[str], typer.Option(help="Model (default lenet-300-100).")] = None,
+    data: Annotated[Opt[str], typer.Option(help="Dataset (default fashion-mnist).")] = None,
+    data_dir: DataDir = None,
+    method: Annotated[
+        Opt[str],
+        typer.Option(
+            help="magnitude, random, l1-structured, l2-structured, linf-structured, lninf-structured, random-structured, hybrid, snip, grasp, synflow, large_final, magnitude_increase, movement."
+        ),
+    ] = None,
+    scope: Annotated[Opt[str], typer.Option(help="layerwise, global or by-type.")] = None,
+    structure: Annotated[
+        Opt[str], typer.Option(help="Override the method's structure (e.g. structured-output).")
+    ] = None,
+    layers: Annotated[Opt[str], typer.Option(help="Which layers to prune: all, fc-only, conv-only.")] = None,
+    exclude: Annotated[Opt[str], typer.Option(help="Comma-separated layer names never pruned.")] = None,
+    layer_rates: Annotated[Opt[str], typer.Option(help="Per-layer rates, e.g. 'fc3=0.1'.")] = None,
+    output_rate: Annotated[
+        Opt[float], typer.Option(help="Prune the output layer at this factor of the rate (0.5 = half).")
+    ] = None,
+    rounds: Annotated[Opt[int], typer.Option(help="Pruning rounds (levels after dense).")] = None,
+    rate: Annotated[Opt[float], typer.Option(help="Fraction of remaining weights pruned per round.")] = None,
+    target_sparsity: Annotated[
+        Opt[float], typer.Option(help="Reach this sparsity in --rounds rounds (overrides --rate).")
+    ] = None,
+    treatment: Annotated[
+        Opt[str], typer.Option(help="rewind, rewind:500it, rewind:1ep, finetune, reinit, sign, sigma-sign.")
+    ] = None,
+    controls: Annotated[
+        Opt[str], typer.Option(help="Control branches per level: reinit, random-mask.")
+    ] = None,
+    seeds: Annotated[Opt[str], typer.Option(help="Replicates, e.g. 0-4 or 0,3.")] = None,
+    epochs: Annotated[Opt[int], typer.Option(help="Training epochs per level.")] = None,
+    iterations: Annotated[
+        Opt[int], typer.Option(help="Training iterations per level (instead of epochs).")
+    ] = None,
+    optimizer: Annotated[Opt[str], typer.Option(help="sgd, adam or adamw.")] = None,
+    lr: Annotated[Opt[float], typer.Option(help="Learning rate.")] = None,
+    momentum: Annotated[Opt[float], typer.Option(help="SGD momentum.")] = None,
+    weight_decay: Annotated[Opt[float], typer.Option(help="Weight decay.")] = None,
+    batch_size: Annotated[Opt[int], typer.Option(help="Mini-batch size.")] = None,
+    schedule: Annotated[Opt[str], typer.Option(help="constant, step or cosine.")] = None,
+    warmup: Annotated[Opt[str], typer.Option(help="Linear warmup, e.g. '500it'.")] = None,
+    device: Annotated[Opt[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    name: Annotated[
+        Opt[str], typer.Option(help="A label for listings (not part of the experiment's id).")
+    ] = None,
+    root: Root = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run a pruning experiment (resumable: rerun the same command to continue)."""
+    from prunelab.commands import build_experiment_spec, run_experiment
+
+    train_options = dict(
+        epochs=epochs,
+        iterations=iterations,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        schedule=schedule,
+        warmup=warmup,
+        device=device,
+    )
+    spec = build_experiment_spec(
+        config=config,
+        seeds=seeds,
+        treatment=treatment,
+        controls=controls,
+        exclude=exclude,
+        layer_rates=layer_rates,
+        train_options=train_options,
+        model=model,
+        data=data,
+        method=method,
+        scope=scope,
+        structure=structure,
+        layers=layers,
+        rate=rate,
+        rounds=rounds,
+        target_sparsity=target_sparsity,
+        output_rate_factor=output_rate,
+        name=name,
+    )
+    run_experiment(spec, root=root, data_dir=data_dir, progress=progress)
+
+
+@app.command("ls")
+def ls(root: Root = None) -> None:
+    """List experiments with their status."""
+    from prunelab.commands import list_runs
+
+    list_runs(root)
+
+
+@app.command()
+def show(
+    run: Annotated[str, typer.Argument(help="Experiment id (or unique prefix), label, or folder.")],
+    root: Root = None,
+    tolerance: Annotated[float, typer.Option(help="Winning ticket: within this of dense accuracy.")] = 0.005,
+) -> None:
+    """Per-level table of an experiment (mean ± std over seeds) and its winning ticket."""
+    from prunelab.commands import show_experiment
+    from prunelab.experiments.summary import find_experiment
+
+    show_experiment(find_experiment(run, root), tolerance)
+
+
+@app.command()
+def demo(
+    root: Root = None,
+    data_dir: DataDir = None,
+    rounds: Annotated[int, typer.Option(help="Pruning rounds (12 reaches ~7% of the hidden weights).")] = 12,
+    epochs: Annotated[int, typer.Option(help="Training epochs per level.")] = 3,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """The lottery-ticket demo: LeNet-300-100 IMP with rewinding on Fashion-MNIST, vs random reinit."""
+    from prunelab.commands import run_demo
+
+    run_demo(root=root, data_dir=data_dir, rounds=rounds, epochs=epochs, progress=progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one line and return 2; no traceback."""
     try:

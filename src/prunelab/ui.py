@@ -47,7 +47,8 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[obj
     t = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
         numeric = all(isinstance(row[i], int | float) or row[i] is None for row in rows)
-        t.add_column(col, justify="right" if numeric and rows else "left")
+        short = all(len(fmt(row[i])) <= 24 for row in rows)
+        t.add_column(col, justify="right" if numeric and rows else "left", no_wrap=short)
     for row in rows:
         t.add_row(*[fmt(v) for v in row])
     return t

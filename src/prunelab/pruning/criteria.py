@@ -32,8 +32,8 @@ class Criterion(ABC):
     signed: ClassVar[bool] = False
     """Signed scores have no meaningful Ln norm per unit, so they are refused for structured pruning."""
 
-    def check(self, model: nn.Module, names: Sequence[str], context: PruneContext) -> None:  # noqa: B027 (optional hook)
-        """Raise SpecError, before any work, if ``context`` lacks what this criterion needs."""
+    def check(self, model: nn.Module, names: Sequence[str], context: PruneContext) -> None:  # noqa: B027
+        """Raise SpecError, before any work, if ``context`` lacks what this criterion needs (optional)."""
 
     def rounds(self, context: PruneContext) -> int:
         """Scoring rounds per pruning call; >1 re-scores between rounds (SynFlow)."""
@@ -113,7 +113,8 @@ def _require_initial(what: str, model: nn.Module, names: Sequence[str], context:
 
 def _initial(model: nn.Module, name: str, context: PruneContext) -> torch.Tensor:
     p = dict(model.named_parameters())[name]
-    return context.initial_state[name].detach().to(p.device, p.dtype)  # type: ignore[index]
+    assert context.initial_state is not None  # checked by _require_initial
+    return context.initial_state[name].detach().to(p.device, p.dtype)
 
 
 @contextlib.contextmanager
@@ -240,8 +241,8 @@ class GraSP(Criterion):
             leaves = _leaves(weights, names)
             loss = context.loss_fn(_forward(model, {**weights, **leaves}, x) / temperature, y)
             grads = _grad(loss, leaves, create_graph=True)
-            gnorm = sum((grads[n] * stopped[n]).sum() for n in names)
-            for n, g in _grad(gnorm, leaves).items():  # type: ignore[arg-type]
+            gnorm = torch.stack([(grads[n] * stopped[n]).sum() for n in names]).sum()
+            for n, g in _grad(gnorm, leaves).items():
                 hg[n] += g
         return {n: weights[n] * hg[n] for n in names}
 

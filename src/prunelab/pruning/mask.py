@@ -147,6 +147,15 @@ class Mask:
             params[name].mul_(m.to(params[name].device, params[name].dtype))
         return model
 
+    def shuffled(self, generator: torch.Generator | None = None) -> Mask:
+        """A random mask with exactly the same number of kept weights in every tensor (a control)."""
+        out = {}
+        for name, m in self.items():
+            keep = torch.zeros(m.numel(), dtype=torch.bool)
+            keep[torch.randperm(m.numel(), generator=generator)[: int(m.sum())]] = True
+            out[name] = keep.view(m.shape).to(m.device)
+        return Mask(out)
+
     # persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         save_tensors(path, self._masks, metadata={"format": "prunelab-mask"})

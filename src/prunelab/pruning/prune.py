@@ -24,8 +24,8 @@ from prunelab.pruning.layers import LayerInfo, describe, prunable_layers, resolv
 from prunelab.pruning.mask import Mask
 from prunelab.pruning.methods import METHODS
 from prunelab.pruning.schedule import check_rate
-from prunelab.pruning.scope import SCOPES
-from prunelab.pruning.structure import STRUCTURES, UNIT_NORMS, Structure, as_units, expand_units
+from prunelab.pruning.scope import SCOPES, Scope
+from prunelab.pruning.structure import STRUCTURES, UNIT_NORMS, Structure, UnitNorm, as_units, expand_units
 
 
 @dataclass(frozen=True)
@@ -145,27 +145,26 @@ def _layer_rates(
 def _pools(
     chosen: list[LayerInfo],
     scope: str,
-    scope_key: object,
+    scope_key: Scope,
     struct: Structure,
     rates: Mapping[str, float],
     fraction: float,
 ) -> list[_Pool]:
     """Group layers by scope; a layer with its own rate forms its own pool."""
     groups: dict[Hashable, list[tuple[LayerInfo, int | None]]] = {}
+    pool_rate: dict[Hashable, float] = {}
     for layer in chosen:
-        key = ("own rate", layer.param) if layer.param in rates else scope_key(layer)  # type: ignore[operator]
+        key = ("own rate", layer.param) if layer.param in rates else ("scope", scope_key(layer))
         groups.setdefault(key, []).append((layer, struct.axis(layer)))
-    pools = []
-    for key, members in groups.items():
+        pool_rate[key] = rates.get(layer.param, fraction)
+    for members in groups.values():
         if len({axis is None for _, axis in members}) > 1:
             raise SpecError(
                 f"scope {scope!r} would rank whole units of some layers against single weights of others "
                 f"({describe([layer for layer, _ in members])}); with a hybrid structure use scope "
                 "'layerwise' or 'by-type'"
             )
-        rate = rates[key[1]] if isinstance(key, tuple) and key[0] == "own rate" else fraction
-        pools.append(_Pool(tuple(members), rate))
-    return pools
+    return [_Pool(tuple(members), pool_rate[key]) for key, members in groups.items()]
 
 
 # selection ------------------------------------------------------------------------------------
@@ -178,18 +177,25 @@ def _drop_lowest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch
     return keep
 
 
-def _elements(
-    pool: _Pool, keep: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor] | None, norm, generator
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Alive flags and (if ``scores`` given) scores of the pool's elements, concatenated."""
-    alive, values = [], []
+def _alive(pool: _Pool, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Alive flags of the pool's elements (a unit is alive while any of its weights is)."""
+    return torch.cat([as_units(keep[layer.param], axis).any(dim=1) for layer, axis in pool.layers])
+
+
+def _element_scores(
+    pool: _Pool,
+    keep: Mapping[str, torch.Tensor],
+    scores: Mapping[str, torch.Tensor],
+    norm: UnitNorm,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Scores of the pool's elements in float64: the weight's own, or its unit's norm."""
+    values = []
     for layer, axis in pool.layers:
         rows = as_units(keep[layer.param], axis)
-        alive.append(rows.any(dim=1))
-        if scores is not None:
-            s = as_units(scores[layer.param].to(rows.device, torch.float64), axis)
-            values.append(s[:, 0] if axis is None else norm(s, rows, generator).to(torch.float64))
-    return torch.cat(alive), (torch.cat(values) if scores is not None else None)
+        s = as_units(scores[layer.param].to(rows.device, torch.float64), axis)
+        values.append(s[:, 0] if axis is None else norm(s, rows, generator).to(rows.device, torch.float64))
+    return torch.cat(values)
 
 
 def _run(
@@ -197,14 +203,14 @@ def _run(
     keep: dict[str, torch.Tensor],
     pools: list[_Pool],
     criterion: Criterion,
-    norm,
+    norm: UnitNorm,
     names: list[str],
     context: PruneContext,
     generator: torch.Generator | None,
     method: str,
 ) -> None:
     """Prune ``keep`` in place; iterative criteria approach each pool's goal exponentially."""
-    start = [int(_elements(pool, keep, None, norm, generator)[0].sum()) for pool in pools]
+    start = [int(_alive(pool, keep).sum()) for pool in pools]
     goal = [round(pool.rate * n) for pool, n in zip(pools, start, strict=True)]
     removed = [0] * len(pools)
     rounds = criterion.rounds(context)
@@ -220,12 +226,12 @@ def _run(
         for i, pool in enumerate(pools):
             if due[i] == 0:
                 continue
-            alive, values = _elements(pool, keep, scores, norm, generator)
-            if torch.isnan(values[alive]).any():  # type: ignore[index]
+            alive, values = _alive(pool, keep), _element_scores(pool, keep, scores, norm, generator)
+            if torch.isnan(values[alive]).any():
                 raise PrunelabError(
                     f"method {method!r} gave NaN scores: the model's weights or data hold NaN/inf"
                 )
-            survivors = _drop_lowest(values, alive, due[i])  # type: ignore[arg-type]
+            survivors = _drop_lowest(values, alive, due[i])
             offset = 0
             for layer, axis in pool.layers:
                 size = layer.shape[axis] if axis is not None else math.prod(layer.shape)

@@ -128,6 +128,7 @@ class Trainer:
         self.iteration = 0
         self.history: list[EvalRecord] = []
         self.wall_time = 0.0
+        self.until = self.total
         self._masked = self._mask_pairs()
 
     # ---------------------------------------------------------------------------------------
@@ -195,20 +196,27 @@ class Trainer:
         on_epoch_end: Callable[[Trainer], None] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         snapshot_at: Iterable[int] = (),
+        until: int | None = None,
     ) -> TrainResult:
-        """Train to the configured length; ``on_epoch_end`` is the place to checkpoint."""
+        """Train to the configured length (or stop at iteration ``until``); checkpoint in ``on_epoch_end``.
+
+        A trainer whose ``iteration`` was set before the first run starts there (late rewinding):
+        the LR schedule is read at that iteration and the first epoch is the rest of one.
+        """
         snapshot_at = set(snapshot_at)
+        self.until = self.total if until is None else min(until, self.total)
         snapshots: dict[int, dict[str, torch.Tensor]] = {}
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        torch.set_flush_denormal(True)  # subnormal floats make CPU kernels 10-100x slower
         with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(self.rng_state)
             if self.device.type == "cuda":
                 torch.cuda.manual_seed(derive_seed(self.seed, "dropout-cuda") + self.iteration)
             self.model.train()
-            if self.iteration == 0 and not self.history:
+            if not self.history:
                 self._snapshot(snapshots, snapshot_at)
-                self._record(self._set_lr(0), torch.zeros(()), torch.zeros(()), 0)
-            while self.iteration < self.total:
+                self._record(self._set_lr(self.iteration), torch.zeros(()), torch.zeros(()), 0)
+            while self.iteration < self.until:
                 start = time.perf_counter()
                 self._epoch(snapshots, snapshot_at, on_progress)
                 self.rng_state = torch.get_rng_state()
@@ -241,13 +249,12 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        steps = (
-            self.batches_per_epoch
-            if not evaluate
-            else min(self.batches_per_epoch, self.total - self.iteration)
-        )
+        offset = self.iteration % self.batches_per_epoch if evaluate else 0
+        steps = self.batches_per_epoch - offset
+        if evaluate:
+            steps = min(steps, self.until - self.iteration)
         for b in range(steps):
-            idx = perm[b * bs : (b + 1) * bs]
+            idx = perm[(offset + b) * bs : (offset + b + 1) * bs]
             xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
             if self.augment:
                 xb = cifar_augment(xb, self.generator)
@@ -268,7 +275,9 @@ class Trainer:
             self.iteration += 1
             if snapshot_at:
                 self._snapshot(snapshots, snapshot_at)
-            if evaluate and (self.iteration % self.eval_interval == 0 or self.iteration == self.total):
+            if evaluate and (
+                self.iteration % self.eval_interval == 0 or self.iteration in (self.total, self.until)
+            ):
                 self._record(lr, loss_sum, correct, seen)
                 self._check_mask()
                 loss_sum.zero_()
