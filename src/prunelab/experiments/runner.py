@@ -69,14 +69,23 @@ class ExperimentRunner:
         model = self._new_model(0, "init")
         self.rate = self.spec.pruning.rate_per_round()
         self._prune(
-            model, None, context=PruneContext(initial_state=_state(model), batches=self._probe_batches())
+            model,
+            None,
+            context=PruneContext(
+                initial_state=_state(model),
+                batches=self._probe_batches(),
+                input_shape=self._info().input_shape,
+            ),
         )
 
-    def _probe_batches(self) -> tuple | None:
-        """SNIP and GraSP need data; the check uses a random batch of the right shape."""
+    def _info(self):
         from prunelab.data import DATASETS
 
-        info = DATASETS.get(self.spec.data).info
+        return DATASETS.get(self.spec.data).info
+
+    def _probe_batches(self) -> tuple:
+        """SNIP and GraSP need data; the check uses a random batch of the right shape."""
+        info = self._info()
         g = torch.Generator().manual_seed(0)
         return (
             (
@@ -92,9 +101,7 @@ class ExperimentRunner:
         return self._data
 
     def _new_model(self, seed: int, purpose: str) -> nn.Module:
-        from prunelab.data import DATASETS
-
-        info = DATASETS.get(self.spec.data).info
+        info = self._info()
         return build_model(
             self.spec.model,
             num_classes=info.num_classes,
@@ -189,7 +196,11 @@ class ExperimentRunner:
         model = self._new_model(seed, "init")
         model.load_state_dict(previous)
         g = torch.Generator().manual_seed(derive_seed(seed, f"prune-{level}"))
-        context = PruneContext(initial_state=init, batches=self._scoring_batches(seed, level))
+        context = PruneContext(
+            initial_state=init,
+            batches=self._scoring_batches(seed, level),
+            input_shape=self.data.info.input_shape,
+        )
         new = self._prune(model, mask, context=context, generator=g)
         new.save(path)
         return new

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +29,6 @@ class PruneContext:
     """SynFlow prunes in this many rounds, the density shrinking exponentially (Tanaka et al.: 100)."""
     grasp_temperature: float = 200.0
     """GraSP divides the logits by this before the loss, as Wang et al.'s code does."""
-    extra: Mapping[str, object] = field(default_factory=dict)
-    """Room for options of criteria registered by users."""
 
     def __post_init__(self) -> None:
         # A generator or DataLoader iterator would be used up by the first pass (GraSP needs two).

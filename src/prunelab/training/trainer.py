@@ -93,6 +93,35 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> tu
     return float(loss) / n, float(correct) / n
 
 
+class _Window:
+    """Training loss and accuracy since the last evaluation, reduced only when read.
+
+    Keeping references costs nothing per step; one batched reduction per evaluation replaces
+    several tiny tensor ops per step.
+    """
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> None:
+        self.losses.append(loss.detach())
+        self.outputs.append(out.detach())
+        self.targets.append(target)
+
+    def flush(self) -> tuple[float, float, int]:
+        """(summed loss, correct predictions, examples) since the last flush."""
+        if not self.losses:
+            return 0.0, 0.0, 0
+        sizes = torch.tensor([len(t) for t in self.targets], dtype=torch.float64)
+        loss_sum = float(torch.stack(self.losses).double().cpu() @ sizes)
+        correct = float((torch.cat(self.outputs).argmax(1) == torch.cat(self.targets)).sum())
+        seen = int(sizes.sum())
+        self.__init__()
+        return loss_sum, correct, seen
+
+
 class Trainer:
     """Trains one model on one dataset; its state can be checkpointed at epoch ends and resumed exactly."""
 
@@ -171,7 +200,7 @@ class Trainer:
             raise CheckpointError(f"training checkpoint does not fit this run: {exc}") from None
 
     # ---------------------------------------------------------------------------------------
-    def _record(self, lr: float, train_loss: torch.Tensor, correct: torch.Tensor, seen: int) -> None:
+    def _record(self, lr: float, train_loss: float, correct: float, seen: int) -> None:
         val_loss = val_acc = None
         if len(self.data.val):
             val_loss, val_acc = evaluate(self.model, self.data.val)
@@ -215,7 +244,7 @@ class Trainer:
             self.model.train()
             if not self.history:
                 self._snapshot(snapshots, snapshot_at)
-                self._record(self._set_lr(self.iteration), torch.zeros(()), torch.zeros(()), 0)
+                self._record(self._set_lr(self.iteration), 0.0, 0.0, 0)
             while self.iteration < self.until:
                 start = time.perf_counter()
                 self._epoch(snapshots, snapshot_at, on_progress)
@@ -246,9 +275,7 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
         constant_lr = self.cfg.schedule == "constant" and self.schedule.warmup == 0
         lr = self._set_lr(self.iteration)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
+        window = _Window()
         offset = self.iteration % self.batches_per_epoch if evaluate else 0
         steps = self.batches_per_epoch - offset
         if evaluate:
@@ -269,20 +296,15 @@ class Trainer:
                 torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
             opt.step()
             opt.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * len(yb)
-            correct += (out.detach().argmax(1) == yb).sum()
-            seen += len(yb)
+            window.add(loss, out, yb)
             self.iteration += 1
             if snapshot_at:
                 self._snapshot(snapshots, snapshot_at)
             if evaluate and (
                 self.iteration % self.eval_interval == 0 or self.iteration in (self.total, self.until)
             ):
-                self._record(lr, loss_sum, correct, seen)
+                self._record(lr, *window.flush())
                 self._check_mask()
-                loss_sum.zero_()
-                correct.zero_()
-                seen = 0
             if on_progress is not None and (b % 50 == 49 or b == steps - 1):
                 on_progress(self.iteration, self.total)
 
