@@ -206,3 +206,32 @@ def test_trains_registered_model_on_digits():
     model = build_model("lenet-300-100", num_classes=10, input_shape=data.info.input_shape, seed=0)
     result = train(model, data, TrainConfig(epochs=3))
     assert result.final.test_acc > 0.85
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_lean_fused_step_is_bit_identical_to_torch_step(name):
+    from prunelab.training.fused import LeanStepper
+
+    def make():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3))
+        opt = (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(
+            model.parameters(), lr=1e-2, weight_decay=1e-3, fused=True)
+        return model, opt
+
+    (ref, ref_opt), (lean, lean_opt) = make(), make()
+    stepper = LeanStepper(lean_opt)
+    g = torch.Generator().manual_seed(1)
+    for i in range(25):
+        x, y = torch.randn(8, 20, generator=g), torch.randint(0, 3, (8,), generator=g)
+        for model, opt, step in ((ref, ref_opt, ref_opt.step), (lean, lean_opt, stepper.step)):
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            if i == 10:
+                opt.param_groups[0]["lr"] = 3e-3  # schedules change the LR between steps
+            step()
+            opt.zero_grad(set_to_none=True)
+    assert stepper._plan is not None  # the lean path was really taken
+    for a, b in zip(ref.parameters(), lean.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(ref_opt.state.values(), lean_opt.state.values(), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,25 +6,44 @@ tensors; models, datasets, optimizers and schedules are registered by name.
 
 from prunelab.data import DATASETS, Dataset, load_dataset
 from prunelab.errors import PrunelabError
+from prunelab.experiments import ExperimentSpec, PruneSpec, TreatmentSpec, load_level
 from prunelab.models import MODELS, build_model
-from prunelab.pruning import Mask, from_torch_prune, sparsity_report
+from prunelab.pruning import Mask, from_torch_prune, prune, random_mask, sparsity_report
 from prunelab.training import TrainConfig, Trainer, TrainResult, evaluate, train
 
 __version__ = "0.1.0"
+
+load = load_level
+
+
+def run(spec: ExperimentSpec, root=None, *, data_dir=None):
+    """Run (or resume, or just read back) an experiment; returns its per-seed, per-level metrics."""
+    from prunelab.experiments import ExperimentRunner
+
+    return ExperimentRunner(spec, root, data_dir=data_dir).run()
+
 
 __all__ = [
     "DATASETS",
     "MODELS",
     "Dataset",
+    "ExperimentSpec",
     "Mask",
+    "PruneSpec",
     "PrunelabError",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "TreatmentSpec",
     "build_model",
     "evaluate",
     "from_torch_prune",
+    "load",
     "load_dataset",
+    "load_level",
+    "prune",
+    "random_mask",
+    "run",
     "sparsity_report",
     "train",
 ]

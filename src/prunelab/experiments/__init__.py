@@ -1,5 +1,6 @@
 """Lottery-ticket experiments: specs, weight treatments, resumable runs, summaries."""
 
+from prunelab.experiments.load import LoadedLevel, load_level
 from prunelab.experiments.runner import ExperimentResult, ExperimentRunner
 from prunelab.experiments.spec import (
     ExperimentSpec,
@@ -16,9 +17,11 @@ __all__ = [
     "ExperimentResult",
     "ExperimentRunner",
     "ExperimentSpec",
+    "LoadedLevel",
     "PruneSpec",
     "Treatment",
     "TreatmentSpec",
+    "load_level",
     "load_spec_file",
     "parse_seeds",
     "results_root",

@@ -23,6 +23,7 @@ from prunelab.pruning.mask import Mask
 from prunelab.seeding import derive_seed
 from prunelab.training.config import TrainConfig
 from prunelab.training.device import resolve_device
+from prunelab.training.fused import LeanStepper
 from prunelab.training.optim import build_optimizer
 from prunelab.training.schedule import build_schedule
 
@@ -149,6 +150,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(derive_seed(seed, "data-order"))
         self.rng_state = torch.Generator().manual_seed(derive_seed(seed, "dropout")).get_state()
         self.optimizer = build_optimizer(self.model.parameters(), cfg, self.device)
+        self.stepper = LeanStepper(self.optimizer)
         self.batches_per_epoch = -(-len(self.data.train) // cfg.batch_size)
         self.total = cfg.total_iterations(self.batches_per_epoch)
         self.eval_interval = cfg.eval_interval(self.batches_per_epoch)
@@ -191,6 +193,7 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self.stepper.invalidate()
             self.iteration = int(state["iteration"])
             self.generator.set_state(state["generator"])
             self.rng_state = state["rng"]
@@ -271,7 +274,7 @@ class Trainer:
         """One pass over a fresh permutation (or fewer iterations at the end of training)."""
         train, bs, device = self.data.train, self.cfg.batch_size, self.device
         perm = torch.randperm(len(train), generator=self.generator).to(device)
-        model, opt, masked = self.model, self.optimizer, self._masked
+        model, opt, step, masked = self.model, self.optimizer, self.stepper.step, self._masked
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
         constant_lr = self.cfg.schedule == "constant" and self.schedule.warmup == 0
         lr = self._set_lr(self.iteration)
@@ -294,7 +297,7 @@ class Trainer:
             if masked:
                 pairs = [(p.grad, m) for p, m in masked if p.grad is not None]
                 torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
-            opt.step()
+            step()
             opt.zero_grad(set_to_none=True)
             window.add(loss, out, yb)
             self.iteration += 1
