@@ -291,3 +291,83 @@ def test_cli_bad_experiment_flags_exit_2(tmp_path, capsys):
     ]:
         assert main([*args, "--root", str(tmp_path)]) == 2
         assert needle in capsys.readouterr().err
+
+
+def test_masked_macs_by_hand():
+    from torch import nn
+
+    from prunelab.pruning import masked_macs
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    dense = Mask.ones(model)
+    assert masked_macs(model, dense, (1, 6, 6)) == 18 * 16 + 96  # 2x1x3x3 weights at 4x4 positions
+    keep = dense["0.weight"].clone()
+    keep[1] = False  # one filter gone
+    half = Mask({"0.weight": keep, "3.weight": dense["3.weight"]})
+    assert masked_macs(model, half, (1, 6, 6)) == 9 * 16 + 96
+
+
+def test_scratch_b_trains_longer_by_the_flop_ratio(tmp_path):
+    spec = tiny_spec(
+        model="conv2",
+        pruning=PruneSpec(
+            method="l1-structured", structure="structured-output", rate=0.5, rounds=1, exclude=("fc3",)
+        ),
+        treatment=TreatmentSpec(kind="scratch-b"),
+        train=TrainConfig(epochs=1, batch_size=64),
+    )
+    result = ExperimentRunner(spec, tmp_path).run()
+    dense_its, pruned_its = result.levels[0][0]["iterations"], result.levels[0][1]["iterations"]
+    assert pruned_its > 1.5 * dense_its  # half the filters of each conv: far fewer MACs
+    e = ExperimentRunner(
+        tiny_spec(
+            model="conv2",
+            pruning=spec.pruning,
+            treatment=TreatmentSpec(kind="scratch-e"),
+            train=TrainConfig(epochs=1, batch_size=64),
+        ),
+        tmp_path,
+    ).run()
+    assert e.levels[0][1]["iterations"] == dense_its
+
+
+@pytest.mark.parametrize("treatment", ["scratch-e", "scratch-b"])
+def test_scratch_needs_structured_masks(tmp_path, treatment):
+    for method in ("magnitude", "hybrid"):
+        with pytest.raises(SpecError, match="needs a structured mask in every layer"):
+            ExperimentRunner(
+                tiny_spec(pruning=PruneSpec(method=method), treatment=TreatmentSpec(kind=treatment)), tmp_path
+            )
+
+
+METHOD_RUNS = [
+    ("magnitude", "layerwise"),
+    ("magnitude", "global"),
+    ("magnitude", "by-type"),
+    ("random", "layerwise"),
+    ("l1-structured", "layerwise"),
+    ("l2-structured", "layerwise"),
+    ("linf-structured", "layerwise"),
+    ("lninf-structured", "layerwise"),
+    ("random-structured", "layerwise"),
+    ("hybrid", "layerwise"),
+    ("snip", "global"),
+    ("grasp", "global"),
+    ("synflow", "global"),
+    ("large_final", "layerwise"),
+    ("magnitude_increase", "layerwise"),
+    ("movement", "layerwise"),
+]
+
+
+@pytest.mark.parametrize("method, scope", METHOD_RUNS)
+def test_every_method_runs_through_the_engine(tmp_path, method, scope):
+    spec = tiny_spec(
+        model="conv2",
+        pruning=PruneSpec(method=method, scope=scope, rate=0.3, rounds=1),
+        train=TrainConfig(iterations=4, batch_size=64),
+    )
+    result = ExperimentRunner(spec, tmp_path).run()
+    mask = Mask.load(result.directory / "seed-0" / "level-01" / "mask.safetensors")
+    assert 0.6 < mask.density() < 0.8
+    assert result.levels[0][1]["final"]["test_acc"] >= 0

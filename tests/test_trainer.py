@@ -216,7 +216,8 @@ def test_lean_fused_step_is_bit_identical_to_torch_step(name):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3))
         opt = (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(
-            model.parameters(), lr=1e-2, weight_decay=1e-3, fused=True)
+            model.parameters(), lr=1e-2, weight_decay=1e-3, fused=True
+        )
         return model, opt
 
     (ref, ref_opt), (lean, lean_opt) = make(), make()

@@ -166,7 +166,10 @@ def run(
         Opt[float], typer.Option(help="Reach this sparsity in --rounds rounds (overrides --rate).")
     ] = None,
     treatment: Annotated[
-        Opt[str], typer.Option(help="rewind, rewind:500it, rewind:1ep, finetune, reinit, sign, sigma-sign.")
+        Opt[str],
+        typer.Option(
+            help="rewind, rewind:500it, rewind:1ep, finetune, reinit, sign, sigma-sign, scratch-e, scratch-b."
+        ),
     ] = None,
     controls: Annotated[
         Opt[str], typer.Option(help="Control branches per level: reinit, random-mask.")

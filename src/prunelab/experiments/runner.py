@@ -22,7 +22,7 @@ from prunelab.experiments.store import Artifact, locked, results_root
 from prunelab.experiments.treatments import LevelInputs, State, treatment_for
 from prunelab.io import atomic_write_json
 from prunelab.models import build_model
-from prunelab.pruning import Mask, PruneContext, prune
+from prunelab.pruning import Mask, PruneContext, masked_macs, prune
 from prunelab.seeding import derive_seed
 from prunelab.training import TrainConfig, Trainer
 from prunelab.training.config import parse_duration
@@ -66,6 +66,7 @@ class ExperimentRunner:
     # set-up -------------------------------------------------------------------------------------
     def _check_before_training(self) -> None:
         """Refuse invalid combinations before any training: one trial round on the initial model."""
+        treatment_for(self.spec).check(self.spec)
         model = self._new_model(0, "init")
         self.rate = self.spec.pruning.rate_per_round()
         self._prune(
@@ -168,6 +169,7 @@ class ExperimentRunner:
                 previous=previous,
                 fresh=_state(self._new_model(seed, f"reinit-{level}")),
                 iterations_per_epoch=self.iterations_per_epoch(),
+                flops_ratio=self._flops_ratio(mask),
             )
             start = treatment.weights(inputs)
             cfg, start_it = treatment.config(inputs), treatment.start_iteration(inputs)
@@ -185,6 +187,12 @@ class ExperimentRunner:
                 controls[name].append(self._train(branch, label, c_start, c_mask, cfg, seed, c_it, level))
             previous = art.weights()
         return levels, controls
+
+    def _flops_ratio(self, mask: Mask) -> float:
+        model = self._new_model(0, "init")
+        return masked_macs(model, Mask.ones(model), self._info().input_shape) / max(
+            1, masked_macs(model, mask, self._info().input_shape)
+        )
 
     def _level_mask(
         self, level_dir: Path, seed: int, level: int, previous: State, mask: Mask | None, init: State

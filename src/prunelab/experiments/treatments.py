@@ -12,8 +12,9 @@ from typing import ClassVar
 
 import torch
 
+from prunelab.errors import SpecError
 from prunelab.experiments.spec import ExperimentSpec
-from prunelab.pruning import Mask
+from prunelab.pruning import METHODS, STRUCTURES, Mask
 from prunelab.registry import Registry
 from prunelab.training import TrainConfig
 from prunelab.training.config import parse_duration
@@ -33,12 +34,26 @@ class LevelInputs:
     previous: State  # final weights of the previous level
     fresh: State  # a new random initialisation for this level (seeded by replicate and level)
     iterations_per_epoch: int
+    flops_ratio: float = 1.0  # dense MACs / pruned MACs of one forward pass
 
 
 class Treatment:
     """Base: start from ``weights``; train with ``config`` from ``start_iteration``."""
 
     description: ClassVar[str] = ""
+    requires_structured: ClassVar[bool] = False
+
+    def check(self, spec: ExperimentSpec) -> None:
+        """Refuse, before any training, a pruning spec this treatment cannot apply to."""
+        if self.requires_structured:
+            name = spec.pruning.structure or METHODS.get(spec.pruning.method).structure
+            if not STRUCTURES.get(name).fully_structured:
+                raise SpecError(
+                    f"treatment {spec.treatment.kind!r} trains a smaller dense network from scratch, so it "
+                    f"needs a structured mask in every layer; method {spec.pruning.method!r} with structure "
+                    f"{name!r} is not. Use e.g. --method l1-structured (structure structured-input or "
+                    "structured-output)."
+                )
 
     def weights(self, inputs: LevelInputs) -> State:
         raise NotImplementedError
@@ -116,6 +131,27 @@ class SigmaSign(Treatment):
 
     def weights(self, inputs: LevelInputs) -> State:
         return {k: v.std() * torch.sign(v) if k in inputs.mask else v for k, v in inputs.init.items()}
+
+
+@TREATMENTS.register("scratch-e")
+class ScratchE(Reinit):
+    """Liu et al.'s Scratch-E: the pruned architecture from a fresh init, for the same epochs."""
+
+    description = "structured masks: fresh init, same number of epochs"
+    requires_structured = True
+
+
+@TREATMENTS.register("scratch-b")
+class ScratchB(Reinit):
+    """Liu et al.'s Scratch-B: fresh init, trained longer by dense FLOPs / pruned FLOPs (same compute)."""
+
+    description = "structured masks: fresh init, epochs x dense FLOPs / pruned FLOPs"
+    requires_structured = True
+
+    def config(self, inputs: LevelInputs) -> TrainConfig:
+        train = inputs.spec.train
+        total = train.total_iterations(inputs.iterations_per_epoch)
+        return train.model_copy(update={"epochs": None, "iterations": round(total * inputs.flops_ratio)})
 
 
 def treatment_for(spec: ExperimentSpec) -> Treatment:

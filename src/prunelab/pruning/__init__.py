@@ -9,6 +9,7 @@ from prunelab.pruning.context import PruneContext
 from prunelab.pruning.criteria import CRITERIA, Criterion
 from prunelab.pruning.densities import DISTRIBUTIONS, layer_densities, random_mask
 from prunelab.pruning.layers import LAYER_FILTERS, LayerInfo, prunable_layers
+from prunelab.pruning.macs import masked_macs
 from prunelab.pruning.mask import (
     Mask,
     SparsityReport,
@@ -40,6 +41,7 @@ __all__ = [
     "density_after",
     "from_torch_prune",
     "layer_densities",
+    "masked_macs",
     "one_shot_rate",
     "prunable_layers",
     "prunable_names",

@@ -33,6 +33,11 @@ class Structure:
     def structured(self) -> bool:
         return self.conv_axis is not None or self.linear_axis is not None
 
+    @property
+    def fully_structured(self) -> bool:
+        """Every layer loses whole units, so the pruned network is a smaller dense one."""
+        return self.conv_axis is not None and self.linear_axis is not None
+
 
 STRUCTURES: Registry[Structure] = Registry("structure")
 STRUCTURES.add("unstructured", Structure(None, None, "single weights"))
