@@ -236,3 +236,12 @@ def test_lean_fused_step_is_bit_identical_to_torch_step(name):
         assert torch.equal(a, b)
     for a, b in zip(ref_opt.state.values(), lean_opt.state.values(), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_that_does_not_fit_the_data_is_refused_clearly(data):
+    wrong_input = build_model("lenet-300-100", num_classes=4, input_shape=(1, 28, 28))
+    with pytest.raises(SpecError, match=r"does not accept synthetic inputs of shape \(1, 8, 8\)"):
+        Trainer(wrong_input, data, TrainConfig(epochs=1))
+    wrong_classes = build_model("lenet-300-100", num_classes=10, input_shape=(1, 8, 8))
+    with pytest.raises(SpecError, match="has 4 classes; build it with num_classes=4"):
+        Trainer(wrong_classes, data, TrainConfig(epochs=1))

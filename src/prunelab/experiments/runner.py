@@ -76,6 +76,7 @@ class ExperimentRunner:
                 initial_state=_state(model),
                 batches=self._probe_batches(),
                 input_shape=self._info().input_shape,
+                synflow_rounds=1,  # this trial only validates; one scoring round is enough
             ),
         )
 

@@ -94,6 +94,28 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> tu
     return float(loss) / n, float(correct) / n
 
 
+@torch.no_grad()
+def _check_fits_data(model: nn.Module, data: Dataset) -> None:
+    """One example through the model, so a shape mismatch is a clear error, not one deep inside torch."""
+    x = data.train.x[:1]
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x)
+    except RuntimeError as exc:
+        raise SpecError(
+            f"the model does not accept {data.info.name} inputs of shape {tuple(x.shape[1:])} "
+            f"({str(exc).splitlines()[0]}); build it with input_shape={data.info.input_shape}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != data.info.num_classes:
+        raise SpecError(
+            f"the model outputs shape {tuple(out.shape[1:])} per example but {data.info.name} has "
+            f"{data.info.num_classes} classes; build it with num_classes={data.info.num_classes}"
+        )
+
+
 class _Window:
     """Training loss and accuracy since the last evaluation, reduced only when read.
 
@@ -143,6 +165,7 @@ class Trainer:
             )
         self.data = data.to(self.device)
         self.model = model.to(self.device)
+        _check_fits_data(self.model, self.data)
         self.mask = mask
         if mask is not None:
             mask.apply(self.model)  # checks that the mask fits
