@@ -24,14 +24,7 @@ from prunelab.pruning import (
     rounds_for_rate,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: with several threads, OpenMP start-up and spinning cost more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_mlp(seed: int = 0) -> nn.Sequential:

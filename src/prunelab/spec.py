@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from prunelab.errors import SpecError
 from prunelab.registry import Registry
@@ -50,3 +51,15 @@ def known(registry: Registry, name: str) -> str:
     if name not in registry:
         raise ValueError(registry.unknown_message(name))
     return name
+
+
+def registered(registry: Registry | Callable[[], Registry]) -> type[str]:
+    """A ``str`` field type that must name an entry of ``registry`` (or of ``registry()``, for
+    registries that cannot be imported where the spec is defined)."""
+
+    def check(name: str) -> str:
+        return known(
+            registry() if callable(registry) and not isinstance(registry, Registry) else registry, name
+        )
+
+    return Annotated[str, AfterValidator(check)]  # type: ignore[return-value]

@@ -19,7 +19,7 @@ from prunelab.data import DATASETS
 from prunelab.errors import SpecError
 from prunelab.models import MODELS
 from prunelab.pruning import LAYER_FILTERS, METHODS, SCOPES, STRUCTURES, rate_for_rounds
-from prunelab.spec import FrozenSpec, build_spec, known
+from prunelab.spec import FrozenSpec, build_spec, registered
 from prunelab.training import TrainConfig
 from prunelab.training.config import parse_duration
 
@@ -29,36 +29,16 @@ CONTROL_NAMES = ("reinit", "random-mask")
 class PruneSpec(FrozenSpec):
     """How each round prunes: criterion x structure x scope, and how many rounds at what rate."""
 
-    method: str = "magnitude"
-    scope: str = "layerwise"
-    structure: str | None = None
-    layers: str = "all"
+    method: registered(METHODS) = "magnitude"
+    scope: registered(SCOPES) = "layerwise"
+    structure: registered(STRUCTURES) | None = None
+    layers: registered(LAYER_FILTERS) = "all"
     exclude: tuple[str, ...] = ()
     rate: float = Field(0.2, ge=0, lt=1, description="fraction of the remaining weights pruned per round")
     rounds: int = Field(1, ge=1, le=100)
     target_sparsity: float | None = Field(None, gt=0, lt=1)
     output_rate_factor: float | None = Field(None, gt=0)
     layer_rates: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        return known(METHODS, v)
-
-    @field_validator("scope")
-    @classmethod
-    def _scope(cls, v: str) -> str:
-        return known(SCOPES, v)
-
-    @field_validator("structure")
-    @classmethod
-    def _structure(cls, v: str | None) -> str | None:
-        return v if v is None else known(STRUCTURES, v)
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: str) -> str:
-        return known(LAYER_FILTERS, v)
 
     @field_validator("layer_rates")
     @classmethod
@@ -75,20 +55,19 @@ class PruneSpec(FrozenSpec):
         return self.rate
 
 
+def _treatments():
+    from prunelab.experiments.treatments import TREATMENTS  # treatments import this module
+
+    return TREATMENTS
+
+
 class TreatmentSpec(FrozenSpec):
     """What weights each level's training starts from (see :mod:`prunelab.experiments.treatments`)."""
 
-    kind: str = "rewind"
+    kind: registered(_treatments) = "rewind"
     rewind_to: str = "0it"
     finetune_lr: float | None = Field(None, gt=0)
     finetune_epochs: int | None = Field(None, gt=0)
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, v: str) -> str:
-        from prunelab.experiments.treatments import TREATMENTS
-
-        return known(TREATMENTS, v)
 
     @field_validator("rewind_to")
     @classmethod
@@ -111,8 +90,8 @@ class TreatmentSpec(FrozenSpec):
 class ExperimentSpec(FrozenSpec):
     """Everything that determines an experiment's results, plus its replicate seeds."""
 
-    model: str
-    data: str
+    model: registered(MODELS)
+    data: registered(DATASETS)
     init: str | None = None
     val_size: int | None = Field(None, ge=0)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1))
@@ -121,16 +100,6 @@ class ExperimentSpec(FrozenSpec):
     controls: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
     name: str | None = Field(None, description="a label for listings; not part of the identity")
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str) -> str:
-        return known(MODELS, v)
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: str) -> str:
-        return known(DATASETS, v)
 
     @field_validator("controls")
     @classmethod

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from prunelab.spec import FrozenSpec, known
+from prunelab.spec import FrozenSpec, registered
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ep|it)\s*$")
 
@@ -23,10 +23,22 @@ def parse_duration(text: str | int, iterations_per_epoch: int) -> int:
     return value * iterations_per_epoch if unit == "ep" else value
 
 
+def _optimizers():
+    from prunelab.training.optim import OPTIMIZERS  # which imports this module
+
+    return OPTIMIZERS
+
+
+def _schedules():
+    from prunelab.training.schedule import SCHEDULES  # which imports this module
+
+    return SCHEDULES
+
+
 class TrainConfig(FrozenSpec):
     """How one model is trained. Defaults follow the LeNet lottery-ticket setup (Adam 1.2e-3, batch 60)."""
 
-    optimizer: str = "adam"
+    optimizer: registered(_optimizers) = "adam"
     lr: float = Field(1.2e-3, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
@@ -34,7 +46,7 @@ class TrainConfig(FrozenSpec):
     batch_size: int = Field(60, gt=0)
     epochs: int | None = Field(None, gt=0)
     iterations: int | None = Field(None, gt=0)
-    schedule: str = "constant"
+    schedule: registered(_schedules) = "constant"
     milestones: tuple[str, ...] = ()
     gamma: float = Field(0.1, gt=0)
     warmup: str = "0it"
@@ -42,20 +54,6 @@ class TrainConfig(FrozenSpec):
     augment: bool | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = False
-
-    @field_validator("optimizer")
-    @classmethod
-    def _known_optimizer(cls, v: str) -> str:
-        from prunelab.training.optim import OPTIMIZERS
-
-        return known(OPTIMIZERS, v)
-
-    @field_validator("schedule")
-    @classmethod
-    def _known_schedule(cls, v: str) -> str:
-        from prunelab.training.schedule import SCHEDULES
-
-        return known(SCHEDULES, v)
 
     @field_validator("milestones", "warmup", "eval_every")
     @classmethod

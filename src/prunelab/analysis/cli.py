@@ -1,0 +1,310 @@
+"""Analysis commands for the ``prunelab`` CLI: ``register(app)`` adds report, compare, similarity,
+effective, stability, ensemble and mask-plot. User errors raise PrunelabError (exit status 2 in
+``prunelab.cli.main``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from prunelab.errors import PrunelabError
+
+Runs = Annotated[list[str], typer.Argument(help="Experiments: ids (or unique prefixes), labels or folders.")]
+Run = Annotated[str, typer.Argument(help="Experiment id (or unique prefix), label or folder.")]
+Root = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10
+    typer.Option("--root", help="Results folder (else $PRUNELAB_HOME, else ~/.prunelab/runs)."),
+]
+Opt = Optional
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    from prunelab.experiments import parse_seeds
+
+    return None if text is None else list(parse_seeds(text))
+
+
+def _print(table) -> None:
+    from prunelab.ui import console
+
+    console.print(table.to_rich())
+
+
+def _save_csv(table, path: Path | None) -> None:
+    if path is not None:
+        from prunelab.io import atomic_write_bytes
+        from prunelab.ui import console
+
+        atomic_write_bytes(path, table.to_csv().encode())
+        console.print(f"CSV written to {path}")
+
+
+def _save_figure(fig, path: Path) -> None:
+    from prunelab.analysis.plots import figure_bytes
+    from prunelab.io import atomic_write_bytes
+    from prunelab.ui import console
+
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in {"png", "svg", "pdf"}:
+        raise PrunelabError(f"plot file {path}: use a .png, .svg or .pdf name")
+    atomic_write_bytes(path, figure_bytes(fig, fmt))
+    console.print(f"plot written to {path}")
+
+
+def report(
+    runs: Runs,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.html, images/ and tables/.")],
+    root: Root = None,
+    force: Annotated[bool, typer.Option(help="Write into a folder that is not empty.")] = False,
+    data_dir: Annotated[Opt[Path], typer.Option(help="Dataset folder (for ensembles).")] = None,
+    tolerance: Annotated[float, typer.Option(help="Winning ticket: within this of dense accuracy.")] = 0.005,
+    ensembles: Annotated[bool, typer.Option(help="Ensembles and agreement (loads the dataset).")] = True,
+) -> None:
+    """Write one self-contained HTML report (specs, tables, plots, analyses) with images and CSVs."""
+    from prunelab.analysis.report import write_report
+    from prunelab.ui import console, err_console
+
+    path = write_report(
+        runs,
+        out,
+        root=root,
+        force=force,
+        data_dir=data_dir,
+        tolerance=tolerance,
+        ensembles=ensembles,
+        log=lambda msg: err_console.print(f"[dim]{msg}…[/]"),
+    )
+    console.print(f"report written to {path}")
+
+
+def compare(
+    runs: Runs,
+    root: Root = None,
+    metric: Annotated[str, typer.Option(help="test_acc, val_acc, train_acc, test_loss, ...")] = "test_acc",
+    table: Annotated[
+        str, typer.Option(help="accuracy, learning, layers, params, winning or all.")
+    ] = "accuracy",
+    tolerance: Annotated[float, typer.Option(help="Winning ticket: within this of dense accuracy.")] = 0.005,
+    csv: Annotated[Opt[Path], typer.Option(help="Also write the accuracy table as CSV.")] = None,
+) -> None:
+    """Print the main table: accuracy per pruning level for each experiment (mean ± std over seeds)."""
+    from prunelab.analysis import tables as t
+    from prunelab.analysis.runs import resolve_all
+
+    choices = ("accuracy", "learning", "layers", "params", "winning", "all")
+    if table not in choices:
+        raise PrunelabError(f"--table {table!r}: choose one of {', '.join(choices)}")
+    metrics = ("test_acc", "val_acc", "train_acc", "test_loss", "val_loss", "train_loss")
+    if metric not in metrics:
+        raise PrunelabError(f"unknown metric {metric!r}; choose one of {', '.join(metrics)}")
+    exps = resolve_all(runs, root)
+    if table in ("accuracy", "all"):
+        main = t.accuracy_table(exps, metric=metric)
+        _print(main)
+        _save_csv(main, csv)
+    if table in ("winning", "all", "accuracy"):
+        _print(t.winning_table(exps, tolerance=tolerance))
+    if table in ("learning", "all"):
+        for exp in exps:
+            _print(t.learning_table(exp))
+    if table in ("layers", "all"):
+        for exp in exps:
+            _print(t.layer_sparsity_table(exp))
+    if table in ("params", "all"):
+        _print(t.parameters_table([e.spec.model for e in exps], exps[0].spec.data))
+
+
+def similarity(
+    runs: Annotated[
+        list[str], typer.Argument(help="One experiment (across its levels) or two (between them).")
+    ],
+    root: Root = None,
+    seeds: Annotated[Opt[str], typer.Option(help="Seeds, e.g. 0-2 (default: all with results).")] = None,
+    reference: Annotated[
+        str, typer.Option(help="One experiment: compare each level with 'previous' or a level number.")
+    ] = "previous",
+    layers: Annotated[bool, typer.Option(help="Show every layer, not only the overall row.")] = False,
+    csv: Annotated[Opt[Path], typer.Option(help="Write all rows (per seed and layer) as CSV.")] = None,
+    plot: Annotated[Opt[Path], typer.Option(help="Save a per-layer plot (.png/.svg).")] = None,
+) -> None:
+    """Jaccard similarity/distance and Hamming distance of masks, per level (mean over seeds)."""
+    from prunelab.analysis import plots
+    from prunelab.analysis.runs import average, resolve_all, series_names
+    from prunelab.analysis.similarity import similarity_across_levels, similarity_between
+    from prunelab.analysis.tables import records_table
+
+    if len(runs) not in (1, 2):
+        raise PrunelabError(
+            "give one experiment (compared across its levels) or two (compared with each other)"
+        )
+    exps = resolve_all(runs, root)
+    if len(exps) == 1:
+        ref: str | int = reference
+        if reference != "previous":
+            try:
+                ref = int(reference)
+            except ValueError:
+                raise PrunelabError(
+                    f"--reference {reference!r}: write 'previous' or a level number"
+                ) from None
+        rows = similarity_across_levels(exps[0], reference=ref, seeds=_seeds(seeds))
+        title = f"Mask similarity across levels of {exps[0].id} (against {reference})"
+        name = series_names(exps)[0]
+    else:
+        rows = similarity_between(exps[0], exps[1], seeds=_seeds(seeds))
+        name = " vs ".join(series_names(exps))
+        title = f"Mask similarity: {name} (same seed)"
+    shown = rows if layers else [r for r in rows if r["layer"] == "overall"]
+    avg = average(
+        shown, ("level", "layer"), ("jaccard", "jaccard_distance", "hamming", "density_a", "density_b")
+    )
+    cols = ["level", "layer", "jaccard", "jaccard_distance", "hamming", "density_a", "density_b", "seeds"]
+    _print(records_table(title, avg, cols, formats={"density_a": "pct", "density_b": "pct"}))
+    _save_csv(records_table(title, rows), csv)
+    if plot is not None:
+        _save_figure(plots.plot_similarity({name: rows}, title=title), plot)
+
+
+def effective(
+    run: Run,
+    level: Annotated[Opt[int], typer.Option(help="Level (default: the last finished).")] = None,
+    seed: Annotated[Opt[int], typer.Option(help="Seed (default: the first).")] = None,
+    root: Root = None,
+) -> None:
+    """Explicit and effective sparsity per layer, and neuron sparsity, of one trained level."""
+    from prunelab.analysis.effective import effective_sparsity, neuron_sparsity
+    from prunelab.analysis.runs import dataset_info
+    from prunelab.analysis.tables import records_table
+    from prunelab.experiments import load_level
+
+    lv = load_level(run, level, seed=seed, root=root)
+    where = f"{lv.experiment.id} seed {lv.seed} level {lv.level}"
+    rows = effective_sparsity(lv.model, lv.mask, dataset_info(lv.experiment).input_shape)
+    fmt = {"sparsity": "pct", "effective_sparsity": "pct"}
+    _print(records_table(f"Explicit and effective sparsity: {where}", rows, formats=fmt))
+    cols = [
+        "layer",
+        "units",
+        "dead_in",
+        "inputs",
+        "dead_out",
+        "unit_density_min",
+        "unit_density_median",
+        "unit_density_max",
+    ]
+    _print(
+        records_table(
+            f"Neuron sparsity (dead_in: no incoming weight; dead_out: no outgoing weight): {where}",
+            neuron_sparsity(lv.mask),
+            cols,
+            formats={c: "pct" for c in cols if c not in ("layer", "units", "inputs")},
+        )
+    )
+
+
+def stability(
+    runs: Runs,
+    root: Root = None,
+    layer: Annotated[
+        Opt[str], typer.Option(help="Plot this layer's weight trajectories (with --plot).")
+    ] = None,
+    seed: Annotated[Opt[int], typer.Option(help="Seed for the trajectories (default: the first).")] = None,
+    plot: Annotated[
+        Opt[Path], typer.Option(help="Save a plot (.png/.svg): trajectories with --layer, else bars.")
+    ] = None,
+) -> None:
+    """Weight stability: mean |w_i - w_{i-1}| per layer over consecutive levels (lower = more stable)."""
+    from prunelab.analysis import plots
+    from prunelab.analysis.runs import resolve_all, series_names
+    from prunelab.analysis.stability import stability_summary, weight_stability, weight_trajectories
+    from prunelab.analysis.tables import records_table
+
+    exps = resolve_all(runs, root)
+    names = series_names(exps)
+    summaries = {n: stability_summary(weight_stability(e)) for n, e in zip(names, exps, strict=True)}
+    rows = [r | {"experiment": n} for n, rs in summaries.items() for r in rs]
+    _print(
+        records_table(
+            "Weight stability per layer", rows, ["experiment", "layer", "mean_abs_change", "std", "pairs"]
+        )
+    )
+    if plot is not None:
+        if layer is not None:
+            traj = weight_trajectories(exps[0], layer, seed=seed)
+            fig = plots.plot_trajectories(traj, names[0], plots.styles(exps)[0].color)
+        else:
+            fig = plots.plot_stability(summaries, dict(zip(names, plots.styles(exps), strict=True)))
+        _save_figure(fig, plot)
+
+
+def ensemble_cmd(
+    runs: Runs,
+    level: Annotated[Opt[int], typer.Option(help="The same level index in every member.")] = None,
+    density: Annotated[Opt[float], typer.Option(help="Each member's level closest to this density.")] = None,
+    seeds: Annotated[Opt[str], typer.Option(help="Seeds, e.g. 0-2 (default: all common ones).")] = None,
+    root: Root = None,
+    data_dir: Annotated[Opt[Path], typer.Option(help="Dataset folder.")] = None,
+    plot: Annotated[Opt[Path], typer.Option(help="Save the agreement heatmap (.png/.svg).")] = None,
+) -> None:
+    """Ensemble of subnetworks (averaged probabilities): its test accuracy beside each member's, and
+    the pairwise agreement matrix (default: the last level all members finished)."""
+    from prunelab.analysis import plots
+    from prunelab.analysis.ensemble import Predictions, ensemble
+    from prunelab.analysis.tables import Table
+
+    r = ensemble(
+        runs, level=level, density=density, seeds=_seeds(seeds), root=root, predictions=Predictions(data_dir)
+    )
+    rows = [
+        [n, lv, d, (a, s)]
+        for n, lv, d, a, s in zip(r.names, r.levels, r.densities, r.member_acc, r.member_acc_std, strict=True)
+    ]
+    rows.append(["ensemble", None, None, (r.ensemble_acc, r.ensemble_acc_std)])
+    _print(
+        Table(
+            f"Ensemble (seeds {r.seeds})",
+            ["member", "level", "density", "test acc"],
+            rows,
+            formats={"density": "pct", "test acc": "pm"},
+        )
+    )
+    agree = [[n, *(float(v) for v in row)] for n, row in zip(r.names, r.agreement, strict=True)]
+    _print(Table("Prediction agreement (fraction of test examples)", ["", *r.names], agree))
+    if plot is not None:
+        _save_figure(plots.plot_agreement(r.names, r.agreement), plot)
+
+
+def mask_plot(
+    run: Run,
+    layer: Annotated[str, typer.Option(help="Layer name, e.g. conv2 or fc1.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Image file (.png, .svg or .pdf).")],
+    level: Annotated[Opt[int], typer.Option(help="Level (default: the last finished).")] = None,
+    seed: Annotated[Opt[int], typer.Option(help="Seed (default: the first).")] = None,
+    root: Root = None,
+) -> None:
+    """Picture of a layer's mask and masked weights (red positive, blue negative, grey pruned)."""
+    from prunelab.analysis import plots
+    from prunelab.experiments import load_level
+    from prunelab.pruning.layers import prunable_layers, resolve_layer
+
+    lv = load_level(run, level, seed=seed, root=root)
+    param = resolve_layer(layer, prunable_layers(lv.model)).param
+    weight = dict(lv.model.named_parameters())[param]
+    title = f"{lv.spec.label()}: {param.removesuffix('.weight')}, level {lv.level}, seed {lv.seed}"
+    keep = weight.detach() != 0
+    if param in lv.mask:
+        keep = lv.mask[param]
+    _save_figure(plots.plot_mask(weight, keep, title), out)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the analysis commands to the ``prunelab`` typer app."""
+    app.command()(report)
+    app.command()(compare)
+    app.command()(similarity)
+    app.command()(effective)
+    app.command()(stability)
+    app.command("ensemble")(ensemble_cmd)
+    app.command("mask-plot")(mask_plot)

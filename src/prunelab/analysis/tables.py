@@ -1,0 +1,276 @@
+"""The report's tables, each as a :class:`Table` that prints in the terminal and writes CSV and HTML.
+
+Accuracy per pruning iteration per method (paper 001 Table 2), parameters left per pruning
+fraction (Table 1), per-parameter sparsity including biases (paper 003 Table I), learning speed
+and train-test gap per level, winning tickets, and any list of analysis records.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prunelab.analysis.runs import (
+    RunRef,
+    build_for,
+    level_weights,
+    levels_of,
+    mean_std,
+    resolve,
+    resolve_all,
+    seeds_of,
+    series_names,
+)
+from prunelab.experiments.summary import StoredExperiment, winning_ticket
+from prunelab.pruning.mask import prunable_names
+
+
+@dataclass
+class Table:
+    """A titled grid of values: raw numbers in ``rows`` (for CSV), formatted on display."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[object]]
+    note: str = ""
+    formats: dict[str, str] = field(default_factory=dict)  # column -> "pct", "int", "pm" (mean, std)
+
+    def cell(self, column: str, value: object) -> str:
+        kind = self.formats.get(column)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "–"
+        if kind == "pct" and isinstance(value, float):
+            return f"{value:.2%}"
+        if kind == "int" and isinstance(value, int | float):
+            return f"{value:,.0f}"
+        if kind == "pm" and isinstance(value, tuple):
+            return f"{value[0]:.2%} ± {value[1]:.2%}" if value[1] else f"{value[0]:.2%}"
+        if isinstance(value, float):
+            return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{value:,}"
+        return str(value)
+
+    def formatted(self) -> list[list[str]]:
+        return [[self.cell(c, v) for c, v in zip(self.columns, row, strict=True)] for row in self.rows]
+
+    def to_csv(self) -> str:
+        """Raw values; a (mean, std) pair becomes two columns."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        header = []
+        for c in self.columns:
+            header += [c, f"{c} std"] if self.formats.get(c) == "pm" else [c]
+        writer.writerow(header)
+        for row in self.rows:
+            out: list[object] = []
+            for c, v in zip(self.columns, row, strict=True):
+                if self.formats.get(c) == "pm":
+                    out += list(v) if isinstance(v, tuple) else [v, None]
+                else:
+                    out.append(v)
+            writer.writerow(["" if v is None else v for v in out])
+        return buf.getvalue()
+
+    def headers(self) -> list[str]:
+        return [c.replace("_", " ") for c in self.columns]
+
+    def to_html(self, table_id: str = "") -> str:
+        ident = f' id="{html.escape(table_id)}"' if table_id else ""
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.headers())
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f'<td class="{"num" if isinstance(raw, int | float | tuple) else "txt"}">{html.escape(text)}</td>'
+                for raw, text in zip(row, shown, strict=True)
+            )
+            + "</tr>"
+            for row, shown in zip(self.rows, self.formatted(), strict=True)
+        )
+        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
+        return (
+            f"<table{ident}><caption>{html.escape(self.title)}</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+        )
+
+    def to_rich(self):
+        from prunelab.ui import table
+
+        return table(self.title, self.headers(), self.formatted())
+
+
+def records_table(title: str, rows: Sequence[dict], columns: Sequence[str] | None = None, **kw) -> Table:
+    """A table from analysis records (dicts), columns in the order given or first seen."""
+    cols = list(columns) if columns else list(dict.fromkeys(k for r in rows for k in r))
+    return Table(title, cols, [[r.get(c) for c in cols] for r in rows], **kw)
+
+
+def _per_level(exp: StoredExperiment, key) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for per_seed in exp.levels.values():
+        for level, m in per_seed.items():
+            out.setdefault(level, []).append(key(m))
+    return out
+
+
+def accuracy_table(
+    runs: Sequence[RunRef], *, root: str | Path | None = None, metric: str = "test_acc"
+) -> Table:
+    """The main table: per level (pruning iteration) and experiment, mean ± std accuracy over seeds,
+    with the density it was reached at (densities differ between methods at equal levels)."""
+    exps = resolve_all(runs, root)
+    names = series_names(exps)
+    acc = [_per_level(e, lambda m: m["final"][metric]) for e in exps]
+    dens = [_per_level(e, lambda m: m["density"]) for e in exps]
+    levels = sorted(set().union(*acc))
+    columns = ["level"]
+    for n in names:
+        columns += [n, f"{n} density"]
+    rows = []
+    for level in levels:
+        row: list[object] = [level]
+        for a, d in zip(acc, dens, strict=True):
+            row += [mean_std(a[level]), mean_std(d[level])[0]] if level in a else [None, None]
+        rows.append(row)
+    formats = {n: "pm" for n in names} | {f"{n} density": "pct" for n in names}
+    seeds = sorted(set().union(*(e.levels for e in exps)))
+    return Table(
+        f"{metric.replace('_', ' ')} per pruning level (mean ± std over seeds {seeds})",
+        columns,
+        rows,
+        formats=formats,
+        note="Level 0 is the dense network; each level prunes the previous level's survivors.",
+    )
+
+
+def learning_table(run: RunRef, *, root: str | Path | None = None) -> Table:
+    """Learning speed and generalisation per level: early-stop iteration (minimum validation loss),
+    accuracy there, final train and test accuracy and their gap, mean over seeds."""
+    exp = resolve(run, root)
+    rows = []
+    for level in sorted(_per_level(exp, lambda m: 0)):
+        ms = [lv[level] for lv in exp.levels.values() if level in lv]
+        rows.append(
+            [
+                level,
+                mean_std([m["density"] for m in ms])[0],
+                mean_std([m["early_stop_iteration"] for m in ms])[0],
+                mean_std([m["early_stop"]["test_acc"] for m in ms]),
+                mean_std([m["final"]["train_acc"] for m in ms]),
+                mean_std([m["final"]["test_acc"] for m in ms]),
+                mean_std([m["final"]["train_acc"] - m["final"]["test_acc"] for m in ms]),
+            ]
+        )
+    cols = [
+        "level",
+        "density",
+        "early-stop it",
+        "test acc at early stop",
+        "train acc",
+        "test acc",
+        "train-test gap",
+    ]
+    formats = {"density": "pct", "early-stop it": "int"} | {c: "pm" for c in cols[3:]}
+    return Table(f"Learning speed and train-test gap: {exp.spec.label()}", cols, rows, formats=formats)
+
+
+def parameters_table(
+    models: Sequence[str],
+    data: str = "fashion-mnist",
+    fractions: Sequence[float] = (0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99),
+) -> Table:
+    """Paper 001 Table 1: parameters left (thousands) in each model at each pruning fraction.
+
+    The fraction applies to the prunable weights (conv and linear); biases and norms stay.
+    """
+    from prunelab.data import DATASETS
+    from prunelab.models import build_model
+
+    info = DATASETS.get(data).info
+    rows = []
+    for name in dict.fromkeys(models):
+        model = build_model(name, num_classes=info.num_classes, input_shape=info.input_shape)
+        params = dict(model.named_parameters())
+        prunable = sum(params[n].numel() for n in prunable_names(model))
+        total = sum(p.numel() for p in params.values())
+        rows.append([name, *(round((total - prunable * f) / 1000, 1) for f in fractions)])
+    return Table(
+        f"Parameters left (thousands) at each pruning fraction, on {data}",
+        ["model", *(f"{f:g}" for f in fractions)],
+        rows,
+        note="Pruning fractions apply to conv and linear weights; biases and normalisation parameters are kept.",
+    )
+
+
+def layer_sparsity_table(
+    run: RunRef,
+    *,
+    seed: int | None = None,
+    levels: Sequence[int] | None = None,
+    root: str | Path | None = None,
+) -> Table:
+    """Paper 003 Table I: sparsity (exact zeros) of every weight and bias at each level, one seed."""
+    exp = resolve(run, root)
+    seed = seeds_of(exp)[0] if seed is None else seed
+    levels = list(levels) if levels is not None else levels_of(exp, seed)
+    params = dict(build_for(exp).named_parameters())
+    weights = {lv: level_weights(exp, seed, lv) for lv in levels}
+    rows = []
+    for name, p in params.items():
+        zeros = [float((weights[lv][name] == 0).float().mean()) for lv in levels]
+        rows.append([name, p.numel(), *zeros])
+    total = sum(p.numel() for p in params.values())
+    overall = [sum(int((weights[lv][n] == 0).sum()) for n in params) / total for lv in levels]
+    rows.append(["all parameters", total, *overall])
+    cols = ["parameter", "count", *(f"level {lv}" for lv in levels)]
+    return Table(
+        f"Sparsity per parameter (weights and biases), seed {seed}: {exp.spec.label()}",
+        cols,
+        rows,
+        formats={c: "pct" for c in cols[2:]},
+    )
+
+
+def winning_table(
+    runs: Sequence[RunRef], *, root: str | Path | None = None, tolerance: float = 0.005
+) -> Table:
+    """The sparsest level of each experiment within ``tolerance`` of dense test accuracy."""
+    exps = resolve_all(runs, root)
+    rows = []
+    for name, exp in zip(series_names(exps), exps, strict=True):
+        t = winning_ticket(exp, tolerance)
+        if t is None:
+            rows.append([name, None, None, None, None, None, None])
+        else:
+            rows.append(
+                [
+                    name,
+                    t["level"],
+                    t["density"],
+                    t["test_acc"],
+                    t["dense_test_acc"],
+                    round(t["early_stop"]),
+                    round(t["dense_early_stop"]),
+                ]
+            )
+    cols = [
+        "experiment",
+        "level",
+        "density",
+        "test acc",
+        "dense test acc",
+        "early-stop it",
+        "dense early-stop it",
+    ]
+    return Table(
+        f"Winning tickets (sparsest level within {tolerance:.1%} of dense test accuracy)",
+        cols,
+        rows,
+        formats={"density": "pct", "test acc": "pct", "dense test acc": "pct"},
+        note="– : no pruned level stays within the tolerance.",
+    )

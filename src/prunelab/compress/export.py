@@ -1,0 +1,217 @@
+"""Export a compacted model as a plain state_dict plus a JSON plan; load it back without pickle.
+
+The plan names the registered model and its build arguments, then every reshaped layer's new
+constructor shapes: :func:`load_compact` builds the model on the meta device (no memory, no
+initialisation), swaps in layers of the planned shapes and assigns the safetensors weights.
+Nothing on disk is executed, and an export never leaves a half-written folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab.compress.graph import NORM_TYPES, CompactResult
+from prunelab.errors import CheckpointError, PrunelabError
+from prunelab.io import atomic_write_json, load_tensors, save_tensors
+
+FORMAT = "prunelab-compact"
+VERSION = 1
+WEIGHTS = "model.safetensors"
+PLAN = "plan.json"
+ONNX = "model.onnx"
+
+
+def check_target(directory: str | Path, force: bool = False) -> Path:
+    """Refuse a target that is a file, or a non-empty folder unless ``force``; before any work."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise PrunelabError(f"{directory} exists and is not a folder; choose another output path")
+    if directory.is_dir() and any(directory.iterdir()) and not force:
+        raise PrunelabError(f"{directory} exists and is not empty; pass --force (force=True) to replace it")
+    return directory
+
+
+def export_compact(
+    result: CompactResult,
+    directory: str | Path,
+    *,
+    model: str,
+    num_classes: int,
+    input_shape: Sequence[int],
+    force: bool = False,
+    onnx: bool = False,
+    source: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``result`` to ``directory`` (weights, plan, optionally ONNX), checked by loading it back.
+
+    ``model``, ``num_classes`` and ``input_shape`` are the :func:`prunelab.build_model` arguments
+    that built the uncompacted network. Files are written to a temporary sibling folder that
+    replaces ``directory`` only once complete.
+    """
+    directory = check_target(directory, force)
+    if onnx:
+        _onnx_modules()
+    plan = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model,
+        "num_classes": num_classes,
+        "input_shape": list(input_shape),
+        "layers": result.plan,
+        "kept_channels": result.kept_channels,
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "source": source or {},
+        "torch": torch.__version__,
+    }
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        save_tensors(tmp / WEIGHTS, result.model.state_dict(), metadata={"format": FORMAT})
+        atomic_write_json(tmp / PLAN, plan)
+        _check_round_trip(result.model, tmp, input_shape)
+        if onnx:
+            export_onnx(result.model, tmp / ONNX, input_shape)
+        _swap_in(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _swap_in(tmp: Path, directory: Path) -> None:
+    """Move the finished folder into place; an old one is removed only after that succeeded."""
+    old = None
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{tmp.name}")
+        directory.rename(old)
+    try:
+        tmp.rename(directory)
+    except BaseException:
+        if old is not None:
+            old.rename(directory)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@torch.no_grad()
+def _check_round_trip(model: nn.Module, folder: Path, input_shape: Sequence[int]) -> None:
+    loaded = load_compact(folder)
+    device = next(model.parameters()).device
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    was = model.training
+    model.eval()
+    try:
+        ok = torch.allclose(loaded.to(device)(x), model(x), rtol=1e-5, atol=1e-6)
+    finally:
+        model.train(was)
+    if not ok:
+        raise PrunelabError("the exported model does not reproduce the compacted one; nothing was written")
+
+
+def load_compact(directory: str | Path) -> nn.Module:
+    """The compacted model saved by :func:`export_compact` (or ``prunelab export``), in eval mode."""
+    from prunelab.models import build_model
+
+    directory = Path(directory)
+    try:
+        plan = json.loads((directory / PLAN).read_text())
+    except OSError:
+        raise CheckpointError(f"{directory} holds no {PLAN}: not a `prunelab export` folder") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{directory / PLAN} is not valid JSON ({exc})") from None
+    if not isinstance(plan, dict) or plan.get("format") != FORMAT or plan.get("version") != VERSION:
+        raise CheckpointError(f"{directory / PLAN} is not a {FORMAT} plan of version {VERSION}")
+    state = load_tensors(directory / WEIGHTS)
+    try:
+        with torch.device("meta"):
+            model = build_model(
+                plan["model"],
+                num_classes=plan["num_classes"],
+                input_shape=tuple(plan["input_shape"]),
+                init="torch-default",
+            )
+            for name, spec in plan["layers"].items():
+                model.set_submodule(name, _rebuild(model.get_submodule(name), spec, name))
+    except (KeyError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"{directory / PLAN} does not describe a buildable model: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{directory / WEIGHTS} does not fit the plan: {first}") from None
+    stale = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if stale:
+        raise CheckpointError(f"{directory / WEIGHTS} lacks tensors for {stale[:5]}")
+    return model.eval()
+
+
+def _rebuild(old: nn.Module, spec: dict[str, Any], name: str) -> nn.Module:
+    """A fresh (meta) layer like ``old`` with the plan's shapes."""
+    if spec.get("type") != type(old).__name__:
+        raise CheckpointError(f"plan says layer {name!r} is a {spec.get('type')}, the model has {type(old).__name__}")
+    if isinstance(old, nn.Linear):
+        return nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
+    if isinstance(old, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return type(old)(
+            spec["in_channels"],
+            spec["out_channels"],
+            old.kernel_size,
+            stride=old.stride,
+            padding=old.padding,
+            dilation=old.dilation,
+            groups=old.groups,
+            bias=spec["bias"],
+            padding_mode=old.padding_mode,
+        )
+    if isinstance(old, NORM_TYPES):
+        return type(old)(
+            spec["num_features"],
+            eps=old.eps,
+            momentum=old.momentum,
+            affine=old.affine,
+            track_running_stats=old.track_running_stats,
+        )
+    raise CheckpointError(f"plan layer {name!r} has a type ({type(old).__name__}) that cannot be rebuilt")
+
+
+# ONNX ------------------------------------------------------------------------------------------
+def _onnx_modules() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise PrunelabError(
+            "ONNX export needs the onnx and onnxscript packages: pip install prunelab[onnx]"
+        ) from None
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) -> Path:
+    """Write ``model`` as ONNX (batch dimension dynamic) through torch.onnx's exporter."""
+    _onnx_modules()
+    import onnx
+
+    device = next(model.parameters()).device
+    example = torch.randn(2, *input_shape, device=device)
+    was = model.training
+    model.eval()
+    try:
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},)
+        )
+        program.save(str(path), external_data=False)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunelabError(f"ONNX export failed: {first}") from None
+    finally:
+        model.train(was)
+    onnx.checker.check_model(str(path))
+    return Path(path)

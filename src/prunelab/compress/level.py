@@ -1,0 +1,59 @@
+"""One trained experiment level, compacted: what ``export``, ``count`` and ``bench`` start from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prunelab.compress.graph import CompactResult, compact
+from prunelab.experiments import LoadedLevel, load_level
+
+
+@dataclass
+class CompactLevel:
+    loaded: LoadedLevel
+    result: CompactResult
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return level_input_shape(self.loaded)
+
+    @property
+    def num_classes(self) -> int:
+        from prunelab.data import DATASETS
+
+        return DATASETS.get(self.loaded.spec.data).info.num_classes
+
+    def source(self) -> dict:
+        """Where the compacted weights came from, for the export plan."""
+        return {
+            "experiment": self.loaded.experiment.id,
+            "seed": self.loaded.seed,
+            "level": self.loaded.level,
+            "control": self.loaded.control,
+            "data": self.loaded.spec.data,
+            "density": self.loaded.mask.density(),
+        }
+
+
+def level_input_shape(loaded: LoadedLevel) -> tuple[int, int, int]:
+    from prunelab.data import DATASETS
+
+    return tuple(DATASETS.get(loaded.spec.data).info.input_shape)  # type: ignore[return-value]
+
+
+def compact_level(
+    run: str | Path,
+    level: int | None = None,
+    *,
+    seed: int | None = None,
+    control: str | None = None,
+    root: str | Path | None = None,
+    exact: bool = True,
+) -> CompactLevel:
+    """Load ``level`` of experiment ``run`` (see :func:`prunelab.load_level`) and compact it."""
+    loaded = load_level(run, level, seed=seed, control=control, root=root)
+    example = torch.zeros(1, *level_input_shape(loaded))
+    return CompactLevel(loaded, compact(loaded.model, loaded.mask, example, exact=exact))
