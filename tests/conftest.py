@@ -4,7 +4,6 @@ import pytest
 import torch
 
 
-
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
     """A fixed thread count for the session (modules of tiny models may lower it, see one_thread)."""
