@@ -126,6 +126,7 @@ def test_torch_prune_file_with_weights_only_loading(tmp_path):
     assert mask.num_kept() == 15
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the hostile file's protocol
 def test_pickled_code_is_never_executed(tmp_path):
     import pickle
 
