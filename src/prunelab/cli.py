@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from prunelab.analysis.cli import register as register_analysis
 from prunelab.errors import PrunelabError
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: where they are, and how to get them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+register_analysis(app)
 
 DataDir = Annotated[
     Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10

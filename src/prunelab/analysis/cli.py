@@ -61,6 +61,7 @@ def report(
     data_dir: Annotated[Opt[Path], typer.Option(help="Dataset folder (for ensembles).")] = None,
     tolerance: Annotated[float, typer.Option(help="Winning ticket: within this of dense accuracy.")] = 0.005,
     ensembles: Annotated[bool, typer.Option(help="Ensembles and agreement (loads the dataset).")] = True,
+    svg: Annotated[bool, typer.Option(help="SVG copies of the figures beside the PNGs.")] = True,
 ) -> None:
     """Write one self-contained HTML report (specs, tables, plots, analyses) with images and CSVs."""
     from prunelab.analysis.report import write_report
@@ -74,6 +75,7 @@ def report(
         data_dir=data_dir,
         tolerance=tolerance,
         ensembles=ensembles,
+        formats=("png", "svg") if svg else ("png",),
         log=lambda msg: err_console.print(f"[dim]{msg}…[/]"),
     )
     console.print(f"report written to {path}")
@@ -248,8 +250,10 @@ def ensemble_cmd(
     data_dir: Annotated[Opt[Path], typer.Option(help="Dataset folder.")] = None,
     plot: Annotated[Opt[Path], typer.Option(help="Save the agreement heatmap (.png/.svg).")] = None,
 ) -> None:
-    """Ensemble of subnetworks (averaged probabilities): its test accuracy beside each member's, and
-    the pairwise agreement matrix (default: the last level all members finished)."""
+    """Ensemble of subnetworks (averaged probabilities) beside each member, and their agreement.
+
+    Members are taken at the same level (default: the last all finished) or closest to a density.
+    """
     from prunelab.analysis import plots
     from prunelab.analysis.ensemble import Predictions, ensemble
     from prunelab.analysis.tables import Table

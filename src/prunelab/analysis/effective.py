@@ -119,13 +119,11 @@ def effective_mask(
         with _Structural():
             out = net(x)
         grads = torch.autograd.grad(out.sum(), list(weights.values()), allow_unused=True)
-    return Mask(
-        {
-            n: keep[n].cpu() & (g.cpu() > 0 if g is not None else torch.zeros_like(keep[n], device="cpu"))
-            for (n, g) in zip(weights, grads, strict=True)
-            if n in mask
-        }
-    )
+    alive = {
+        n: keep[n].cpu() & (g.cpu() > 0 if g is not None else torch.zeros_like(keep[n], device="cpu"))
+        for n, g in zip(weights, grads, strict=True)
+    }
+    return Mask({n: alive.get(n, m.cpu()) for n, m in mask.items()})  # other entries (biases) as they are
 
 
 def effective_sparsity(
@@ -158,9 +156,11 @@ def unit_densities(mask: Mask) -> dict[str, dict[str, torch.Tensor]]:
     neuron/filter) and of each input unit's outgoing weights in this layer (``"out"``)."""
     out = {}
     for name, m in mask.items():
+        if m.dim() < 2:  # biases and norms have no units of their own
+            continue
         f = m.float()
         reduce_in = tuple(d for d in range(f.dim()) if d != 0)
-        reduce_out = tuple(d for d in range(f.dim()) if d != 1) if f.dim() > 1 else (0,)
+        reduce_out = tuple(d for d in range(f.dim()) if d != 1)
         out[name.removesuffix(".weight")] = {"in": f.mean(dim=reduce_in), "out": f.mean(dim=reduce_out)}
     return out
 

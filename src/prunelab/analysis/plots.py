@@ -283,7 +283,7 @@ def plot_mask(weight: torch.Tensor, mask: torch.Tensor, title: str, max_units: i
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     mappable = ScalarMappable(TwoSlopeNorm(0, -scale, scale), WEIGHT_CMAP)
-    fig.colorbar(mappable, ax=ax, shrink=0.8, label="weight (grey: pruned)")
+    fig.colorbar(mappable, ax=ax, shrink=0.6 if conv else 0.9, label="weight (grey: pruned)")
     return fig
 
 

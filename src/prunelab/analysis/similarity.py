@@ -36,7 +36,7 @@ def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
 def hamming(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fraction of positions where the masks differ (0 = identical)."""
     _check_shapes(a, b)
-    return float((a.bool() ^ b.bool()).float().mean()) if a.numel() else 0.0
+    return int((a.bool() ^ b.bool()).sum()) / a.numel() if a.numel() else 0.0
 
 
 def compare_masks(a: Mask, b: Mask) -> list[dict]:

@@ -38,7 +38,9 @@ class Table:
     columns: list[str]
     rows: list[list[object]]
     note: str = ""
-    formats: dict[str, str] = field(default_factory=dict)  # column -> "pct", "int", "pm" (mean, std)
+    formats: dict[str, str] = field(
+        default_factory=dict
+    )  # "pct", "int", "f1", "pm"/"pmf" (mean ± std: %/plain)
 
     def cell(self, column: str, value: object) -> str:
         kind = self.formats.get(column)
@@ -48,8 +50,12 @@ class Table:
             return f"{value:.2%}"
         if kind == "int" and isinstance(value, int | float):
             return f"{value:,.0f}"
+        if kind == "f1" and isinstance(value, int | float):
+            return f"{value:,.1f}"
         if kind == "pm" and isinstance(value, tuple):
             return f"{value[0]:.2%} ± {value[1]:.2%}" if value[1] else f"{value[0]:.2%}"
+        if kind == "pmf" and isinstance(value, tuple):
+            return f"{value[0]:.4f} ± {value[1]:.4f}" if value[1] else f"{value[0]:.4f}"
         if isinstance(value, float):
             return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
         if isinstance(value, int) and not isinstance(value, bool):
@@ -65,12 +71,12 @@ class Table:
         writer = csv.writer(buf, lineterminator="\n")
         header = []
         for c in self.columns:
-            header += [c, f"{c} std"] if self.formats.get(c) == "pm" else [c]
+            header += [c, f"{c} std"] if self.formats.get(c) in ("pm", "pmf") else [c]
         writer.writerow(header)
         for row in self.rows:
             out: list[object] = []
             for c, v in zip(self.columns, row, strict=True):
-                if self.formats.get(c) == "pm":
+                if self.formats.get(c) in ("pm", "pmf"):
                     out += list(v) if isinstance(v, tuple) else [v, None]
                 else:
                     out.append(v)
@@ -99,9 +105,18 @@ class Table:
         )
 
     def to_rich(self):
-        from prunelab.ui import table
+        """A rich table: numbers right-aligned, long headers wrapped rather than cut."""
+        from rich.table import Table as RichTable
 
-        return table(self.title, self.headers(), self.formatted())
+        t = RichTable(title=self.title, title_justify="left")
+        for i, header in enumerate(self.headers()):
+            numeric = bool(self.rows) and all(
+                isinstance(r[i], int | float | tuple) or r[i] is None for r in self.rows
+            )
+            t.add_column(header, justify="right" if numeric else "left")
+        for row in self.formatted():
+            t.add_row(*row)
+        return t
 
 
 def records_table(title: str, rows: Sequence[dict], columns: Sequence[str] | None = None, **kw) -> Table:
@@ -121,23 +136,31 @@ def _per_level(exp: StoredExperiment, key) -> dict[int, list]:
 def accuracy_table(
     runs: Sequence[RunRef], *, root: str | Path | None = None, metric: str = "test_acc"
 ) -> Table:
-    """The main table: per level (pruning iteration) and experiment, mean ± std accuracy over seeds,
-    with the density it was reached at (densities differ between methods at equal levels)."""
+    """The main table (paper 001 Table 2): per level, each experiment's mean ± std over seeds.
+
+    One density column when all experiments reach the same density at each level (within 1%),
+    else a density column per experiment (e.g. methods pruning at different rates).
+    """
     exps = resolve_all(runs, root)
     names = series_names(exps)
     acc = [_per_level(e, lambda m: m["final"][metric]) for e in exps]
-    dens = [_per_level(e, lambda m: m["density"]) for e in exps]
+    dens = [{lv: mean_std(v)[0] for lv, v in _per_level(e, lambda m: m["density"]).items()} for e in exps]
     levels = sorted(set().union(*acc))
-    columns = ["level"]
-    for n in names:
-        columns += [n, f"{n} density"]
-    rows = []
+    shared = all(max(ds) <= 1.01 * min(ds) for lv in levels if (ds := [d[lv] for d in dens if lv in d]))
+    columns, rows = ["level"] + (["density"] if shared else []), []
     for level in levels:
         row: list[object] = [level]
+        if shared:
+            row.append(mean_std([d[level] for d in dens if level in d])[0])
         for a, d in zip(acc, dens, strict=True):
-            row += [mean_std(a[level]), mean_std(d[level])[0]] if level in a else [None, None]
+            row.append(mean_std(a[level]) if level in a else None)
+            if not shared:
+                row.append(d.get(level))
         rows.append(row)
-    formats = {n: "pm" for n in names} | {f"{n} density": "pct" for n in names}
+    for n in names:
+        columns += [n] if shared else [n, f"{n} density"]
+    pair = "pmf" if metric.endswith("loss") else "pm"
+    formats = dict.fromkeys(names, pair) | dict.fromkeys([c for c in columns if c.endswith("density")], "pct")
     seeds = sorted(set().union(*(e.levels for e in exps)))
     return Table(
         f"{metric.replace('_', ' ')} per pruning level (mean ± std over seeds {seeds})",
@@ -199,10 +222,12 @@ def parameters_table(
         prunable = sum(params[n].numel() for n in prunable_names(model))
         total = sum(p.numel() for p in params.values())
         rows.append([name, *(round((total - prunable * f) / 1000, 1) for f in fractions)])
+    cols = [f"{f:g}" for f in fractions]
     return Table(
         f"Parameters left (thousands) at each pruning fraction, on {data}",
-        ["model", *(f"{f:g}" for f in fractions)],
+        ["model", *cols],
         rows,
+        formats=dict.fromkeys(cols, "f1"),
         note="Pruning fractions apply to conv and linear weights; biases and normalisation parameters are kept.",
     )
 

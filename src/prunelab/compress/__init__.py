@@ -1,5 +1,76 @@
-"""Compression and deployment: physical removal, true counts, sparse execution, latency, export."""
+"""Compression and deployment: physically smaller models, true counts, sparse execution, latency, export.
 
+* :func:`compact` removes the units a mask leaves dead or unused (Torch-Pruning's dependency graph
+  behind our own interface) and checks the result against the masked model;
+* :func:`count` and :func:`removal_table` give parameters and operator-level FLOPs (MACs = FLOPs/2)
+  of dense, masked and compacted models;
+* :func:`sparsify` runs unstructured masks with CSR layers where that is measured to be faster;
+* :func:`benchmark` / :func:`bench_level` time all versions over batch sizes, :func:`plot_latency`
+  draws paper 003's Figs. 6 and 7;
+* :func:`export_compact` / :func:`load_compact` save and load a compacted model without pickle.
+"""
+
+from prunelab.compress.count import (
+    CountReport,
+    LayerCount,
+    RemovalRow,
+    count,
+    layer_flops,
+    nonzero_flops,
+    removal_table,
+)
+from prunelab.compress.export import export_compact, export_onnx, load_compact
 from prunelab.compress.graph import CompactResult, compact, layer_plan
+from prunelab.compress.latency import (
+    BenchResult,
+    Timing,
+    Variant,
+    bench_level,
+    benchmark,
+    pinned,
+    plot_latency,
+    standard_variants,
+    time_interleaved,
+)
+from prunelab.compress.level import CompactLevel, compact_level
+from prunelab.compress.sparse import (
+    SemiStructuredLinear,
+    SparseConv2d,
+    SparseLinear,
+    SparseResult,
+    semi_structured_support,
+    sparsify,
+)
 
-__all__ = ["CompactResult", "compact", "layer_plan"]
+__all__ = [
+    "BenchResult",
+    "CompactLevel",
+    "CompactResult",
+    "CountReport",
+    "LayerCount",
+    "RemovalRow",
+    "SemiStructuredLinear",
+    "SparseConv2d",
+    "SparseLinear",
+    "SparseResult",
+    "Timing",
+    "Variant",
+    "bench_level",
+    "benchmark",
+    "compact",
+    "compact_level",
+    "count",
+    "export_compact",
+    "export_onnx",
+    "layer_flops",
+    "layer_plan",
+    "load_compact",
+    "nonzero_flops",
+    "pinned",
+    "plot_latency",
+    "removal_table",
+    "semi_structured_support",
+    "sparsify",
+    "standard_variants",
+    "time_interleaved",
+]

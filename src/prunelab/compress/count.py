@@ -173,5 +173,7 @@ def removal_table(
             exclude=[net.output_layer],
         )  # fmt: skip
         small = compact(net, mask, example).model
-        rows.append(RemovalRow(fraction, dense, sparsity_report(net, mask).total_kept, count_parameters(small)))
+        rows.append(
+            RemovalRow(fraction, dense, sparsity_report(net, mask).total_kept, count_parameters(small))
+        )
     return rows

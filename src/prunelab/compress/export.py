@@ -9,8 +9,10 @@ Nothing on disk is executed, and an export never leaves a half-written folder be
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,7 @@ def export_compact(
     """
     directory = check_target(directory, force)
     if onnx:
-        _onnx_modules()
+        require_onnx()
     plan = {
         "format": FORMAT,
         "version": VERSION,
@@ -157,7 +159,9 @@ def load_compact(directory: str | Path) -> nn.Module:
 def _rebuild(old: nn.Module, spec: dict[str, Any], name: str) -> nn.Module:
     """A fresh (meta) layer like ``old`` with the plan's shapes."""
     if spec.get("type") != type(old).__name__:
-        raise CheckpointError(f"plan says layer {name!r} is a {spec.get('type')}, the model has {type(old).__name__}")
+        raise CheckpointError(
+            f"plan says layer {name!r} is a {spec.get('type')}, the model has {type(old).__name__}"
+        )
     if isinstance(old, nn.Linear):
         return nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
     if isinstance(old, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -184,7 +188,8 @@ def _rebuild(old: nn.Module, spec: dict[str, Any], name: str) -> nn.Module:
 
 
 # ONNX ------------------------------------------------------------------------------------------
-def _onnx_modules() -> None:
+def require_onnx() -> None:
+    """Refuse early, with the install hint, when the ONNX exporter's packages are missing."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -196,22 +201,31 @@ def _onnx_modules() -> None:
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int]) -> Path:
     """Write ``model`` as ONNX (batch dimension dynamic) through torch.onnx's exporter."""
-    _onnx_modules()
+    require_onnx()
     import onnx
 
     device = next(model.parameters()).device
     example = torch.randn(2, *input_shape, device=device)
-    was = model.training
+    was, quiet = model.training, logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and the like
     model.eval()
     try:
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},)
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                verbose=False,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
         program.save(str(path), external_data=False)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PrunelabError(f"ONNX export failed: {first}") from None
     finally:
+        quiet.setLevel(level)
         model.train(was)
     onnx.checker.check_model(str(path))
     return Path(path)

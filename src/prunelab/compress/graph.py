@@ -307,7 +307,7 @@ def _constants(
     out = {}
     for name, layer in layers.items():
         if name not in seen:  # never called: nothing flows through it
-            size = layer.weight.shape[1] * getattr(layer, "groups", 1)
+            size = layer.weight.shape[1]
             out[name] = (torch.zeros(size), torch.zeros(size, dtype=torch.bool))
             continue
         v = seen[name]
@@ -337,7 +337,7 @@ def _fold(layer: nn.Module, cols: torch.Tensor, value: torch.Tensor) -> None:
     weight = layer.weight[:, cols.to(layer.weight.device)]
     if weight.dim() > 2:
         weight = weight.flatten(2).sum(2)
-    delta = weight @ value.to(weight.dtype)
+    delta = weight @ value.to(weight.device, weight.dtype)
     if layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros_like(delta))
     layer.bias.add_(delta)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from prunelab.compress.graph import CompactResult, compact
+from prunelab.data import DATASETS
 from prunelab.experiments import LoadedLevel, load_level
 
 
@@ -22,8 +23,6 @@ class CompactLevel:
 
     @property
     def num_classes(self) -> int:
-        from prunelab.data import DATASETS
-
         return DATASETS.get(self.loaded.spec.data).info.num_classes
 
     def source(self) -> dict:
@@ -39,8 +38,6 @@ class CompactLevel:
 
 
 def level_input_shape(loaded: LoadedLevel) -> tuple[int, int, int]:
-    from prunelab.data import DATASETS
-
     return tuple(DATASETS.get(loaded.spec.data).info.input_shape)  # type: ignore[return-value]
 
 

@@ -52,9 +52,9 @@ class SparseLinear(nn.Module):
         xt = x.reshape(-1, self.in_features).t()
         if not xt.is_contiguous():
             xt = xt.contiguous()
-        out = torch.sparse.mm(self.weight, xt)
-        if self.bias is not None:
-            out += self.bias
+        out = (
+            torch.sparse.mm(self.weight, xt) if self.bias is None else torch.addmm(self.bias, self.weight, xt)
+        )
         out = out.t()  # a view: the next SparseLinear gets its transposed input for free
         return out if len(lead) == 1 else out.reshape(*lead, self.out_features)
 
@@ -74,12 +74,17 @@ class SparseConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (n, c*k*k, l)
-        out = torch.sparse.mm(self.weight, cols.transpose(0, 1).reshape(cols.shape[1], -1))
-        if self.bias is not None:
-            out += self.bias
+        cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)
+        out = (
+            torch.sparse.mm(self.weight, cols)
+            if self.bias is None
+            else torch.addmm(self.bias, self.weight, cols)
+        )
         size = [
             (s + 2 * p - d * (k - 1) - 1) // st + 1
-            for s, p, d, k, st in zip((h, w), self.padding, self.dilation, self.kernel_size, self.stride, strict=True)
+            for s, p, d, k, st in zip(
+                (h, w), self.padding, self.dilation, self.kernel_size, self.stride, strict=True
+            )
         ]
         return out.reshape(self.out_channels, n, *size).transpose(0, 1)
 
@@ -109,7 +114,9 @@ class SemiStructuredLinear(nn.Module):
         super().__init__()
         weight = linear.weight.detach().half()
         self.weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(weight), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().half(), requires_grad=False)
+        self.bias = (
+            None if linear.bias is None else nn.Parameter(linear.bias.detach().half(), requires_grad=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.half(), self.weight, self.bias).float()
@@ -150,6 +157,32 @@ def _time_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -
     return statistics.median(samples) * 1e3
 
 
+def _inputs(
+    net: nn.Module, names: list[str], x: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``net(x)`` and what each named layer received, in the order the layers ran."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        net.get_submodule(name).register_forward_pre_hook(
+            lambda mod, args, name=name: seen.setdefault(name, args[0])
+        )
+        for name in names
+    ]
+    try:
+        out = net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, seen
+
+
+def _eligible(m: nn.Module, conv: bool) -> bool:
+    if isinstance(m, nn.Linear):
+        return True
+    plain = isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+    return conv and plain and isinstance(m.padding, tuple)
+
+
 @torch.inference_mode()
 def sparsify(
     model: nn.Module,
@@ -165,56 +198,37 @@ def sparsify(
 ) -> SparseResult:
     """A copy of ``model`` (masked) whose sparse enough layers run sparse where that is faster.
 
-    Each linear (and, with ``conv``, 3x3-style conv) layer at least ``min_sparsity`` sparse is timed
-    dense and sparse on its own input at ``example_input``'s batch size; the sparse one replaces it
-    when it takes under ``margin`` of the dense time (``force`` replaces regardless, for tests).
-    ``semi_structured`` uses 2:4 fp16 layers instead of CSR (CUDA only; refused elsewhere). The
-    result's outputs are checked against the masked model's.
+    Layers at least ``min_sparsity`` sparse (linear; conv too with ``conv``) are decided one by one
+    in the order they run: each is timed dense and sparse on the input it receives in the network
+    as decided so far, at ``example_input``'s batch size, and the sparse one replaces it when it
+    takes under ``margin`` of the dense time (``force``: always, for tests). ``semi_structured``
+    uses 2:4 fp16 linear layers instead of CSR (CUDA only; refused elsewhere). The result's outputs
+    are checked against the masked model's.
     """
     if semi_structured and (why := semi_structured_support(example_input.device)):
         raise PrunelabError(why)
     mask = mask if mask is not None else Mask.from_model_zeros(model)
     net = copy.deepcopy(model).eval()
     mask.apply(net)
-    seen: dict[str, torch.Tensor] = {}
-    candidates = {
-        name: m
-        for name, m in net.named_modules()
-        if isinstance(m, nn.Linear)
-        or (
-            conv
-            and not semi_structured
-            and isinstance(m, nn.Conv2d)
-            and m.groups == 1
-            and m.padding_mode == "zeros"
-            and isinstance(m.padding, tuple)
-        )
-    }
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args[0]))
-        for name, m in candidates.items()
-    ]
-    try:
-        reference = net(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    names = [n for n, m in net.named_modules() if _eligible(m, conv and not semi_structured)]
+    reference, seen = _inputs(net, names, example_input)
     sync = torch.cuda.synchronize if example_input.is_cuda else (lambda: None)
     choices = []
-    for name, layer in candidates.items():
+    for name in [*seen, *(n for n in names if n not in seen)]:
+        layer = net.get_submodule(name)
         kind = type(layer).__name__
         sparsity = float((layer.weight == 0).float().mean())
-        if name not in seen or sparsity < min_sparsity:
+        skip = (
+            name not in seen or sparsity < min_sparsity or (semi_structured and not is_2_4(layer.weight != 0))
+        )
+        if skip:
             choices.append(LayerChoice(name, kind, sparsity, None, None, False))
             continue
         if semi_structured:
-            if not is_2_4(layer.weight != 0):
-                choices.append(LayerChoice(name, kind, sparsity, None, None, False))
-                continue
             fast: nn.Module = SemiStructuredLinear(layer)
         else:
             fast = SparseLinear(layer) if isinstance(layer, nn.Linear) else SparseConv2d(layer)
-        x = seen[name]
+        x = _inputs(net, [name], example_input)[1][name]  # as laid out by the layers before it
         dense_ms = _time_ms(lambda layer=layer, x=x: layer(x), repeats, sync)
         sparse_ms = _time_ms(lambda fast=fast, x=x: fast(x), repeats, sync)
         used = force or sparse_ms < margin * dense_ms
@@ -225,5 +239,7 @@ def sparsify(
     error = float((out - reference).abs().max())
     tolerance = (1e-2 if semi_structured else 1e-5) * max(1.0, float(reference.abs().max()))
     if not error <= tolerance:
-        raise PrunelabError(f"sparse execution changed the outputs by {error:.3g} (tolerance {tolerance:.3g})")
+        raise PrunelabError(
+            f"sparse execution changed the outputs by {error:.3g} (tolerance {tolerance:.3g})"
+        )
     return SparseResult(net, choices, error)

@@ -1,0 +1,221 @@
+"""``prunelab export | bench | count | removal-table``: added to the main app by :func:`register`."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from prunelab.errors import SpecError
+
+Run = Annotated[str, typer.Argument(help="Experiment id (or unique prefix), label, or folder.")]
+Level = Annotated[
+    Optional[int],  # noqa: UP045 - typer reads Optional on every supported Python
+    typer.Option("--level", "-l", help="Level to use (default: the last finished)."),
+]
+Seed = Annotated[Optional[int], typer.Option(help="Replicate seed (default: the first).")]  # noqa: UP045
+Control = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="A control branch (reinit, random-mask) instead of the ticket."),
+]
+Root = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--root", help="Results folder (else $PRUNELAB_HOME, else ~/.prunelab/runs)."),
+]
+Approximate = Annotated[
+    bool,
+    typer.Option(
+        "--approximate",
+        help="Also remove dead channels whose constant output feeds a zero-padded conv "
+        "(border outputs then differ slightly from the masked model's).",
+    ),
+]
+
+
+def _numbers(text: str, kind: type, what: str) -> list:
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SpecError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise SpecError(f"{what} is empty")
+    return values
+
+
+def export(
+    run: Run,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must be new or empty).")],
+    level: Level = None,
+    seed: Seed = None,
+    control: Control = None,
+    root: Root = None,
+    force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    onnx: Annotated[bool, typer.Option(help="Also write model.onnx (pip install prunelab[onnx]).")] = False,
+    approximate: Approximate = False,
+) -> None:
+    """Write the physically compacted model: safetensors weights + JSON plan (load_compact)."""
+    from prunelab.compress.export import check_target, export_compact, require_onnx
+    from prunelab.compress.level import compact_level
+    from prunelab.models import count_parameters
+    from prunelab.pruning import sparsity_report
+    from prunelab.ui import console, table
+
+    check_target(out, force)  # refuse before any work
+    if onnx:
+        require_onnx()
+    item = compact_level(run, level, seed=seed, control=control, root=root, exact=not approximate)
+    export_compact(
+        item.result,
+        out,
+        model=item.loaded.spec.model,
+        num_classes=item.num_classes,
+        input_shape=item.input_shape,
+        force=force,
+        onnx=onnx,
+        source=item.source(),
+    )
+    dense = count_parameters(item.loaded.model)
+    small = count_parameters(item.result.model)
+    rows = [
+        ("parameters (dense)", dense),
+        (
+            "parameters kept by the mask (non-zero)",
+            sparsity_report(item.loaded.model, item.loaded.mask).total_kept,
+        ),
+        ("parameters after removal", small),
+        ("units removed", sum(item.result.removed.values())),
+        ("dead units kept (exactness)", sum(item.result.kept_dead.values())),
+        ("max |compact - masked| output", item.result.max_error),
+    ]
+    console.print(
+        table(f"{item.loaded.experiment.id} level {item.loaded.level} -> {out}", ["", "value"], rows)
+    )
+
+
+def bench(
+    run: Run,
+    level: Annotated[
+        Optional[list[int]],  # noqa: UP045
+        typer.Option("--level", "-l", help="Level(s) to time; repeat for a sweep (default: the last)."),
+    ] = None,
+    seed: Seed = None,
+    control: Control = None,
+    root: Root = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,16,64,256",
+    repeats: Annotated[int, typer.Option(help="Timed repetitions per variant and batch size.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 3,
+    threads: Annotated[int, typer.Option(help="CPU threads, pinned while timing.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    sparse: Annotated[
+        bool, typer.Option(help="Include the CSR version (layers swapped where faster).")
+    ] = True,
+    plot: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Figure path (default: prunelab-bench-<experiment>.png)."),
+    ] = None,
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not draw the figure.")] = False,
+    json_out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--json", help="Also write the timings as JSON."),
+    ] = None,
+) -> None:
+    """Latency of dense, masked, compacted and sparse versions over batch sizes, with FLOP ratios."""
+    from prunelab.compress.latency import bench_level, plot_latency
+    from prunelab.experiments.summary import find_experiment
+    from prunelab.io import atomic_write_json
+    from prunelab.ui import console, table
+
+    sizes = _numbers(batch_sizes, int, "--batch-sizes")
+    exp = find_experiment(run, root)
+    result = bench_level(
+        exp.directory,
+        level or [None],
+        seed=seed,
+        control=control,
+        root=root,
+        batch_sizes=sizes,
+        repeats=repeats,
+        warmup=warmup,
+        threads=threads,
+        device=device,
+        sparse=sparse,
+    )
+    title = f"{exp.id}: latency on {result.device} ({result.threads} thread(s), {repeats} repeats)"
+    console.print(table(title, list(result.COLUMNS), result.rows()))
+    console.print("speed-up = dense latency / latency; FLOP ratio = dense FLOPs / non-zero FLOPs")
+    if not no_plot:
+        path = plot_latency(result, plot or Path(f"prunelab-bench-{exp.id}.png"), title)
+        console.print(f"plot: {path}")
+    if json_out is not None:
+        atomic_write_json(json_out, result.to_json())
+
+
+def count(
+    run: Run,
+    level: Level = None,
+    seed: Seed = None,
+    control: Control = None,
+    root: Root = None,
+    per_layer: Annotated[bool, typer.Option(help="Also print one row per layer.")] = False,
+    approximate: Approximate = False,
+) -> None:
+    """Parameters, MACs and FLOPs of the dense, masked (non-zero) and compacted model."""
+    from prunelab.compress.count import count as count_model
+    from prunelab.compress.level import compact_level
+    from prunelab.ui import console, table
+
+    item = compact_level(run, level, seed=seed, control=control, root=root, exact=not approximate)
+    report = count_model(item.loaded.model, item.input_shape, item.loaded.mask, item.result.model)
+    rows = [
+        (name, dense, masked, small, small / dense if dense and small is not None else None)
+        for name, dense, masked, small in report.summary_rows()
+    ]
+    title = f"{item.loaded.experiment.id} level {item.loaded.level} (per example; FLOPs = 2 x MACs)"
+    console.print(table(title, ["", "dense", "masked (non-zero)", "compact", "compact / dense"], rows))
+    if per_layer:
+        columns = ["layer", "params", "masked", "compact", "FLOPs", "masked FLOPs", "compact FLOPs"]
+        console.print(table(None, columns, report.layer_rows()))
+
+
+def removal_table(
+    model: Annotated[str, typer.Argument(help="Model name (see `prunelab models`).")],
+    data: Annotated[
+        str, typer.Option(help="Dataset whose input shape and classes size the model.")
+    ] = "cifar10",
+    fractions: Annotated[
+        str, typer.Option(help="Comma-separated pruning fractions.")
+    ] = "0.1,0.3,0.5,0.7,0.9",
+    method: Annotated[str, typer.Option(help="A structured pruning method.")] = "l1-structured",
+    structure: Annotated[
+        str, typer.Option(help="structured-output or structured-input.")
+    ] = "structured-output",
+    layers: Annotated[
+        str, typer.Option(help="all, conv-only or fc-only (output layer never pruned).")
+    ] = "all",
+) -> None:
+    """Paper 003 Fig. 2: parameters left by masking against parameters left after real removal."""
+    from prunelab.compress.count import removal_table as make_table
+    from prunelab.data import DATASETS
+    from prunelab.ui import console, table
+
+    info = DATASETS.get(data).info
+    values = _numbers(fractions, float, "--fractions")
+    rows = make_table(
+        model,
+        values,
+        input_shape=info.input_shape,
+        num_classes=info.num_classes,
+        method=method,
+        structure=structure,
+        layers=layers,
+    )
+    columns = ["fraction", "dense", "masked (non-zero)", "masked %", "after removal", "removal %"]
+    body = [(r.fraction, r.dense, r.masked, r.masked_pct, r.removed, r.removed_pct) for r in rows]
+    console.print(table(f"{model} on {data}: parameters left, {method} {structure}", columns, body))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the compression commands to ``app`` (the main ``prunelab`` app)."""
+    app.command("export")(export)
+    app.command("bench")(bench)
+    app.command("count")(count)
+    app.command("removal-table")(removal_table)

@@ -1,0 +1,148 @@
+"""The HTML report: files beside it, self-contained page, refusal to overwrite, and a real browser."""
+
+import base64
+import csv
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from prunelab.analysis import write_report
+from prunelab.analysis.cli import register
+from prunelab.analysis.report import SECTIONS
+from prunelab.errors import PrunelabError
+from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec
+from prunelab.training import TrainConfig
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def tiny(method: str) -> ExperimentSpec:
+    return ExperimentSpec(
+        model="lenet-300-100",
+        data="synthetic",
+        train=TrainConfig(iterations=4, batch_size=64),
+        pruning=PruneSpec(rate=0.5, rounds=2, method=method),
+        seeds=(0, 1),
+        controls=("reinit",) if method == "magnitude" else (),
+    )
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, one_thread) -> tuple[Path, list[str]]:
+    """A report over two tiny experiments (the same ones test_analysis.py uses, if it ran first)."""
+    root = tmp_path_factory.getbasetemp() / "analysis-runs"
+    runs = [str(ExperimentRunner(tiny(m), root).run().directory) for m in ("magnitude", "l1-structured")]
+    out = tmp_path_factory.mktemp("report")
+    return write_report(runs, out, force=True), runs
+
+
+def test_report_files_and_sections(report):
+    path, _ = report
+    page = path.read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in page
+    assert "Winning tickets" in page and "magnitude" in page and "l1-structured" in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), (
+        "the page must not load anything remotely"
+    )
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) >= 10
+    for data in images[:3]:
+        assert matplotlib.image.imread(io.BytesIO(base64.b64decode(data)), format="png").size
+    out = path.parent
+    pngs, svgs = sorted((out / "images").glob("*.png")), sorted((out / "images").glob("*.svg"))
+    assert len(pngs) == len(images) and [p.stem for p in pngs] == [s.stem for s in svgs]
+    for name in ("accuracy", "agreement", "weight-stability", "similarity-between"):
+        assert (out / "images" / f"{name}.png").stat().st_size > 5000
+    with open(out / "tables" / "table-accuracy.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:4] == ["level", "density", "magnitude", "magnitude std"] and len(rows) == 4
+    linked = set(re.findall(r'href="(tables/[^"]+\.csv)"', page))
+    assert linked == {f"tables/{p.name}" for p in (out / "tables").glob("*.csv")}
+
+
+def test_report_refuses_a_folder_that_is_not_empty(report, tmp_path):
+    _, runs = report
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(PrunelabError, match="not empty; choose another folder or pass --force"):
+        write_report(runs, tmp_path)
+    with pytest.raises(PrunelabError, match="no experiment 'missing'"):
+        write_report(["missing"], tmp_path / "new", root=tmp_path)
+    assert not (tmp_path / "new").exists()  # nothing written before the inputs are checked
+    app = typer.Typer(pretty_exceptions_enable=False)
+    register(app)
+    cli = CliRunner()
+    result = cli.invoke(app, ["report", runs[0], "-o", str(tmp_path)])
+    assert isinstance(result.exception, PrunelabError)
+    result = cli.invoke(
+        app, ["report", runs[0], "-o", str(tmp_path), "--force", "--no-ensembles", "--no-svg"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "keep.txt").read_text() == "mine"
+    assert "Skipped" in (tmp_path / "report.html").read_text() and not list(tmp_path.glob("images/*.svg"))
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="no browser: /usr/bin/chromium is absent (Debian: apt-get install chromium)",
+)
+def test_report_in_a_headless_browser(report, tmp_path):
+    """Chromium loads the page offline with no script error, every image decodes, sections show."""
+    path, _ = report
+    probe = tmp_path / "probe.html"  # the report plus a check that reports back through the title
+    check = (
+        "<script>window.__errors = [];"
+        "window.addEventListener('error', e => window.__errors.push(String(e.message || e.type)), true);"
+        "window.addEventListener('load', () => { const imgs = [...document.images];"
+        "const bad = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;"
+        "document.title = `checked images=${imgs.length} broken=${bad} errors=${window.__errors.length}`; });"
+        "</script>"
+    )
+    probe.write_text(path.read_text().replace("<head>", "<head>" + check, 1))
+    shutil.copytree(path.parent / "images", tmp_path / "images")
+    flags = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=10000",
+    ]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    dom = subprocess.run(
+        [*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    title = re.search(r"<title>(.*?)</title>", dom.stdout)
+    assert title and re.fullmatch(r"checked images=(\d+) broken=0 errors=0", title.group(1)), title
+    assert int(title.group(1).split()[1].split("=")[1]) >= 10
+    for section, heading in SECTIONS.items():
+        assert f'<section id="{section}"><h2>{heading}</h2>' in dom.stdout.replace("&amp;", "&")
+    assert "Uncaught" not in dom.stderr and "CONSOLE" not in dom.stderr
+    shot = tmp_path / "shot.png"
+    run = subprocess.run(
+        [*flags, "--window-size=1280,2400", f"--screenshot={shot}", path.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 0 and shot.stat().st_size > 20000, run.stderr[-2000:]
+    img = matplotlib.image.imread(shot)
+    assert img.shape[:2] == (2400, 1280) and img.std() > 0.05

@@ -1,0 +1,133 @@
+"""``prunelab export | bench | count | removal-table`` on a tiny trained experiment, as users run them."""
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+import torch
+import typer
+
+import prunelab.cli as main_cli
+from prunelab.compress import compact_level, load_compact
+from prunelab.compress.cli import register
+from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec
+from prunelab.models import build_model
+from prunelab.pruning import Mask
+from prunelab.training import TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """LeNet-300-100 on synthetic data, two rounds of structured-output pruning (a second or two)."""
+    root = tmp_path_factory.mktemp("runs")
+    spec = ExperimentSpec(
+        model="lenet-300-100",
+        data="synthetic",
+        train=TrainConfig(epochs=1, batch_size=64),
+        pruning=PruneSpec(
+            method="l1-structured", structure="structured-output", rate=0.5, rounds=2, exclude=("fc3",)
+        ),
+        seeds=(0,),
+    )
+    ExperimentRunner(spec, root).run()
+    return spec.experiment_id(), root
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the real entry point (exit codes, one-line errors) on an app holding our commands."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    monkeypatch.setattr(main_cli, "app", app)
+
+    def run(*args):
+        code = main_cli.main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_export_writes_a_loadable_compact_model(cli, experiment, tmp_path):
+    run, root = experiment
+    code, out, err = cli("export", run, "--level", 2, "-o", tmp_path / "m", "--root", root)
+    assert code == 0, err
+    assert "parameters after removal" in out
+    loaded = load_compact(tmp_path / "m")
+    assert loaded.fc1.out_features == 75 and loaded.fc2.out_features == 25  # 300 -> 150 -> 75 units
+    level = compact_level(run, 2, root=root)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), level.loaded.model(x), atol=1e-5, rtol=1e-4)
+    plan = json.loads((tmp_path / "m" / "plan.json").read_text())
+    assert plan["source"]["level"] == 2 and plan["source"]["experiment"] == run
+
+
+def test_export_refusals_exit_2_and_touch_nothing(cli, experiment, tmp_path):
+    run, root = experiment
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    code, _, err = cli("export", run, "-o", target, "--root", root)
+    assert code == 2 and "not empty" in err and "--force" in err
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    code, _, err = cli("export", run, "--level", 9, "-o", tmp_path / "new", "--root", root)
+    assert code == 2 and "no finished level 9" in err and "0..2" in err
+    assert not (tmp_path / "new").exists()
+    code, _, err = cli("export", run, "-o", target, "--root", root, "--force")
+    assert code == 0, err
+    assert sorted(p.name for p in target.iterdir()) == ["model.safetensors", "plan.json"]
+
+
+def test_a_mask_that_does_not_fit_exits_2(cli, experiment, tmp_path):
+    run, root = experiment
+    copy_root = tmp_path / "runs"
+    shutil.copytree(root, copy_root)
+    level_dir = next(copy_root.rglob("level-02"))
+    Mask.ones(build_model("lenet5", seed=0)).save(level_dir / "mask.safetensors")
+    code, _, err = cli("export", run, "-o", tmp_path / "out", "--root", copy_root)
+    assert code == 2 and "not parameters of the model" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_count_prints_dense_masked_and_compact(cli, experiment):
+    run, root = experiment
+    code, out, err = cli("count", run, "--root", root, "--per-layer")
+    assert code == 0, err
+    for word in ("parameters", "MACs", "FLOPs", "fc1", "compact"):
+        assert word in out
+
+
+def test_bench_prints_table_and_writes_plot_and_json(cli, experiment, tmp_path):
+    run, root = experiment
+    code, out, err = cli(
+        "bench", run, "--root", root, "-l", 1, "-l", 2, "--batch-sizes", "1,4", "--repeats", 2,
+        "--warmup", 1, "--plot", tmp_path / "fig.png", "--json", tmp_path / "t.json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "speed-up" in out and "FLOP ratio" in out
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
+    timings = json.loads((tmp_path / "t.json").read_text())["timings"]
+    assert len(timings) == 2 * 2 * 4  # levels x batch sizes x variants
+    assert {t["variant"] for t in timings} == {"dense", "masked", "compact", "sparse"}
+    code, _, err = cli("bench", run, "--root", root, "--batch-sizes", "1,x", "--no-plot")
+    assert code == 2 and "--batch-sizes" in err
+
+
+def test_removal_table(cli):
+    code, out, err = cli("removal-table", "lenet-300-100", "--data", "synthetic", "--fractions", "0.5,0.9")
+    assert code == 0, err
+    assert "after removal" in out and "0.9" in out
+
+
+@pytest.mark.skipif(
+    all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript")), reason="checks the missing-onnx message"
+)
+def test_export_onnx_without_the_package_exits_2_before_any_work(cli, experiment, tmp_path):
+    run, root = experiment
+    code, _, err = cli("export", run, "-o", tmp_path / "out", "--root", root, "--onnx")
+    assert code == 2 and "pip install prunelab[onnx]" in err
+    assert not (tmp_path / "out").exists()
