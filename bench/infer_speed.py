@@ -1,6 +1,7 @@
 """Inference speed of compacted and CSR models against dense ones (issue 5's benchmark).
 
-Prints, from one run on this machine (threads pinned, denormals flushed, interleaved repetitions):
+Prints, from one run on this machine (threads pinned, denormals flushed, interleaved repetitions,
+each timed call right after an untimed one of the same model; see prunelab.compress.latency):
   * VGG-11 and ResNet-20 (3x32x32) with 50% of the channels of every layer but the classifier
     removed (L1 structured-output mask, then physical removal): latency of dense, masked and
     compacted over batch sizes, with the compacted speed-up beside the FLOP ratio;

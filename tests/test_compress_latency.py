@@ -40,9 +40,12 @@ class Recorder(nn.Module):
 def test_repetitions_are_interleaved_after_warmup():
     log: list[str] = []
     models = {n: Recorder(n, log) for n in "abc"}
-    samples = time_interleaved(models, torch.zeros(1), repeats=3, warmup=1)
+    samples = time_interleaved(models, torch.zeros(1), repeats=3, warmup=1, rewarm=0)
     assert log[:3] == ["a", "b", "c"]  # warm-up
     assert log[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # rotating order
+    log.clear()
+    time_interleaved(models, torch.zeros(1), repeats=1, warmup=0, rewarm=1)
+    assert log == ["a", "a", "b", "b", "c", "c"]  # each timed call right after its own untimed one
     assert all(len(s) == 3 and min(s) >= 0 for s in samples.values())
     assert percentile([1, 2, 3, 4], 0.5) == 2.5 and percentile([5], 0.9) == 5
 

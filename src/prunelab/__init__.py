@@ -4,6 +4,7 @@ Masks live beside a plain ``nn.Module`` (its ``state_dict`` stays standard); dat
 tensors; models, datasets, optimizers and schedules are registered by name.
 """
 
+from prunelab.compress import load_compact
 from prunelab.data import DATASETS, Dataset, load_dataset
 from prunelab.errors import PrunelabError
 from prunelab.experiments import ExperimentSpec, PruneSpec, TreatmentSpec, load_level
@@ -39,6 +40,7 @@ __all__ = [
     "evaluate",
     "from_torch_prune",
     "load",
+    "load_compact",
     "load_dataset",
     "load_level",
     "prune",

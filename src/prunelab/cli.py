@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from prunelab.analysis.cli import register as register_analysis
+from prunelab.compress.cli import register as register_compress
 from prunelab.errors import PrunelabError
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Datasets: where they are, and how to get them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 register_analysis(app)
+register_compress(app)
 
 DataDir = Annotated[
     Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10

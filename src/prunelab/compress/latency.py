@@ -3,9 +3,10 @@
 Method: threads pinned and denormals flushed (CPU) for the whole measurement and restored after;
 each variant is warmed up, then repetitions are interleaved (every repetition runs every variant
 once, in rotating order) so that a slow moment of a shared machine hits all variants alike; the
-median and 90th percentile are reported. CPU times come from ``perf_counter``, GPU times from
-CUDA events. Speed-up (dense / variant latency) is shown beside the FLOP ratio (dense / variant
-non-zero FLOPs), as in paper 003's Figs. 6 and 7.
+median and 90th percentile are reported. Each timed call directly follows an untimed call of the
+same variant, so caches hold that variant's weights, as in a server running one model. CPU times
+come from ``perf_counter``, GPU times from CUDA events. Speed-up (dense / variant latency) is shown
+beside the FLOP ratio (dense / variant non-zero FLOPs), as in paper 003's Figs. 6 and 7.
 """
 
 from __future__ import annotations
@@ -79,11 +80,23 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
 
 @torch.inference_mode()
 def time_interleaved(
-    models: Mapping[str, nn.Module], x: torch.Tensor, *, repeats: int = 20, warmup: int = 3
+    models: Mapping[str, nn.Module],
+    x: torch.Tensor,
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+    rewarm: int = 1,
 ) -> dict[str, list[float]]:
-    """Per model, ``repeats`` latencies (ms) of ``model(x)``, measured interleaved after a warm-up."""
-    if repeats < 1 or warmup < 0:
-        raise PrunelabError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    """Per model, ``repeats`` latencies (ms) of ``model(x)``, measured interleaved after a warm-up.
+
+    Each timed call follows ``rewarm`` untimed calls of the same model, so that every model is
+    timed with its own weights in cache, as when it serves alone, not after another model evicted
+    them (which penalises small sparse models most).
+    """
+    if repeats < 1 or warmup < 0 or rewarm < 0:
+        raise PrunelabError(
+            f"repeats must be >= 1, warmup and rewarm >= 0; got {repeats}, {warmup}, {rewarm}"
+        )
     names = list(models)
     for name in names:
         for _ in range(warmup):
@@ -92,8 +105,10 @@ def time_interleaved(
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for i in range(len(names)):
-            name = names[(r + i) % len(names)]
-            samples[name].append(timer(lambda name=name: models[name](x)))
+            model = models[names[(r + i) % len(names)]]
+            for _ in range(rewarm):
+                model(x)
+            samples[names[(r + i) % len(names)]].append(timer(lambda model=model: model(x)))
     return samples
 
 
@@ -187,6 +202,7 @@ def benchmark(
     label: str = "",
     repeats: int = 20,
     warmup: int = 3,
+    rewarm: int = 1,
     threads: int | None = 1,
     device: str | torch.device = "cpu",
     result: BenchResult | None = None,
@@ -210,7 +226,7 @@ def benchmark(
                 if model is None:
                     raise PrunelabError(f"variant {v.name!r} has neither a model nor a builder")
                 models[v.name] = model.to(device).eval()
-            samples = time_interleaved(models, x, repeats=repeats, warmup=warmup)
+            samples = time_interleaved(models, x, repeats=repeats, warmup=warmup, rewarm=rewarm)
             for v in variants:
                 s = samples[v.name]
                 result.timings.append(
