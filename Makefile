@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_speed.py
+	$(PY) bench/infer_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
