@@ -293,7 +293,7 @@ def test_tables(runs):
     names = series_names(exps)
     assert names == ["magnitude", "l1-structured"]
     table = accuracy_table(exps)  # equal densities at every level: one density column
-    assert table.columns == ["level", "density", "magnitude", "l1-structured"]
+    assert table.columns == ["level", "density", "magnitude", "l1-structured", "magnitude (reinit control)"]
     expected = level_rows(exps[1])
     for row, ref in zip(table.rows, expected, strict=True):
         assert row[0] == ref["level"] and row[3] == pytest.approx(ref["ticket"])
@@ -446,3 +446,24 @@ def test_masks_of_different_shapes_are_refused():
         compare_masks(
             Mask.ones(small), Mask.ones(build_model("lenet5", num_classes=10, input_shape=(1, 28, 28)))
         )
+
+
+def test_main_table_shows_control_branches(tmp_path):
+    from prunelab.analysis import accuracy_table
+    from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec
+    from prunelab.training import TrainConfig
+
+    spec = ExperimentSpec(
+        model="lenet-300-100",
+        data="synthetic",
+        train=TrainConfig(epochs=1, batch_size=64),
+        pruning=PruneSpec(rate=0.5, rounds=2),
+        controls=("reinit",),
+        name="lt",
+    )
+    result = ExperimentRunner(spec, tmp_path).run()
+    table = accuracy_table([result.directory.name], root=tmp_path)
+    assert table.columns == ["level", "density", "lt", "lt (reinit control)"]
+    control = [row[3] for row in table.rows]
+    assert control[0] is None  # level 0 is dense: no control
+    assert control[2][0] == result.controls[0]["reinit"][1]["final"]["test_acc"]

@@ -136,7 +136,8 @@ def _per_level(exp: StoredExperiment, key) -> dict[int, list]:
 def accuracy_table(
     runs: Sequence[RunRef], *, root: str | Path | None = None, metric: str = "test_acc"
 ) -> Table:
-    """The main table (paper 001 Table 2): per level, each experiment's mean ± std over seeds.
+    """The main table (paper 001 Table 2): per level, each experiment's mean ± std over seeds,
+    followed by its control branches (random reinit, random mask) where it has them.
 
     One density column when all experiments reach the same density at each level (within 1%),
     else a density column per experiment (e.g. methods pruning at different rates).
@@ -145,6 +146,15 @@ def accuracy_table(
     names = series_names(exps)
     acc = [_per_level(e, lambda m: m["final"][metric]) for e in exps]
     dens = [{lv: mean_std(v)[0] for lv, v in _per_level(e, lambda m: m["density"]).items()} for e in exps]
+    for exp, name, d in zip(exps, list(names), list(dens), strict=True):  # controls: the ticket's densities
+        for control, per_seed in exp.controls.items():
+            values: dict[int, list] = {}
+            for levels in per_seed.values():
+                for level, m in levels.items():
+                    values.setdefault(level, []).append(m["final"][metric])
+            names.append(f"{name} ({control} control)")
+            acc.append(values)
+            dens.append({lv: d[lv] for lv in values if lv in d})
     levels = sorted(set().union(*acc))
     shared = all(max(ds) <= 1.01 * min(ds) for lv in levels if (ds := [d[lv] for d in dens if lv in d]))
     columns, rows = ["level"] + (["density"] if shared else []), []
