@@ -306,6 +306,8 @@ def test_tables(runs):
         "magnitude std",
         "l1-structured",
         "l1-structured std",
+        "magnitude (reinit control)",
+        "magnitude (reinit control) std",
     ]
     assert len(parsed) == 4 and float(parsed[3][4]) == pytest.approx(expected[2]["ticket"][0])
     gentler = ExperimentSpec(
@@ -316,7 +318,8 @@ def test_tables(runs):
     )
     other = ExperimentRunner(gentler, Path(runs["mag"]).parents[1]).run().directory
     mixed = accuracy_table([runs["mag"], other])  # different densities: one density column each
-    assert len(mixed.columns) == 5 and mixed.columns[2].endswith(" density")
+    assert len(mixed.columns) == 7 and mixed.columns[2].endswith(" density")  # + the control and its density
+    assert mixed.columns[5].endswith("(reinit control)")
     assert mixed.rows[2][2] == pytest.approx(0.25, abs=0.01) and mixed.rows[2][4] == pytest.approx(
         0.49, abs=0.01
     )

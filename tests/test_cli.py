@@ -176,3 +176,15 @@ def test_train_on_real_fashion_mnist(capsys, tmp_path):
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["summary"]["final"]["test_acc"] > 0.82
     assert metrics["summary"]["final"]["val_acc"] > 0.82
+
+
+def test_tables_show_brackets_as_written():
+    """Names like 'run [3fa2]' must not be swallowed as rich markup."""
+    from rich.console import Console
+
+    from prunelab.ui import table
+
+    console = Console(record=True, width=80)
+    console.print(table("runs [all]", ["name [id]", "n"], [("run [3fa2]", 1)]))
+    text = console.export_text()
+    assert "runs [all]" in text and "name [id]" in text and "run [3fa2]" in text

@@ -44,14 +44,19 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
-    t = Table(title=title, title_justify="left")
+    t = Table(title=plain(title) if title else None, title_justify="left")
     for i, col in enumerate(columns):
         numeric = all(isinstance(row[i], int | float) or row[i] is None for row in rows)
         short = all(len(fmt(row[i])) <= 24 for row in rows)
-        t.add_column(col, justify="right" if numeric and rows else "left", no_wrap=short)
+        t.add_column(plain(col), justify="right" if numeric and rows else "left", no_wrap=short)
     for row in rows:
-        t.add_row(*[fmt(v) for v in row])
+        t.add_row(*[plain(fmt(v)) for v in row])
     return t
+
+
+def plain(text: str) -> Text:
+    """Text shown as written: names such as 'run [3fa2]' are not read as rich markup."""
+    return Text(str(text))
 
 
 def fmt(value: object) -> str:

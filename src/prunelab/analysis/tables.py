@@ -108,14 +108,16 @@ class Table:
         """A rich table: numbers right-aligned, long headers wrapped rather than cut."""
         from rich.table import Table as RichTable
 
-        t = RichTable(title=self.title, title_justify="left")
+        from prunelab.ui import plain
+
+        t = RichTable(title=plain(self.title), title_justify="left")
         for i, header in enumerate(self.headers()):
             numeric = bool(self.rows) and all(
                 isinstance(r[i], int | float | tuple) or r[i] is None for r in self.rows
             )
-            t.add_column(header, justify="right" if numeric else "left")
+            t.add_column(plain(header), justify="right" if numeric else "left")
         for row in self.formatted():
-            t.add_row(*row)
+            t.add_row(*map(plain, row))
         return t
 
 
