@@ -22,7 +22,7 @@ import torch
 from prunelab.data import load_dataset
 from prunelab.errors import DataError
 from prunelab.models import build_model
-from prunelab.pruning import Mask
+from prunelab.pruning import Mask, random_mask
 from prunelab.training import TrainConfig, Trainer
 
 
@@ -42,17 +42,6 @@ def matmul_rate(sizes=(1024, 2048), seconds: float = 0.3) -> float:
             count += 1
         best = max(best, 2 * n**3 * count / elapsed / 1e9)
     return best
-
-
-def lottery_mask(model, sparsity: float, seed: int = 0) -> Mask:
-    """A random mask with exactly ``sparsity`` of each layer's weights pruned."""
-    g = torch.Generator().manual_seed(seed)
-    masks = {}
-    for name, full in Mask.ones(model).items():
-        keep = torch.zeros(full.numel(), dtype=torch.bool)
-        keep[torch.randperm(full.numel(), generator=g)[: round(full.numel() * (1 - sparsity))]] = True
-        masks[name] = keep.view(full.shape)
-    return Mask(masks)
 
 
 def main() -> None:
@@ -79,7 +68,8 @@ def main() -> None:
         model = build_model(
             "lenet-300-100", num_classes=info.num_classes, input_shape=info.input_shape, seed=0
         )
-        mask = lottery_mask(model, args.sparsity) if masked else None
+        g = torch.Generator().manual_seed(0)  # exactly args.sparsity of each layer, random positions
+        mask = random_mask(model, 1 - args.sparsity, "uniform", g) if masked else None
         return Trainer(model, data, cfg, mask=mask, seed=0)
 
     runs = {"dense": trainer(False), "masked": trainer(True)}

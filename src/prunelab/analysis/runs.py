@@ -6,7 +6,6 @@ comparing many levels stays cheap. Level 0 is the shared dense trunk: its mask k
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from prunelab.errors import PrunelabError
 from prunelab.experiments.load import level_directory
 from prunelab.experiments.store import Artifact
 from prunelab.experiments.summary import StoredExperiment, find_experiment
+from prunelab.experiments.summary import mean_std as summary_mean_std
 from prunelab.pruning import Mask
 
 RunRef = str | Path | StoredExperiment
@@ -97,11 +97,8 @@ def level_mask(exp: StoredExperiment, seed: int, level: int) -> Mask:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value); NaN for none."""
-    vals = [float(v) for v in values]
-    if not vals:
-        return float("nan"), float("nan")
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+    """Mean and sample standard deviation (0 for one value); NaN for none (plots draw gaps)."""
+    return summary_mean_std([float(v) for v in values]) or (float("nan"), float("nan"))
 
 
 def average(rows: Sequence[dict], keys: Sequence[str], values: Sequence[str]) -> list[dict]:

@@ -7,9 +7,10 @@ uninterrupted run gives. Every random draw derives from the replicate seed and i
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -189,10 +190,15 @@ class ExperimentRunner:
             previous = art.weights()
         return levels, controls
 
-    def _flops_ratio(self, mask: Mask) -> float:
+    @cached_property
+    def _dense_macs(self) -> int:
         model = self._new_model(0, "init")
-        return masked_macs(model, Mask.ones(model), self._info().input_shape) / max(
-            1, masked_macs(model, mask, self._info().input_shape)
+        return masked_macs(model, Mask.ones(model), self._info().input_shape)
+
+    def _flops_ratio(self, mask: Mask) -> float:
+        """Dense MACs / this mask's MACs (Scratch-B's training budget)."""
+        return self._dense_macs / max(
+            1, masked_macs(self._new_model(0, "init"), mask, self._info().input_shape)
         )
 
     def _level_mask(
@@ -267,15 +273,10 @@ class ExperimentRunner:
         art.dir.mkdir(parents=True, exist_ok=True)
         if mask is not None and not (art.dir / "mask.safetensors").is_file():
             mask.save(art.dir / "mask.safetensors")
-        ctx = self.progress(label) if self.progress else None
-        update = ctx.__enter__() if ctx is not None else None
-        try:
+        with self.progress(label) if self.progress else nullcontext() as update:
             result = trainer.run(
                 on_epoch_end=lambda t: art.save_checkpoint(t.state_dict()), on_progress=update, until=until
             )
-        finally:
-            if ctx is not None:
-                ctx.__exit__(None, None, None)
         full = mask if mask is not None else Mask.ones(trainer.model)
         metrics = {
             "level": level,
@@ -287,8 +288,3 @@ class ExperimentRunner:
         }
         art.finish(_state(trainer.model), metrics)
         return metrics
-
-
-def aggregate(values: list[float]) -> tuple[float, float]:
-    """Mean and (sample) standard deviation; std 0 for a single replicate."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
