@@ -71,3 +71,63 @@ def test_semi_structured_is_refused_without_a_gpu():
     model = build_model("lenet-300-100", seed=0)
     with pytest.raises(PrunelabError, match="needs a CUDA GPU"):
         sparsify(model, torch.zeros(2, 1, 28, 28), semi_structured=True)
+
+
+@pytest.fixture()
+def fresh_kernel():
+    """Each use builds (or finds) the kernel under this test's own cache folder."""
+    from prunelab.compress import native
+
+    native.csr_kernel.cache_clear()
+    yield native
+    native.csr_kernel.cache_clear()
+
+
+def test_native_kernel_is_built_once_and_cached(fresh_kernel):
+    if fresh_kernel.csr_kernel() is None:
+        pytest.skip("no C compiler on this machine: sparse layers use MKL's product (tested above)")
+    built = list(fresh_kernel.cache_dir().glob("csr_linear-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    fresh_kernel.csr_kernel.cache_clear()
+    assert fresh_kernel.csr_kernel() is not None
+    assert built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert not [p for p in fresh_kernel.cache_dir().iterdir() if p != built[0]]  # no temp files left
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_native_kernel_equals_dense_product_at_awkward_sizes(fresh_kernel, bias):
+    if fresh_kernel.csr_kernel() is None:
+        pytest.skip("no C compiler on this machine: sparse layers use MKL's product (tested above)")
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(13, 37, generator=g) * (torch.rand(13, 37, generator=g) < 0.2)
+    weight[4] = 0  # an output with no kept weight at all
+    b = torch.randn(13, generator=g) if bias else None
+    layer = nn.Linear(37, 13, bias=bias)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias:
+            layer.bias.copy_(b)
+    fast = SparseLinear(layer)
+    assert fast.native
+    for n in (1, 63, 64, 65, 130, 0):  # block boundaries of the kernel (64 rows)
+        x = torch.randn(n, 37, generator=g)
+        with torch.no_grad():
+            out = fast(x)
+            assert out.is_contiguous() and out.shape == (n, 13)
+            torch.testing.assert_close(out, layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_without_the_native_kernel_sparse_layers_fall_back_to_mkl(fresh_kernel, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_NO_NATIVE", "1")
+    layer = sparse_weights(nn.Linear(40, 30))
+    fast = SparseLinear(layer)
+    assert not fast.native
+    x = torch.randn(70, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), layer(x))
+    # an input that needs gradients takes the MKL path even where the kernel exists
+    monkeypatch.delenv("PRUNELAB_NO_NATIVE")
+    fresh_kernel.csr_kernel.cache_clear()
+    x.requires_grad_(True)
+    torch.testing.assert_close(SparseLinear(layer)(x), layer(x))

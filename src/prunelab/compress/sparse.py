@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunelab.compress import native
 from prunelab.errors import PrunelabError
 from prunelab.pruning.mask import Mask
 
@@ -38,25 +39,44 @@ def _csr(weight: torch.Tensor) -> torch.Tensor:
 
 
 class SparseLinear(nn.Module):
-    """``nn.Linear`` for inference with a CSR weight: work proportional to the kept weights."""
+    """``nn.Linear`` for inference with a CSR weight: work proportional to the kept weights.
+
+    On a CPU it runs prunelab's own kernel (:mod:`prunelab.compress.native`) where that could be
+    built, else MKL's sparse product on the transposed input, returning a transposed view so that a
+    chain of such layers passes activations along without copying. Inputs that need gradients also
+    take the MKL path.
+    """
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", _csr(linear.weight), persistent=False)
-        bias = linear.bias.detach().clone()[:, None] if linear.bias is not None else None
+        bias = linear.bias.detach().clone() if linear.bias is not None else None
         self.register_buffer("bias", bias, persistent=False)
+        self.native = native.csr_kernel() is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        xt = x.reshape(-1, self.in_features).t()
-        if not xt.is_contiguous():
-            xt = xt.contiguous()
-        out = (
-            torch.sparse.mm(self.weight, xt) if self.bias is None else torch.addmm(self.bias, self.weight, xt)
-        )
-        out = out.t()  # a view: the next SparseLinear gets its transposed input for free
+        flat = x.reshape(-1, self.in_features)
+        if self.native and self._native_fits(flat):
+            w = self.weight
+            out = native.csr_linear(
+                w.crow_indices(), w.col_indices(), w.values(), self.bias, flat.contiguous(), self.out_features
+            )
+        else:
+            xt = flat.t()
+            if not xt.is_contiguous():
+                xt = xt.contiguous()
+            out = (
+                torch.sparse.mm(self.weight, xt)
+                if self.bias is None
+                else torch.addmm(self.bias[:, None], self.weight, xt)
+            ).t()  # a view: the next SparseLinear gets its transposed input for free
         return out if len(lead) == 1 else out.reshape(*lead, self.out_features)
+
+    def _native_fits(self, x: torch.Tensor) -> bool:
+        grad = torch.is_grad_enabled() and x.requires_grad
+        return x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.is_cpu and not grad
 
 
 class SparseConv2d(nn.Module):

@@ -22,6 +22,7 @@ class LeNet300100(nn.Module):
     """Flatten -> 300 -> 100 -> classes, ReLU; 266,610 parameters for 1x28x28 and 10 classes."""
 
     output_layer: str = "fc3"
+    relu_mlp: tuple[str, ...] = ("fc1", "fc2", "fc3")  # lets the trainer skip autograd (training.relu_mlp)
 
     def __init__(self, in_features: int, num_classes: int = 10) -> None:
         super().__init__()

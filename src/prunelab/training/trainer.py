@@ -25,6 +25,7 @@ from prunelab.training.config import TrainConfig
 from prunelab.training.device import resolve_device
 from prunelab.training.fused import LeanStepper
 from prunelab.training.optim import build_optimizer
+from prunelab.training.relu_mlp import ReluMLPStep
 from prunelab.training.schedule import build_schedule
 
 EVAL_BATCH = 1000
@@ -184,6 +185,9 @@ class Trainer:
         self.wall_time = 0.0
         self.until = self.total
         self._masked = self._mask_pairs()
+        self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # a plain Linear-ReLU chain trains without autograd's bookkeeping (same gradients, see relu_mlp)
+        self._fast = None if cfg.bf16 else ReluMLPStep.build(self.model, self.data.train.x[:16])
 
     # ---------------------------------------------------------------------------------------
     def _mask_pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
@@ -297,7 +301,9 @@ class Trainer:
         """One pass over a fresh permutation (or fewer iterations at the end of training)."""
         train, bs, device = self.data.train, self.cfg.batch_size, self.device
         perm = torch.randperm(len(train), generator=self.generator).to(device)
-        model, opt, step, masked = self.model, self.optimizer, self.stepper.step, self._masked
+        model, step, masked = self.model, self.stepper.step, self._masked
+        fast, params = self._fast, self._params
+        source = train.x.flatten(1) if fast is not None and not self.augment else train.x
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
         constant_lr = self.cfg.schedule == "constant" and self.schedule.warmup == 0
         lr = self._set_lr(self.iteration)
@@ -308,20 +314,25 @@ class Trainer:
             steps = min(steps, self.until - self.iteration)
         for b in range(steps):
             idx = perm[(offset + b) * bs : (offset + b + 1) * bs]
-            xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
+            xb, yb = source.index_select(0, idx), train.y.index_select(0, idx)
             if self.augment:
                 xb = cifar_augment(xb, self.generator)
             if not constant_lr:
                 lr = self._set_lr(self.iteration)
-            with autocast:
-                out = model(xb)
-                loss = F.cross_entropy(out.float(), yb)
-            loss.backward()
+            if fast is not None:
+                loss, out = fast(xb, yb)
+            else:
+                with autocast:
+                    out = model(xb)
+                    loss = F.cross_entropy(out.float(), yb)
+                loss.backward()
             if masked:
                 pairs = [(p.grad, m) for p, m in masked if p.grad is not None]
                 torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
             step()
-            opt.zero_grad(set_to_none=True)
+            if fast is None:  # the fast path overwrites its gradient buffers instead
+                for p in params:
+                    p.grad = None
             window.add(loss, out, yb)
             self.iteration += 1
             if snapshot_at:
