@@ -35,9 +35,7 @@ def resolve_all(runs: Iterable[RunRef], root: str | Path | None = None) -> list[
 
 
 def dataset_info(exp: StoredExperiment):
-    from prunelab.data import DATASETS
-
-    return DATASETS.get(exp.spec.data).info
+    return exp.spec.data_info
 
 
 def build_for(exp: StoredExperiment) -> nn.Module:

@@ -26,7 +26,6 @@ from prunelab.compress.count import nonzero_flops
 from prunelab.compress.graph import compact
 from prunelab.compress.level import level_input_shape
 from prunelab.compress.sparse import sparsify
-from prunelab.data import DATASETS
 from prunelab.errors import PrunelabError
 from prunelab.experiments import load_level
 from prunelab.models import build_model, count_parameters
@@ -302,7 +301,7 @@ def bench_level(
         loaded = load_level(run, level, seed=seed, control=control, root=root)
         shape = level_input_shape(loaded)
         dense = build_model(
-            loaded.spec.model, num_classes=DATASETS.get(loaded.spec.data).info.num_classes, input_shape=shape
+            loaded.spec.model, num_classes=loaded.spec.data_info.num_classes, input_shape=shape
         )
         variants = standard_variants(loaded.model, loaded.mask, shape, dense=dense, sparse=sparse)
         benchmark(

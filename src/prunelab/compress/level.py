@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from prunelab.compress.graph import CompactResult, compact
-from prunelab.data import DATASETS
 from prunelab.experiments import LoadedLevel, load_level
 
 
@@ -23,7 +22,7 @@ class CompactLevel:
 
     @property
     def num_classes(self) -> int:
-        return DATASETS.get(self.loaded.spec.data).info.num_classes
+        return self.loaded.spec.data_info.num_classes
 
     def source(self) -> dict:
         """Where the compacted weights came from, for the export plan."""
@@ -38,7 +37,7 @@ class CompactLevel:
 
 
 def level_input_shape(loaded: LoadedLevel) -> tuple[int, int, int]:
-    return tuple(DATASETS.get(loaded.spec.data).info.input_shape)  # type: ignore[return-value]
+    return tuple(loaded.spec.data_info.input_shape)  # type: ignore[return-value]
 
 
 def compact_level(

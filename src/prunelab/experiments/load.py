@@ -77,9 +77,7 @@ def load_level(
         )
     directory = level_directory(exp, seed, level, control)
     art = Artifact(directory)
-    from prunelab.data import DATASETS
-
-    info = DATASETS.get(exp.spec.data).info
+    info = exp.spec.data_info
     model = build_model(
         exp.spec.model, num_classes=info.num_classes, input_shape=info.input_shape, init=exp.spec.init
     )

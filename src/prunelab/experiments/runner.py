@@ -76,19 +76,14 @@ class ExperimentRunner:
             context=PruneContext(
                 initial_state=_state(model),
                 batches=self._probe_batches(),
-                input_shape=self._info().input_shape,
+                input_shape=self.spec.data_info.input_shape,
                 synflow_rounds=1,  # this trial only validates; one scoring round is enough
             ),
         )
 
-    def _info(self):
-        from prunelab.data import DATASETS
-
-        return DATASETS.get(self.spec.data).info
-
     def _probe_batches(self) -> tuple:
         """SNIP and GraSP need data; the check uses a random batch of the right shape."""
-        info = self._info()
+        info = self.spec.data_info
         g = torch.Generator().manual_seed(0)
         return (
             (
@@ -104,7 +99,7 @@ class ExperimentRunner:
         return self._data
 
     def _new_model(self, seed: int, purpose: str) -> nn.Module:
-        info = self._info()
+        info = self.spec.data_info
         return build_model(
             self.spec.model,
             num_classes=info.num_classes,
@@ -193,12 +188,12 @@ class ExperimentRunner:
     @cached_property
     def _dense_macs(self) -> int:
         model = self._new_model(0, "init")
-        return masked_macs(model, Mask.ones(model), self._info().input_shape)
+        return masked_macs(model, Mask.ones(model), self.spec.data_info.input_shape)
 
     def _flops_ratio(self, mask: Mask) -> float:
         """Dense MACs / this mask's MACs (Scratch-B's training budget)."""
         return self._dense_macs / max(
-            1, masked_macs(self._new_model(0, "init"), mask, self._info().input_shape)
+            1, masked_macs(self._new_model(0, "init"), mask, self.spec.data_info.input_shape)
         )
 
     def _level_mask(

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from prunelab.data import DATASETS
+from prunelab.data import DATASETS, DatasetInfo
 from prunelab.errors import SpecError
 from prunelab.models import MODELS
 from prunelab.pruning import LAYER_FILTERS, METHODS, SCOPES, STRUCTURES, rate_for_rounds
@@ -129,6 +129,11 @@ class ExperimentSpec(FrozenSpec):
 
     def experiment_id(self) -> str:
         return stable_hash(self.identity())
+
+    @property
+    def data_info(self) -> DatasetInfo:
+        """The dataset's registered facts (input shape, classes), without loading its files."""
+        return DATASETS.get(self.data).info
 
     def trunk_identity(self) -> dict[str, Any]:
         """What the dense level-0 training depends on: shared by every method and treatment."""
