@@ -67,23 +67,23 @@ class ReluMLPStep:
             return None
         params = list(model.parameters())
         chain_params = {id(p) for layer in layers for p in layer.parameters()}
-        if {id(p) for p in params} != chain_params or len(chain_params) != len(params):
+        if {id(p) for p in params} != chain_params:
             return None  # the model has parameters the chain would not train
         if any(p.dtype != torch.float32 or not p.requires_grad for p in params):
             return None
         step = cls(layers)
         with torch.no_grad():
-            if not torch.allclose(step.forward(probe), model(probe), rtol=1e-5, atol=1e-6):
+            if not torch.allclose(step.forward(probe)[-1], model(probe), rtol=1e-5, atol=1e-6):
                 return None
         return step
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.flatten(1)
-        for i, layer in enumerate(self.layers):
-            h = _linear(layer, h)
-            if i < len(self.layers) - 1:
-                h = h.relu_()
-        return h
+    def forward(self, x: torch.Tensor, hidden: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Every layer's input (the flattened ``x``, then each ReLU output) followed by the logits."""
+        acts = [x.flatten(1)]
+        for i, layer in enumerate(self.layers[:-1]):
+            acts.append(_linear(layer, acts[-1], None if hidden is None else hidden[i]).relu_())
+        acts.append(_linear(self.layers[-1], acts[-1]))
+        return acts
 
     def _scratch(self, batch: int, like: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         if batch not in self._buffers:
@@ -93,13 +93,9 @@ class ReluMLPStep:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.flatten(1)
         batch = x.shape[0]
         hidden, minus_one = self._scratch(batch, x)
-        inputs = [x]
-        for layer, out in zip(self.layers[:-1], hidden, strict=True):
-            inputs.append(_linear(layer, inputs[-1], out).relu_())
-        logits = _linear(self.layers[-1], inputs[-1])
+        *inputs, logits = self.forward(x, hidden)
         log_p = torch.log_softmax(logits, 1)
         loss = F.nll_loss(log_p, y)
         # d loss / d logits = (softmax - one-hot) / batch

@@ -303,7 +303,6 @@ class Trainer:
         perm = torch.randperm(len(train), generator=self.generator).to(device)
         model, step, masked = self.model, self.stepper.step, self._masked
         fast, params = self._fast, self._params
-        source = train.x.flatten(1) if fast is not None and not self.augment else train.x
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
         constant_lr = self.cfg.schedule == "constant" and self.schedule.warmup == 0
         lr = self._set_lr(self.iteration)
@@ -314,7 +313,7 @@ class Trainer:
             steps = min(steps, self.until - self.iteration)
         for b in range(steps):
             idx = perm[(offset + b) * bs : (offset + b + 1) * bs]
-            xb, yb = source.index_select(0, idx), train.y.index_select(0, idx)
+            xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
             if self.augment:
                 xb = cifar_augment(xb, self.generator)
             if not constant_lr:
