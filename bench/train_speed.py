@@ -8,7 +8,7 @@ Prints, from one run on this machine:
   * masked-epoch time (80% sparsity) divided by unmasked-epoch time.
 Goals (issue 2): at most 1.6x the floor, at most 1.05 masked/unmasked.
 
-    python bench/train_speed.py [--epochs-each 3] [--data fashion-mnist]
+    python bench/train_speed.py [--epochs-each 5] [--data fashion-mnist]
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ from prunelab.errors import DataError
 from prunelab.models import build_model
 from prunelab.pruning import Mask, random_mask
 from prunelab.training import TrainConfig, Trainer
+
+STEP_KINDS = {
+    "native": "prunelab's C step around torch's MKL sgemm",
+    "relu-mlp": "torch ops without autograd: no C compiler, PRUNELAB_NO_NATIVE=1 or no MKL",
+    "autograd": "autograd",
+}
 
 
 def matmul_rate(sizes=(1024, 2048), seconds: float = 0.3) -> float:
@@ -49,7 +55,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", default="fashion-mnist")
-    parser.add_argument("--epochs-each", type=int, default=3, help="timed epochs per variant (interleaved)")
+    parser.add_argument("--epochs-each", type=int, default=5, help="timed epochs per variant (interleaved)")
     parser.add_argument("--sparsity", type=float, default=0.8)
     args = parser.parse_args()
 
@@ -90,6 +96,8 @@ def main() -> None:
     floor = flops / (rate * 1e9)
     dense, masked = min(times["dense"]), min(times["masked"])
     print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    steps = {t.step_kind for t in runs.values()}
+    print(f"training step: {', '.join(sorted(steps))} ({STEP_KINDS.get(next(iter(steps)), '')})")
     print(
         f"sustained matmul rate: {rate:.1f} GFLOP/s (best of {len(rates)} measurements: "
         f"{', '.join(f'{r:.0f}' for r in rates)})"

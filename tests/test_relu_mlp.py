@@ -72,7 +72,7 @@ def test_trainer_takes_the_fast_path_and_matches_the_autograd_path():
         trainer = Trainer(model, data, cfg, seed=0)
         assert trainer._fast is not None
         if not fast:
-            trainer._fast = None
+            trainer._fast = trainer._native = None
         return trainer.run(), model
 
     (fast, fast_model), (slow, slow_model) = run(True), run(False)

@@ -96,9 +96,14 @@ def test_every_step_keeps_the_mask(data):
     assert len(trainer.history) == 13
 
 
-def test_same_seed_same_numbers_different_seed_different(data):
+# with dropout the trainer takes the autograd step; without, the Linear-ReLU step (C where it builds)
+STEPS = pytest.mark.parametrize("dropout", [True, False], ids=["autograd", "mlp-step"])
+
+
+@STEPS
+def test_same_seed_same_numbers_different_seed_different(data, dropout):
     def run(seed):
-        model = small_model(data, dropout=True)
+        model = small_model(data, dropout=dropout)
         return train(model, data, TrainConfig(epochs=2, batch_size=32, eval_every="5it"), seed=seed), model
 
     (a, ma), (b, mb), (c, _) = run(0), run(0), run(1)
@@ -109,9 +114,10 @@ def test_same_seed_same_numbers_different_seed_different(data):
     assert [r.test_loss for r in a.history] != [r.test_loss for r in c.history]
 
 
-def test_resume_from_epoch_checkpoint_gives_identical_results(data):
+@STEPS
+def test_resume_from_epoch_checkpoint_gives_identical_results(data, dropout):
     cfg = TrainConfig(epochs=3, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9)
-    straight_model = small_model(data, dropout=True)
+    straight_model = small_model(data, dropout=dropout)
     straight = Trainer(straight_model, data, cfg, seed=3).run()
 
     saved = {}
@@ -120,10 +126,10 @@ def test_resume_from_epoch_checkpoint_gives_identical_results(data):
         saved.update(trainer.state_dict())
         raise KeyboardInterrupt
 
-    first = Trainer(small_model(data, dropout=True), data, cfg, seed=3)
+    first = Trainer(small_model(data, dropout=dropout), data, cfg, seed=3)
     with pytest.raises(KeyboardInterrupt):
         first.run(on_epoch_end=stop_after_first_epoch)
-    resumed_model = small_model(data, seed=99, dropout=True)  # weights come from the checkpoint
+    resumed_model = small_model(data, seed=99, dropout=dropout)  # weights come from the checkpoint
     resumed = Trainer(resumed_model, data, cfg, seed=3)
     resumed.load_state_dict(saved)
     result = resumed.run()

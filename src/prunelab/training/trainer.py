@@ -24,6 +24,7 @@ from prunelab.seeding import derive_seed
 from prunelab.training.config import TrainConfig
 from prunelab.training.device import resolve_device
 from prunelab.training.fused import LeanStepper
+from prunelab.training.native_mlp import NativeMLPStep
 from prunelab.training.optim import build_optimizer
 from prunelab.training.relu_mlp import ReluMLPStep
 from prunelab.training.schedule import build_schedule
@@ -124,10 +125,14 @@ class _Window:
     several tiny tensor ops per step.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, totals: torch.Tensor | None = None) -> None:
         self.losses: list[torch.Tensor] = []
         self.outputs: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
+        # (loss sum, correct, examples) accumulated by the native step, read and zeroed here
+        self.totals = totals
+        if totals is not None:
+            totals.zero_()
 
     def add(self, loss: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> None:
         self.losses.append(loss.detach())
@@ -136,13 +141,16 @@ class _Window:
 
     def flush(self) -> tuple[float, float, int]:
         """(summed loss, correct predictions, examples) since the last flush."""
-        if not self.losses:
-            return 0.0, 0.0, 0
-        sizes = torch.tensor([len(t) for t in self.targets], dtype=torch.float64)
-        loss_sum = float(torch.stack(self.losses).double().cpu() @ sizes)
-        correct = float((torch.cat(self.outputs).argmax(1) == torch.cat(self.targets)).sum())
-        seen = int(sizes.sum())
-        self.__init__()
+        loss_sum, correct, seen = 0.0, 0.0, 0
+        if self.totals is not None:
+            loss_sum, correct, seen = self.totals.tolist()
+            seen = int(seen)
+        if self.losses:
+            sizes = torch.tensor([len(t) for t in self.targets], dtype=torch.float64)
+            loss_sum += float(torch.stack(self.losses).double().cpu() @ sizes)
+            correct += float((torch.cat(self.outputs).argmax(1) == torch.cat(self.targets)).sum())
+            seen += int(sizes.sum())
+        self.__init__(self.totals)
         return loss_sum, correct, seen
 
 
@@ -188,6 +196,16 @@ class Trainer:
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
         # a plain Linear-ReLU chain trains without autograd's bookkeeping (same gradients, see relu_mlp)
         self._fast = None if cfg.bf16 else ReluMLPStep.build(self.model, self.data.train.x[:16])
+        # on a CPU, the same step as one C call around MKL's sgemm (see native_mlp)
+        self._native = None
+        if self._fast is not None and not self.augment:
+            masks = {id(p): m for p, m in self._masked}
+            self._native = NativeMLPStep.build(self.model, self.data.train, masks, cfg.batch_size, self._fast)
+
+    @property
+    def step_kind(self) -> str:
+        """Which training step runs: "native" (C), "relu-mlp" (torch ops, no autograd) or "autograd"."""
+        return "native" if self._native else "relu-mlp" if self._fast else "autograd"
 
     # ---------------------------------------------------------------------------------------
     def _mask_pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
@@ -302,37 +320,43 @@ class Trainer:
         train, bs, device = self.data.train, self.cfg.batch_size, self.device
         perm = torch.randperm(len(train), generator=self.generator).to(device)
         model, step, masked = self.model, self.stepper.step, self._masked
-        fast, params = self._fast, self._params
+        fast, native, params = self._fast, self._native, self._params
+        if native is not None:
+            native.bind()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
         constant_lr = self.cfg.schedule == "constant" and self.schedule.warmup == 0
         lr = self._set_lr(self.iteration)
-        window = _Window()
+        window = _Window(None if native is None else native.totals)
         offset = self.iteration % self.batches_per_epoch if evaluate else 0
         steps = self.batches_per_epoch - offset
         if evaluate:
             steps = min(steps, self.until - self.iteration)
         for b in range(steps):
-            idx = perm[(offset + b) * bs : (offset + b + 1) * bs]
-            xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
-            if self.augment:
-                xb = cifar_augment(xb, self.generator)
+            start = (offset + b) * bs
             if not constant_lr:
                 lr = self._set_lr(self.iteration)
-            if fast is not None:
-                loss, out = fast(xb, yb)
+            if native is not None:  # gathers the batch, masks the gradients, counts into the window
+                native(perm, start, min(bs, len(train) - start))
             else:
-                with autocast:
-                    out = model(xb)
-                    loss = F.cross_entropy(out.float(), yb)
-                loss.backward()
-            if masked:
-                pairs = [(p.grad, m) for p, m in masked if p.grad is not None]
-                torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+                idx = perm[start : start + bs]
+                xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
+                if self.augment:
+                    xb = cifar_augment(xb, self.generator)
+                if fast is not None:
+                    loss, out = fast(xb, yb)
+                else:
+                    with autocast:
+                        out = model(xb)
+                        loss = F.cross_entropy(out.float(), yb)
+                    loss.backward()
+                if masked:
+                    pairs = [(p.grad, m) for p, m in masked if p.grad is not None]
+                    torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+                window.add(loss, out, yb)
             step()
-            if fast is None:  # the fast path overwrites its gradient buffers instead
+            if fast is None and native is None:  # the fast paths overwrite their gradient buffers instead
                 for p in params:
                     p.grad = None
-            window.add(loss, out, yb)
             self.iteration += 1
             if snapshot_at:
                 self._snapshot(snapshots, snapshot_at)

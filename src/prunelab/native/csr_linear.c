@@ -3,7 +3,7 @@
  * Batch rows are taken 64 at a time and transposed into a scratch block, so that every kept weight
  * w[i, c] becomes one broadcast times 64 contiguous inputs x[b0:b0+64, c]: with AVX2 the 64 sums
  * of an output stay in eight registers while its kept weights stream past. Built and loaded by
- * prunelab/compress/native.py; without AVX2 the plain loop below is used.
+ * prunelab/native (see compress/native.py for its use); without AVX2 the plain loop below is used.
  */
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,0 +1,121 @@
+"""The C training step of Linear-ReLU chains against the torch step, and the trainer's choice of step."""
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab.data import Split, load_dataset
+from prunelab.models import build_model
+from prunelab.pruning import random_mask
+from prunelab.training import TrainConfig, Trainer
+from prunelab.training.native_mlp import NativeMLPStep, _kernel, _mkl_sgemm
+from prunelab.training.relu_mlp import ReluMLPStep
+
+needs_native = pytest.mark.skipif(
+    _kernel() is None or _mkl_sgemm() is None,
+    reason="no C compiler or no MKL in this torch: training uses the torch step (tested in test_relu_mlp)",
+)
+
+
+def mlp(first_bias: bool = True) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(49, 20, bias=first_bias),
+        nn.ReLU(),
+        nn.Linear(20, 12),
+        nn.ReLU(),
+        nn.Linear(12, 5),
+    )
+
+
+def split(n: int = 90, seed: int = 1) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    return Split(torch.randn(n, 1, 7, 7, generator=g), torch.randint(0, 5, (n,), generator=g))
+
+
+@needs_native
+@pytest.mark.parametrize("first_bias", [True, False])
+def test_loss_gradients_and_counts_equal_the_torch_step(first_bias):
+    model, train = mlp(first_bias), split()
+    g = torch.Generator().manual_seed(2)
+    masks = {  # a weight and a bias mask, as the trainer passes them: float 0/1 by id(parameter)
+        id(model[3].weight): (torch.rand(12, 20, generator=g) < 0.4).float(),
+        id(model[5].bias): torch.tensor([1.0, 0, 1, 1, 0]),
+    }
+    reference = ReluMLPStep.build(model, train.x[:4])
+    step = NativeMLPStep.build(model, train, masks, batch_size=40, reference=reference)
+    assert step is not None
+    perm = torch.randperm(len(train), generator=g)
+    for start, n in ((0, 40), (40, 40), (80, 10)):  # the last batch is shorter than the buffers
+        step.bind()
+        step(perm, start, n)
+        ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+        loss_sum, correct, seen = step.totals.tolist()
+        step.totals.zero_()
+
+        idx = perm[start : start + n]
+        x, y = train.x[idx], train.y[idx]
+        loss, logits = reference(x, y)
+        assert seen == n
+        assert loss_sum / n == pytest.approx(float(loss), rel=1e-6)
+        assert correct == int((logits.argmax(1) == y).sum())
+        for name, p in model.named_parameters():
+            expected = p.grad * masks[id(p)] if id(p) in masks else p.grad
+            torch.testing.assert_close(ours[name], expected, rtol=1e-5, atol=1e-7, msg=name)
+        assert (ours["3.weight"][masks[id(model[3].weight)] == 0] == 0).all()
+        assert ours["5.bias"][1] == 0 and ours["5.bias"][4] == 0
+
+
+@needs_native
+def test_data_the_kernel_cannot_take_is_left_to_the_torch_step():
+    model, train = mlp(), split()
+    reference = ReluMLPStep.build(model, train.x[:4])
+    assert NativeMLPStep.build(model, train, {}, 16, reference) is not None
+    bad_label = Split(train.x, torch.where(train.y == 0, 5, train.y))  # 5 classes: labels 0..4
+    transposed = Split(train.x.transpose(2, 3), train.y)  # not contiguous
+    as_double = Split(train.x.double(), train.y)
+    for data in (bad_label, transposed, as_double):
+        assert NativeMLPStep.build(model, data, {}, 16, reference) is None
+    assert all(p.grad is None for p in model.parameters())  # building leaves no gradients behind
+
+
+@needs_native
+def test_trainer_native_step_matches_torch_step_and_keeps_the_mask(monkeypatch):
+    data = load_dataset("digits")
+    cfg = TrainConfig(optimizer="adam", lr=1e-3, batch_size=50, iterations=40, eval_every="20it")
+
+    def run(kind: str):
+        if kind == "relu-mlp":
+            monkeypatch.setenv("PRUNELAB_NO_NATIVE", "1")
+        model = build_model("lenet-300-100", num_classes=10, input_shape=data.info.input_shape, seed=0)
+        mask = random_mask(model, 0.2, "uniform", torch.Generator().manual_seed(0))
+        trainer = Trainer(model, data, cfg, mask=mask, seed=0)
+        monkeypatch.delenv("PRUNELAB_NO_NATIVE", raising=False)
+        assert trainer.step_kind == kind
+        return trainer.run(), model, mask
+
+    (native, native_model, mask), (torch_step, torch_model, _) = run("native"), run("relu-mlp")
+    assert len(native.history) == len(torch_step.history) == 3
+    for a, b in zip(native.history[1:], torch_step.history[1:], strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5)
+        assert a.train_acc == b.train_acc
+        assert a.test_loss == pytest.approx(b.test_loss, rel=1e-4)
+    params = dict(native_model.named_parameters())
+    for (name, a), b in zip(params.items(), torch_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+        if name in mask:
+            assert (a.detach()[~mask[name]] == 0).all()
+
+
+def test_the_trainer_names_the_step_it_runs(monkeypatch):
+    data = load_dataset("digits")
+    cfg = TrainConfig(iterations=1)
+    tanh_mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
+    assert Trainer(tanh_mlp, data, cfg).step_kind == "autograd"
+    monkeypatch.setenv("PRUNELAB_NO_NATIVE", "1")
+    mlp_model = build_model("lenet-300-100", num_classes=10, input_shape=data.info.input_shape)
+    assert Trainer(mlp_model, data, cfg).step_kind == "relu-mlp"
+    monkeypatch.delenv("PRUNELAB_NO_NATIVE")
+    expected = "native" if _kernel() is not None and _mkl_sgemm() is not None else "relu-mlp"
+    assert Trainer(mlp_model, data, cfg).step_kind == expected
