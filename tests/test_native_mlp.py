@@ -65,6 +65,9 @@ def test_loss_gradients_and_counts_equal_the_torch_step(first_bias):
             torch.testing.assert_close(ours[name], expected, rtol=1e-5, atol=1e-7, msg=name)
         assert (ours["3.weight"][masks[id(model[3].weight)] == 0] == 0).all()
         assert ours["5.bias"][1] == 0 and ours["5.bias"][4] == 0
+    for start, n in ((80, 20), (0, 41), (-1, 10)):  # past the data, past the buffers: refused, not a crash
+        with pytest.raises(ValueError, match="do not fit"):
+            step(perm, start, n)
 
 
 @needs_native

@@ -78,6 +78,7 @@ class NativeMLPStep:
         self._mask_bytes = {k: (m != 0).to(torch.uint8) for k, m in masks.items()}
         self.x, self.y = train.x, train.y
         self.totals = torch.zeros(3, dtype=torch.float64)
+        self.batch_size = batch_size
         self._xbuf = torch.empty(batch_size, layers[0].in_features)
         self._ybuf = torch.empty(batch_size, dtype=torch.int64)
         # per layer: its output (ReLU'd or logits) and d loss / d its pre-activation
@@ -143,6 +144,10 @@ class NativeMLPStep:
 
     def __call__(self, perm: torch.Tensor, start: int, n: int) -> None:
         """One step on ``perm[start:start+n]`` (``perm``: contiguous int64 row indices, ``n`` <= batch size)."""
+        if not (0 < n <= self.batch_size and start >= 0 and start + n <= len(perm)):
+            raise ValueError(
+                f"rows {start}:{start + n} of {len(perm)} do not fit a batch of {self.batch_size}"
+            )
         self._fn(
             self._sgemm,
             len(self.layers),

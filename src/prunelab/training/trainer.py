@@ -319,8 +319,7 @@ class Trainer:
         """One pass over a fresh permutation (or fewer iterations at the end of training)."""
         train, bs, device = self.data.train, self.cfg.batch_size, self.device
         perm = torch.randperm(len(train), generator=self.generator).to(device)
-        model, step, masked = self.model, self.stepper.step, self._masked
-        fast, native, params = self._fast, self._native, self._params
+        step, fast, native, params = self.stepper.step, self._fast, self._native, self._params
         if native is not None:
             native.bind()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
@@ -338,21 +337,7 @@ class Trainer:
             if native is not None:  # gathers the batch, masks the gradients, counts into the window
                 native(perm, start, min(bs, len(train) - start))
             else:
-                idx = perm[start : start + bs]
-                xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
-                if self.augment:
-                    xb = cifar_augment(xb, self.generator)
-                if fast is not None:
-                    loss, out = fast(xb, yb)
-                else:
-                    with autocast:
-                        out = model(xb)
-                        loss = F.cross_entropy(out.float(), yb)
-                    loss.backward()
-                if masked:
-                    pairs = [(p.grad, m) for p, m in masked if p.grad is not None]
-                    torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
-                window.add(loss, out, yb)
+                self._torch_step(perm[start : start + bs], window, autocast)
             step()
             if fast is None and native is None:  # the fast paths overwrite their gradient buffers instead
                 for p in params:
@@ -367,6 +352,24 @@ class Trainer:
                 self._check_mask()
             if on_progress is not None and (b % 50 == 49 or b == steps - 1):
                 on_progress(self.iteration, self.total)
+
+    def _torch_step(self, idx: torch.Tensor, window: _Window, autocast) -> None:
+        """Gradients of the batch ``idx`` into ``.grad`` through torch (the ReLU-chain step or autograd), masked."""
+        train = self.data.train
+        xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
+        if self.augment:
+            xb = cifar_augment(xb, self.generator)
+        if self._fast is not None:
+            loss, out = self._fast(xb, yb)
+        else:
+            with autocast:
+                out = self.model(xb)
+                loss = F.cross_entropy(out.float(), yb)
+            loss.backward()
+        if self._masked:
+            pairs = [(p.grad, m) for p, m in self._masked if p.grad is not None]
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+        window.add(loss, out, yb)
 
     def _check_mask(self) -> None:
         """Invariant: pruned weights are exactly zero. A failure is a bug in prunelab, not user error."""
