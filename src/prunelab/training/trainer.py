@@ -4,6 +4,10 @@ Pruned weights are zero before training starts and their gradients are zeroed be
 optimizer step. With zero gradients from the start, SGD (momentum, Nesterov, weight decay), Adam and
 AdamW all leave those weights at exactly zero and their optimizer state at exactly zero, so the forward
 pass needs no mask multiply and a masked epoch costs the same as a dense one.
+
+The gradients come from one of three steps (``Trainer.step_kind``): a Linear-ReLU chain such as
+LeNet-300-100 takes a hand-written step, in C on a CPU (:mod:`~prunelab.training.native_mlp`) or as
+torch ops elsewhere (:mod:`~prunelab.training.relu_mlp`); every other model takes autograd.
 """
 
 from __future__ import annotations
