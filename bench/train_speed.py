@@ -97,7 +97,7 @@ def main() -> None:
     dense, masked = min(times["dense"]), min(times["masked"])
     print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}")
     steps = {t.step_kind for t in runs.values()}
-    print(f"training step: {', '.join(sorted(steps))} ({STEP_KINDS.get(next(iter(steps)), '')})")
+    print(f"training step: {'; '.join(f'{k} ({STEP_KINDS[k]})' for k in sorted(steps))}")
     print(
         f"sustained matmul rate: {rate:.1f} GFLOP/s (best of {len(rates)} measurements: "
         f"{', '.join(f'{r:.0f}' for r in rates)})"

@@ -8,6 +8,7 @@ from prunelab.compress import SparseConv2d, SparseLinear, semi_structured_suppor
 from prunelab.compress.sparse import is_2_4
 from prunelab.errors import PrunelabError
 from prunelab.models import build_model
+from prunelab.native import cache_dir
 from prunelab.pruning import prune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,13 +87,13 @@ def fresh_kernel():
 def test_native_kernel_is_built_once_and_cached(fresh_kernel):
     if fresh_kernel.csr_kernel() is None:
         pytest.skip("no C compiler on this machine: sparse layers use MKL's product (tested above)")
-    built = list(fresh_kernel.cache_dir().glob("csr_linear-*.so"))
+    built = list(cache_dir().glob("csr_linear-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     fresh_kernel.csr_kernel.cache_clear()
     assert fresh_kernel.csr_kernel() is not None
     assert built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
-    assert not [p for p in fresh_kernel.cache_dir().iterdir() if p != built[0]]  # no temp files left
+    assert not [p for p in cache_dir().iterdir() if p != built[0]]  # no temp files left
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -15,9 +15,8 @@ import functools
 import torch
 
 from prunelab import native
-from prunelab.native import cache_dir
 
-__all__ = ["cache_dir", "csr_kernel", "csr_linear"]
+__all__ = ["csr_kernel", "csr_linear"]
 
 
 @functools.cache

@@ -73,7 +73,7 @@ class NativeMLPStep:
     def __init__(
         self, layers: list[nn.Linear], train: Split, masks: dict[int, torch.Tensor], batch_size: int
     ) -> None:
-        self.layers, self.masks = layers, masks
+        self.layers = layers
         # the kernel reads masks as bytes: a quarter of the memory traffic of float masks
         self._mask_bytes = {k: (m != 0).to(torch.uint8) for k, m in masks.items()}
         self.x, self.y = train.x, train.y
@@ -141,6 +141,15 @@ class NativeMLPStep:
             entry.mw = _ptr(self._mask_bytes.get(id(layer.weight)))
             entry.mb = _ptr(None if bias is None else self._mask_bytes.get(id(bias)))
             entry.act, entry.grad = act.data_ptr(), grad.data_ptr()
+        # the arguments that stay fixed between binds, resolved once rather than at every step
+        self._fixed = (
+            self._sgemm,
+            len(self.layers),
+            ctypes.addressof(self._table),
+            self.x.data_ptr(),
+            self.y.data_ptr(),
+        )
+        self._buffers = (self._xbuf.data_ptr(), self._ybuf.data_ptr(), self.totals.data_ptr())
 
     def __call__(self, perm: torch.Tensor, start: int, n: int) -> None:
         """One step on ``perm[start:start+n]`` (``perm``: contiguous int64 row indices, ``n`` <= batch size)."""
@@ -148,18 +157,7 @@ class NativeMLPStep:
             raise ValueError(
                 f"rows {start}:{start + n} of {len(perm)} do not fit a batch of {self.batch_size}"
             )
-        self._fn(
-            self._sgemm,
-            len(self.layers),
-            ctypes.addressof(self._table),
-            self.x.data_ptr(),
-            self.y.data_ptr(),
-            perm.data_ptr() + start * perm.element_size(),
-            n,
-            self._xbuf.data_ptr(),
-            self._ybuf.data_ptr(),
-            self.totals.data_ptr(),
-        )
+        self._fn(*self._fixed, perm.data_ptr() + start * perm.element_size(), n, *self._buffers)
 
     def _agrees_with(self, reference: ReluMLPStep, n: int) -> bool:
         """Loss and (masked) gradients of one step on the first ``n`` rows equal the torch step's."""
@@ -170,7 +168,8 @@ class NativeMLPStep:
         self.totals.zero_()
         ref_loss, _ = reference(self.x[:n], self.y[:n])
         for p, g in zip(params, ours, strict=True):
-            expected = p.grad * self.masks[id(p)] if id(p) in self.masks else p.grad
+            mask = self._mask_bytes.get(id(p))
+            expected = p.grad if mask is None else p.grad * mask
             if not torch.allclose(g, expected, rtol=1e-4, atol=1e-6):
                 return False
         return abs(loss - float(ref_loss)) <= 1e-5 * max(1.0, abs(float(ref_loss)))
