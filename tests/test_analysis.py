@@ -8,7 +8,6 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-import typer
 from torch import nn
 from typer.testing import CliRunner
 
@@ -36,8 +35,8 @@ from prunelab.analysis import (
     weight_trajectories,
     winning_table,
 )
-from prunelab.analysis.cli import register
 from prunelab.analysis.runs import resolve, series_names
+from prunelab.cli import app
 from prunelab.errors import PrunelabError
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec, load_level
 from prunelab.experiments.summary import level_rows
@@ -271,7 +270,7 @@ def test_ensemble_matches_a_direct_computation(runs):
     # members' accuracies are those the experiment recorded
     stored = resolve(runs["mag"]).levels
     assert result.member_acc[0] == pytest.approx(
-        (stored[0][2]["final"]["test_acc"] + stored[1][2]["final"]["test_acc"]) / 2
+        (stored[0][2].final.test_acc + stored[1][2].final.test_acc) / 2
     )
     assert torch.allclose(result.agreement.diagonal(), torch.ones(2)) and torch.allclose(
         result.agreement, result.agreement.T
@@ -383,8 +382,6 @@ def test_mask_image_colours_by_sign_with_pruned_grey():
 # CLI ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cli():
-    app = typer.Typer(pretty_exceptions_enable=False)
-    register(app)
     runner = CliRunner()
 
     def invoke(*args: str):
@@ -469,4 +466,4 @@ def test_main_table_shows_control_branches(tmp_path):
     assert table.columns == ["level", "density", "lt", "lt (reinit control)"]
     control = [row[3] for row in table.rows]
     assert control[0] is None  # level 0 is dense: no control
-    assert control[2][0] == result.controls[0]["reinit"][1]["final"]["test_acc"]
+    assert control[2][0] == result.controls[0]["reinit"][1].final.test_acc

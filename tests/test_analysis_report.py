@@ -11,12 +11,11 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from prunelab.analysis import write_report
-from prunelab.analysis.cli import register
 from prunelab.analysis.report import SECTIONS
+from prunelab.cli import app
 from prunelab.errors import PrunelabError
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec
 from prunelab.training import TrainConfig
@@ -77,8 +76,6 @@ def test_report_refuses_a_folder_that_is_not_empty(report, tmp_path):
     with pytest.raises(PrunelabError, match="no experiment 'missing'"):
         write_report(["missing"], tmp_path / "new", root=tmp_path)
     assert not (tmp_path / "new").exists()  # nothing written before the inputs are checked
-    app = typer.Typer(pretty_exceptions_enable=False)
-    register(app)
     cli = CliRunner()
     result = cli.invoke(app, ["report", runs[0], "-o", str(tmp_path)])
     assert isinstance(result.exception, PrunelabError)

@@ -67,6 +67,8 @@ def test_train_digits_writes_weights_and_metrics(capsys, tmp_path):
         "digits",
         "--epochs",
         "2",
+        "--eval-every",
+        "1ep",
         "--out",
         str(tmp_path / "o"),
         "--no-progress",
@@ -75,7 +77,8 @@ def test_train_digits_writes_weights_and_metrics(capsys, tmp_path):
     assert "test accuracy (final)" in out
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["summary"]["final"]["test_acc"] > 0.8
-    assert len(metrics["history"]) == 3
+    assert len(metrics["history"]) == 3  # iteration 0 and each epoch's end
+    assert metrics["train"]["eval_every"] == "1ep" and metrics["summary"]["environment"]["threads"] >= 1
     weights = load_tensors(tmp_path / "o" / "model.safetensors")
     assert set(weights) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}
 
@@ -182,9 +185,10 @@ def test_tables_show_brackets_as_written():
     """Names like 'run [3fa2]' must not be swallowed as rich markup."""
     from rich.console import Console
 
-    from prunelab.ui import table
+    from prunelab.table import Table
+    from prunelab.ui import render
 
     console = Console(record=True, width=80)
-    console.print(table("runs [all]", ["name [id]", "n"], [("run [3fa2]", 1)]))
+    console.print(render(Table("runs [all]", ["name [id]", "n"], [("run [3fa2]", 1)])))
     text = console.export_text()
     assert "runs [all]" in text and "name [id]" in text and "run [3fa2]" in text

@@ -6,11 +6,9 @@ import shutil
 
 import pytest
 import torch
-import typer
 
 import prunelab.cli as main_cli
 from prunelab.compress import compact_level, load_compact
-from prunelab.compress.cli import register
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec
 from prunelab.models import build_model
 from prunelab.pruning import Mask
@@ -38,10 +36,7 @@ def experiment(tmp_path_factory):
 
 @pytest.fixture
 def cli(monkeypatch, capsys):
-    """Run the real entry point (exit codes, one-line errors) on an app holding our commands."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    register(app)
-    monkeypatch.setattr(main_cli, "app", app)
+    """Run the real entry point (exit codes, one-line errors)."""
 
     def run(*args):
         code = main_cli.main([str(a) for a in args])

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ import torch
 from prunelab.cli import main
 from prunelab.errors import PrunelabError, SpecError
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec, parse_seeds
-from prunelab.experiments.store import ExperimentLocked, locked
-from prunelab.experiments.summary import find_experiment, level_rows, winning_ticket
+from prunelab.experiments.store import ExperimentLocked, find_experiment, locked
+from prunelab.experiments.summary import level_rows, winning_ticket
 from prunelab.experiments.treatments import TREATMENTS, LevelInputs
 from prunelab.pruning import Mask
 from prunelab.spec import build_spec
@@ -36,6 +37,8 @@ def tiny_spec(**overrides) -> ExperimentSpec:
 
 def without_times(value):
     """Everything but wall-clock times, which legitimately differ between runs."""
+    if hasattr(value, "to_json"):
+        value = value.to_json()
     if isinstance(value, dict):
         return {k: without_times(v) for k, v in value.items() if k != "wall_time"}
     if isinstance(value, list):
@@ -44,10 +47,7 @@ def without_times(value):
 
 
 def level_metrics(result, seed=0):
-    return [
-        (m["level"], m["density"], m["final"]["test_acc"], m["final"]["test_loss"])
-        for m in result.levels[seed]
-    ]
+    return [(m.level, m.density, m.final.test_acc, m.final.test_loss) for m in result.levels[seed]]
 
 
 # identity ---------------------------------------------------------------------------------------
@@ -100,13 +100,13 @@ def test_parse_seeds_and_treatments():
 def test_every_treatment_runs_and_masks_only_shrink(tmp_path, treatment):
     spec = tiny_spec(treatment=TreatmentSpec.parse(treatment))
     result = ExperimentRunner(spec, tmp_path).run()
-    densities = [m["density"] for m in result.levels[0]]
+    densities = [m.density for m in result.levels[0]]
     assert densities[0] == 1.0
     assert densities[1] == pytest.approx(0.5, abs=1e-3) and densities[2] == pytest.approx(0.25, abs=1e-3)
     masks = [Mask.load(result.directory / "seed-0" / f"level-0{k}" / "mask.safetensors") for k in (1, 2)]
     for name in masks[0]:
         assert not (masks[1][name] & ~masks[0][name]).any()  # never revived
-    assert all(m["final"]["test_acc"] > 0.5 for m in result.levels[0])
+    assert all(m.final.test_acc > 0.5 for m in result.levels[0])
 
 
 def test_treatment_start_weights_by_hand():
@@ -115,17 +115,27 @@ def test_treatment_start_weights_by_hand():
     fresh = {"w": torch.randn(4, 5, generator=g), "b": torch.randn(4, generator=g)}
     previous = {"w": torch.randn(4, 5, generator=g), "b": torch.randn(4, generator=g)}
     mask = Mask({"w": torch.ones(4, 5, dtype=torch.bool)})
-    inputs = LevelInputs(tiny_spec(), 1, mask, init, init, previous, fresh, 10)
+    inputs = LevelInputs(
+        spec=tiny_spec(),
+        seed=0,
+        level=1,
+        mask=mask,
+        init=init,
+        points={0: init},
+        previous=previous,
+        fresh=fresh,
+        iterations_per_epoch=10,
+    )
     sign = TREATMENTS.get("sign")().weights(inputs)
     assert torch.equal(sign["w"], fresh["w"].abs() * init["w"].sign()) and torch.equal(sign["b"], init["b"])
     sigma = TREATMENTS.get("sigma-sign")().weights(inputs)
     assert torch.allclose(sigma["w"], init["w"].std() * init["w"].sign())
     assert TREATMENTS.get("finetune")().weights(inputs) is previous
     assert TREATMENTS.get("reinit")().weights(inputs) is fresh
-    late = LevelInputs(
-        tiny_spec(treatment=TreatmentSpec.parse("rewind:2ep")), 1, mask, init, init, previous, fresh, 10
-    )
+    late = replace(inputs, spec=tiny_spec(treatment=TreatmentSpec.parse("rewind:2ep")), points={20: previous})
     assert TREATMENTS.get("rewind")().start_iteration(late) == 20
+    assert TREATMENTS.get("rewind")().weights(late) is previous
+    assert TREATMENTS.get("rewind")().trunk_points(late.spec, 10) == (20,)
 
 
 def test_controls_have_the_ticket_densities(tmp_path):
@@ -179,8 +189,8 @@ def test_resume_after_interruption_gives_identical_numbers(tmp_path, monkeypatch
     assert list((tmp_path / "killed").rglob("checkpoint.pt"))
     resumed = ExperimentRunner(spec, tmp_path / "killed").run()
     assert level_metrics(resumed) == level_metrics(straight)
-    assert [m["history"] for m in resumed.controls[0]["reinit"]] == [
-        m["history"] for m in straight.controls[0]["reinit"]
+    assert [m.history for m in resumed.controls[0]["reinit"]] == [
+        m.history for m in straight.controls[0]["reinit"]
     ]
     assert not list((tmp_path / "killed").rglob("checkpoint.pt"))
 
@@ -250,7 +260,7 @@ def test_summary_over_seeds_and_winning_ticket(tmp_path):
     result = ExperimentRunner(tiny_spec(seeds=(0, 1)), tmp_path).run()
     exp = find_experiment(result.directory.name[:6], tmp_path)
     rows = level_rows(exp)
-    accs = [result.levels[s][1]["final"]["test_acc"] for s in (0, 1)]
+    accs = [result.levels[s][1].final.test_acc for s in (0, 1)]
     assert rows[1]["ticket"][0] == pytest.approx(sum(accs) / 2)
     assert rows[1]["ticket"][1] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
     ticket = winning_ticket(exp, tolerance=1.0)
@@ -317,7 +327,7 @@ def test_scratch_b_trains_longer_by_the_flop_ratio(tmp_path):
         train=TrainConfig(epochs=1, batch_size=64),
     )
     result = ExperimentRunner(spec, tmp_path).run()
-    dense_its, pruned_its = result.levels[0][0]["iterations"], result.levels[0][1]["iterations"]
+    dense_its, pruned_its = result.levels[0][0].iterations, result.levels[0][1].iterations
     assert pruned_its > 1.5 * dense_its  # half the filters of each conv: far fewer MACs
     e = ExperimentRunner(
         tiny_spec(
@@ -328,7 +338,7 @@ def test_scratch_b_trains_longer_by_the_flop_ratio(tmp_path):
         ),
         tmp_path,
     ).run()
-    assert e.levels[0][1]["iterations"] == dense_its
+    assert e.levels[0][1].iterations == dense_its
 
 
 @pytest.mark.parametrize("treatment", ["scratch-e", "scratch-b"])
@@ -370,4 +380,4 @@ def test_every_method_runs_through_the_engine(tmp_path, method, scope):
     result = ExperimentRunner(spec, tmp_path).run()
     mask = Mask.load(result.directory / "seed-0" / "level-01" / "mask.safetensors")
     assert 0.6 < mask.density() < 0.8
-    assert result.levels[0][1]["final"]["test_acc"] >= 0
+    assert result.levels[0][1].final.test_acc >= 0

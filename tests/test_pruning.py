@@ -298,7 +298,7 @@ def full_context(model: nn.Module) -> PruneContext:
     gen = torch.Generator().manual_seed(3)
     init = {k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in model.state_dict().items()}
     batch = (torch.randn(8, 2, 8, 8, generator=gen), torch.randint(0, 5, (8,), generator=gen))
-    return PruneContext(initial_state=init, batches=[batch], input_shape=(2, 8, 8), synflow_rounds=10)
+    return PruneContext(initial_state=init, batches=[batch], input_shape=(2, 8, 8))
 
 
 def pools(layers: list[str], scope: str) -> list[list[str]]:
@@ -332,7 +332,9 @@ def test_every_combination(method: str, scope: str, structure: str | None) -> No
     model = seeded(ConvNet)
     context = full_context(model)
     start = prune(model, None, fraction=0.2, method="random", generator=torch.Generator().manual_seed(0))
-    call = dict(fraction=0.3, method=method, scope=scope, structure=structure, context=context)
+    call = dict(
+        fraction=0.3, method=method, scope=scope, structure=structure, synflow={"rounds": 10}, context=context
+    )
     if not valid:
         with pytest.raises(SpecError):
             prune(model, start, **call, generator=torch.Generator().manual_seed(0))

@@ -108,7 +108,10 @@ def test_grasp_is_weight_times_hessian_gradient_product() -> None:
     hessian = torch.autograd.functional.hessian(loss, theta)
     gradient = torch.func.grad(loss)(theta)
     expected = (theta * (hessian @ gradient)).split(sizes)
-    got = scores("grasp", model, Mask.ones(model), PruneContext(batches=data, grasp_temperature=temperature))
+    settings = CRITERIA.get("grasp").Settings(temperature=temperature)
+    got = CRITERIA.get("grasp")(settings).scores(
+        model, Mask.ones(model), WEIGHTS, PruneContext(batches=data), None
+    )
     for n, e, s in zip(WEIGHTS, expected, shapes, strict=True):
         torch.testing.assert_close(got[n], e.reshape(s), rtol=1e-4, atol=1e-7)
     mask = prune(
@@ -117,7 +120,8 @@ def test_grasp_is_weight_times_hessian_gradient_product() -> None:
         fraction=0.5,
         method="grasp",
         scope="global",
-        context=PruneContext(batches=data, grasp_temperature=temperature),
+        grasp={"temperature": temperature},
+        context=PruneContext(batches=data),
     )
     reference = global_keep({n: got[n] for n in WEIGHTS}, 0.5)
     assert all(torch.equal(mask[n], reference[n]) for n in WEIGHTS)

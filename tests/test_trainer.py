@@ -1,20 +1,35 @@
+import io
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 from torch import nn
 
 from prunelab.data import load_dataset
-from prunelab.errors import SpecError
+from prunelab.errors import CheckpointError, PrunelabError, SpecError
 from prunelab.models import build_model
 from prunelab.pruning import Mask
 from prunelab.spec import build_spec
-from prunelab.training import TrainConfig, Trainer, build_schedule, train
+from prunelab.training import TrainConfig, Trainer, build_schedule, evaluate, train
 
 
 @pytest.fixture(scope="module")
 def data():
     return load_dataset("synthetic")
+
+
+@pytest.fixture(scope="module")
+def noisy(data):
+    """Synthetic data with 60% of the training labels redrawn at random: fitting them makes the
+    validation loss rise again, so its minimum is an early point, not the last one."""
+    from prunelab.data import Dataset, Split
+
+    g = torch.Generator().manual_seed(5)
+    labels = data.train.y.clone()
+    noise = torch.rand(len(labels), generator=g) < 0.6
+    labels[noise] = torch.randint(0, data.info.num_classes, (int(noise.sum()),), generator=g)
+    return Dataset(data.info, Split(data.train.x, labels), data.val, data.test, "noisy synthetic")
 
 
 def small_model(data, seed=0, dropout=False) -> nn.Module:
@@ -38,6 +53,19 @@ def test_learns_above_chance(data):
     assert result.iterations == 5 * -(-len(data.train) // 32)
     assert result.history[0].iteration == 0  # evaluated at initialisation too
     assert result.history[-1].val_loss is not None
+    assert result.history[0].test_acc is None  # the test split only at the end
+
+
+def without_time(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "wall_time"}
+
+
+def through_disk(state: dict) -> dict:
+    """What the experiment runner does with a checkpoint: torch.save, then a weights-only load on the CPU."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, map_location="cpu", weights_only=True)
 
 
 OPTIMIZERS = [
@@ -107,35 +135,62 @@ def test_same_seed_same_numbers_different_seed_different(data, dropout):
         return train(model, data, TrainConfig(epochs=2, batch_size=32, eval_every="5it"), seed=seed), model
 
     (a, ma), (b, mb), (c, _) = run(0), run(0), run(1)
-    assert [r.test_loss for r in a.history] == [r.test_loss for r in b.history]
+    assert [asdict(r) for r in a.history] == [asdict(r) for r in b.history]
+    assert without_time(a.summary()) == without_time(b.summary())
     assert all(
         torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values(), strict=True)
     )
-    assert [r.test_loss for r in a.history] != [r.test_loss for r in c.history]
+    assert [r.val_loss for r in a.history] != [r.val_loss for r in c.history]
 
 
 @STEPS
-def test_resume_from_epoch_checkpoint_gives_identical_results(data, dropout):
-    cfg = TrainConfig(epochs=3, batch_size=32, optimizer="sgd", lr=0.05, momentum=0.9)
+@pytest.mark.parametrize("kill_after", [1, 2])
+def test_resume_from_epoch_checkpoint_gives_identical_results(noisy, dropout, kill_after):
+    # evaluations every 5 iterations of 14-iteration epochs: train totals cross epoch ends, and on
+    # shuffled labels the validation loss rises again, so the best copy is an earlier point
+    data = noisy
+    cfg = TrainConfig(epochs=4, batch_size=32, optimizer="sgd", lr=0.2, momentum=0.9, eval_every="5it")
     straight_model = small_model(data, dropout=dropout)
     straight = Trainer(straight_model, data, cfg, seed=3).run()
 
     saved = {}
+    epochs = []
 
-    def stop_after_first_epoch(trainer):
-        saved.update(trainer.state_dict())
-        raise KeyboardInterrupt
+    def kill(trainer):
+        epochs.append(trainer.iteration)
+        if len(epochs) == kill_after:
+            saved.update(through_disk(trainer.state_dict()))
+            raise KeyboardInterrupt
 
     first = Trainer(small_model(data, dropout=dropout), data, cfg, seed=3)
     with pytest.raises(KeyboardInterrupt):
-        first.run(on_epoch_end=stop_after_first_epoch)
+        first.run(on_epoch_end=kill)
+    assert saved["best"] is not None and saved["train_totals"][2] > 0  # both are carried over
     resumed_model = small_model(data, seed=99, dropout=dropout)  # weights come from the checkpoint
     resumed = Trainer(resumed_model, data, cfg, seed=3)
     resumed.load_state_dict(saved)
     result = resumed.run()
-    assert [r.test_loss for r in result.history] == [r.test_loss for r in straight.history]
+    assert [asdict(r) for r in result.history] == [asdict(r) for r in straight.history]
+    assert without_time(result.summary()) == without_time(straight.summary())
+    assert 0 < result.early_stop_iteration < result.iterations  # the best copy: neither start nor end
     for x, y in zip(resumed_model.state_dict().values(), straight_model.state_dict().values(), strict=True):
         assert torch.equal(x, y)
+
+
+def test_an_old_or_foreign_checkpoint_is_refused_clearly(data):
+    trainer = Trainer(small_model(data), data, TrainConfig(iterations=3))
+    state = trainer.state_dict()
+    old = {k: v for k, v in state.items() if k not in ("format", "best", "train_totals", "hooks")}
+    with pytest.raises(CheckpointError, match="format 1, this prunelab reads format 2"):
+        trainer.load_state_dict(old)
+    with pytest.raises(CheckpointError, match="does not fit this run"):
+        trainer.load_state_dict({**state, "model": {"nope": torch.zeros(1)}})
+    other = Trainer(small_model(data, seed=1), data, TrainConfig(iterations=3))
+    other.run()
+    state = other.state_dict()
+    state["best"]["weights"] = {"other.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError, match="best-validation weights are not this model's"):
+        trainer.load_state_dict(state)
 
 
 def test_global_rng_untouched(data):
@@ -161,6 +216,84 @@ def test_early_stop_iteration_is_min_validation_loss(data):
     best = min(result.history, key=lambda r: r.val_loss)
     assert result.early_stop_iteration == best.iteration
     assert result.summary()["early_stop"]["val_loss"] == best.val_loss
+
+
+def test_test_split_is_evaluated_on_the_final_and_the_best_validation_weights(noisy):
+    data = noisy
+    cfg = TrainConfig(epochs=4, batch_size=32, optimizer="sgd", lr=0.2, momentum=0.9, eval_every="3it")
+    model = small_model(data)
+    result = train(model, data, cfg)
+    best = result.early_stop
+    assert 0 < best.iteration < result.iterations
+    tested = [r.iteration for r in result.history if r.test_loss is not None]
+    assert tested == [best.iteration, result.iterations]  # nowhere else
+    assert all(r.val_loss is not None for r in result.history)
+    assert (best.test_loss, best.test_acc) != (result.final.test_loss, result.final.test_acc)
+    # the same run again, with the weights at the early-stop point kept as a snapshot
+    again = train(small_model(data), data, cfg, snapshot_at=[best.iteration])
+    assert [asdict(r) for r in again.history] == [asdict(r) for r in result.history]
+    at_best = small_model(data)
+    at_best.load_state_dict(again.snapshots[best.iteration])
+    loss, acc = evaluate(at_best, data.test)
+    assert best.test_loss == pytest.approx(loss, rel=1e-5) and best.test_acc == acc
+    loss, acc = evaluate(model, data.test)  # the model is left with its final weights
+    assert result.final.test_loss == pytest.approx(loss, rel=1e-5) and result.final.test_acc == acc
+
+
+def test_without_a_validation_split_the_early_stop_is_the_final_record():
+    data = load_dataset("synthetic", val_size=0)
+    result = train(small_model(data), data, TrainConfig(epochs=2, eval_every="5it"))
+    assert all(r.val_loss is None for r in result.history)
+    assert [r.iteration for r in result.history if r.test_loss is not None] == [result.iterations]
+    assert result.early_stop is result.final and result.early_stop_iteration == result.iterations
+    assert result.final.train_loss is not None
+
+
+def test_validation_every_100_iterations_by_default(data):
+    assert TrainConfig().eval_every == "100it"
+    assert TrainConfig().eval_interval(14) == 100
+    assert TrainConfig(eval_every=None).eval_interval(14) == 14  # None: once per epoch
+    result = train(small_model(data), data, TrainConfig(iterations=250, batch_size=16))
+    assert [r.iteration for r in result.history] == [0, 100, 200, 250]
+    per_epoch = train(small_model(data), data, TrainConfig(epochs=2, batch_size=32, eval_every=None))
+    assert [r.iteration for r in per_epoch.history] == [0, 14, 28]
+
+
+def test_late_rewound_start_and_until_with_evaluation_every_100_iterations(data):
+    cfg = TrainConfig(iterations=300, batch_size=16)  # 28 iterations an epoch
+    trainer = Trainer(small_model(data), data, cfg)
+    trainer.iteration = 150  # late rewinding: the run starts here
+    result = trainer.run(until=260)
+    assert [r.iteration for r in result.history] == [150, 200, 260]
+    assert result.history[0].train_loss is None and result.history[0].test_loss is None
+    assert result.iterations == 260 and result.final.test_loss is not None
+    assert result.early_stop.test_loss is not None
+
+
+def test_result_records_what_the_numbers_depend_on(data):
+    import prunelab
+
+    trainer = Trainer(small_model(data), data, TrainConfig(iterations=7, eval_every="5it"))
+    summary = trainer.run().summary()
+    assert summary["stopped_early"] is None
+    assert summary["environment"] == {
+        "torch": torch.__version__,
+        "prunelab": prunelab.__version__,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "step": trainer.step_kind,
+        "eval": trainer.evaluator.kind,
+        "eval_every": 5,
+    }
+    assert set(summary) == {
+        "iterations",
+        "wall_time",
+        "final",
+        "early_stop_iteration",
+        "early_stop",
+        "stopped_early",
+        "environment",
+    }
 
 
 def test_schedules():
@@ -193,11 +326,12 @@ def test_lr_follows_schedule_in_training(data):
         (dict(epochs=2, iterations=5), "epochs or as iterations, not both"),
         (dict(schedule="linear"), "unknown schedule 'linear'"),
         (dict(milestones=("3 epochs",)), "'3 epochs' is not a duration"),
+        (dict(eval_every="100 iterations"), "'100 iterations' is not a duration"),
         (dict(optimizer="adam", nesterov=True, momentum=0.9), "nesterov applies to the sgd optimizer only"),
     ],
 )
 def test_bad_config_is_refused_clearly(values, needle):
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(PrunelabError) as err:
         build_spec(TrainConfig, **values)
     assert needle in str(err.value)
 

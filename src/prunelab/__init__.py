@@ -7,9 +7,10 @@ tensors; models, datasets, optimizers and schedules are registered by name.
 from prunelab.compress import load_compact
 from prunelab.data import DATASETS, Dataset, load_dataset
 from prunelab.errors import PrunelabError
-from prunelab.experiments import ExperimentSpec, PruneSpec, TreatmentSpec, load_level
+from prunelab.experiments import ExperimentSpec, Store, TreatmentSpec, TrunkSpec, load_level
 from prunelab.models import MODELS, build_model
-from prunelab.pruning import Mask, from_torch_prune, prune, random_mask, sparsity_report
+from prunelab.pruning import Mask, PruneSpec, from_torch_prune, prune, random_mask, sparsity_report
+from prunelab.threads import set_threads
 from prunelab.training import TrainConfig, Trainer, TrainResult, evaluate, train
 
 __version__ = "0.1.0"
@@ -32,10 +33,12 @@ __all__ = [
     "Mask",
     "PruneSpec",
     "PrunelabError",
+    "Store",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "TreatmentSpec",
+    "TrunkSpec",
     "build_model",
     "evaluate",
     "from_torch_prune",
@@ -46,6 +49,7 @@ __all__ = [
     "prune",
     "random_mask",
     "run",
+    "set_threads",
     "sparsity_report",
     "train",
 ]

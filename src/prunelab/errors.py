@@ -11,13 +11,6 @@ class PrunelabError(Exception):
     """An error caused by the user's input; its message says what is wrong and what is accepted."""
 
 
-class UnknownNameError(PrunelabError, KeyError):
-    """A name (model, dataset, optimizer, ...) that is not registered."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
 class DataError(PrunelabError):
     """A dataset that is missing, truncated or corrupt."""
 
@@ -32,3 +25,10 @@ class CheckpointError(PrunelabError):
 
 class SpecError(PrunelabError):
     """An invalid configuration value or combination."""
+
+
+class UnknownNameError(SpecError, KeyError):
+    """A name (model, dataset, optimizer, ...) that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

@@ -20,20 +20,35 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._descriptions: dict[str, str] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, description: str | None = None) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``."""
 
         def decorator(obj: T) -> T:
-            self.add(name, obj)
+            self.add(name, obj, description)
             return obj
 
         return decorator
 
-    def add(self, name: str, obj: T) -> None:
+    def add(self, name: str, obj: T, description: str | None = None) -> None:
+        """Register ``obj``; its description is ``description``, else its ``description`` attribute,
+        else the first line of its docstring (what listings and ``--help`` show)."""
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = obj
+        if description is not None:
+            self._descriptions[name] = description
+
+    def describe(self, name: str) -> str:
+        if name in self._descriptions:
+            return self._descriptions[name]
+        obj = self.get(name)
+        text = getattr(obj, "description", None)
+        if isinstance(text, str) and text:
+            return text
+        doc = getattr(obj, "__doc__", None) or ""
+        return doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
 
     def get(self, name: str) -> T:
         try:

@@ -1,8 +1,8 @@
-"""Terminal output: progress bars and tables (rich)."""
+"""Terminal output: progress bars, tables and errors (rich). Only the CLI prints."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -14,8 +14,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Table as RichTable
 from rich.text import Text
+
+from prunelab.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -43,15 +45,24 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
         yield update
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
-    t = Table(title=plain(title) if title else None, title_justify="left")
-    for i, col in enumerate(columns):
-        numeric = all(isinstance(row[i], int | float) or row[i] is None for row in rows)
-        short = all(len(fmt(row[i])) <= 24 for row in rows)
-        t.add_column(plain(col), justify="right" if numeric and rows else "left", no_wrap=short)
-    for row in rows:
-        t.add_row(*[plain(fmt(v)) for v in row])
+def render(table: Table) -> RichTable:
+    """A :class:`~prunelab.table.Table` for the terminal: numbers right-aligned, text as written."""
+    t = RichTable(title=plain(table.title) if table.title else None, title_justify="left")
+    for i, header in enumerate(table.headers()):
+        numeric = bool(table.rows) and all(
+            isinstance(r[i], int | float | tuple) or r[i] is None for r in table.rows
+        )
+        t.add_column(plain(header), justify="right" if numeric else "left")
+    for row in table.formatted():
+        t.add_row(*map(plain, row))
     return t
+
+
+def show(table: Table) -> None:
+    """Print a table, and its note under it."""
+    console.print(render(table))
+    if table.note:
+        console.print(plain(table.note), style="dim")
 
 
 def plain(text: str) -> Text:
@@ -59,16 +70,11 @@ def plain(text: str) -> Text:
     return Text(str(text))
 
 
-def fmt(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
 def print_error(message: str) -> None:
     """One plain error line on stderr (the message is not parsed as markup)."""
     err_console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """One plain warning line on stderr."""
+    err_console.print(Text(message, style="yellow"), soft_wrap=True)

@@ -2,7 +2,7 @@
 ensembles, tables, plots and a self-contained HTML report (paper 001's analyses, papers 000, 003).
 
 Every function takes experiments as ids, id prefixes, labels or folders (``root`` as for
-``prunelab show``), or as already loaded :class:`~prunelab.experiments.summary.StoredExperiment`.
+``prunelab show``), or as already loaded :class:`~prunelab.experiments.store.StoredExperiment`.
 """
 
 from prunelab.analysis.effective import (
@@ -31,14 +31,13 @@ from prunelab.analysis.similarity import (
 )
 from prunelab.analysis.stability import Trajectories, stability_summary, weight_stability, weight_trajectories
 from prunelab.analysis.tables import (
-    Table,
     accuracy_table,
     layer_sparsity_table,
     learning_table,
     parameters_table,
-    records_table,
     winning_table,
 )
+from prunelab.table import Table, records_table
 
 __all__ = [
     "EnsembleResult",

@@ -28,10 +28,6 @@ from torch.overrides import TorchFunctionMode
 
 from prunelab.analysis.runs import (
     RunRef,
-    build_for,
-    dataset_info,
-    level_mask,
-    level_weights,
     levels_of,
     resolve,
     seeds_of,
@@ -196,12 +192,12 @@ def effective_levels(
     Rows: level, seed, density, effective_density, test_acc (for accuracy-vs-sparsity plots).
     """
     exp = resolve(run, root)
-    model, shape = build_for(exp), dataset_info(exp).input_shape
+    model, shape = exp.build_model(), exp.spec.data_info.input_shape
     rows = []
     for seed in seeds_of(exp, seeds):
         for level in levels_of(exp, seed):
-            mask = level_mask(exp, seed, level)
-            model.load_state_dict(level_weights(exp, seed, level))
+            mask = exp.mask(seed, level)
+            model.load_state_dict(exp.weights(seed, level))
             r = effective_sparsity(model, mask, shape)[-1]
             rows.append(
                 {
@@ -209,7 +205,7 @@ def effective_levels(
                     "seed": seed,
                     "density": 1 - r["sparsity"],
                     "effective_density": 1 - r["effective_sparsity"],
-                    "test_acc": exp.levels[seed][level]["final"]["test_acc"],
+                    "test_acc": exp.levels[seed][level].final.test_acc,
                 }
             )
     return rows

@@ -17,15 +17,12 @@ from torch import nn
 
 from prunelab.analysis.runs import (
     RunRef,
-    build_for,
-    check_level,
-    level_weights,
-    mean_std,
     resolve_all,
     series_names,
 )
 from prunelab.errors import PrunelabError
-from prunelab.experiments.summary import StoredExperiment
+from prunelab.experiments.store import StoredExperiment
+from prunelab.stats import mean_std
 
 
 @torch.no_grad()
@@ -88,8 +85,8 @@ class Predictions:
     def __call__(self, exp: StoredExperiment, seed: int, level: int) -> torch.Tensor:
         key = (str(exp.directory), seed, level)
         if key not in self._cache:
-            model = build_for(exp)
-            model.load_state_dict(level_weights(exp, seed, level))
+            model = exp.build_model()
+            model.load_state_dict(exp.weights(seed, level))
             self._cache[key] = predict_proba(model, self.split_of(exp).x)
         return self._cache[key]
 
@@ -121,7 +118,7 @@ def common_seeds(exps: Sequence[StoredExperiment], seeds: Sequence[int] | None =
 def closest_level(exp: StoredExperiment, seed: int, density: float) -> int:
     """The finished level whose density is closest to ``density`` on a log scale."""
     levels = exp.levels[seed]
-    return min(levels, key=lambda lv: abs(math.log(levels[lv]["density"]) - math.log(density)))
+    return min(levels, key=lambda lv: abs(math.log(levels[lv].density) - math.log(density)))
 
 
 def ensemble(
@@ -149,7 +146,7 @@ def ensemble(
     for seed in seeds:
         lv = [closest_level(e, seed, density) if density is not None else level for e in exps]
         for e, lvl in zip(exps, lv, strict=True):
-            check_level(e, seed, lvl)
+            e.check_level(seed, lvl)
         probs = [predict(e, seed, lvl) for e, lvl in zip(exps, lv, strict=True)]
         y = predict.split_of(exps[0]).y
         per_seed_members.append([accuracy(p, y) for p in probs])
@@ -162,7 +159,7 @@ def ensemble(
         names=series_names(exps),
         levels=chosen[0],
         densities=[
-            mean_std([e.levels[s][chosen[k][i]]["density"] for k, s in enumerate(seeds)])[0]
+            mean_std([e.levels[s][chosen[k][i]].density for k, s in enumerate(seeds)])[0]
             for i, e in enumerate(exps)
         ],
         member_acc=[m[0] for m in member],

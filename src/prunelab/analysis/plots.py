@@ -21,9 +21,10 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from prunelab.analysis.runs import mean_std
-from prunelab.experiments.summary import StoredExperiment, level_rows
+from prunelab.experiments.store import StoredExperiment
+from prunelab.experiments.summary import level_rows
 from prunelab.io import atomic_write_bytes
+from prunelab.stats import mean_std
 
 METHOD_COLORS = {
     "magnitude": "#1f77b4",
@@ -187,9 +188,12 @@ def plot_early_stop(exps: Sequence[StoredExperiment], names: Sequence[str]) -> F
 
 
 def plot_learning_curves(
-    exp: StoredExperiment, name: str, seed: int | None = None, metric: str = "test_acc"
+    exp: StoredExperiment, name: str, seed: int | None = None, metric: str = "val_acc"
 ) -> Figure:
-    """``metric`` against training iteration, one line per level (darker = sparser), one seed."""
+    """``metric`` against training iteration, one line per level (darker = sparser), one seed.
+
+    Validation metrics are recorded at every evaluation; the test set only where it is needed
+    (the final and the early-stop weights), so test curves have those points only."""
     seed = sorted(exp.levels)[0] if seed is None else seed
     levels = exp.levels[seed]
     fig = new_figure()
@@ -198,12 +202,12 @@ def plot_learning_curves(
 
     cmap = colormaps["viridis"]
     for i, (level, m) in enumerate(sorted(levels.items())):
-        hist = m.get("history", [])
+        hist = [h for h in m.history if getattr(h, metric) is not None]
         ax.plot(
-            [h["iteration"] for h in hist],
-            [h[metric] for h in hist],
+            [h.iteration for h in hist],
+            [getattr(h, metric) for h in hist],
             color=cmap(i / max(1, len(levels) - 1)),
-            label=f"level {level} ({m['density']:.1%})",
+            label=f"level {level} ({m.density:.1%})",
         )
     ax.set_xlabel("iteration")
     ax.set_ylabel(metric.replace("_", " "))

@@ -24,10 +24,6 @@ from prunelab.analysis.ensemble import Predictions, ensemble, ensemble_table
 from prunelab.analysis.runs import (
     RunRef,
     average,
-    build_for,
-    dataset_info,
-    level_mask,
-    level_weights,
     levels_of,
     resolve_all,
     seeds_of,
@@ -36,18 +32,17 @@ from prunelab.analysis.runs import (
 from prunelab.analysis.similarity import similarity_across_levels, similarity_between
 from prunelab.analysis.stability import stability_summary, weight_stability, weight_trajectories
 from prunelab.analysis.tables import (
-    Table,
     accuracy_table,
     layer_sparsity_table,
     learning_table,
     parameters_table,
-    records_table,
     winning_table,
 )
 from prunelab.errors import PrunelabError
-from prunelab.experiments.summary import StoredExperiment
+from prunelab.experiments.store import StoredExperiment
 from prunelab.io import atomic_write_bytes
 from prunelab.pruning.layers import prunable_layers
+from prunelab.table import Table, records_table
 
 SECTIONS = {
     "spec": "Experiments",
@@ -208,7 +203,7 @@ def spec_table(exps: Sequence[StoredExperiment], names: Sequence[str]) -> Table:
 
 def _mask_layers(exp: StoredExperiment) -> list[str]:
     """Layers worth a picture: up to two small conv layers and the output layer."""
-    layers = prunable_layers(build_for(exp))
+    layers = prunable_layers(exp.build_model())
     convs = [
         layer for layer in layers if layer.kind == "conv" and layer.shape[0] <= 64 and layer.shape[1] <= 64
     ]
@@ -217,7 +212,7 @@ def _mask_layers(exp: StoredExperiment) -> list[str]:
 
 def _trajectory_layer(exp: StoredExperiment) -> str:
     """Paper 001 shows the second conv layer (Fig. 6), else the output layer (Fig. 7)."""
-    layers = prunable_layers(build_for(exp))
+    layers = prunable_layers(exp.build_model())
     convs = [layer for layer in layers if layer.kind == "conv"]
     return (convs[1] if len(convs) > 1 else layers[-1]).name
 
@@ -304,7 +299,10 @@ class _Report:
         for name, exp in self.pairs:
             fig = plots.plot_learning_curves(exp, name)
             w.figure(
-                "plots", fig, f"learning-curves-{name}", f"Test accuracy during training, per level: {name}"
+                "plots",
+                fig,
+                f"learning-curves-{name}",
+                f"Validation accuracy during training, per level: {name}",
             )
 
     def effective(self) -> None:
@@ -338,10 +336,10 @@ class _Report:
         for name, exp in self.pairs:
             seed = seeds_of(exp)[0]
             last = levels_of(exp, seed)[-1]
-            model, mask = build_for(exp), level_mask(exp, seed, last)
-            model.load_state_dict(level_weights(exp, seed, last))
+            model, mask = exp.build_model(), exp.mask(seed, last)
+            model.load_state_dict(exp.weights(seed, last))
             where = f"level {last}, seed {seed}: {name}"
-            layer_rows = effective_sparsity(model, mask, dataset_info(exp).input_shape)
+            layer_rows = effective_sparsity(model, mask, exp.spec.data_info.input_shape)
             w.table(
                 "effective-sparsity",
                 records_table(
@@ -433,7 +431,7 @@ class _Report:
         for name, exp in self.pairs:
             seed = seeds_of(exp)[0]
             last = levels_of(exp, seed)[-1]
-            weights, mask = level_weights(exp, seed, last), level_mask(exp, seed, last)
+            weights, mask = exp.weights(seed, last), exp.mask(seed, last)
             for param in _mask_layers(exp):
                 layer = param.removesuffix(".weight")
                 fig = plots.plot_mask(weights[param], mask[param], f"{name}: {layer}, level {last}")

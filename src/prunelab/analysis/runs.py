@@ -1,7 +1,7 @@
-"""Reading what analyses need from stored experiments: masks and weights per seed and level, names.
+"""Which experiments, seeds and levels an analysis covers, and the names that tell them apart.
 
-Masks and weights are read straight from the safetensors files (no model is built) so that
-comparing many levels stays cheap. Level 0 is the shared dense trunk: its mask keeps everything.
+Masks, weights and metrics come from :class:`~prunelab.experiments.store.StoredExperiment`, the
+store's one reader; level 0 is the shared dense trunk, whose mask keeps everything.
 """
 
 from __future__ import annotations
@@ -9,22 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from prunelab.errors import PrunelabError
-from prunelab.experiments.load import level_directory
-from prunelab.experiments.store import Artifact
-from prunelab.experiments.summary import StoredExperiment, find_experiment
-from prunelab.experiments.summary import mean_std as summary_mean_std
-from prunelab.pruning import Mask
+from prunelab.experiments.store import StoredExperiment, find_experiment
+from prunelab.stats import mean_std
 
 RunRef = str | Path | StoredExperiment
 
 
 def resolve(run: RunRef, root: str | Path | None = None) -> StoredExperiment:
     """An experiment from an id, prefix, label, folder, or an already loaded one."""
-    return run if isinstance(run, StoredExperiment) else find_experiment(str(run), root)
+    return run if isinstance(run, StoredExperiment) else find_experiment(run, root)
 
 
 def resolve_all(runs: Iterable[RunRef], root: str | Path | None = None) -> list[StoredExperiment]:
@@ -34,23 +28,9 @@ def resolve_all(runs: Iterable[RunRef], root: str | Path | None = None) -> list[
     return exps
 
 
-def dataset_info(exp: StoredExperiment):
-    return exp.spec.data_info
-
-
-def build_for(exp: StoredExperiment) -> nn.Module:
-    """An untrained model of the experiment's architecture (to know its layers and shapes)."""
-    from prunelab.models import build_model
-
-    info = dataset_info(exp)
-    return build_model(
-        exp.spec.model, num_classes=info.num_classes, input_shape=info.input_shape, init=exp.spec.init
-    )
-
-
 def seeds_of(exp: StoredExperiment, seeds: Sequence[int] | None = None) -> list[int]:
     """The seeds with results (all, or those asked for, refusing ones without results)."""
-    have = sorted(exp.levels)
+    have = exp.seeds()
     if not have:
         raise PrunelabError(f"experiment {exp.id} ({exp.spec.label()}) has no finished level yet")
     if seeds is None:
@@ -65,38 +45,6 @@ def seeds_of(exp: StoredExperiment, seeds: Sequence[int] | None = None) -> list[
 
 def levels_of(exp: StoredExperiment, seed: int) -> list[int]:
     return sorted(exp.levels.get(seed, {}))
-
-
-def check_level(exp: StoredExperiment, seed: int, level: int) -> None:
-    if seed not in exp.levels:
-        raise PrunelabError(
-            f"experiment {exp.id} has no results for seed {seed}; seeds: {sorted(exp.levels)}"
-        )
-    finished = levels_of(exp, seed)
-    if level not in finished:
-        raise PrunelabError(
-            f"experiment {exp.id} ({exp.spec.label()}) seed {seed} has no finished level {level}; "
-            f"finished levels: {finished[0]}..{finished[-1]}"
-        )
-
-
-def level_weights(exp: StoredExperiment, seed: int, level: int) -> dict[str, torch.Tensor]:
-    """Final weights of a level (pruned ones exactly zero)."""
-    check_level(exp, seed, level)
-    return Artifact(level_directory(exp, seed, level)).weights()
-
-
-def level_mask(exp: StoredExperiment, seed: int, level: int) -> Mask:
-    """The mask a level trained with; level 0 keeps every prunable weight."""
-    check_level(exp, seed, level)
-    if level == 0:
-        return Mask.ones(build_for(exp))
-    return Mask.load(level_directory(exp, seed, level) / "mask.safetensors")
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value); NaN for none (plots draw gaps)."""
-    return summary_mean_std([float(v) for v in values]) or (float("nan"), float("nan"))
 
 
 def average(rows: Sequence[dict], keys: Sequence[str], values: Sequence[str]) -> list[dict]:

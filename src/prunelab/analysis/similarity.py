@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from prunelab.analysis.runs import RunRef, level_mask, levels_of, resolve, seeds_of
+from prunelab.analysis.runs import RunRef, levels_of, resolve, seeds_of
 from prunelab.errors import PrunelabError
 from prunelab.pruning import Mask
 
@@ -108,9 +108,7 @@ def similarity_between(
                 raise PrunelabError(
                     f"level {level} is not finished in both experiments for seed {seed}; both have {both}"
                 )
-            rows += _level_rows(
-                level_mask(a, seed, level), level_mask(b, seed, level), level=level, seed=seed
-            )
+            rows += _level_rows(a.mask(seed, level), b.mask(seed, level), level=level, seed=seed)
     return rows
 
 
@@ -132,7 +130,7 @@ def similarity_across_levels(
     rows = []
     for seed in seeds_of(exp, seeds):
         finished = levels_of(exp, seed)
-        masks = {lv: level_mask(exp, seed, lv) for lv in finished}
+        masks = {lv: exp.mask(seed, lv) for lv in finished}
         if isinstance(reference, int) and reference not in masks:
             raise PrunelabError(
                 f"experiment {exp.id} seed {seed} has no finished level {reference}; finished: {finished}"

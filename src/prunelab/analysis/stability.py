@@ -16,10 +16,6 @@ import torch
 from prunelab.analysis.runs import (
     RunRef,
     average,
-    build_for,
-    check_level,
-    level_mask,
-    level_weights,
     levels_of,
     resolve,
     seeds_of,
@@ -37,9 +33,9 @@ def weight_stability(
     rows = []
     for seed in seeds_of(exp, seeds):
         finished = levels_of(exp, seed)
-        prev_w, prev_m = level_weights(exp, seed, finished[0]), level_mask(exp, seed, finished[0])
+        prev_w, prev_m = exp.weights(seed, finished[0]), exp.mask(seed, finished[0])
         for level in finished[1:]:
-            w, m = level_weights(exp, seed, level), level_mask(exp, seed, level)
+            w, m = exp.weights(seed, level), exp.mask(seed, level)
             for name, keep in m.items():
                 both = keep & prev_m[name]
                 n = int(both.sum())
@@ -96,17 +92,17 @@ def weight_trajectories(
     """
     exp = resolve(run, root)
     seed = seeds_of(exp)[0] if seed is None else seed
-    check_level(exp, seed, 0)
+    exp.check_level(seed, 0)
     finished = levels_of(exp, seed)
-    layers = prunable_layers(build_for(exp))
+    layers = prunable_layers(exp.build_model())
     try:
         param = resolve_layer(layer, layers).param
     except PrunelabError:
         raise PrunelabError(f"unknown layer {layer!r}; layers: {describe(layers)}") from None
     columns, densities = [], []
     for level in finished:
-        w = level_weights(exp, seed, level)[param].flatten()
-        keep = level_mask(exp, seed, level)[param].flatten()
+        w = exp.weights(seed, level)[param].flatten()
+        keep = exp.mask(seed, level)[param].flatten()
         columns.append(torch.where(keep, w, torch.full_like(w, float("nan"))))
         densities.append(float(keep.float().mean()))
     values = torch.stack(columns, dim=1).numpy()

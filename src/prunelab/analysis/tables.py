@@ -7,124 +7,22 @@ and train-test gap per level, winning tickets, and any list of analysis records.
 
 from __future__ import annotations
 
-import csv
-import html
-import io
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunelab.analysis.runs import (
     RunRef,
-    build_for,
-    level_weights,
     levels_of,
-    mean_std,
     resolve,
     resolve_all,
     seeds_of,
     series_names,
 )
-from prunelab.experiments.summary import StoredExperiment, winning_ticket
+from prunelab.experiments.store import StoredExperiment
+from prunelab.experiments.summary import winning_ticket
 from prunelab.pruning.mask import prunable_names
-
-
-@dataclass
-class Table:
-    """A titled grid of values: raw numbers in ``rows`` (for CSV), formatted on display."""
-
-    title: str
-    columns: list[str]
-    rows: list[list[object]]
-    note: str = ""
-    formats: dict[str, str] = field(
-        default_factory=dict
-    )  # "pct", "int", "f1", "pm"/"pmf" (mean ± std: %/plain)
-
-    def cell(self, column: str, value: object) -> str:
-        kind = self.formats.get(column)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "–"
-        if kind == "pct" and isinstance(value, float):
-            return f"{value:.2%}"
-        if kind == "int" and isinstance(value, int | float):
-            return f"{value:,.0f}"
-        if kind == "f1" and isinstance(value, int | float):
-            return f"{value:,.1f}"
-        if kind == "pm" and isinstance(value, tuple):
-            return f"{value[0]:.2%} ± {value[1]:.2%}" if value[1] else f"{value[0]:.2%}"
-        if kind == "pmf" and isinstance(value, tuple):
-            return f"{value[0]:.4f} ± {value[1]:.4f}" if value[1] else f"{value[0]:.4f}"
-        if isinstance(value, float):
-            return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
-        if isinstance(value, int) and not isinstance(value, bool):
-            return f"{value:,}"
-        return str(value)
-
-    def formatted(self) -> list[list[str]]:
-        return [[self.cell(c, v) for c, v in zip(self.columns, row, strict=True)] for row in self.rows]
-
-    def to_csv(self) -> str:
-        """Raw values; a (mean, std) pair becomes two columns."""
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        header = []
-        for c in self.columns:
-            header += [c, f"{c} std"] if self.formats.get(c) in ("pm", "pmf") else [c]
-        writer.writerow(header)
-        for row in self.rows:
-            out: list[object] = []
-            for c, v in zip(self.columns, row, strict=True):
-                if self.formats.get(c) in ("pm", "pmf"):
-                    out += list(v) if isinstance(v, tuple) else [v, None]
-                else:
-                    out.append(v)
-            writer.writerow(["" if v is None else v for v in out])
-        return buf.getvalue()
-
-    def headers(self) -> list[str]:
-        return [c.replace("_", " ") for c in self.columns]
-
-    def to_html(self, table_id: str = "") -> str:
-        ident = f' id="{html.escape(table_id)}"' if table_id else ""
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.headers())
-        body = "".join(
-            "<tr>"
-            + "".join(
-                f'<td class="{"num" if isinstance(raw, int | float | tuple) else "txt"}">{html.escape(text)}</td>'
-                for raw, text in zip(row, shown, strict=True)
-            )
-            + "</tr>"
-            for row, shown in zip(self.rows, self.formatted(), strict=True)
-        )
-        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
-        return (
-            f"<table{ident}><caption>{html.escape(self.title)}</caption>"
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
-        )
-
-    def to_rich(self):
-        """A rich table: numbers right-aligned, long headers wrapped rather than cut."""
-        from rich.table import Table as RichTable
-
-        from prunelab.ui import plain
-
-        t = RichTable(title=plain(self.title), title_justify="left")
-        for i, header in enumerate(self.headers()):
-            numeric = bool(self.rows) and all(
-                isinstance(r[i], int | float | tuple) or r[i] is None for r in self.rows
-            )
-            t.add_column(plain(header), justify="right" if numeric else "left")
-        for row in self.formatted():
-            t.add_row(*map(plain, row))
-        return t
-
-
-def records_table(title: str, rows: Sequence[dict], columns: Sequence[str] | None = None, **kw) -> Table:
-    """A table from analysis records (dicts), columns in the order given or first seen."""
-    cols = list(columns) if columns else list(dict.fromkeys(k for r in rows for k in r))
-    return Table(title, cols, [[r.get(c) for c in cols] for r in rows], **kw)
+from prunelab.stats import mean_std
+from prunelab.table import Table
 
 
 def _per_level(exp: StoredExperiment, key) -> dict[int, list]:
@@ -136,24 +34,31 @@ def _per_level(exp: StoredExperiment, key) -> dict[int, list]:
 
 
 def accuracy_table(
-    runs: Sequence[RunRef], *, root: str | Path | None = None, metric: str = "test_acc"
+    runs: Sequence[RunRef],
+    *,
+    root: str | Path | None = None,
+    metric: str = "test_acc",
+    early_stop: bool = False,
+    title: str | None = None,
 ) -> Table:
     """The main table (paper 001 Table 2): per level, each experiment's mean ± std over seeds,
     followed by its control branches (random reinit, random mask) where it has them.
 
     One density column when all experiments reach the same density at each level (within 1%),
-    else a density column per experiment (e.g. methods pruning at different rates).
+    else a density column per experiment (e.g. methods pruning at different rates). With
+    ``early_stop``, each experiment's early-stop iteration (minimum validation loss) as well.
+    This is the table ``prunelab show`` and ``prunelab compare`` print.
     """
     exps = resolve_all(runs, root)
     names = series_names(exps)
-    acc = [_per_level(e, lambda m: m["final"][metric]) for e in exps]
-    dens = [{lv: mean_std(v)[0] for lv, v in _per_level(e, lambda m: m["density"]).items()} for e in exps]
+    acc = [_per_level(e, lambda m: m.value(metric)) for e in exps]
+    dens = [{lv: mean_std(v)[0] for lv, v in _per_level(e, lambda m: m.density).items()} for e in exps]
     for exp, name, d in zip(exps, list(names), list(dens), strict=True):  # controls: the ticket's densities
         for control, per_seed in exp.controls.items():
             values: dict[int, list] = {}
             for levels in per_seed.values():
                 for level, m in levels.items():
-                    values.setdefault(level, []).append(m["final"][metric])
+                    values.setdefault(level, []).append(m.value(metric))
             names.append(f"{name} ({control} control)")
             acc.append(values)
             dens.append({lv: d[lv] for lv in values if lv in d})
@@ -173,9 +78,18 @@ def accuracy_table(
         columns += [n] if shared else [n, f"{n} density"]
     pair = "pmf" if metric.endswith("loss") else "pm"
     formats = dict.fromkeys(names, pair) | dict.fromkeys([c for c in columns if c.endswith("density")], "pct")
+    if early_stop:
+        stops = [_per_level(e, lambda m: m.early_stop_iteration) for e in exps]
+        for row, level in zip(rows, levels, strict=True):
+            row += [mean_std(s[level])[0] if level in s else None for s in stops]
+        stop_columns = [
+            f"{n} early-stop it" if len(exps) > 1 else "early-stop it" for n in series_names(exps)
+        ]
+        columns += stop_columns
+        formats |= dict.fromkeys(stop_columns, "int")
     seeds = sorted(set().union(*(e.levels for e in exps)))
     return Table(
-        f"{metric.replace('_', ' ')} per pruning level (mean ± std over seeds {seeds})",
+        title or f"{metric.replace('_', ' ')} per pruning level (mean ± std over seeds {seeds})",
         columns,
         rows,
         formats=formats,
@@ -193,12 +107,12 @@ def learning_table(run: RunRef, *, root: str | Path | None = None) -> Table:
         rows.append(
             [
                 level,
-                mean_std([m["density"] for m in ms])[0],
-                mean_std([m["early_stop_iteration"] for m in ms])[0],
-                mean_std([m["early_stop"]["test_acc"] for m in ms]),
-                mean_std([m["final"]["train_acc"] for m in ms]),
-                mean_std([m["final"]["test_acc"] for m in ms]),
-                mean_std([m["final"]["train_acc"] - m["final"]["test_acc"] for m in ms]),
+                mean_std([m.density for m in ms])[0],
+                mean_std([m.early_stop_iteration for m in ms])[0],
+                mean_std([m.early_stop.test_acc for m in ms]),
+                mean_std([m.final.train_acc for m in ms]),
+                mean_std([m.final.test_acc for m in ms]),
+                mean_std([m.final.train_acc - m.final.test_acc for m in ms]),
             ]
         )
     cols = [
@@ -255,8 +169,8 @@ def layer_sparsity_table(
     exp = resolve(run, root)
     seed = seeds_of(exp)[0] if seed is None else seed
     levels = list(levels) if levels is not None else levels_of(exp, seed)
-    params = dict(build_for(exp).named_parameters())
-    weights = {lv: level_weights(exp, seed, lv) for lv in levels}
+    params = dict(exp.build_model().named_parameters())
+    weights = {lv: exp.weights(seed, lv) for lv in levels}
     rows = []
     for name, p in params.items():
         zeros = [float((weights[lv][name] == 0).float().mean()) for lv in levels]

@@ -107,6 +107,10 @@ class DatasetLoader(ABC):
     url_base: str = ""
     downloads: tuple[tuple[str, str, str], ...] = ()
 
+    @property
+    def description(self) -> str:
+        return self.info.description
+
     @abstractmethod
     def locate(self, data_dir: Path | None) -> Path | None:
         """Where the dataset's files are, or None when they are not found."""

@@ -10,16 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from prunelab.cache import cache_base
 from prunelab.data.base import DATASETS, DatasetLoader
 
 ENV_VAR = "PRUNELAB_DATA"
 
 
 def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/prunelab/datasets`` (default ``~/.cache/prunelab/datasets``)."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-    return base / "prunelab" / "datasets"
+    """``$XDG_CACHE_HOME/prunelab/datasets`` (default ``~/.cache/prunelab/datasets``; see :func:`cache_base`)."""
+    return cache_base() / "datasets"
 
 
 def cache_dir(name: str) -> Path:

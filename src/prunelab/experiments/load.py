@@ -7,11 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
-from prunelab.errors import PrunelabError
 from prunelab.experiments.spec import ExperimentSpec
-from prunelab.experiments.store import Artifact
-from prunelab.experiments.summary import StoredExperiment, find_experiment
-from prunelab.models import build_model
+from prunelab.experiments.store import LevelMetrics, StoredExperiment, find_experiment
 from prunelab.pruning import Mask
 
 
@@ -25,7 +22,7 @@ class LoadedLevel:
     control: str | None
     model: nn.Module
     mask: Mask
-    metrics: dict
+    metrics: LevelMetrics
     directory: Path
 
     @property
@@ -33,17 +30,8 @@ class LoadedLevel:
         return self.experiment.spec
 
 
-def level_directory(exp: StoredExperiment, seed: int, level: int, control: str | None = None) -> Path:
-    if level == 0:
-        if control is not None:
-            raise PrunelabError("level 0 is the dense network; it has no control branches")
-        return exp.directory.parent.parent / "trunks" / exp.trunk / f"seed-{seed}" / "dense"
-    base = exp.directory / f"seed-{seed}" / f"level-{level:02d}"
-    return base / "controls" / control if control else base
-
-
 def load_level(
-    run: str | Path,
+    run: str | Path | StoredExperiment,
     level: int | None = None,
     *,
     seed: int | None = None,
@@ -52,39 +40,27 @@ def load_level(
 ) -> LoadedLevel:
     """Load ``level`` (default: the last finished) of ``seed`` (default: the first) of experiment ``run``.
 
-    ``run`` is an id (or unique prefix), a label, or an experiment folder. ``control`` picks a control
-    branch ("reinit", "random-mask") instead of the ticket.
+    ``run`` is an id (or unique prefix), a label, an experiment folder, or an experiment already read.
+    ``control`` picks a control branch ("reinit", "random-mask") instead of the ticket.
     """
-    exp = find_experiment(str(run), root)
-    seeds = sorted(exp.levels)
-    if not seeds:
-        raise PrunelabError(f"experiment {exp.id} has no finished level yet")
-    seed = seeds[0] if seed is None else seed
-    if seed not in exp.levels:
-        raise PrunelabError(
-            f"experiment {exp.id} has no results for seed {seed}; seeds with results: {seeds}"
-        )
-    finished = sorted(exp.levels[seed])
-    level = finished[-1] if level is None else level
-    if level not in finished:
-        raise PrunelabError(
-            f"experiment {exp.id} seed {seed} has no finished level {level}; finished levels: "
-            f"{finished[0]}..{finished[-1]}"
-        )
-    if control is not None and control not in exp.spec.controls:
-        raise PrunelabError(
-            f"experiment {exp.id} has no control {control!r}; its controls: {list(exp.spec.controls)}"
-        )
-    directory = level_directory(exp, seed, level, control)
-    art = Artifact(directory)
-    info = exp.spec.data_info
-    model = build_model(
-        exp.spec.model, num_classes=info.num_classes, input_shape=info.input_shape, init=exp.spec.init
-    )
-    model.load_state_dict(art.weights())
-    mask_path = directory / "mask.safetensors"
-    if not mask_path.is_file() and level > 0:
-        mask_path = level_directory(exp, seed, level) / "mask.safetensors"
-    mask = Mask.load(mask_path) if mask_path.is_file() else Mask.ones(model)
+    exp = run if isinstance(run, StoredExperiment) else find_experiment(run, root)
+    seeds = exp.seeds()
+    seed = (seeds[0] if seeds else 0) if seed is None else seed
+    if level is None:
+        exp.check_level(seed, 0)
+        level = max(exp.levels[seed])
+    exp.check_level(seed, level, control)
+    model = exp.build_model()
+    model.load_state_dict(exp.weights(seed, level, control))
+    mask = exp.mask(seed, level, control)
     mask.apply(model)
-    return LoadedLevel(exp, seed, level, control, model, mask, art.metrics(), directory)
+    return LoadedLevel(
+        exp,
+        seed,
+        level,
+        control,
+        model,
+        mask,
+        exp.metrics(seed, level, control),
+        exp.artifact(seed, level, control).dir,
+    )

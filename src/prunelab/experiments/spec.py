@@ -3,6 +3,9 @@
 Only fields that differ from their defaults enter the hash, so adding an option later never renames
 existing experiments. Seeds are replicates inside an experiment, and the device is where it runs,
 not what it is, so neither enters the hash.
+
+Text forms are read here, once, for the Python API, config files and the command line alike:
+``seeds="0-4"``, ``controls="reinit,random-mask"``, ``treatment="rewind:500it"``.
 """
 
 from __future__ import annotations
@@ -11,48 +14,28 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
 from prunelab.data import DATASETS, DatasetInfo
 from prunelab.errors import SpecError
-from prunelab.models import MODELS
-from prunelab.pruning import LAYER_FILTERS, METHODS, SCOPES, STRUCTURES, rate_for_rounds
-from prunelab.spec import FrozenSpec, build_spec, registered
+from prunelab.models import INITS, MODELS
+from prunelab.pruning import PruneSpec
+from prunelab.spec import Flag, FrozenSpec, build_spec, registered
 from prunelab.training import TrainConfig
 from prunelab.training.config import parse_duration
 
-CONTROL_NAMES = ("reinit", "random-mask")
-
-
-class PruneSpec(FrozenSpec):
-    """How each round prunes: criterion x structure x scope, and how many rounds at what rate."""
-
-    method: registered(METHODS) = "magnitude"
-    scope: registered(SCOPES) = "layerwise"
-    structure: registered(STRUCTURES) | None = None
-    layers: registered(LAYER_FILTERS) = "all"
-    exclude: tuple[str, ...] = ()
-    rate: float = Field(0.2, ge=0, lt=1, description="fraction of the remaining weights pruned per round")
-    rounds: int = Field(1, ge=1, le=100)
-    target_sparsity: float | None = Field(None, gt=0, lt=1)
-    output_rate_factor: float | None = Field(None, gt=0)
-    layer_rates: dict[str, float] = Field(default_factory=dict)
-
-    @field_validator("layer_rates")
-    @classmethod
-    def _layer_rates(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = {k: r for k, r in v.items() if not 0 <= r < 1}
-        if bad:
-            raise ValueError(f"layer rates must be in [0, 1): {bad}")
-        return v
-
-    def rate_per_round(self) -> float:
-        """The fixed rate, or 1 - (1 - p)^(1/n) to reach ``target_sparsity`` in ``rounds`` rounds."""
-        if self.target_sparsity is not None:
-            return rate_for_rounds(self.target_sparsity, self.rounds)
-        return self.rate
+__all__ = [
+    "ExperimentSpec",
+    "PruneSpec",
+    "TreatmentSpec",
+    "TrunkSpec",
+    "load_spec_file",
+    "parse_seeds",
+    "read_spec_file",
+    "stable_hash",
+]
 
 
 def _treatments():
@@ -61,13 +44,41 @@ def _treatments():
     return TREATMENTS
 
 
+def _controls():
+    from prunelab.experiments.controls import CONTROLS  # controls import this module
+
+    return CONTROLS
+
+
+def _treatment_text(text: str) -> dict[str, Any]:
+    """'rewind', 'rewind:500it', 'rewind:2ep', 'finetune', ...: the TreatmentSpec fields it sets."""
+    kind, _, arg = text.partition(":")
+    values: dict[str, Any] = {"kind": kind.strip()}
+    if arg:
+        if kind.strip() != "rewind":
+            raise SpecError(f"treatment {text!r}: only rewind takes an argument (e.g. rewind:500it)")
+        values["rewind_to"] = arg.strip()
+    return values
+
+
 class TreatmentSpec(FrozenSpec):
     """What weights each level's training starts from (see :mod:`prunelab.experiments.treatments`)."""
 
-    kind: registered(_treatments) = "rewind"
-    rewind_to: str = "0it"
-    finetune_lr: float | None = Field(None, gt=0)
-    finetune_epochs: int | None = Field(None, gt=0)
+    kind: Annotated[
+        registered(_treatments, "prunelab treatments"), Flag("treatment", parse=_treatment_text)
+    ] = Field("rewind", description="what each pruned level trains from (rewind:500it rewinds to step 500)")
+    rewind_to: str = Field("0it", description="rewind point for `rewind`, e.g. 500it or 1ep")
+    finetune_lr: float | None = Field(
+        None, gt=0, description="learning rate of `finetune` (default: the training lr)"
+    )
+    finetune_epochs: int | None = Field(
+        None, gt=0, description="epochs per level of `finetune` (default: the training length)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return _treatment_text(value) if isinstance(value, str) else value
 
     @field_validator("rewind_to")
     @classmethod
@@ -78,43 +89,75 @@ class TreatmentSpec(FrozenSpec):
     @classmethod
     def parse(cls, text: str) -> TreatmentSpec:
         """'rewind', 'rewind:500it', 'rewind:2ep', 'finetune', 'reinit', 'sign', 'sigma-sign'."""
-        kind, _, arg = text.partition(":")
-        values: dict[str, Any] = {"kind": kind.strip()}
-        if arg:
-            if kind.strip() != "rewind":
-                raise SpecError(f"treatment {text!r}: only rewind takes an argument (e.g. rewind:500it)")
-            values["rewind_to"] = arg.strip()
-        return build_spec(cls, **values)
+        return build_spec(cls, **_treatment_text(text))
+
+    def label(self) -> str:
+        return self.kind + (f":{self.rewind_to}" if self.rewind_to != "0it" else "")
 
 
-class ExperimentSpec(FrozenSpec):
+class TrunkSpec(FrozenSpec):
+    """What one dense training depends on: model, data, initialisation, split and training.
+
+    It is the dense trunk of every experiment that shares it, and what ``prunelab train`` trains.
+    """
+
+    model: registered(MODELS, "prunelab models") = Field("lenet-300-100", description="the network")
+    data: registered(DATASETS, "prunelab data list") = Field(
+        "fashion-mnist", description="the dataset it trains on"
+    )
+    init: registered(INITS) | None = Field(
+        None, description="weight initialisation (default: the model's own)"
+    )
+    val_size: int | None = Field(
+        None, ge=0, description="validation examples held out of the training set (default: the dataset's)"
+    )
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=1), description="how it trains (default length: 1 epoch)"
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _length(cls, v: TrainConfig) -> TrainConfig:
+        """Without epochs or iterations, one epoch: what the default spec trains."""
+        return v.model_copy(update={"epochs": 1}) if v.epochs is None and v.iterations is None else v
+
+    @property
+    def data_info(self) -> DatasetInfo:
+        """The dataset's registered facts (input shape, classes), without loading its files."""
+        return DATASETS.get(self.data).info
+
+
+class ExperimentSpec(TrunkSpec):
     """Everything that determines an experiment's results, plus its replicate seeds."""
 
-    model: registered(MODELS)
-    data: registered(DATASETS)
-    init: str | None = None
-    val_size: int | None = Field(None, ge=0)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1))
-    pruning: PruneSpec = Field(default_factory=PruneSpec)
-    treatment: TreatmentSpec = Field(default_factory=TreatmentSpec)
-    controls: tuple[str, ...] = ()
-    seeds: tuple[int, ...] = (0,)
+    pruning: PruneSpec = Field(default_factory=PruneSpec, description="how each round prunes")
+    treatment: TreatmentSpec = Field(default_factory=TreatmentSpec, description="what each level starts from")
+    controls: tuple[registered(_controls, "prunelab controls"), ...] = Field(
+        (), description="control branches trained beside every pruned level"
+    )
+    seeds: tuple[int, ...] = Field((0,), description="replicates, e.g. 0-4 or 0,3,7")
     name: str | None = Field(None, description="a label for listings; not part of the identity")
 
-    @field_validator("controls")
+    @field_validator("seeds", mode="before")
     @classmethod
-    def _controls(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [c for c in v if c not in CONTROL_NAMES]
-        if bad:
-            raise ValueError(f"unknown control {bad[0]!r}; valid controls: {', '.join(CONTROL_NAMES)}")
-        return v
+    def _seed_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_seeds(value)
+        if isinstance(value, list | tuple) and any(isinstance(v, str) for v in value):
+            return parse_seeds(",".join(map(str, value)))
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 0 for s in v):
+            raise ValueError(f"seeds must be >= 0, got {list(v)}")
+        return tuple(dict.fromkeys(v))
 
     @model_validator(mode="after")
     def _complete(self) -> ExperimentSpec:
         if not self.seeds:
             raise ValueError("give at least one seed")
-        if self.train.epochs is None and self.train.iterations is None:
-            raise ValueError("give the training length per level (train.epochs or train.iterations)")
         return self
 
     # identity --------------------------------------------------------------------------------
@@ -130,15 +173,10 @@ class ExperimentSpec(FrozenSpec):
     def experiment_id(self) -> str:
         return stable_hash(self.identity())
 
-    @property
-    def data_info(self) -> DatasetInfo:
-        """The dataset's registered facts (input shape, classes), without loading its files."""
-        return DATASETS.get(self.data).info
-
     def trunk_identity(self) -> dict[str, Any]:
         """What the dense level-0 training depends on: shared by every method and treatment."""
         ident = self.identity()
-        return {k: ident[k] for k in ("model", "data", "init", "val_size", "train") if k in ident}
+        return {k: ident[k] for k in TrunkSpec.model_fields if k in ident}
 
     def trunk_id(self) -> str:
         return stable_hash(self.trunk_identity())
@@ -146,10 +184,7 @@ class ExperimentSpec(FrozenSpec):
     def label(self) -> str:
         if self.name:
             return self.name
-        t = self.treatment.kind + (
-            f":{self.treatment.rewind_to}" if self.treatment.rewind_to != "0it" else ""
-        )
-        return f"{self.model}/{self.data}/{self.pruning.method}-{self.pruning.scope}/{t}"
+        return f"{self.model}/{self.data}/{self.pruning.method}-{self.pruning.scope}/{self.treatment.label()}"
 
 
 def stable_hash(values: dict[str, Any]) -> str:
@@ -163,7 +198,7 @@ _SEEDS = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
 def parse_seeds(text: str) -> tuple[int, ...]:
     """'0-4' -> (0, 1, 2, 3, 4); '0,3,7' -> (0, 3, 7)."""
     seeds: list[int] = []
-    for part in text.split(","):
+    for part in str(text).split(","):
         match = _SEEDS.match(part)
         if not match:
             raise SpecError(f"seeds {text!r}: write e.g. '0', '0-4' or '0,3,7'")
@@ -174,8 +209,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(seeds))
 
 
-def load_spec_file(path: str | Path) -> ExperimentSpec:
-    """An experiment spec from TOML or YAML (keys as in :class:`ExperimentSpec`), validated."""
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a TOML or YAML config file (keys as in :class:`ExperimentSpec`), unvalidated."""
     import yaml
 
     try:
@@ -193,12 +228,13 @@ def load_spec_file(path: str | Path) -> ExperimentSpec:
             values = yaml.safe_load(path.read_text())
         else:
             raise SpecError(f"config {path}: use a .toml, .yaml or .yml file")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpecError(f"config {path} is not valid: {exc}") from None
     if not isinstance(values, dict):
         raise SpecError(f"config {path} must hold a table of settings")
-    if isinstance(values.get("treatment"), str):
-        values["treatment"] = TreatmentSpec.parse(values["treatment"])
-    if isinstance(values.get("seeds"), str):
-        values["seeds"] = parse_seeds(values["seeds"])
-    return build_spec(ExperimentSpec, **values)
+    return values
+
+
+def load_spec_file(path: str | Path) -> ExperimentSpec:
+    """An experiment spec from TOML or YAML, validated."""
+    return build_spec(ExperimentSpec, **read_spec_file(path))

@@ -1,29 +1,50 @@
-"""Where results live, written atomically, and a lock so that one process writes an experiment.
+"""The results store: every path of a results root, typed level metrics, a lock, and the one reader.
 
-ROOT/trunks/<trunk-id>/seed-<s>/        dense level 0 and rewind points, shared by experiments
-ROOT/experiments/<experiment-id>/       spec.json
-    seed-<s>/level-<k>/                 mask.safetensors, weights.safetensors, metrics.json,
-                                        checkpoint.pt while training (removed when done)
-    seed-<s>/level-<k>/controls/<name>/ the same for control branches
+Layout (all of it spelled out here, as OpenLTH's ``foundations/paths.py`` does)::
+
+    ROOT/trunks/<trunk-id>/seed-<s>/dense/              dense level 0, shared by every experiment
+    ROOT/trunks/<trunk-id>/seed-<s>/rewind-<k>it/       trunk weights at iteration k (late rewinding)
+    ROOT/experiments/<experiment-id>/spec.json          the spec, its id, trunk id, label, every seed run
+    ROOT/experiments/<experiment-id>/seed-<s>/level-<k>/
+        mask.safetensors, weights.safetensors, metrics.json, checkpoint.pt while training
+    ROOT/experiments/<experiment-id>/seed-<s>/level-<k>/controls/<name>/   the same, per control
+
+An :class:`Artifact` is one trained model in one folder; ``metrics.json`` is written last, so its
+presence means the artifact is complete. :class:`LevelMetrics` is what ``metrics.json`` holds, with
+a format version and what the numbers depend on (torch version, device, threads, training step).
+:class:`Store` reads experiments back as :class:`StoredExperiment`, which ``show``, ``report``,
+the analyses, ``export`` and ``bench`` all use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from prunelab.errors import CheckpointError, PrunelabError
+from prunelab.experiments.spec import ExperimentSpec
 from prunelab.io import atomic_path, atomic_write_json, load_tensors, save_tensors
+from prunelab.pruning import Mask
+from prunelab.spec import build_spec
+from prunelab.training import EvalRecord
 
 DEFAULT_ROOT = Path("~/.prunelab/runs")
+
+#: Version of ``metrics.json``. 1: the untyped dict of prunelab <= 0.1 (no ``format`` key, no
+#: environment); 2: :class:`LevelMetrics`, test metrics only where the test set was evaluated.
+FORMAT = 2
 
 
 def results_root(root: str | Path | None = None) -> Path:
@@ -34,6 +55,140 @@ def results_root(root: str | Path | None = None) -> Path:
     return Path(env).expanduser() if env else DEFAULT_ROOT.expanduser()
 
 
+# metrics -------------------------------------------------------------------------------------------
+def _record(values: Mapping[str, Any]) -> EvalRecord:
+    """An EvalRecord from JSON; fields a newer or older format lacks are None."""
+    return EvalRecord(**{f.name: values.get(f.name) for f in dataclasses.fields(EvalRecord)})
+
+
+@dataclass(frozen=True)
+class LevelMetrics:
+    """What one trained level (or trunk, or control branch) achieved, and what that depends on."""
+
+    level: int
+    seed: int
+    density: float
+    layer_density: dict[str, float]
+    iterations: int
+    wall_time: float
+    final: EvalRecord
+    early_stop: EvalRecord
+    history: tuple[EvalRecord, ...] = ()
+    environment: dict[str, Any] = field(default_factory=dict)
+    """torch and prunelab versions, device, threads, training step kind, evaluation interval."""
+    stopped_early: str | None = None
+
+    @property
+    def early_stop_iteration(self) -> int:
+        """Iteration of minimum validation loss: the lottery-ticket papers' learning-speed measure."""
+        return self.early_stop.iteration
+
+    @classmethod
+    def from_result(cls, result, *, level: int, seed: int, mask: Mask) -> LevelMetrics:
+        """From a :class:`~prunelab.training.TrainResult` and the mask it trained with."""
+        return cls(
+            level=level,
+            seed=seed,
+            density=mask.density(),
+            layer_density=mask.layer_density(),
+            iterations=result.iterations,
+            wall_time=result.wall_time,
+            final=result.final,
+            early_stop=result.early_stop,
+            history=tuple(result.history),
+            environment=dict(result.environment),
+            stopped_early=result.stopped_early,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["history"] = [dataclasses.asdict(r) for r in self.history]
+        values["early_stop_iteration"] = self.early_stop_iteration
+        values["format"] = FORMAT
+        return values
+
+    @classmethod
+    def from_json(cls, values: Any, source: str | Path = "metrics") -> LevelMetrics:
+        """Read format 1 or 2; anything else is a :class:`CheckpointError` naming ``source``."""
+        try:
+            version = values.get("format", 1)
+            if version > FORMAT:
+                raise CheckpointError(
+                    f"{source} has metrics format {version}, newer than this prunelab reads ({FORMAT}); "
+                    "upgrade prunelab"
+                )
+            return cls(
+                level=int(values["level"]),
+                seed=int(values["seed"]),
+                density=float(values["density"]),
+                layer_density={str(k): float(v) for k, v in values["layer_density"].items()},
+                iterations=int(values["iterations"]),
+                wall_time=float(values["wall_time"]),
+                final=_record(values["final"]),
+                early_stop=_record(values["early_stop"]),
+                history=tuple(_record(r) for r in values.get("history", ())),
+                environment=dict(values.get("environment") or {}),
+                stopped_early=values.get("stopped_early"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{source} does not hold level metrics ({type(exc).__name__}: {exc})"
+            ) from None
+
+    def value(self, metric: str, at: str = "final") -> float | None:
+        """``metric`` (test_acc, val_loss, ...) of the final or the early-stop record."""
+        return getattr(self.final if at == "final" else self.early_stop, metric)
+
+
+# one trained model in one folder ------------------------------------------------------------------
+class Artifact:
+    """One trained model in a folder: weights, optional mask, metrics, and an in-progress checkpoint."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "metrics.json").is_file()
+
+    def metrics(self) -> LevelMetrics:
+        path = self.dir / "metrics.json"
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path} cannot be read: {exc}") from None
+        return LevelMetrics.from_json(values, path)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return load_tensors(self.dir / "weights.safetensors")
+
+    @property
+    def mask_path(self) -> Path:
+        return self.dir / "mask.safetensors"
+
+    def finish(self, weights: dict[str, torch.Tensor], metrics: LevelMetrics) -> None:
+        """Weights first, metrics last: metrics.json existing means the artifact is complete."""
+        save_tensors(self.dir / "weights.safetensors", weights)
+        atomic_write_json(self.dir / "metrics.json", metrics.to_json())
+        (self.dir / "checkpoint.pt").unlink(missing_ok=True)
+
+    def save_checkpoint(self, state: dict) -> None:
+        with atomic_path(self.dir / "checkpoint.pt") as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> dict | None:
+        path = self.dir / "checkpoint.pt"
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a damaged file
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read safely ({type(exc).__name__}); delete it to restart this level"
+            ) from None
+
+
+# locking -------------------------------------------------------------------------------------------
 class ExperimentLocked(PrunelabError):
     """Another live process is writing this experiment."""
 
@@ -64,42 +219,221 @@ def locked(directory: Path) -> Iterator[None]:
         handle.close()
 
 
-class Artifact:
-    """One trained model in a folder: weights, optional mask, metrics, and an in-progress checkpoint."""
+def is_locked(directory: Path) -> bool:
+    """Whether a live process holds ``directory``'s lock now (without taking it)."""
+    path = directory / ".lock"
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
+
+# the store -----------------------------------------------------------------------------------------
+class Store:
+    """A results root: where each artifact lives, and reading experiments back."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = results_root(root)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # layout ---------------------------------------------------------------------------------------
+    def trunk_dir(self, trunk: str, seed: int) -> Path:
+        return self.root / "trunks" / trunk / f"seed-{seed}"
+
+    def dense(self, trunk: str, seed: int) -> Artifact:
+        return Artifact(self.trunk_dir(trunk, seed) / "dense")
+
+    def trunk_point(self, trunk: str, seed: int, iteration: int) -> Artifact:
+        """The trunk's weights after ``iteration`` iterations (a rewind point)."""
+        return Artifact(self.trunk_dir(trunk, seed) / f"rewind-{iteration}it")
+
+    def experiment_dir(self, experiment: str) -> Path:
+        return self.root / "experiments" / experiment
+
+    def spec_path(self, experiment: str) -> Path:
+        return self.experiment_dir(experiment) / "spec.json"
+
+    def level(self, experiment: str, seed: int, level: int) -> Artifact:
+        """A pruned level (``level`` >= 1) of an experiment."""
+        return Artifact(self.experiment_dir(experiment) / f"seed-{seed}" / f"level-{level:02d}")
+
+    def control(self, experiment: str, seed: int, level: int, name: str) -> Artifact:
+        return Artifact(self.level(experiment, seed, level).dir / "controls" / name)
+
+    # writing --------------------------------------------------------------------------------------
+    def write_spec(self, spec: ExperimentSpec) -> None:
+        """spec.json, whose seeds are every seed ever run: a later ``--seeds 5`` adds to 0-2."""
+        ident = spec.experiment_id()
+        path = self.spec_path(ident)
+        seeds = tuple(spec.seeds)
+        if path.is_file():
+            try:
+                earlier = json.loads(path.read_text())["spec"].get("seeds", [])
+                seeds = tuple(dict.fromkeys([*earlier, *seeds]))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                pass  # an unreadable spec.json is rewritten from this spec
+        whole = spec.model_copy(update={"seeds": tuple(sorted(seeds))})
+        atomic_write_json(
+            path,
+            {
+                "id": ident,
+                "trunk": spec.trunk_id(),
+                "label": spec.label(),
+                "spec": whole.model_dump(mode="json"),
+            },
+        )
+
+    # reading --------------------------------------------------------------------------------------
+    def read(self, directory: Path) -> StoredExperiment:
+        """The experiment in ``directory`` (under this root) with every finished level."""
+        path = directory / "spec.json"
+        try:
+            meta = json.loads(path.read_text())
+            values, trunk = meta["spec"], str(meta["trunk"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PrunelabError(
+                f"{directory} is not an experiment folder (no readable spec.json: {exc})"
+            ) from None
+        try:
+            spec = build_spec(ExperimentSpec, **values)
+        except PrunelabError as exc:
+            raise PrunelabError(f"{path} holds a spec this prunelab cannot read: {exc}") from None
+        exp = StoredExperiment(self, directory, spec, trunk, {}, {c: {} for c in spec.controls})
+        for seed in spec.seeds:
+            dense = self.dense(trunk, seed)
+            if not dense.done:
+                continue
+            exp.levels[seed] = {0: dense.metrics()}
+            for level in range(1, spec.pruning.rounds + 1):
+                art = exp.artifact(seed, level)
+                if not art.done:
+                    break
+                exp.levels[seed][level] = art.metrics()
+                for name in spec.controls:
+                    branch = exp.artifact(seed, level, name)
+                    if branch.done:
+                        exp.controls[name].setdefault(seed, {})[level] = branch.metrics()
+        return exp
+
+    def experiments(self) -> list[StoredExperiment]:
+        base = self.root / "experiments"
+        folders = sorted(base.glob("*/spec.json")) if base.is_dir() else []
+        return [self.read(p.parent) for p in folders]
+
+    def find(self, ref: str | Path) -> StoredExperiment:
+        """An experiment by id, unique id prefix, label, or folder path."""
+        path = Path(ref)
+        if (path / "spec.json").is_file():
+            return Store(path.resolve().parent.parent).read(path)
+        every = self.experiments()
+        found = [e for e in every if e.id.startswith(str(ref)) or e.spec.label() == str(ref)]
+        if len(found) == 1:
+            return found[0]
+        known = ", ".join(f"{e.id} ({e.spec.label()})" for e in every) or "none yet"
+        if not found:
+            raise PrunelabError(f"no experiment {str(ref)!r} under {self.root}; experiments there: {known}")
+        raise PrunelabError(
+            f"{str(ref)!r} matches {len(found)} experiments; give more of the id. Experiments: {known}"
+        )
+
+
+def find_experiment(ref: str | Path, root: str | Path | None = None) -> StoredExperiment:
+    """``Store(root).find(ref)``: an experiment by id, unique id prefix, label, or folder."""
+    return Store(root).find(ref)
+
+
+@dataclass
+class StoredExperiment:
+    """An experiment read back: its spec and the metrics of every finished level, per seed."""
+
+    store: Store
+    directory: Path
+    spec: ExperimentSpec
+    trunk: str
+    levels: dict[int, dict[int, LevelMetrics]]  # seed -> level -> metrics
+    controls: dict[str, dict[int, dict[int, LevelMetrics]]]  # control -> seed -> level -> metrics
 
     @property
-    def done(self) -> bool:
-        return (self.dir / "metrics.json").is_file()
+    def id(self) -> str:
+        return self.directory.name
 
-    def metrics(self) -> dict:
-        try:
-            return json.loads((self.dir / "metrics.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{self.dir / 'metrics.json'} cannot be read: {exc}") from None
+    def status(self) -> str:
+        want = self.spec.pruning.rounds + 1
+        done = sum(min(len(v), want) for v in self.levels.values())
+        total = want * len(self.spec.seeds)
+        return "done" if done == total else f"{done}/{total} levels"
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return load_tensors(self.dir / "weights.safetensors")
+    def seeds(self) -> list[int]:
+        """Seeds with at least the dense level finished."""
+        return sorted(self.levels)
 
-    def finish(self, weights: dict[str, torch.Tensor], metrics: dict) -> None:
-        """Weights first, metrics last: metrics.json existing means the artifact is complete."""
-        save_tensors(self.dir / "weights.safetensors", weights)
-        atomic_write_json(self.dir / "metrics.json", metrics)
-        (self.dir / "checkpoint.pt").unlink(missing_ok=True)
+    def artifact(self, seed: int, level: int, control: str | None = None) -> Artifact:
+        """Where a level (0: the shared dense trunk) or one of its control branches lives."""
+        if level == 0:
+            if control is not None:
+                raise PrunelabError("level 0 is the dense network; it has no control branches")
+            return self.store.dense(self.trunk, seed)
+        if control is not None:
+            return self.store.control(self.id, seed, level, control)
+        return Artifact(self.directory / f"seed-{seed}" / f"level-{level:02d}")
 
-    def save_checkpoint(self, state: dict) -> None:
-        with atomic_path(self.dir / "checkpoint.pt") as tmp:
-            torch.save(state, tmp)
+    def check_level(self, seed: int, level: int, control: str | None = None) -> None:
+        """Refuse, naming what exists, a seed, level or control without results."""
+        if seed not in self.levels:
+            raise PrunelabError(
+                f"experiment {self.id} ({self.spec.label()}) has no results for seed {seed}; "
+                f"seeds with results: {self.seeds() or 'none yet'}"
+            )
+        finished = sorted(self.levels[seed])
+        if level not in finished:
+            raise PrunelabError(
+                f"experiment {self.id} ({self.spec.label()}) seed {seed} has no finished level {level}; "
+                f"finished levels: {finished[0]}..{finished[-1]}"
+            )
+        if control is not None:
+            if control not in self.spec.controls:
+                raise PrunelabError(
+                    f"experiment {self.id} has no control {control!r}; its controls: {list(self.spec.controls)}"
+                )
+            if level not in self.controls[control].get(seed, {}):
+                raise PrunelabError(
+                    f"experiment {self.id} seed {seed} level {level} has no finished {control} control"
+                )
 
-    def load_checkpoint(self) -> dict | None:
-        path = self.dir / "checkpoint.pt"
-        if not path.is_file():
-            return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a damaged file
-            raise CheckpointError(
-                f"checkpoint {path} cannot be read safely ({type(exc).__name__}); delete it to restart this level"
-            ) from None
+    def metrics(self, seed: int, level: int, control: str | None = None) -> LevelMetrics:
+        self.check_level(seed, level, control)
+        return self.controls[control][seed][level] if control else self.levels[seed][level]
+
+    def weights(self, seed: int, level: int, control: str | None = None) -> dict[str, torch.Tensor]:
+        """Final weights of a level (pruned ones exactly zero)."""
+        self.check_level(seed, level, control)
+        return self.artifact(seed, level, control).weights()
+
+    def mask(self, seed: int, level: int, control: str | None = None) -> Mask:
+        """The mask a level trained with; level 0 keeps every prunable weight."""
+        self.check_level(seed, level, control)
+        if level == 0:
+            return Mask.ones(self.build_model())
+        path = self.artifact(seed, level, control).mask_path
+        if not path.is_file():  # a control that trains with the ticket's own mask
+            path = self.artifact(seed, level).mask_path
+        return Mask.load(path)
+
+    def build_model(self) -> nn.Module:
+        """An untrained model of the experiment's architecture (its layers and shapes)."""
+        from prunelab.models import build_model
+
+        info = self.spec.data_info
+        return build_model(
+            self.spec.model, num_classes=info.num_classes, input_shape=info.input_shape, init=self.spec.init
+        )

@@ -43,10 +43,18 @@ def _weighted_init(weight_init: Callable[..., object], **kwargs: object) -> Init
     return apply
 
 
-INITS.add("glorot-normal", _weighted_init(nn.init.xavier_normal_))
-INITS.add("glorot-uniform", _weighted_init(nn.init.xavier_uniform_))
-INITS.add("kaiming-normal", _weighted_init(nn.init.kaiming_normal_, mode="fan_in", nonlinearity="relu"))
-INITS.add("kaiming-uniform", _weighted_init(nn.init.kaiming_uniform_, mode="fan_in", nonlinearity="relu"))
+INITS.add("glorot-normal", _weighted_init(nn.init.xavier_normal_), "Glorot (Xavier) normal")
+INITS.add("glorot-uniform", _weighted_init(nn.init.xavier_uniform_), "Glorot (Xavier) uniform")
+INITS.add(
+    "kaiming-normal",
+    _weighted_init(nn.init.kaiming_normal_, mode="fan_in", nonlinearity="relu"),
+    "He (Kaiming) normal, fan-in, ReLU gain",
+)
+INITS.add(
+    "kaiming-uniform",
+    _weighted_init(nn.init.kaiming_uniform_, mode="fan_in", nonlinearity="relu"),
+    "He (Kaiming) uniform, fan-in, ReLU gain",
+)
 
 
 @INITS.register("torch-default")

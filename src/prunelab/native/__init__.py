@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
-from prunelab.data.locate import cache_root
+from prunelab.cache import cache_base
 
 SOURCES = Path(__file__).parent
 
 
 def cache_dir() -> Path:
-    return cache_root().parent / "kernels"
+    """Where compiled kernels are kept: ``$XDG_CACHE_HOME/prunelab/kernels`` (see :func:`~prunelab.cache.cache_base`)."""
+    return cache_base() / "kernels"
 
 
 def _flag_sets() -> list[list[str]]:

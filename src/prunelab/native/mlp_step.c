@@ -1,4 +1,5 @@
-/* One training step of a Linear-ReLU chain with mean cross-entropy: forward, loss, backward, masks.
+/* One training step of a Linear-ReLU chain with mean cross-entropy: forward, loss, backward, masks;
+ * and the forward-only evaluation of a whole split (summed loss and correct predictions).
  *
  * At LeNet-300-100 sizes a step is a handful of ~50-200 us GEMMs; done op by op from Python, the
  * ~30 small tensor ops between them (bias, ReLU, softmax, its gradient, bias sums, ReLU backward,
@@ -48,6 +49,9 @@ static void forward(sgemm_fn sgemm, int64_t n_layers, mlp_layer *layers, const f
         /* act (batch x out) = in (batch x in) @ w^T */
         gemm(sgemm, 'T', 'N', L->out, batch, L->in, L->w, L->in, in, L->in, 0.0f, L->act, L->out);
         const int relu = l + 1 < n_layers;
+        /* threads only for evaluation-sized chunks: a training batch is too small to pay for them,
+         * and each row is independent, so the result is the same with any thread count */
+#pragma omp parallel for schedule(static) if (batch * L->out >= 262144)
         for (int64_t r = 0; r < batch; r++) {
             float *h = L->act + r * L->out;
             if (L->b)
@@ -118,4 +122,40 @@ void prunelab_mlp_step(sgemm_fn sgemm, int64_t n_layers, mlp_layer *layers, cons
     forward(sgemm, n_layers, layers, x, batch);
     loss_and_grad(&layers[n_layers - 1], targets, batch, totals);
     backward(sgemm, n_layers, layers, x, batch);
+}
+
+/* Summed cross-entropy of the logits and correct predictions (first maximum, as torch.argmax), added
+ * to totals with the row count; the per-row arithmetic is that of loss_and_grad, without its gradient.
+ * One thread on purpose: a parallel sum would add in an order that changes from run to run. */
+static void loss_only(const mlp_layer *last, const int64_t *targets, int64_t batch, double *totals) {
+    const int64_t c = last->out;
+    double loss = 0.0, correct = 0.0;
+    for (int64_t r = 0; r < batch; r++) {
+        const float *z = last->act + r * c;
+        int64_t arg = 0;
+        for (int64_t j = 1; j < c; j++)
+            if (z[j] > z[arg]) arg = j;
+        float s = 0.0f;
+        for (int64_t j = 0; j < c; j++) s += expf(z[j] - z[arg]);
+        const int64_t t = targets[r];
+        loss += (double)(z[arg] + logf(s) - z[t]);
+        correct += arg == t;
+    }
+    totals[0] += loss;
+    totals[1] += correct;
+    totals[2] += (double)batch;
+}
+
+/* Evaluation of rows [0, n) of x (n x layers[0].in, contiguous) with labels y: forward in chunks of at
+ * most `chunk` rows through the layers' act buffers (chunk x out each), loss and correct predictions
+ * added to totals. Reads only w, b and act: the gradient fields of the table are not touched. After
+ * the call, the last layer's act holds the logits of the last chunk (the Python side checks them). */
+void prunelab_mlp_eval(sgemm_fn sgemm, int64_t n_layers, mlp_layer *layers, const float *x,
+                       const int64_t *y, int64_t n, int64_t chunk, double *totals) {
+    const int64_t d = layers[0].in;
+    for (int64_t s = 0; s < n; s += chunk) {
+        const int64_t rows = n - s < chunk ? n - s : chunk;
+        forward(sgemm, n_layers, layers, x + s * d, rows);
+        loss_only(&layers[n_layers - 1], y + s, rows, totals);
+    }
 }

@@ -21,6 +21,7 @@ from prunelab.pruning.methods import METHODS, Method
 from prunelab.pruning.prune import prune
 from prunelab.pruning.schedule import density_after, one_shot_rate, rate_for_rounds, rounds_for_rate
 from prunelab.pruning.scope import SCOPES
+from prunelab.pruning.spec import PruneSpec
 from prunelab.pruning.structure import STRUCTURES, UNIT_NORMS, Structure
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Mask",
     "Method",
     "PruneContext",
+    "PruneSpec",
     "SparsityReport",
     "Structure",
     "density_after",

@@ -10,6 +10,13 @@ import torch.nn.functional as F
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
+#: What a criterion may declare in ``needs``, with what to pass when it is missing.
+NEEDS: dict[str, str] = {
+    "batches": "data: context=PruneContext(batches=[(x, y), ...]) with at least one batch",
+    "initial_state": "the weights at initialisation: context=PruneContext(initial_state=state_dict)",
+    "input_shape": "the input shape: context=PruneContext(input_shape=(C, H, W))",
+}
+
 
 @dataclass(frozen=True)
 class PruneContext:
@@ -18,17 +25,20 @@ class PruneContext:
     ``initial_state``: the weights at initialisation (a ``state_dict``), for Zhou et al.'s
     ``magnitude_increase`` and ``movement``. ``batches``: (x, y) pairs for SNIP and GraSP; kept as a
     tuple, so pass a few batches, not a whole dataset. ``input_shape`` (without the batch dimension)
-    lets SynFlow build its all-ones input when no batch is given.
+    lets SynFlow build its all-ones input when no batch is given. ``trial``: the call only checks
+    that pruning works (before an experiment trains), so iterative criteria score once.
     """
 
     initial_state: Mapping[str, torch.Tensor] | None = None
     batches: Iterable[Batch] | None = None
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
     input_shape: tuple[int, ...] | None = None
-    synflow_rounds: int = 100
-    """SynFlow prunes in this many rounds, the density shrinking exponentially (Tanaka et al.: 100)."""
-    grasp_temperature: float = 200.0
-    """GraSP divides the logits by this before the loss, as Wang et al.'s code does."""
+    trial: bool = False
+
+    def has(self, need: str) -> bool:
+        """Whether the input named ``need`` (a key of :data:`NEEDS`) is present."""
+        value = getattr(self, need)
+        return bool(value) if need == "batches" else value is not None
 
     def __post_init__(self) -> None:
         # A generator or DataLoader iterator would be used up by the first pass (GraSP needs two).

@@ -2,7 +2,11 @@
 
 One class per criterion, registered in :data:`CRITERIA` (like Torch-Pruning's importance plug-ins).
 A criterion only scores; which weights go is decided by the structure, scope and counts in
-:mod:`prunelab.pruning.prune`. Scores are computed on the masked model (pruned weights at zero)
+:mod:`prunelab.pruning.prune`. Its contract: ``needs`` (which :class:`PruneContext` inputs it
+reads, checked before any scoring and supplied by the experiment runner only when asked for),
+an optional ``Settings`` spec (its own hyperparameters, which become a table of
+:class:`~prunelab.pruning.spec.PruneSpec`, a config section and ``--<name>-<setting>`` flags), and
+``scores``. Scores are computed on the masked model (pruned weights at zero)
 and never modify the model: forward passes go through ``torch.func.functional_call`` with copies
 of the weights and buffers, so BatchNorm statistics and signs are left as they were.
 """
@@ -15,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
@@ -22,6 +27,7 @@ from prunelab.errors import SpecError
 from prunelab.pruning.context import Batch, PruneContext
 from prunelab.pruning.mask import PRUNABLE_TYPES, Mask
 from prunelab.registry import Registry
+from prunelab.spec import FrozenSpec
 
 Scores = dict[str, torch.Tensor]
 
@@ -31,9 +37,18 @@ class Criterion(ABC):
 
     signed: ClassVar[bool] = False
     """Signed scores have no meaningful Ln norm per unit, so they are refused for structured pruning."""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    """The :class:`PruneContext` inputs this criterion reads (keys of :data:`NEEDS`)."""
+    Settings: ClassVar[type[FrozenSpec] | None] = None
+    """The criterion's own hyperparameters, or None."""
+
+    def __init__(self, settings: FrozenSpec | None = None) -> None:
+        if settings is None and self.Settings is not None:
+            settings = self.Settings()
+        self.settings = settings
 
     def check(self, model: nn.Module, names: Sequence[str], context: PruneContext) -> None:  # noqa: B027
-        """Raise SpecError, before any work, if ``context`` lacks what this criterion needs (optional)."""
+        """Raise SpecError, before any work, for inputs ``needs`` cannot express (shapes, ...)."""
 
     def rounds(self, context: PruneContext) -> int:
         """Scoring rounds per pruning call; >1 re-scores between rounds (SynFlow)."""
@@ -85,21 +100,10 @@ def _batches(context: PruneContext) -> tuple[Batch, ...]:
     return tuple(context.batches or ())
 
 
-def _require_batches(what: str, context: PruneContext) -> None:
-    if not _batches(context):
-        raise SpecError(
-            f"{what} scores weights with gradients of the loss, so it needs data: "
-            "pass context=PruneContext(batches=[(x, y), ...]) with at least one batch"
-        )
-
-
-def _require_initial(what: str, model: nn.Module, names: Sequence[str], context: PruneContext) -> None:
+def _check_initial(what: str, model: nn.Module, names: Sequence[str], context: PruneContext) -> None:
+    """The initial state (present: ``needs`` checked that) has every scored weight, in its shape."""
     init = context.initial_state
-    if init is None:
-        raise SpecError(
-            f"{what} compares final with initial weights: pass context=PruneContext(initial_state=...) "
-            "holding the state_dict saved at initialisation"
-        )
+    assert init is not None
     params = dict(model.named_parameters())
     missing = [n for n in names if n not in init]
     if missing:
@@ -162,9 +166,10 @@ class MagnitudeIncrease(Criterion):
     """Zhou et al.'s "magnitude increase": |w_final| - |w_init| (signed: shrunk weights go first)."""
 
     signed = True
+    needs = frozenset({"initial_state"})
 
     def check(self, model, names, context) -> None:
-        _require_initial("magnitude_increase", model, names, context)
+        _check_initial("magnitude_increase", model, names, context)
 
     def scores(self, model, mask, names, context, generator) -> Scores:
         params = dict(model.named_parameters())
@@ -175,8 +180,10 @@ class MagnitudeIncrease(Criterion):
 class Movement(Criterion):
     """Zhou et al.'s "movement": |w_final - w_init|, how far training moved the weight."""
 
+    needs = frozenset({"initial_state"})
+
     def check(self, model, names, context) -> None:
-        _require_initial("movement", model, names, context)
+        _check_initial("movement", model, names, context)
 
     def scores(self, model, mask, names, context, generator) -> Scores:
         params = dict(model.named_parameters())
@@ -208,8 +215,7 @@ class Snip(Criterion):
     Computed on the masked network, so re-scoring an already pruned model sees its current state.
     """
 
-    def check(self, model, names, context) -> None:
-        _require_batches("snip", context)
+    needs = frozenset({"batches"})
 
     def scores(self, model, mask, names, context, generator) -> Scores:
         weights = _weights(model, mask)
@@ -223,18 +229,22 @@ class GraSP(Criterion):
 
     Wang et al. define S(-w) = -w * (H g) and remove the weights with the *largest* S. Here higher
     means kept, so the score is w * (H g) = -S (as in Tanaka et al.'s code). H g is a Hessian-gradient
-    product by double backward; g is summed over the batches, logits divided by
-    ``context.grasp_temperature``. Scores are signed.
+    product by double backward; g is summed over the batches, logits divided by the ``temperature``
+    setting. Scores are signed.
     """
 
-    signed = True
+    class Settings(FrozenSpec):
+        flag_prefix = "grasp-"
+        temperature: float = Field(
+            200.0, gt=0, description="GraSP divides the logits by this before the loss (Wang et al.'s code)"
+        )
 
-    def check(self, model, names, context) -> None:
-        _require_batches("grasp", context)
+    signed = True
+    needs = frozenset({"batches"})
 
     def scores(self, model, mask, names, context, generator) -> Scores:
         weights = _weights(model, mask)
-        temperature = context.grasp_temperature
+        temperature = self.settings.temperature
         stopped = _loss_gradients(model, weights, names, context, temperature)
         hg = {n: torch.zeros_like(weights[n]) for n in names}
         for x, y in _batches(context):
@@ -269,17 +279,25 @@ class SynFlow(Criterion):
 
     All parameters and float buffers (BatchNorm running statistics included) are made positive and
     the model runs in eval mode on one all-ones input, in float64 against overflow. This works on
-    copies, so the model's signs and weights are untouched. Pruning is iterative
-    (``context.synflow_rounds``, 100 by default) with an exponential schedule, re-scoring each round.
+    copies, so the model's signs and weights are untouched. Pruning is iterative (the ``rounds``
+    setting, 100 by default) with an exponential schedule, re-scoring each round. Its input shape
+    comes from the context, a batch, or a leading Linear layer's width.
     """
 
+    class Settings(FrozenSpec):
+        flag_prefix = "synflow-"
+        rounds: int = Field(
+            100,
+            ge=1,
+            le=10_000,
+            description="scoring rounds, the density shrinking exponentially (Tanaka et al.: 100)",
+        )
+
     def check(self, model, names, context) -> None:
-        if context.synflow_rounds < 1:
-            raise SpecError(f"synflow_rounds must be a positive integer, got {context.synflow_rounds!r}")
         synflow_input_shape(model, context)
 
     def rounds(self, context: PruneContext) -> int:
-        return context.synflow_rounds
+        return 1 if context.trial else self.settings.rounds
 
     def scores(self, model, mask, names, context, generator) -> Scores:
         tensors = {n: w.abs().double() for n, w in _weights(model, mask).items()}

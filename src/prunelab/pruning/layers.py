@@ -36,9 +36,9 @@ class LayerInfo:
 
 LayerFilter = Callable[[LayerInfo], bool]
 LAYER_FILTERS: Registry[LayerFilter] = Registry("layer filter")
-LAYER_FILTERS.add("all", lambda layer: True)
-LAYER_FILTERS.add("fc-only", lambda layer: layer.kind == "linear")
-LAYER_FILTERS.add("conv-only", lambda layer: layer.kind == "conv")
+LAYER_FILTERS.add("all", lambda layer: True, "every conv and linear layer")
+LAYER_FILTERS.add("fc-only", lambda layer: layer.kind == "linear", "linear layers only")
+LAYER_FILTERS.add("conv-only", lambda layer: layer.kind == "conv", "conv layers only")
 
 
 def prunable_layers(model: nn.Module) -> list[LayerInfo]:

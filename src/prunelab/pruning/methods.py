@@ -29,10 +29,10 @@ METHODS: Registry[Method] = Registry("pruning method")
 for _name, _description in [
     ("magnitude", "smallest |w| (IMP; torch l1_unstructured)"),
     ("large_final", "smallest |w_final| (Zhou et al.; same as magnitude)"),
-    ("magnitude_increase", "smallest |w_final| - |w_init| (Zhou et al.; needs initial_state)"),
-    ("movement", "smallest |w_final - w_init| (Zhou et al.; needs initial_state)"),
-    ("snip", "smallest |g * w| (Lee et al. 2019; needs batches)"),
-    ("grasp", "GraSP w * Hg (Wang et al. 2020; needs batches)"),
+    ("magnitude_increase", "smallest |w_final| - |w_init| (Zhou et al.)"),
+    ("movement", "smallest |w_final - w_init| (Zhou et al.)"),
+    ("snip", "smallest |g * w| at the current weights (Lee et al. 2019)"),
+    ("grasp", "GraSP w * Hg: keeps gradient flow (Wang et al. 2020)"),
     ("synflow", "smallest synaptic flow, data-free, iterative (Tanaka et al. 2020)"),
 ]:
     METHODS.add(_name, Method(_name, _description))

@@ -11,21 +11,24 @@ weight once pruned is never revived, whatever its value now.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError, SpecError
-from prunelab.pruning.context import PruneContext
-from prunelab.pruning.criteria import CRITERIA, Criterion
+from prunelab.pruning.context import NEEDS, PruneContext
+from prunelab.pruning.criteria import Criterion
 from prunelab.pruning.layers import LayerInfo, describe, prunable_layers, resolve_layer, select_layers
 from prunelab.pruning.mask import Mask
 from prunelab.pruning.methods import METHODS
 from prunelab.pruning.schedule import check_rate
 from prunelab.pruning.scope import SCOPES, Scope
+from prunelab.pruning.spec import PruneSpec
 from prunelab.pruning.structure import STRUCTURES, UNIT_NORMS, Structure, UnitNorm, as_units, expand_units
+from prunelab.spec import build_spec
 
 
 @dataclass(frozen=True)
@@ -38,43 +41,45 @@ class _Pool:
 
 def prune(
     model: nn.Module,
-    mask: Mask | None,
+    mask: Mask | None = None,
+    spec: PruneSpec | None = None,
     *,
-    fraction: float,
-    method: str = "magnitude",
-    scope: str = "layerwise",
-    structure: str | None = None,
-    layers: str = "all",
-    exclude: Sequence[str] = (),
-    layer_rates: Mapping[str, float] | None = None,
-    output_rate_factor: float | None = None,
-    generator: torch.Generator | None = None,
     context: PruneContext | None = None,
+    generator: torch.Generator | None = None,
+    **keywords: Any,
 ) -> Mask:
-    """A new mask pruning ``fraction`` of the remaining elements of each scope pool of ``model``.
+    """A new mask pruning ``spec.rate_per_round()`` of the remaining elements of each scope pool.
 
     ``mask=None`` starts dense; the given mask is not modified and entries outside the selected
-    layers are copied unchanged. ``structure=None`` takes the method's own (``unstructured`` for
-    per-weight methods, ``structured-input`` for the ``*-structured`` ones, ``hybrid`` for hybrid).
-    ``layer_rates`` maps layer names to their own rate; such a layer is pruned on its own.
-    ``output_rate_factor`` prunes ``model.output_layer`` at ``fraction * factor`` (Frankle & Carbin
-    prune LeNet-300-100's output layer at half rate). Every input is checked before any scoring.
+    layers are copied unchanged. The spec's ``structure=None`` takes the method's own
+    (``unstructured`` for per-weight methods, ``structured-input`` for the ``*-structured`` ones,
+    ``hybrid`` for hybrid). ``layer_rates`` gives named layers their own rate, each pruned on its own;
+    ``output_rate_factor`` prunes ``model.output_layer`` at ``rate * factor`` (Frankle & Carbin prune
+    LeNet-300-100's output layer at half rate). ``context`` holds what the criterion ``needs``.
+
+    Instead of a spec, keywords: ``prune(model, mask, fraction=0.2, method="snip", scope="global",
+    synflow={"rounds": 10}, ...)`` (``fraction`` is this call's rate; the rest are PruneSpec fields).
+    Every input is checked before any scoring.
     """
-    fraction = check_rate("fraction", fraction)
-    spec = METHODS.get(method)
-    criterion = CRITERIA.get(spec.criterion)()
-    struct = STRUCTURES.get(structure or spec.structure)
-    _check_structure(method, spec.structured_only, criterion, structure or spec.structure, struct)
-    scope_key = SCOPES.get(scope)
-    norm = UNIT_NORMS.get(spec.unit_norm)
+    if spec is None:
+        spec = spec_from_keywords(**keywords)
+    elif keywords:
+        raise TypeError(f"prune() takes a PruneSpec or keywords, not both (got {sorted(keywords)})")
+    fraction = spec.rate_per_round()
+    method = spec.method
+    criterion = spec.criterion()
+    struct = STRUCTURES.get(spec.structure_name())
+    _check_structure(method, METHODS.get(method).structured_only, criterion, spec.structure_name(), struct)
+    norm = UNIT_NORMS.get(METHODS.get(method).unit_norm)
     mask = Mask.ones(model) if mask is None else mask
     mask.check_fits(model)
-    chosen = [layer for layer in select_layers(model, layers, exclude) if layer.param in mask]
+    chosen = [layer for layer in select_layers(model, spec.layers, spec.exclude) if layer.param in mask]
     if not chosen:
         raise SpecError(f"the mask covers none of the selected layers; its entries: {mask.names()[:8]}")
-    rates = _layer_rates(model, chosen, fraction, layer_rates, output_rate_factor)
-    pools = _pools(chosen, scope, scope_key, struct, rates, fraction)
+    rates = _layer_rates(model, chosen, fraction, spec.layer_rates, spec.output_rate_factor)
+    pools = _pools(chosen, spec.scope, SCOPES.get(spec.scope), struct, rates, fraction)
     context = context if context is not None else PruneContext()
+    _check_needs(method, criterion, context)
     names = [layer.param for layer in chosen]
     criterion.check(model, names, context)
 
@@ -83,7 +88,23 @@ def prune(
     return Mask(keep)
 
 
-# validation -----------------------------------------------------------------------------------
+def spec_from_keywords(*, fraction: float, **values: Any) -> PruneSpec:
+    """The :class:`PruneSpec` of ``prune``'s keyword form (one round at rate ``fraction``)."""
+    fraction = check_rate("fraction", fraction)
+    if values.get("layer_rates") is None:
+        values.pop("layer_rates", None)
+    if isinstance(values.get("exclude"), str):
+        values["exclude"] = (values["exclude"],)
+    return build_spec(PruneSpec, rate=fraction, **values)
+
+
+# validation (the spec's own values are valid: what is checked here depends on the model) ---------
+def _check_needs(method: str, criterion: Criterion, context: PruneContext) -> None:
+    missing = [need for need in sorted(criterion.needs) if not context.has(need)]
+    if missing:
+        raise SpecError(f"method {method!r} needs " + "; and ".join(NEEDS[need] for need in missing))
+
+
 def _check_structure(
     method: str, structured_only: bool, criterion: Criterion, name: str, struct: Structure
 ) -> None:
@@ -118,14 +139,8 @@ def _layer_rates(
                 f"layer_rates names {name!r}, which the layer filter or exclude leaves unpruned; "
                 f"pruned layers: {describe(chosen)}"
             )
-        rates[layer.param] = check_rate(f"layer_rates[{name!r}]", rate)
+        rates[layer.param] = rate
     if output_rate_factor is not None:
-        if (
-            isinstance(output_rate_factor, bool)
-            or not isinstance(output_rate_factor, (int, float))
-            or not (output_rate_factor >= 0)
-        ):
-            raise SpecError(f"output_rate_factor must be a number >= 0, got {output_rate_factor!r}")
         output = getattr(model, "output_layer", None)
         if not isinstance(output, str):
             raise SpecError(

@@ -15,6 +15,6 @@ from prunelab.registry import Registry
 Scope = Callable[[LayerInfo], Hashable]
 
 SCOPES: Registry[Scope] = Registry("scope")
-SCOPES.add("layerwise", lambda layer: layer.param)
-SCOPES.add("global", lambda layer: "all")
-SCOPES.add("by-type", lambda layer: layer.kind)
+SCOPES.add("layerwise", lambda layer: layer.param, "each layer is its own pool")
+SCOPES.add("global", lambda layer: "all", "one pool, one threshold, for all layers")
+SCOPES.add("by-type", lambda layer: layer.kind, "conv layers pooled apart from linear layers")

@@ -38,22 +38,28 @@ def _schedules():
 class TrainConfig(FrozenSpec):
     """How one model is trained. Defaults follow the LeNet lottery-ticket setup (Adam 1.2e-3, batch 60)."""
 
-    optimizer: registered(_optimizers) = "adam"
-    lr: float = Field(1.2e-3, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(60, gt=0)
-    epochs: int | None = Field(None, gt=0)
-    iterations: int | None = Field(None, gt=0)
-    schedule: registered(_schedules) = "constant"
-    milestones: tuple[str, ...] = ()
-    gamma: float = Field(0.1, gt=0)
-    warmup: str = "0it"
-    eval_every: str | None = None
-    augment: bool | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = False
+    optimizer: registered(_optimizers) = Field("adam", description="optimizer")
+    lr: float = Field(1.2e-3, gt=0, description="learning rate")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd with momentum > 0)")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    batch_size: int = Field(60, gt=0, description="mini-batch size")
+    epochs: int | None = Field(None, gt=0, description="training length in epochs")
+    iterations: int | None = Field(
+        None, gt=0, description="training length in iterations (instead of epochs)"
+    )
+    schedule: registered(_schedules) = Field("constant", description="learning-rate schedule")
+    milestones: tuple[str, ...] = Field((), description="step-schedule milestones, e.g. 80ep,120ep")
+    gamma: float = Field(0.1, gt=0, description="step-schedule factor at each milestone")
+    warmup: str = Field("0it", description="linear learning-rate warmup, e.g. 500it or 1ep")
+    eval_every: str | None = Field(
+        "100it",
+        description="validate every 100it (Frankle & Carbin's resolution for the early-stop iteration) or 1ep; "
+        "the test set is evaluated on the final and the best-validation weights only",
+    )
+    augment: bool | None = Field(None, description="random crops and flips (default: the dataset's own)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
+    bf16: bool = Field(False, description="bf16 autocast (GPU only)")
 
     @field_validator("milestones", "warmup", "eval_every")
     @classmethod
@@ -78,6 +84,7 @@ class TrainConfig(FrozenSpec):
         return (self.epochs or 1) * iterations_per_epoch
 
     def eval_interval(self, iterations_per_epoch: int) -> int:
+        """Iterations between evaluations: ``eval_every``, or one epoch where it is None."""
         if self.eval_every is None:
             return iterations_per_epoch
         return max(1, parse_duration(self.eval_every, iterations_per_epoch))

@@ -19,6 +19,7 @@ def _fused(device: torch.device) -> dict:
 
 @OPTIMIZERS.register("sgd")
 def sgd(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """SGD, with momentum and Nesterov if asked."""
     return torch.optim.SGD(
         params,
         lr=cfg.lr,
@@ -31,11 +32,13 @@ def sgd(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer
 
 @OPTIMIZERS.register("adam")
 def adam(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam (L2 weight decay in the gradient)."""
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fused(device))
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay)."""
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fused(device))
 
 

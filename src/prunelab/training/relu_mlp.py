@@ -3,10 +3,12 @@
 At LeNet-300-100 sizes on a CPU a step is a few GEMMs of ~100 us each; autograd's graph, the
 gradient allocations and ``zero_grad`` add about a third again. For a model that is only a chain
 of ``nn.Linear`` layers with ReLUs between them (LeNet-300-100, or any ``nn.Sequential`` of that
-form), :class:`ReluMLPStep` computes the same cross-entropy loss and the same gradients with the
+form), :class:`ReluChain` computes the same cross-entropy loss and the same gradients with the
 same GEMMs, into ``.grad`` buffers that persist across steps, so every optimizer and the mask
 multiply work on them unchanged. It is built only after it has reproduced the model's own forward
 on real inputs; anything else (dropout, BatchNorm, convolutions, bf16) keeps the autograd path.
+:class:`ReluMLPStep` is the trainer's :class:`~prunelab.training.step.Step` around it (batch
+gather, optional augmentation, mask multiply, running totals).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ReluMLPStep", "relu_chain"]
+from prunelab.data import Split, cifar_augment
+from prunelab.training.step import MaskPairs, RunningTotals, gather, mask_gradients
+
+__all__ = ["ReluChain", "ReluMLPStep", "relu_chain"]
 
 
 def relu_chain(model: nn.Module) -> list[nn.Linear] | None:
@@ -49,16 +54,16 @@ def relu_chain(model: nn.Module) -> list[nn.Linear] | None:
     return layers
 
 
-class ReluMLPStep:
-    """``loss, logits = step(x, y)`` leaves d(mean cross-entropy)/d(parameter) in every ``.grad``."""
+class ReluChain:
+    """``loss, logits = chain(x, y)`` leaves d(mean cross-entropy)/d(parameter) in every ``.grad``."""
 
     def __init__(self, layers: list[nn.Linear]) -> None:
         self.layers = layers
         self._buffers: dict[int, tuple[list[torch.Tensor], torch.Tensor]] = {}
 
     @classmethod
-    def build(cls, model: nn.Module, probe: torch.Tensor) -> ReluMLPStep | None:
-        """The step for ``model``, or None where the autograd path must be used.
+    def build(cls, model: nn.Module, probe: torch.Tensor) -> ReluChain | None:
+        """The chain of ``model``, or None where the autograd path must be used.
 
         ``probe`` is a few real inputs: the chain must give the model's own outputs on them.
         """
@@ -71,11 +76,11 @@ class ReluMLPStep:
             return None  # the model has parameters the chain would not train
         if any(p.dtype != torch.float32 or not p.requires_grad for p in params):
             return None
-        step = cls(layers)
+        chain = cls(layers)
         with torch.no_grad():
-            if not torch.allclose(step.forward(probe)[-1], model(probe), rtol=1e-5, atol=1e-6):
+            if not torch.allclose(chain.forward(probe)[-1], model(probe), rtol=1e-5, atol=1e-6):
                 return None
-        return step
+        return chain
 
     def forward(self, x: torch.Tensor, hidden: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Every layer's input (the flattened ``x``, then each ReLU output) followed by the logits."""
@@ -108,6 +113,56 @@ class ReluMLPStep:
             if i:
                 grad = torch.ops.aten.threshold_backward(torch.mm(grad, layer.weight), a, 0)
         return loss, logits
+
+    def grad_buffers(self) -> list[torch.Tensor]:
+        """Every parameter's gradient buffer (created where missing), in layer order."""
+        return [_grad(p) for layer in self.layers for p in layer.parameters()]
+
+
+class ReluMLPStep:
+    """The ``"relu-mlp"`` :class:`~prunelab.training.step.Step`: :class:`ReluChain` on gathered rows.
+
+    Its gradient buffers are created at :meth:`bind` and overwritten by every step (``owns_grads``).
+    """
+
+    kind = "relu-mlp"
+    owns_grads = True
+
+    def __init__(
+        self,
+        chain: ReluChain,
+        masks: MaskPairs = (),
+        *,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if augment and generator is None:
+            raise ValueError("augmentation draws from the data-order generator; pass generator=")
+        self.chain = chain
+        self.masks = list(masks)
+        self.augment, self.generator = augment, generator
+        self._totals = RunningTotals()
+        self._train: Split | None = None
+
+    def bind(self, model: nn.Module, train: Split) -> None:
+        layers = relu_chain(model)
+        if layers is None or len(layers) != len(self.chain.layers):
+            raise ValueError("ReluMLPStep was bound to a model that is not its Linear-ReLU chain")
+        if any(a is not b for a, b in zip(layers, self.chain.layers, strict=True)):
+            self.chain = ReluChain(layers)
+        self.chain.grad_buffers()
+        self._train = train
+
+    def run(self, perm: torch.Tensor, start: int, n: int) -> None:
+        xb, yb = gather(self._train, perm, start, n)
+        if self.augment:
+            xb = cifar_augment(xb, self.generator)
+        loss, logits = self.chain(xb, yb)
+        mask_gradients(self.masks)
+        self._totals.add(loss, logits, yb)
+
+    def take_totals(self) -> tuple[float, float, int]:
+        return self._totals.take()
 
 
 def _linear(layer: nn.Linear, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -31,6 +31,8 @@ SCHEDULES: Registry[type[Schedule]] = Registry("schedule")
 @SCHEDULES.register("constant")
 @dataclass(frozen=True)
 class Constant(Schedule):
+    """The base learning rate throughout (after warmup)."""
+
     def shape(self, it: int) -> float:
         return 1.0
 

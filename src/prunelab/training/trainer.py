@@ -5,40 +5,57 @@ optimizer step. With zero gradients from the start, SGD (momentum, Nesterov, wei
 AdamW all leave those weights at exactly zero and their optimizer state at exactly zero, so the forward
 pass needs no mask multiply and a masked epoch costs the same as a dense one.
 
-The gradients come from one of three steps (``Trainer.step_kind``): a Linear-ReLU chain such as
-LeNet-300-100 takes a hand-written step, in C on a CPU (:mod:`~prunelab.training.native_mlp`) or as
-torch ops elsewhere (:mod:`~prunelab.training.relu_mlp`); every other model takes autograd.
+The gradients come from one :class:`~prunelab.training.step.Step`, chosen once by
+:func:`~prunelab.training.step.choose_step` (``Trainer.step_kind``: "native", "relu-mlp" or
+"autograd"); the epoch loop calls it the same way whatever it is. Training hooks
+(:class:`~prunelab.training.hooks.TrainHook`) add loss terms, change gradients and stop training early.
+
+Evaluation follows the lottery-ticket papers: the validation split every ``eval_every`` (default 100
+iterations), a copy of the weights at the minimum validation loss so far, and the test split only at
+the end of training, twice: on the final weights and on that copy. So ``TrainResult.final`` and
+``TrainResult.early_stop`` carry test metrics and the other records do not (``None``). The initial
+record (iteration 0, or the start of a late-rewound run) has validation metrics only: a test pass
+there would cost as much as any other and answer no question the results ask. Without a validation
+split there is nothing to select on: the early stop is the final record, tested once.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from prunelab.data import Dataset, Split, cifar_augment
+from prunelab.data import Dataset, Split
 from prunelab.errors import CheckpointError, SpecError
 from prunelab.pruning.mask import Mask
 from prunelab.seeding import derive_seed
 from prunelab.training.config import TrainConfig
 from prunelab.training.device import resolve_device
+from prunelab.training.evaluation import EVAL_BATCH, choose_evaluator, evaluate
 from prunelab.training.fused import LeanStepper
-from prunelab.training.native_mlp import NativeMLPStep
+from prunelab.training.hooks import TrainHook
 from prunelab.training.optim import build_optimizer
-from prunelab.training.relu_mlp import ReluMLPStep
 from prunelab.training.schedule import build_schedule
+from prunelab.training.step import choose_step, mask_gradients
 
-EVAL_BATCH = 1000
+__all__ = ["CHECKPOINT_FORMAT", "EVAL_BATCH", "EvalRecord", "TrainResult", "Trainer", "evaluate", "train"]
+
+#: Version of :meth:`Trainer.state_dict`'s layout. 2: best-validation weights, pending train totals,
+#: early-stop reason and hook states; test metrics only at the end.
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class EvalRecord:
-    """Metrics at one evaluation point; train metrics average the iterations since the last one."""
+    """Metrics at one evaluation point; train metrics average the iterations since the last one.
+
+    ``test_loss``/``test_acc`` are None except at the final record and at the early-stop record
+    (minimum validation loss), whose test metrics are those of the weights at that iteration.
+    """
 
     iteration: int
     epoch: float
@@ -47,16 +64,31 @@ class EvalRecord:
     train_acc: float | None
     val_loss: float | None
     val_acc: float | None
-    test_loss: float
-    test_acc: float
+    test_loss: float | None
+    test_acc: float | None
+
+
+def _best_record(history: list[EvalRecord]) -> EvalRecord | None:
+    """The first record with the minimum finite validation loss (the rule the trainer keeps weights by)."""
+    with_val = [r for r in history if r.val_loss is not None and math.isfinite(r.val_loss)]
+    return min(with_val, key=lambda r: r.val_loss) if with_val else None
 
 
 @dataclass
 class TrainResult:
+    """What a training run produced.
+
+    ``stopped_early`` is the reason a hook stopped training, or None. ``environment`` is what the
+    numbers depend on beyond the configuration: torch and prunelab versions, device, thread count,
+    training step and evaluation kinds, and the evaluation interval in iterations.
+    """
+
     history: list[EvalRecord]
     iterations: int
     wall_time: float
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    stopped_early: str | None = None
+    environment: dict = field(default_factory=dict)
 
     @property
     def final(self) -> EvalRecord:
@@ -64,9 +96,13 @@ class TrainResult:
 
     @property
     def early_stop(self) -> EvalRecord:
-        """The evaluation with minimum validation loss: the lottery-ticket papers' learning-speed measure."""
-        with_val = [r for r in self.history if r.val_loss is not None]
-        return min(with_val, key=lambda r: r.val_loss) if with_val else self.final
+        """The evaluation with minimum validation loss: the lottery-ticket papers' learning-speed measure.
+
+        Its test metrics are those of the weights at that point (the trainer kept a copy of them).
+        Without validation metrics it is the final record.
+        """
+        best = _best_record(self.history)
+        return self.final if best is None else best
 
     @property
     def early_stop_iteration(self) -> int:
@@ -80,24 +116,9 @@ class TrainResult:
             "final": asdict(self.final),
             "early_stop_iteration": best.iteration,
             "early_stop": asdict(best),
+            "stopped_early": self.stopped_early,
+            "environment": dict(self.environment),
         }
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``split`` (eval mode, restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
-    for i in range(0, len(split), batch_size):
-        xb, yb = split.x[i : i + batch_size], split.y[i : i + batch_size]
-        out = model(xb).float()
-        loss += F.cross_entropy(out, yb, reduction="sum").double()
-        correct += (out.argmax(1) == yb).sum()
-    model.train(was_training)
-    n = max(1, len(split))
-    return float(loss) / n, float(correct) / n
 
 
 @torch.no_grad()
@@ -122,40 +143,15 @@ def _check_fits_data(model: nn.Module, data: Dataset) -> None:
         )
 
 
-class _Window:
-    """Training loss and accuracy since the last evaluation, reduced only when read.
-
-    Keeping references costs nothing per step; one batched reduction per evaluation replaces
-    several tiny tensor ops per step.
-    """
-
-    def __init__(self, totals: torch.Tensor | None = None) -> None:
-        self.losses: list[torch.Tensor] = []
-        self.outputs: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-        # (loss sum, correct, examples) accumulated by the native step, read and zeroed here
-        self.totals = totals
-        if totals is not None:
-            totals.zero_()
-
-    def add(self, loss: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> None:
-        self.losses.append(loss.detach())
-        self.outputs.append(out.detach())
-        self.targets.append(target)
-
-    def flush(self) -> tuple[float, float, int]:
-        """(summed loss, correct predictions, examples) since the last flush."""
-        loss_sum, correct, seen = 0.0, 0.0, 0
-        if self.totals is not None:
-            loss_sum, correct, seen = self.totals.tolist()
-            seen = int(seen)
-        if self.losses:
-            sizes = torch.tensor([len(t) for t in self.targets], dtype=torch.float64)
-            loss_sum += float(torch.stack(self.losses).double().cpu() @ sizes)
-            correct += float((torch.cat(self.outputs).argmax(1) == torch.cat(self.targets)).sum())
-            seen += int(sizes.sum())
-        self.__init__(self.totals)
-        return loss_sum, correct, seen
+def _check_hooks(hooks: Iterable[TrainHook] | None) -> list[TrainHook]:
+    hooks = list(hooks or ())
+    for hook in hooks:
+        if not isinstance(hook, TrainHook):
+            raise SpecError(
+                f"training hook {hook!r} (a {type(hook).__name__}) is not a prunelab.training.TrainHook; "
+                "hooks must be instances of TrainHook subclasses"
+            )
+    return hooks
 
 
 class Trainer:
@@ -169,6 +165,7 @@ class Trainer:
         *,
         mask: Mask | None = None,
         seed: int = 0,
+        hooks: Iterable[TrainHook] | None = (),
     ) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -176,6 +173,7 @@ class Trainer:
             raise SpecError(
                 "bf16 autocast is a GPU option; it needs --device cuda (or auto on a GPU machine)"
             )
+        self.hooks = _check_hooks(hooks)
         self.data = data.to(self.device)
         self.model = model.to(self.device)
         _check_fits_data(self.model, self.data)
@@ -196,20 +194,45 @@ class Trainer:
         self.history: list[EvalRecord] = []
         self.wall_time = 0.0
         self.until = self.total
+        #: the reason a hook stopped training (kept in checkpoints), or None
+        self.stopped_early: str | None = None
         self._masked = self._mask_pairs()
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        # a plain Linear-ReLU chain trains without autograd's bookkeeping (same gradients, see relu_mlp)
-        self._fast = None if cfg.bf16 else ReluMLPStep.build(self.model, self.data.train.x[:16])
-        # on a CPU, the same step as one C call around MKL's sgemm (see native_mlp)
-        self._native = None
-        if self._fast is not None and not self.augment:
-            masks = {id(p): m for p, m in self._masked}
-            self._native = NativeMLPStep.build(self.model, self.data.train, masks, cfg.batch_size, self._fast)
+        self._grad_hooks = [h for h in self.hooks if h.changes_grads]
+        self._grad_buffers: list[torch.Tensor | None] = []
+        self.step = choose_step(
+            self.model, self.data, cfg, masks=self._masked, hooks=self.hooks, generator=self.generator
+        )
+        self.evaluator = choose_evaluator(self.model, self.data)
+        # train totals since the last evaluation that crossed an epoch end (so they are checkpointed)
+        self._pending: tuple[float, float, int] = (0.0, 0.0, 0)
+        # the weights at the minimum validation loss so far, on the training device
+        self._best_loss = math.inf
+        self._best_iteration: int | None = None
+        self._best_weights: dict[str, torch.Tensor] | None = None
 
     @property
     def step_kind(self) -> str:
         """Which training step runs: "native" (C), "relu-mlp" (torch ops, no autograd) or "autograd"."""
-        return "native" if self._native else "relu-mlp" if self._fast else "autograd"
+        return self.step.kind
+
+    def evaluate(self, split: Split) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy on ``split`` through this trainer's evaluator (C where checked)."""
+        return self.evaluator(split)
+
+    def environment(self) -> dict:
+        """What this run's numbers depend on beyond its configuration (recorded in ``TrainResult``)."""
+        import prunelab  # the package imports this module; by the time a trainer runs it is loaded
+
+        return {
+            "torch": torch.__version__,
+            "prunelab": getattr(prunelab, "__version__", "unknown"),
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "step": self.step_kind,
+            "eval": self.evaluator.kind,
+            "eval_every": self.eval_interval,
+        }
 
     # ---------------------------------------------------------------------------------------
     def _mask_pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
@@ -227,8 +250,21 @@ class Trainer:
         return lr
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: weights, optimizer, RNG states, history."""
+        """Everything needed to continue exactly, taken at an epoch end (``run``'s ``on_epoch_end``).
+
+        Weights, optimizer, RNG states, history, the train totals not yet recorded, the copy of the
+        best-validation weights with its loss and iteration, the early-stop reason, and each hook's
+        state (in hook order).
+        """
+        best = None
+        if self._best_weights is not None:
+            best = {
+                "val_loss": self._best_loss,
+                "iteration": self._best_iteration,
+                "weights": {k: v.detach().cpu().clone() for k, v in self._best_weights.items()},
+            }
         return {
+            "format": CHECKPOINT_FORMAT,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "iteration": self.iteration,
@@ -236,9 +272,27 @@ class Trainer:
             "rng": self.rng_state,
             "history": [asdict(r) for r in self.history],
             "wall_time": self.wall_time,
+            "train_totals": list(self._pending),
+            "best": best,
+            "stopped_early": self.stopped_early,
+            "hooks": [h.state_dict() for h in self.hooks],
         }
 
     def load_state_dict(self, state: dict) -> None:
+        version = state.get("format", 1) if isinstance(state, dict) else None
+        if version != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"training checkpoint has format {version}, this prunelab reads format {CHECKPOINT_FORMAT} "
+                "(it keeps the best-validation weights); delete the checkpoint to restart this run"
+            )
+        hooks = state.get("hooks")
+        if not isinstance(hooks, list) or len(hooks) != len(self.hooks):
+            names = ", ".join(type(h).__name__ for h in self.hooks) or "none"
+            count = len(hooks) if isinstance(hooks, list) else "no"
+            raise CheckpointError(
+                f"training checkpoint holds the state of {count} training hooks but this run has "
+                f"{len(self.hooks)} ({names}); resume with the hooks it was trained with"
+            )
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -248,15 +302,41 @@ class Trainer:
             self.rng_state = state["rng"]
             self.history = [EvalRecord(**r) for r in state["history"]]
             self.wall_time = float(state["wall_time"])
+            loss, correct, seen = state["train_totals"]
+            self._pending = (float(loss), float(correct), int(seen))
+            best = state["best"]
+            if best is None:
+                self._best_loss, self._best_iteration, self._best_weights = math.inf, None, None
+            else:
+                current = self.model.state_dict()
+                if set(best["weights"]) != set(current):
+                    raise ValueError("its best-validation weights are not this model's")
+                self._best_loss, self._best_iteration = float(best["val_loss"]), int(best["iteration"])
+                self._best_weights = {
+                    k: v.to(self.device, current[k].dtype).clone() for k, v in best["weights"].items()
+                }
+            reason = state["stopped_early"]
+            self.stopped_early = None if reason is None else str(reason)
+            for hook, hook_state in zip(self.hooks, hooks, strict=True):
+                hook.load_state_dict(hook_state)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"training checkpoint does not fit this run: {exc}") from None
 
     # ---------------------------------------------------------------------------------------
+    def _train_totals(self) -> tuple[float, float, int]:
+        """(summed loss, correct, examples) since the last evaluation, across epoch ends."""
+        loss, correct, seen = self.step.take_totals()
+        p_loss, p_correct, p_seen = self._pending
+        self._pending = (0.0, 0.0, 0)
+        return p_loss + loss, p_correct + correct, p_seen + seen
+
     def _record(self, lr: float, train_loss: float, correct: float, seen: int) -> None:
+        """A history record at the current iteration: validation metrics, and the best copy kept up to date."""
         val_loss = val_acc = None
         if len(self.data.val):
-            val_loss, val_acc = evaluate(self.model, self.data.val)
-        test_loss, test_acc = evaluate(self.model, self.data.test)
+            val_loss, val_acc = self.evaluator(self.data.val)
+            if math.isfinite(val_loss) and val_loss < self._best_loss:
+                self._keep_best(val_loss)
         self.history.append(
             EvalRecord(
                 iteration=self.iteration,
@@ -266,10 +346,45 @@ class Trainer:
                 train_acc=float(correct) / seen if seen else None,
                 val_loss=val_loss,
                 val_acc=val_acc,
-                test_loss=test_loss,
-                test_acc=test_acc,
+                test_loss=None,
+                test_acc=None,
             )
         )
+
+    def _keep_best(self, val_loss: float) -> None:
+        self._best_loss, self._best_iteration = val_loss, self.iteration
+        with torch.no_grad():
+            state = self.model.state_dict()
+            if self._best_weights is None:
+                self._best_weights = {k: v.detach().clone() for k, v in state.items()}
+            else:  # copied into the same tensors: no allocation per improvement
+                for k, v in state.items():
+                    self._best_weights[k].copy_(v)
+
+    def _finish(self) -> None:
+        """End of training: a record at the last iteration, and the test split on the final weights and
+        on the best-validation copy. Repeatable: a resumed run that only finishes gets the same numbers."""
+        if self.history[-1].iteration != self.iteration:  # stopped by a hook between evaluation points
+            self._record(self.optimizer.param_groups[0]["lr"], *self._train_totals())
+        final = self.history[-1]
+        test_loss, test_acc = self.evaluator(self.data.test)
+        self.history[-1] = replace(final, test_loss=test_loss, test_acc=test_acc)
+        best = _best_record(self.history)
+        if self._best_weights is not None and best is not None and best.iteration != final.iteration:
+            if best.iteration != self._best_iteration:
+                raise AssertionError(
+                    "the kept best-validation weights are not those of the early-stop record"
+                )
+            with torch.no_grad():
+                weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.model.load_state_dict(self._best_weights)
+                try:
+                    test_loss, test_acc = self.evaluator(self.data.test)
+                finally:
+                    self.model.load_state_dict(weights)
+            i = next(i for i, r in enumerate(self.history) if r is best)
+            self.history[i] = replace(best, test_loss=test_loss, test_acc=test_acc)
+        self._check_mask()
 
     def run(
         self,
@@ -282,7 +397,8 @@ class Trainer:
         """Train to the configured length (or stop at iteration ``until``); checkpoint in ``on_epoch_end``.
 
         A trainer whose ``iteration`` was set before the first run starts there (late rewinding):
-        the LR schedule is read at that iteration and the first epoch is the rest of one.
+        the LR schedule is read at that iteration and the first epoch is the rest of one. Hooks'
+        ``on_epoch_end`` run before the caller's, so a checkpoint written there holds their decision.
         """
         snapshot_at = set(snapshot_at)
         self.until = self.total if until is None else min(until, self.total)
@@ -297,14 +413,28 @@ class Trainer:
             if not self.history:
                 self._snapshot(snapshots, snapshot_at)
                 self._record(self._set_lr(self.iteration), 0.0, 0.0, 0)
-            while self.iteration < self.until:
+            while self.iteration < self.until and self.stopped_early is None:
                 start = time.perf_counter()
                 self._epoch(snapshots, snapshot_at, on_progress)
+                for hook in self.hooks:  # every hook sees every epoch end; the first reason wins
+                    reason = hook.on_epoch_end(self)
+                    if reason and self.stopped_early is None:
+                        self.stopped_early = str(reason)
                 self.rng_state = torch.get_rng_state()
                 self.wall_time += time.perf_counter() - start
                 if on_epoch_end is not None:
                     on_epoch_end(self)
-        return TrainResult(self.history, self.iteration, self.wall_time, snapshots)
+            start = time.perf_counter()
+            self._finish()
+            self.wall_time += time.perf_counter() - start
+        return TrainResult(
+            self.history,
+            self.iteration,
+            self.wall_time,
+            snapshots,
+            stopped_early=self.stopped_early,
+            environment=self.environment(),
+        )
 
     def _snapshot(self, snapshots: dict, wanted: set[int]) -> None:
         if self.iteration in wanted:
@@ -321,15 +451,17 @@ class Trainer:
 
     def _epoch(self, snapshots: dict, snapshot_at: set[int], on_progress, evaluate: bool = True) -> None:
         """One pass over a fresh permutation (or fewer iterations at the end of training)."""
-        train, bs, device = self.data.train, self.cfg.batch_size, self.device
-        perm = torch.randperm(len(train), generator=self.generator).to(device)
-        step, fast, native, params = self.stepper.step, self._fast, self._native, self._params
-        if native is not None:
-            native.bind()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
+        train, bs = self.data.train, self.cfg.batch_size
+        perm = torch.randperm(len(train), generator=self.generator).to(self.device)
+        self.step.bind(self.model, train)
+        run, optimizer_step = self.step.run, self.stepper.step
+        # autograd accumulates into .grad, so it is cleared; the other steps overwrite their buffers
+        clear = () if self.step.owns_grads else self._params
+        after_backward = self._after_backward if self._grad_hooks else None
+        if after_backward is not None:
+            self._grad_buffers = [p.grad for p in self._params] if self.step.owns_grads else []
         constant_lr = self.cfg.schedule == "constant" and self.schedule.warmup == 0
         lr = self._set_lr(self.iteration)
-        window = _Window(None if native is None else native.totals)
         offset = self.iteration % self.batches_per_epoch if evaluate else 0
         steps = self.batches_per_epoch - offset
         if evaluate:
@@ -338,42 +470,39 @@ class Trainer:
             start = (offset + b) * bs
             if not constant_lr:
                 lr = self._set_lr(self.iteration)
-            if native is not None:  # gathers the batch, masks the gradients, counts into the window
-                native(perm, start, min(bs, len(train) - start))
-            else:
-                self._torch_step(perm[start : start + bs], window, autocast)
-            step()
-            if fast is None and native is None:  # the fast paths overwrite their gradient buffers instead
-                for p in params:
-                    p.grad = None
+            run(perm, start, min(bs, len(train) - start))
+            if after_backward is not None:
+                after_backward()
+            optimizer_step()
+            for p in clear:
+                p.grad = None
             self.iteration += 1
             if snapshot_at:
                 self._snapshot(snapshots, snapshot_at)
             if evaluate and (
                 self.iteration % self.eval_interval == 0 or self.iteration in (self.total, self.until)
             ):
-                self._record(lr, *window.flush())
+                self._record(lr, *self._train_totals())
                 self._check_mask()
             if on_progress is not None and (b % 50 == 49 or b == steps - 1):
                 on_progress(self.iteration, self.total)
+        loss, correct, seen = self.step.take_totals()
+        if evaluate:  # carried into the next record, and into a checkpoint taken now
+            p_loss, p_correct, p_seen = self._pending
+            self._pending = (p_loss + loss, p_correct + correct, p_seen + seen)
 
-    def _torch_step(self, idx: torch.Tensor, window: _Window, autocast) -> None:
-        """Gradients of the batch ``idx`` into ``.grad`` through torch (the ReLU-chain step or autograd), masked."""
-        train = self.data.train
-        xb, yb = train.x.index_select(0, idx), train.y.index_select(0, idx)
-        if self.augment:
-            xb = cifar_augment(xb, self.generator)
-        if self._fast is not None:
-            loss, out = self._fast(xb, yb)
-        else:
-            with autocast:
-                out = self.model(xb)
-                loss = F.cross_entropy(out.float(), yb)
-            loss.backward()
-        if self._masked:
-            pairs = [(p.grad, m) for p, m in self._masked if p.grad is not None]
-            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
-        window.add(loss, out, yb)
+    def _after_backward(self) -> None:
+        """Hooks change the step's gradients; the step's own buffers stay its buffers; masks hold again."""
+        for hook in self._grad_hooks:
+            hook.after_backward(self.model)
+        for p, buffer in zip(self._params, self._grad_buffers, strict=False):
+            if p.grad is not buffer:  # a hook assigned a new tensor: the next step writes the old one
+                if p.grad is None:
+                    buffer.zero_()
+                else:
+                    buffer.copy_(p.grad)
+                p.grad = buffer
+        mask_gradients(self._masked)
 
     def _check_mask(self) -> None:
         """Invariant: pruned weights are exactly zero. A failure is a bug in prunelab, not user error."""
@@ -391,7 +520,8 @@ def train(
     seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
     snapshot_at: Iterable[int] = (),
+    hooks: Iterable[TrainHook] | None = (),
 ) -> TrainResult:
     """Train ``model`` (in place) and return its metrics history."""
-    trainer = Trainer(model, data, cfg or TrainConfig(epochs=1), mask=mask, seed=seed)
+    trainer = Trainer(model, data, cfg or TrainConfig(epochs=1), mask=mask, seed=seed, hooks=hooks)
     return trainer.run(on_progress=on_progress, snapshot_at=snapshot_at)

@@ -1,6 +1,7 @@
-"""Analysis commands for the ``prunelab`` CLI: ``register(app)`` adds report, compare, similarity,
-effective, stability, ensemble and mask-plot. User errors raise PrunelabError (exit status 2 in
-``prunelab.cli.main``)."""
+"""``prunelab report | compare | similarity | effective | stability | ensemble | mask-plot``.
+
+The analyses return records (:class:`~prunelab.table.Table`, figures); these commands print and save
+them. User errors raise PrunelabError (exit status 2 in ``prunelab.cli.main``)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from prunelab.cli.options import Root
 from prunelab.errors import PrunelabError
 
 Runs = Annotated[list[str], typer.Argument(help="Experiments: ids (or unique prefixes), labels or folders.")]
 Run = Annotated[str, typer.Argument(help="Experiment id (or unique prefix), label or folder.")]
-Root = Annotated[
-    Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10
-    typer.Option("--root", help="Results folder (else $PRUNELAB_HOME, else ~/.prunelab/runs)."),
-]
 Opt = Optional
 
 
@@ -27,9 +25,9 @@ def _seeds(text: str | None) -> list[int] | None:
 
 
 def _print(table) -> None:
-    from prunelab.ui import console
+    from prunelab.ui import show
 
-    console.print(table.to_rich())
+    show(table)
 
 
 def _save_csv(table, path: Path | None) -> None:
@@ -135,7 +133,7 @@ def similarity(
     from prunelab.analysis import plots
     from prunelab.analysis.runs import average, resolve_all, series_names
     from prunelab.analysis.similarity import similarity_across_levels, similarity_between
-    from prunelab.analysis.tables import records_table
+    from prunelab.table import records_table
 
     if len(runs) not in (1, 2):
         raise PrunelabError(
@@ -177,13 +175,12 @@ def effective(
 ) -> None:
     """Explicit and effective sparsity per layer, and neuron sparsity, of one trained level."""
     from prunelab.analysis.effective import effective_sparsity, neuron_sparsity
-    from prunelab.analysis.runs import dataset_info
-    from prunelab.analysis.tables import records_table
     from prunelab.experiments import load_level
+    from prunelab.table import records_table
 
     lv = load_level(run, level, seed=seed, root=root)
     where = f"{lv.experiment.id} seed {lv.seed} level {lv.level}"
-    rows = effective_sparsity(lv.model, lv.mask, dataset_info(lv.experiment).input_shape)
+    rows = effective_sparsity(lv.model, lv.mask, lv.experiment.spec.data_info.input_shape)
     fmt = {"sparsity": "pct", "effective_sparsity": "pct"}
     _print(records_table(f"Explicit and effective sparsity: {where}", rows, formats=fmt))
     cols = [
@@ -221,7 +218,7 @@ def stability(
     from prunelab.analysis import plots
     from prunelab.analysis.runs import resolve_all, series_names
     from prunelab.analysis.stability import stability_summary, weight_stability, weight_trajectories
-    from prunelab.analysis.tables import records_table
+    from prunelab.table import records_table
 
     exps = resolve_all(runs, root)
     names = series_names(exps)
@@ -256,7 +253,7 @@ def ensemble_cmd(
     """
     from prunelab.analysis import plots
     from prunelab.analysis.ensemble import Predictions, ensemble
-    from prunelab.analysis.tables import Table
+    from prunelab.table import Table
 
     r = ensemble(
         runs, level=level, density=density, seeds=_seeds(seeds), root=root, predictions=Predictions(data_dir)
@@ -301,14 +298,3 @@ def mask_plot(
     if param in lv.mask:
         keep = lv.mask[param]
     _save_figure(plots.plot_mask(weight, keep, title), out)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the analysis commands to the ``prunelab`` typer app."""
-    app.command()(report)
-    app.command()(compare)
-    app.command()(similarity)
-    app.command()(effective)
-    app.command()(stability)
-    app.command("ensemble")(ensemble_cmd)
-    app.command("mask-plot")(mask_plot)

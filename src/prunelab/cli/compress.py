@@ -1,10 +1,11 @@
-"""``prunelab export | bench | count | removal-table``: added to the main app by :func:`register`."""
+"""``prunelab count | export | bench | removal-table``: compression and deployment."""
 
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from prunelab.cli.options import Root
 from prunelab.errors import SpecError
 
 Run = Annotated[str, typer.Argument(help="Experiment id (or unique prefix), label, or folder.")]
@@ -16,10 +17,6 @@ Seed = Annotated[Optional[int], typer.Option(help="Replicate seed (default: the 
 Control = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="A control branch (reinit, random-mask) instead of the ticket."),
-]
-Root = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option("--root", help="Results folder (else $PRUNELAB_HOME, else ~/.prunelab/runs)."),
 ]
 Approximate = Annotated[
     bool,
@@ -57,7 +54,8 @@ def export(
     from prunelab.compress.level import compact_level
     from prunelab.models import count_parameters
     from prunelab.pruning import sparsity_report
-    from prunelab.ui import console, table
+    from prunelab.table import Table
+    from prunelab.ui import show
 
     check_target(out, force)  # refuse before any work
     if onnx:
@@ -86,9 +84,7 @@ def export(
         ("dead units kept (exactness)", sum(item.result.kept_dead.values())),
         ("max |compact - masked| output", item.result.max_error),
     ]
-    console.print(
-        table(f"{item.loaded.experiment.id} level {item.loaded.level} -> {out}", ["", "value"], rows)
-    )
+    show(Table(f"{item.loaded.experiment.id} level {item.loaded.level} -> {out}", ["", "value"], rows))
 
 
 def bench(
@@ -120,9 +116,10 @@ def bench(
 ) -> None:
     """Latency of dense, masked, compacted and sparse versions over batch sizes, with FLOP ratios."""
     from prunelab.compress.latency import bench_level, plot_latency
-    from prunelab.experiments.summary import find_experiment
+    from prunelab.experiments.store import find_experiment
     from prunelab.io import atomic_write_json
-    from prunelab.ui import console, table
+    from prunelab.table import Table
+    from prunelab.ui import console, show
 
     sizes = _numbers(batch_sizes, int, "--batch-sizes")
     exp = find_experiment(run, root)
@@ -140,7 +137,7 @@ def bench(
         sparse=sparse,
     )
     title = f"{exp.id}: latency on {result.device} ({result.threads} thread(s), {repeats} repeats)"
-    console.print(table(title, list(result.COLUMNS), result.rows()))
+    show(Table(title, list(result.COLUMNS), result.rows()))
     console.print("speed-up = dense latency / latency; FLOP ratio = dense FLOPs / non-zero FLOPs")
     if not no_plot:
         path = plot_latency(result, plot or Path(f"prunelab-bench-{exp.id}.png"), title)
@@ -161,7 +158,8 @@ def count(
     """Parameters, MACs and FLOPs of the dense, masked (non-zero) and compacted model."""
     from prunelab.compress.count import count as count_model
     from prunelab.compress.level import compact_level
-    from prunelab.ui import console, table
+    from prunelab.table import Table
+    from prunelab.ui import show
 
     item = compact_level(run, level, seed=seed, control=control, root=root, exact=not approximate)
     report = count_model(item.loaded.model, item.input_shape, item.loaded.mask, item.result.model)
@@ -170,10 +168,10 @@ def count(
         for name, dense, masked, small in report.summary_rows()
     ]
     title = f"{item.loaded.experiment.id} level {item.loaded.level} (per example; FLOPs = 2 x MACs)"
-    console.print(table(title, ["", "dense", "masked (non-zero)", "compact", "compact / dense"], rows))
+    show(Table(title, ["", "dense", "masked (non-zero)", "compact", "compact / dense"], rows))
     if per_layer:
         columns = ["layer", "params", "masked", "compact", "FLOPs", "masked FLOPs", "compact FLOPs"]
-        console.print(table(None, columns, report.layer_rows()))
+        show(Table("", columns, report.layer_rows()))
 
 
 def removal_table(
@@ -195,7 +193,8 @@ def removal_table(
     """Paper 003 Fig. 2: parameters left by masking against parameters left after real removal."""
     from prunelab.compress.count import removal_table as make_table
     from prunelab.data import DATASETS
-    from prunelab.ui import console, table
+    from prunelab.table import Table
+    from prunelab.ui import show
 
     info = DATASETS.get(data).info
     values = _numbers(fractions, float, "--fractions")
@@ -210,12 +209,4 @@ def removal_table(
     )
     columns = ["fraction", "dense", "masked (non-zero)", "masked %", "after removal", "removal %"]
     body = [(r.fraction, r.dense, r.masked, r.masked_pct, r.removed, r.removed_pct) for r in rows]
-    console.print(table(f"{model} on {data}: parameters left, {method} {structure}", columns, body))
-
-
-def register(app: typer.Typer) -> None:
-    """Add the compression commands to ``app`` (the main ``prunelab`` app)."""
-    app.command("export")(export)
-    app.command("bench")(bench)
-    app.command("count")(count)
-    app.command("removal-table")(removal_table)
+    show(Table(f"{model} on {data}: parameters left, {method} {structure}", columns, body))

@@ -1,0 +1,134 @@
+"""``prunelab methods | treatments | controls | models | data``: what the registries hold.
+
+Each listing is read from its registry (names, descriptions, what each entry needs), so a method,
+treatment, control, model or dataset registered in code appears here without editing this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunelab.cli.options import DataDir
+
+NEED_WORDS = {"batches": "data", "initial_state": "initial weights", "input_shape": "input shape"}
+
+data_app = typer.Typer(help="Datasets: where they are, and how to get them.", no_args_is_help=True)
+
+
+def _settings_text(spec_cls, fields=None) -> str:
+    """``--flag (default)`` for each field of a settings spec."""
+    from prunelab.cli.options import spec_flags
+
+    flags = (
+        spec_flags(spec_cls) if fields is None else [f for f in spec_flags(spec_cls) if f.path[-1] in fields]
+    )
+    return ", ".join(f"{f.name} ({f.default})" if f.default else f.name for f in flags) or "–"
+
+
+def methods() -> None:
+    """List the pruning methods: criterion, grouping, what each needs, its settings."""
+    from prunelab.pruning import CRITERIA, METHODS
+    from prunelab.table import Table
+    from prunelab.ui import show
+
+    rows = []
+    for name, m in METHODS.items():
+        criterion = CRITERIA.get(m.criterion)
+        needs = [NEED_WORDS[n] for n in sorted(criterion.needs)]
+        structure = m.structure + (" (structured only)" if m.structured_only else "")
+        settings = _settings_text(criterion.Settings) if criterion.Settings else "–"
+        rows.append([name, METHODS.describe(name), structure, ", ".join(needs) or "–", settings])
+    columns = ["method", "description", "structure", "needs", "settings"]
+    show(
+        Table(
+            "Pruning methods (--method); --structure overrides the grouping, --scope picks the pools",
+            columns,
+            rows,
+            note="needs: what the criterion reads besides the weights (an experiment supplies it).",
+        )
+    )
+
+
+def _branches(registry, title: str) -> None:
+    from prunelab.experiments import TreatmentSpec
+    from prunelab.table import Table
+    from prunelab.ui import show
+
+    rows = []
+    for name, cls in registry.items():
+        needs = ["structured masks"] if cls.requires_structured else []
+        settings = _settings_text(TreatmentSpec, cls.uses) if cls.uses else "–"
+        rows.append([name, registry.describe(name), ", ".join(needs) or "–", settings])
+    show(Table(title, ["name", "description", "needs", "settings"], rows))
+
+
+def treatments() -> None:
+    """List the weight treatments: what each pruned level trains from."""
+    from prunelab.experiments import TREATMENTS
+
+    _branches(TREATMENTS, "Treatments (--treatment): what each pruned level starts from")
+
+
+def controls() -> None:
+    """List the control branches that can be trained beside every level."""
+    from prunelab.experiments import CONTROLS
+
+    _branches(CONTROLS, "Controls (--controls a,b): trained beside every pruned level")
+
+
+def models(
+    data: Annotated[
+        str, typer.Option(help="Dataset whose input shape and classes size the models.")
+    ] = "fashion-mnist",
+) -> None:
+    """List the registered models with their parameter counts."""
+    from prunelab.data import DATASETS
+    from prunelab.models import describe_models
+    from prunelab.table import Table
+    from prunelab.ui import show
+
+    info = DATASETS.get(data).info
+    rows = [list(r) for r in describe_models(info.input_shape, info.num_classes)]
+    shape = "x".join(map(str, info.input_shape))
+    show(
+        Table(
+            f"Models for {data} ({shape}, {info.num_classes} classes)",
+            ["model", "family", "parameters", "description"],
+            rows,
+        )
+    )
+
+
+@data_app.command("list")
+def data_list(data_dir: DataDir = None) -> None:
+    """Show each dataset with where it was found, or how to get it."""
+    from prunelab.data import DATASETS, dataset_status
+    from prunelab.table import Table
+    from prunelab.ui import show
+
+    rows = []
+    for name in DATASETS.names():
+        found, where = dataset_status(name, data_dir)
+        rows.append([name, DATASETS.describe(name), "found" if found else "missing", where])
+    show(Table("Datasets", ["dataset", "description", "status", "where / how to get it"], rows))
+
+
+@data_app.command("get")
+def data_get(
+    name: Annotated[str, typer.Argument(help="Dataset to download (mnist, fashion-mnist, cifar10).")],
+    dest: Annotated[
+        Path | None, typer.Option(help="Root folder; files go to DEST/NAME (default: the prunelab cache).")
+    ] = None,
+) -> None:
+    """Download a dataset from its official mirror, verify its checksums, and store it atomically."""
+    from prunelab.data import DATASETS, download
+    from prunelab.ui import console, plain
+
+    if not DATASETS.get(name).needs_files:
+        console.print(plain(f"{name} needs no download: it is always available offline"))
+        return
+    path = download(name, dest)
+    console.print(plain(f"{name}: ready in {path}"))

@@ -1,0 +1,241 @@
+"""Command-line flags generated from the spec models, and the options every command shares.
+
+The naming rule: a spec field's flag is ``--`` + the nested spec's ``flag_prefix`` + the field's
+name with ``_`` written ``-`` (``train.batch_size`` is ``--batch-size``, ``pruning.synflow.rounds``
+is ``--synflow-rounds``), unless the field declares its own with :class:`~prunelab.spec.Flag`
+(``treatment.kind`` is ``--treatment``). Types, defaults and help come from the field; choices
+and their help from the registry the field names (:func:`~prunelab.spec.registered`). Every flag
+defaults to "not given", so a config file's values stand unless a flag overrides them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from prunelab.spec import Flag, FrozenSpec, RegistryRef, container_of, unwrap
+
+# options shared by commands ------------------------------------------------------------------------
+Root = Annotated[
+    Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10
+    typer.Option("--root", help="Results folder (else $PRUNELAB_HOME, else ~/.prunelab/runs)."),
+]
+DataDir = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--data-dir", help="Folder holding the dataset files (else $PRUNELAB_DATA, the cache, ...)."
+    ),
+]
+Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+Threads = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for torch (default: the CPUs this process may use, from affinity and cgroup limits).",
+    ),
+]
+Config = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--config", help="TOML/YAML spec file; flags given override it."),
+]
+
+
+# flags from specs ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpecFlag:
+    """One generated flag: the spec field it sets and how."""
+
+    path: tuple[str, ...]  # the field's path in the spec, e.g. ("pruning", "rate")
+    param: str  # the command function's parameter name
+    decls: tuple[str, ...]  # e.g. ("--rate",) or ("--nesterov/--no-nesterov",)
+    kind: type  # what the command line parses: str, int, float or bool
+    help: str
+    panel: str
+    default: Any
+    parse: Callable[[str], Mapping[str, Any]] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.decls[0].split("/")[0]
+
+    def updates(self, value: Any) -> dict[str, Any]:
+        """The owning spec's field updates for the given value."""
+        if self.parse is not None:
+            return dict(self.parse(value))
+        return {self.path[-1]: value}
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _default_text(info) -> str:
+    value = info.default_factory() if info.default_factory is not None else info.default
+    if value is None or value is PydanticUndefined:
+        return ""
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, BaseModel):
+        return ""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _help(info, ref: RegistryRef | None, literal: tuple | None) -> str:
+    text = (info.description or "").rstrip(".")
+    text = text[:1].upper() + text[1:]
+    if ref is not None:
+        names = ", ".join(ref.get().names())
+        see = f" (see `{ref.listing}`)" if ref.listing else ""
+        text += f". One of: {names}{see}"
+    elif literal:
+        text += f". One of: {', '.join(map(str, literal))}"
+    return text + "."
+
+
+def spec_flags(
+    spec: type[FrozenSpec], *, only: Iterable[str] | None = None, skip: Iterable[str] = ()
+) -> list[SpecFlag]:
+    """The flags of every leaf field of ``spec`` (nested specs flattened), optionally only the
+    top-level fields in ``only`` and without those in ``skip``."""
+    only = None if only is None else set(only)
+    flags: list[SpecFlag] = []
+    _walk(spec, (), spec.flag_prefix, flags, only, set(skip))
+    seen: dict[str, SpecFlag] = {}
+    for f in flags:
+        for decl in f.decls:
+            for name in decl.split("/"):
+                if name in seen:
+                    raise TypeError(f"flag {name} is generated for both {seen[name].path} and {f.path}")
+                seen[name] = f
+    return flags
+
+
+def _walk(spec, path, prefix, out, only, skip) -> None:
+    for name, info in spec.model_fields.items():
+        here = (*path, name)
+        if (not path and only is not None and name not in only) or ".".join(here) in skip:
+            continue
+        base, _, metadata = unwrap(info.annotation)
+        metadata = [*metadata, *info.metadata]
+        if isinstance(base, type) and issubclass(base, FrozenSpec):
+            _walk(base, here, prefix + base.flag_prefix, out, only, skip)
+            continue
+        if typing.get_origin(base) is tuple:  # a list of names: the registry is on the elements
+            metadata += unwrap(typing.get_args(base)[0])[2]
+        flag = next((m for m in metadata if isinstance(m, Flag)), Flag())
+        ref = next((m for m in metadata if isinstance(m, RegistryRef)), None)
+        literal = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
+        kind = base if base in (bool, int, float) else str
+        if container_of(info.annotation) is None and kind is str and base is not str and not literal:
+            raise TypeError(f"spec field {'.'.join(here)} has type {base!r}, which has no command-line form")
+        if flag.parse is not None:
+            kind = str
+        flag_name = flag.name or prefix + _kebab(name)
+        names = (flag_name, *flag.aliases)
+        if kind is bool:
+            decls = ("/".join((f"--{flag_name}", f"--no-{flag_name}")),)
+        else:
+            decls = tuple(f"--{n}" for n in names)
+        out.append(
+            SpecFlag(
+                path=here,
+                param=flag_name.replace("-", "_"),
+                decls=decls,
+                kind=kind,
+                help=_help(info, ref, literal),
+                panel=f"{path[0] if path else 'experiment'} options",
+                default=_default_text(info),
+                parse=flag.parse,
+            )
+        )
+
+
+def flag_values(flags: Iterable[SpecFlag], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The nested spec values set by the flags given (those that are not None)."""
+    values: dict[str, Any] = {}
+    for f in flags:
+        value = given.get(f.param)
+        if value is None:
+            continue
+        target = values
+        for part in f.path[:-1]:
+            target = target.setdefault(part, {})
+        target.update(f.updates(value))
+    return values
+
+
+def merge(base: Mapping[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``updates`` laid over it, nested tables merged key by key."""
+    out = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def with_spec_flags(flags: list[SpecFlag]) -> Callable[[Callable], Callable]:
+    """Add ``flags`` to a typer command; the command receives them as ``values``, the nested
+    spec values of the flags the user gave (see :func:`flag_values`)."""
+
+    def decorate(fn: Callable) -> Callable:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "values"]
+        taken = {p.name for p in own}
+        clash = [f.param for f in flags if f.param in taken]
+        if clash:
+            raise TypeError(f"{fn.__name__}: spec flags {clash} clash with the command's own options")
+        extra = [
+            inspect.Parameter(
+                f.param,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[
+                    Optional[f.kind],  # noqa: UP045
+                    typer.Option(
+                        *f.decls,
+                        help=f.help,
+                        rich_help_panel=f.panel,
+                        show_default=f.default or False,
+                        metavar=None if f.kind is bool else _metavar(f),
+                    ),
+                ],
+            )
+            for f in flags
+        ]
+
+        def command(**kwargs: Any) -> Any:
+            given = {f.param: kwargs.pop(f.param, None) for f in flags}
+            return fn(**kwargs, values=flag_values(flags, given))
+
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        command.spec_flags = flags  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+def _metavar(f: SpecFlag) -> str:
+    return {int: "INT", float: "FLOAT"}.get(f.kind, "TEXT")
+
+
+def spec_from(cls: type[FrozenSpec], config: Path | None, values: Mapping[str, Any], reader) -> FrozenSpec:
+    """A ``cls`` from a config file (read by ``reader``) with the flag values laid over it."""
+    from prunelab.spec import build_spec
+
+    base = reader(config) if config is not None else {}
+    return build_spec(cls, **merge(base, values))

@@ -1,0 +1,87 @@
+"""Training-time plug-ins: extra loss terms, gradient changes, epoch-end decisions, with resumable state.
+
+Methods that act during training rather than between trainings (network slimming's L1 push on
+BatchNorm scales, early-bird tickets' epoch-end mask comparison, variational dropout's KL term) are
+each one :class:`TrainHook` subclass passed as ``Trainer(..., hooks=[...])`` or
+``prunelab.train(..., hooks=[...])``. The trainer calls, in this order:
+
+* :meth:`~TrainHook.loss` inside the step, after the forward: a term added to the cross-entropy
+  before ``backward``. Only autograd can differentiate an arbitrary term, so a hook that overrides
+  ``loss`` (:attr:`~TrainHook.adds_loss`) makes the trainer take the autograd step;
+* :meth:`~TrainHook.after_backward` after every step's gradients, before the optimizer: may change
+  ``.grad`` in place. It works with every step kind. The gradient masks are applied again after the
+  hooks ran, so pruned weights stay exactly zero whatever a hook adds;
+* :meth:`~TrainHook.on_epoch_end` after every epoch (before the caller's own ``on_epoch_end``, which
+  is where checkpoints are written): returns a reason to stop early, or None. The reason is kept in
+  the trainer's checkpoint and in ``TrainResult.stopped_early``, so a resumed run stops where the
+  uninterrupted one did;
+* :meth:`~TrainHook.state_dict` / :meth:`~TrainHook.load_state_dict` with the trainer's own, so that a
+  killed run resumes with identical numbers. The state must be what ``torch.load(weights_only=True)``
+  reads back: tensors, numbers, strings, and lists, tuples and dicts of them.
+
+Hooks run in the order given; the first reason to stop wins, but every hook's ``on_epoch_end`` runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from prunelab.training.trainer import Trainer
+
+__all__ = ["TrainHook"]
+
+
+class TrainHook:
+    """Base class of training-time plug-ins: override the methods a method needs, nothing else.
+
+    The base methods do nothing; :attr:`adds_loss` and :attr:`changes_grads` are True exactly when a
+    subclass overrides :meth:`loss` or :meth:`after_backward`, so the trainer pays for neither where
+    no hook uses them.
+    """
+
+    def loss(self, model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """A scalar added to the batch's mean cross-entropy before ``backward`` (None: nothing this batch).
+
+        ``logits`` are the model's outputs for the batch (under bf16 autocast where it is on),
+        ``targets`` its labels. The recorded training loss stays the cross-entropy alone.
+        """
+        return None
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Change gradients after ``backward`` and before the optimizer step, in place (``p.grad.add_``).
+
+        With the hand-written steps (``step_kind`` "native" or "relu-mlp") the gradients are buffers
+        that the next step overwrites; a hook that assigns a new ``p.grad`` has it copied back into
+        them. Gradients of pruned weights are zeroed again afterwards.
+        """
+
+    def on_epoch_end(self, trainer: Trainer) -> str | None:
+        """Called after every epoch with the trainer (its ``model``, ``iteration``, ``history``).
+
+        Return a reason (e.g. "early-bird ticket found at epoch 12") to stop training after this epoch.
+        """
+        return None
+
+    def state_dict(self) -> dict:
+        """The hook's state, saved in the trainer's checkpoint (weights-only loadable values)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    @property
+    def adds_loss(self) -> bool:
+        """Whether this hook adds loss terms (overrides :meth:`loss`): it forces the autograd step."""
+        return type(self).loss is not TrainHook.loss
+
+    @property
+    def changes_grads(self) -> bool:
+        """Whether this hook changes gradients (overrides :meth:`after_backward`)."""
+        return type(self).after_backward is not TrainHook.after_backward
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
