@@ -11,7 +11,7 @@ from prunelab.experiments import ExperimentSpec, Store, TreatmentSpec, TrunkSpec
 from prunelab.models import MODELS, build_model
 from prunelab.pruning import Mask, PruneSpec, from_torch_prune, prune, random_mask, sparsity_report
 from prunelab.threads import set_threads
-from prunelab.training import TrainConfig, Trainer, TrainResult, evaluate, train
+from prunelab.training import TrainConfig, Trainer, TrainHook, TrainResult, evaluate, train
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "PrunelabError",
     "Store",
     "TrainConfig",
+    "TrainHook",
     "TrainResult",
     "Trainer",
     "TreatmentSpec",
