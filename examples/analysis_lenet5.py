@@ -14,8 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
+import prunelab
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec, results_root
 from prunelab.training import TrainConfig
 
@@ -53,8 +52,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
     parser.add_argument("--no-report", action="store_true", help="only run the experiments")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    prunelab.set_threads(args.threads)  # default: the CPUs this process may use
 
     start = time.time()
     runs = []
@@ -70,13 +68,14 @@ def main() -> None:
 
     from prunelab.analysis import accuracy_table, ensemble_table, winning_table, write_report
     from prunelab.analysis.ensemble import Predictions
+    from prunelab.ui import render
 
     console = Console(width=160)  # the main table is wide; do not squeeze it into 80 columns
 
     out = args.out or results_root(args.root) / "reports" / "analysis-lenet5"
     report = write_report(runs, out, force=True, log=lambda msg: print(f"  {msg}...", flush=True))
-    console.print(accuracy_table(runs).to_rich())
-    console.print(winning_table(runs).to_rich())
+    console.print(render(accuracy_table(runs)))
+    console.print(render(winning_table(runs)))
     for row in ensemble_table(runs, predictions=Predictions()):
         console.print(f"level {row['level']}: ensemble of all four {row['ensemble']:.2%}")
     print(f"report: {report} ({time.time() - start:.0f} s in all)")

@@ -3,30 +3,20 @@ controls declare their trunk points and starts, and the runner asks them instead
 
 import pytest
 import torch
+from specs import tiny
 from torch import nn
 
 from prunelab.errors import SpecError
-from prunelab.experiments import CONTROLS, TREATMENTS, ExperimentRunner, ExperimentSpec, Store
+from prunelab.experiments import CONTROLS, TREATMENTS, ExperimentRunner, Store
 from prunelab.experiments.branches import register_branch
 from prunelab.experiments.controls import Control
 from prunelab.experiments.treatments import Treatment
 from prunelab.pruning import CRITERIA, PruneContext, PruneSpec, prune
-from prunelab.training import TrainConfig
 
 
 def mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
-def tiny(**overrides) -> ExperimentSpec:
-    values = dict(
-        model="lenet-300-100",
-        data="synthetic",
-        train=TrainConfig(epochs=1, batch_size=64),
-        pruning=PruneSpec(rate=0.5, rounds=1),
-    )
-    return ExperimentSpec(**(values | overrides))
 
 
 @pytest.fixture

@@ -4,30 +4,18 @@ import json
 
 import pytest
 import torch
+from specs import tiny
 
 from prunelab.cli import main
 from prunelab.errors import CheckpointError
 from prunelab.experiments import (
     ExperimentRunner,
-    ExperimentSpec,
     LevelMetrics,
-    PruneSpec,
     Store,
     find_experiment,
     load_level,
 )
 from prunelab.experiments.store import FORMAT
-from prunelab.training import TrainConfig
-
-
-def tiny(**overrides) -> ExperimentSpec:
-    values = dict(
-        model="lenet-300-100",
-        data="synthetic",
-        train=TrainConfig(epochs=1, batch_size=64),
-        pruning=PruneSpec(rate=0.5, rounds=1),
-    )
-    return ExperimentSpec(**(values | overrides))
 
 
 @pytest.fixture(scope="module")

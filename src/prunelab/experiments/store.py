@@ -385,7 +385,7 @@ class StoredExperiment:
             return self.store.dense(self.trunk, seed)
         if control is not None:
             return self.store.control(self.id, seed, level, control)
-        return Artifact(self.directory / f"seed-{seed}" / f"level-{level:02d}")
+        return self.store.level(self.id, seed, level)
 
     def check_level(self, seed: int, level: int, control: str | None = None) -> None:
         """Refuse, naming what exists, a seed, level or control without results."""
