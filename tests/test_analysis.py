@@ -426,7 +426,7 @@ def test_cli_ensemble_and_mask_plot(cli, runs, tmp_path):
         (("effective", "{mag}", "--level", "9"), "no finished level 9"),
         (("ensemble", "{mag}", "{l1s}", "--density", "2"), "density must be in"),
         (("mask-plot", "{mag}", "--layer", "fc9", "-o", "x.png"), "unknown layer 'fc9'"),
-        (("mask-plot", "{mag}", "--layer", "fc1", "-o", "x.txt"), "use a .png"),
+        (("mask-plot", "{mag}", "--layer", "fc1", "-o", "x.txt"), "ending in .png"),
     ],
 )
 def test_cli_bad_input_is_one_user_error(cli, runs, args, message):

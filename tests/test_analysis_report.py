@@ -70,21 +70,28 @@ def test_report_files_and_sections(report):
 
 def test_report_refuses_a_folder_that_is_not_empty(report, tmp_path):
     _, runs = report
-    (tmp_path / "keep.txt").write_text("mine")
-    with pytest.raises(PrunelabError, match="not empty; choose another folder or pass --force"):
-        write_report(runs, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(PrunelabError, match="not empty; choose another folder, or pass --force"):
+        write_report(runs, out)
     with pytest.raises(PrunelabError, match="no experiment 'missing'"):
         write_report(["missing"], tmp_path / "new", root=tmp_path)
     assert not (tmp_path / "new").exists()  # nothing written before the inputs are checked
     cli = CliRunner()
-    result = cli.invoke(app, ["report", runs[0], "-o", str(tmp_path)])
+    result = cli.invoke(app, ["report", runs[0], "-o", str(out)])
     assert isinstance(result.exception, PrunelabError)
-    result = cli.invoke(
-        app, ["report", runs[0], "-o", str(tmp_path), "--force", "--no-ensembles", "--no-svg"]
-    )
+    result = cli.invoke(app, ["report", runs[0], "-o", str(out), "--force"])
+    assert isinstance(result.exception, PrunelabError)  # --force replaces an earlier report only
+    assert "not an earlier report (keep.txt)" in str(result.exception)
+    earlier = out / "earlier"
+    args = ["report", runs[0], "-o", str(earlier), "--no-ensembles", "--no-svg"]
+    assert cli.invoke(app, args).exit_code == 0
+    result = cli.invoke(app, [*args, "--force"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "report.html").is_file() and (tmp_path / "keep.txt").read_text() == "mine"
-    assert "Skipped" in (tmp_path / "report.html").read_text() and not list(tmp_path.glob("images/*.svg"))
+    assert (earlier / "report.html").is_file() and (out / "keep.txt").read_text() == "mine"
+    assert "Skipped" in (earlier / "report.html").read_text() and not list(earlier.glob("images/*.svg"))
+    assert sorted(p.name for p in out.iterdir()) == ["earlier", "keep.txt"]  # no temporary left
 
 
 @pytest.mark.skipif(

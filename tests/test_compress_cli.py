@@ -73,8 +73,14 @@ def test_export_refusals_exit_2_and_touch_nothing(cli, experiment, tmp_path):
     assert code == 2 and "no finished level 9" in err and "0..2" in err
     assert not (tmp_path / "new").exists()
     code, _, err = cli("export", run, "-o", target, "--root", root, "--force")
+    assert code == 2 and "not an earlier export (notes.txt)" in err  # --force replaces exports only
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    earlier = tmp_path / "earlier"
+    assert cli("export", run, "--level", 1, "-o", earlier, "--root", root)[0] == 0
+    code, _, err = cli("export", run, "-o", earlier, "--root", root, "--force")
     assert code == 0, err
-    assert sorted(p.name for p in target.iterdir()) == ["model.safetensors", "plan.json"]
+    assert sorted(p.name for p in earlier.iterdir()) == ["model.safetensors", "plan.json"]
+    assert json.loads((earlier / "plan.json").read_text())["source"]["level"] == 2
 
 
 def test_a_mask_that_does_not_fit_exits_2(cli, experiment, tmp_path):

@@ -53,13 +53,17 @@ def test_refuses_a_non_empty_folder_unless_forced(tmp_path):
     target.mkdir()
     (target / "keep.txt").write_text("mine")
     args = dict(model="lenet-300-100", num_classes=10, input_shape=(1, 28, 28))
-    with pytest.raises(PrunelabError, match="not empty; pass --force"):
+    with pytest.raises(PrunelabError, match="not empty; choose another folder, or pass --force"):
         export_compact(result, target, **args)
+    with pytest.raises(PrunelabError, match=r"not an earlier export \(keep.txt\)"):
+        export_compact(result, target, force=True, **args)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(PrunelabError, match="not a folder"):
         export_compact(result, tmp_path / "file", **args)
-    export_compact(result, target, force=True, **args)
+    (target / "keep.txt").unlink()
+    export_compact(result, target, **args)
+    export_compact(result, target, force=True, **args)  # an earlier export is replaced
     assert sorted(p.name for p in target.iterdir()) == ["model.safetensors", "plan.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out"]  # no temporary left behind
     empty = tmp_path / "empty"

@@ -265,7 +265,8 @@ def test_summary_over_seeds_and_winning_ticket(tmp_path):
     assert rows[1]["ticket"][1] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
     ticket = winning_ticket(exp, tolerance=1.0)
     assert ticket["level"] == 2  # everything is within 100 points: the sparsest level wins
-    assert winning_ticket(exp, tolerance=-1.0) is None
+    with pytest.raises(SpecError, match=r"tolerance must be in \[0, 1\]"):
+        winning_ticket(exp, tolerance=-1.0)
 
 
 def test_cli_run_ls_show_and_config_file(tmp_path, capsys):

@@ -32,3 +32,11 @@ class UnknownNameError(SpecError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class TrainingDiverged(PrunelabError):
+    """The loss became NaN or infinite: the run stops and nothing of it is stored as finished."""
+
+
+class OutputError(PrunelabError):
+    """A file or folder that cannot be written (read-only, full disk, a path that is a file, ...)."""

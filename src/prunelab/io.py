@@ -1,40 +1,103 @@
-"""Safe file writing and loading: atomic writes, and weights that never execute code when read."""
+"""Safe file writing and loading: atomic writes, output folders that never replace what they should
+not, and weights that never execute code when read.
+
+Every file prunelab writes goes through :func:`atomic_path`: written beside its target under a
+temporary name, synced, renamed onto the target in one step, with the mode the umask gives (not
+``tempfile``'s 0600). A failure names the target and says why (the disk is full, the folder is
+read-only), and leaves the old file, or none, never a truncated one. Folders of results meant for
+people (an export, a report, a training's output) go through :func:`output_folder`.
+"""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors_bytes
 
-from prunelab.errors import CheckpointError
+from prunelab.errors import CheckpointError, OutputError
+
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
+def os_reason(exc: BaseException) -> str:
+    """What an OSError means, in words."""
+    return {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the folder is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENAMETOOLONG: "the name is too long",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "it is a folder",
+    }.get(getattr(exc, "errno", None), getattr(exc, "strerror", None) or str(exc))
+
+
+def write_error(path: str | os.PathLike, exc: BaseException) -> OutputError:
+    """An :class:`OutputError` naming ``path`` and the reason, for an OSError while writing it."""
+    return OutputError(f"cannot write {path}: {os_reason(exc)}")
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` in one step.
 
-    A crash part-way leaves the old file (or none), never a truncated one.
+    A crash part-way leaves the old file (or none) and at most an orphan ``.NAME.*.tmp``, which the
+    next run removes under its lock (:func:`remove_orphans`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_orphans(directory: Path) -> int:
+    """Remove the temporary files that killed writers left below ``directory``; call it under the lock."""
+    removed = 0
+    for tmp in directory.rglob(f".*{TMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -42,8 +105,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, so that it is valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Valid JSON (NaN and infinities written as null), written atomically."""
+    text = json.dumps(finite(obj), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
@@ -57,7 +133,14 @@ def save_tensors(
 ) -> None:
     """Save tensors as safetensors, atomically. Booleans are kept as bool."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_with(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+    atomic_write_bytes(path, save_safetensors_bytes(flat, metadata=metadata))
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` to memory, then an atomic write: a full disk is an OSError naming ``path``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -68,7 +151,7 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix in {".pt", ".pth", ".ckpt"}:
         return load_torch(path)
     try:
-        return load_file(str(path))
+        return load_file(str(path))  # keys in the file's (sorted) order; the bytes loader's order varies
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{path} is not a readable safetensors file ({exc}); it may be truncated or of another format"
@@ -85,3 +168,108 @@ def load_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a mapping of names to tensors")
     return dict(obj)
+
+
+# output folders -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OutputKind:
+    """What one kind of output folder holds: ``--force`` replaces a folder only if it is one of these."""
+
+    name: str  # "export", "report", "training output"
+    marker: str  # the file that shows a folder is one (plan.json, report.html, ...)
+    members: tuple[str, ...]  # everything such a folder may hold
+
+
+def _within(path: Path, other: Path) -> bool:
+    """Whether ``other`` is ``path`` or inside it."""
+    try:
+        other.relative_to(path)
+        return True
+    except ValueError:
+        return False
+
+
+def check_output_folder(
+    path: str | os.PathLike, kind: OutputKind, *, force: bool = False, protect: Sequence[Path] = ()
+) -> Path:
+    """Refuse, before any work, an output folder that could hold something of value.
+
+    A new or empty folder is fine. An existing one is replaced only with ``force``, and only if it
+    is an earlier output of the same kind (its ``marker`` and nothing but ``members``). Never the
+    current folder, a folder holding it, a folder holding any of ``protect`` (the results root), or
+    a folder inside the store's own ``experiments/`` and ``trunks/``.
+    """
+    path = Path(path)
+    resolved = path.expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} exists and is not a folder; choose another output folder")
+    guarded = [(Path.cwd().resolve(), "the current folder")] + [
+        (Path(p).expanduser().resolve(), f"the results folder {p}") for p in protect
+    ]
+    for place, what in guarded:
+        if _within(resolved, place):
+            raise OutputError(f"{path} is or holds {what}; write the {kind.name} to a folder of its own")
+    for p in protect:
+        root = Path(p).expanduser().resolve()
+        for store_part in ("experiments", "trunks"):
+            if _within(root / store_part, resolved):
+                raise OutputError(
+                    f"{path} is inside the results store ({root / store_part}); write the {kind.name} elsewhere"
+                )
+    if path.is_dir():
+        contents = sorted(c.name for c in path.iterdir())
+        if contents and not force:
+            raise OutputError(
+                f"{path} exists and is not empty; choose another folder, or pass --force to replace an "
+                f"earlier {kind.name} there"
+            )
+        foreign = [c for c in contents if c not in kind.members]
+        if contents and (foreign or kind.marker not in contents):
+            shown = ", ".join(foreign[:5]) or f"no {kind.marker}"
+            raise OutputError(
+                f"{path} is not an earlier {kind.name} ({shown}); --force replaces only a folder holding "
+                f"{kind.marker} and nothing but {', '.join(kind.members)}"
+            )
+    return path
+
+
+@contextmanager
+def output_folder(
+    path: str | os.PathLike, kind: OutputKind, *, force: bool = False, protect: Sequence[Path] = ()
+) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; when the block ends without error it replaces ``path``.
+
+    A failure part-way (a full disk) leaves ``path`` as it was and no partial folder.
+    """
+    path = check_output_folder(path, kind, force=force, protect=protect)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        yield tmp
+        os.chmod(tmp, DIR_MODE)
+        _swap_in(tmp, path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(path, exc) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Move the finished folder into place; an earlier one is removed only after that succeeded."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{tmp.name}")
+        path.rename(old)
+    try:
+        tmp.rename(path)
+    except BaseException:
+        if old is not None:
+            old.rename(path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

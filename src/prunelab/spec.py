@@ -28,7 +28,7 @@ class FrozenSpec(BaseModel):
     (``synflow-`` gives ``--synflow-rounds``); the top-level specs have none.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     flag_prefix: ClassVar[str] = ""
 
     def non_default(self) -> dict[str, Any]:
@@ -37,22 +37,57 @@ class FrozenSpec(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _text_forms(cls, values: Any) -> Any:
-        """Lists and mappings may be given as text, as on the command line: ``"fc3,fc2"`` for a
-        tuple, ``"fc3=0.1,conv1=0"`` for a mapping."""
+    def _inputs(cls, values: Any) -> Any:
+        """One strict reading of values from flags, files and code alike.
+
+        Numbers must be numbers (``rate = "0.5"`` and ``rounds = true`` are refused, not converted)
+        and switches must be true or false. Lists and mappings may be given as text, as on the
+        command line: ``"fc3,fc2"`` for a tuple, ``"fc3=0.1,conv1=0"`` for a mapping.
+        """
         if not isinstance(values, dict):
             return values
         out = dict(values)
         for name, info in cls.model_fields.items():
-            text = out.get(name)
-            if not isinstance(text, str):
+            if name not in out:
                 continue
+            base, _, metadata = unwrap(info.annotation)
+            value = out[name]
             container = container_of(info.annotation)
-            if container is tuple:
-                out[name] = tuple(x.strip() for x in text.split(",") if x.strip())
-            elif container is dict:
-                out[name] = _pairs(name, text)
+            text = next((m for m in [*metadata, *info.metadata] if isinstance(m, Text)), None)
+            if isinstance(value, str) and text is not None:
+                value = text.parse(value)
+            elif isinstance(value, str) and container is tuple:
+                value = tuple(x.strip() for x in value.split(",") if x.strip())
+            elif isinstance(value, str) and container is dict:
+                value = _pairs(name, value, typing.get_args(base)[1])
+            if container is tuple and isinstance(value, list | tuple):
+                item = typing.get_args(base)[0]
+                for v in value:
+                    _check_scalar(name, unwrap(item)[0], v)
+            elif container is dict and isinstance(value, dict):
+                for k, v in value.items():
+                    _check_scalar(f"{name}[{k!r}]", unwrap(typing.get_args(base)[1])[0], v)
+            else:
+                _check_scalar(name, base, value)
+            out[name] = value
         return out
+
+
+def _check_scalar(name: str, kind: Any, value: Any) -> None:
+    """Refuse a value of the wrong kind for a number or switch field (before pydantic could convert it)."""
+    if value is None:
+        return
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number, got {_short(value)}")
+    elif kind is bool and not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {_short(value)}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error message never echoes a huge value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def unwrap(annotation: Any) -> tuple[Any, bool, list[Any]]:
@@ -79,13 +114,17 @@ def container_of(annotation: Any) -> type | None:
     return origin if origin in (tuple, dict) else None
 
 
-def _pairs(name: str, text: str) -> dict[str, str]:
+def _pairs(name: str, text: str, kind: Any = str) -> dict[str, Any]:
+    """``"fc3=0.1,conv1=0"`` -> ``{"fc3": 0.1, "conv1": 0.0}`` (values read as ``kind``)."""
     pairs = {}
     for item in filter(None, (x.strip() for x in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{name} {text!r}: write name=value pairs, e.g. 'fc3=0.1,conv1=0'")
-        pairs[key.strip()] = value.strip()
+            raise ValueError(f"{name} {_short(text)}: write name=value pairs, e.g. 'fc3=0.1,conv1=0'")
+        try:
+            pairs[key.strip()] = kind(value.strip()) if kind in (int, float) else value.strip()
+        except ValueError:
+            raise ValueError(f"{name} {_short(text)}: {value.strip()!r} is not a number") from None
     return pairs
 
 
@@ -106,6 +145,13 @@ class Flag:
     aliases: tuple[str, ...] = ()
     parse: Callable[[str], Mapping[str, Any]] | None = None
     metavar: str | None = None
+
+
+@dataclass(frozen=True)
+class Text:
+    """Field metadata: how the field's text form reads (``seeds = "0-4"``), for files and flags alike."""
+
+    parse: Callable[[str], Any]
 
 
 @dataclass(frozen=True)
@@ -140,14 +186,12 @@ def build_spec(cls: type[S], **values: Any) -> S:
 def format_validation_error(what: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or what
+        field = ".".join(str(p) for p in err["loc"])
         got = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(
-            f"{field}: {msg} (got {got!r})"
-            if "input" in err and not isinstance(got, dict)
-            else f"{field}: {msg}"
-        )
+        if "input" in err and not isinstance(got, dict) and "got " not in msg:
+            msg += f" (got {_short(got)})"
+        lines.append(f"{field}: {msg}" if field else msg)
     return f"invalid {what}: " + "; ".join(lines)
 
 

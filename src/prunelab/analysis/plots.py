@@ -21,6 +21,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from prunelab.errors import SpecError
 from prunelab.experiments.store import StoredExperiment
 from prunelab.experiments.summary import level_rows
 from prunelab.io import atomic_write_bytes
@@ -95,6 +96,23 @@ def render(fig: Figure, formats: Sequence[str] = ("png", "svg"), dpi: int = 110)
 
 def figure_bytes(fig: Figure, fmt: str = "png") -> bytes:
     return render(fig, (fmt,))[fmt]
+
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def figure_format(path: str | Path) -> str:
+    """The format a figure file's name asks for; a name without .png, .svg or .pdf is refused."""
+    fmt = Path(path).suffix.lstrip(".").lower()
+    if fmt not in FIGURE_FORMATS:
+        raise SpecError(f"plot file {path}: use a name ending in .png, .svg or .pdf")
+    return fmt
+
+
+def write_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (atomically) in the format its name asks for; returns the path."""
+    atomic_write_bytes(path, figure_bytes(fig, figure_format(path)))
+    return Path(path)
 
 
 def save_figure(fig: Figure, stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:

@@ -38,9 +38,10 @@ from prunelab.analysis.tables import (
     parameters_table,
     winning_table,
 )
-from prunelab.errors import PrunelabError
-from prunelab.experiments.store import StoredExperiment
-from prunelab.io import atomic_write_bytes
+from prunelab.errors import CheckpointError, PrunelabError
+from prunelab.experiments.store import StoredExperiment, results_root
+from prunelab.experiments.summary import check_tolerance
+from prunelab.io import OutputKind, atomic_write_bytes, check_output_folder, output_folder
 from prunelab.pruning.layers import prunable_layers
 from prunelab.table import Table, records_table
 
@@ -143,6 +144,8 @@ class _Writer:
         self.log(what)
         try:
             fn()
+        except CheckpointError:
+            raise  # damaged results are named and stop the report, never skipped
         except PrunelabError as exc:
             self.text(section, f"{what}: not available: {exc}", "error")
 
@@ -158,17 +161,7 @@ class _Writer:
         return PAGE.substitute(title=html.escape(title), nav=nav, body=body, generated=generated)
 
 
-def prepare_output(out: str | Path, force: bool) -> Path:
-    """The output folder; one that exists and is not empty is refused unless ``force``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PrunelabError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise PrunelabError(
-            f"{out} exists and is not empty; choose another folder or pass --force to overwrite"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+REPORT = OutputKind("report", "report.html", ("report.html", "images", "tables"))
 
 
 def spec_table(exps: Sequence[StoredExperiment], names: Sequence[str]) -> Table:
@@ -232,27 +225,32 @@ def write_report(
 ) -> Path:
     """Write ``out/report.html`` (self-contained) with ``out/images`` and ``out/tables``; returns its path.
 
-    ``ensembles=False`` skips what needs the dataset (ensembles and agreement).
+    ``ensembles=False`` skips what needs the dataset (ensembles and agreement). The report is
+    written to a temporary folder that replaces ``out`` when complete; ``force`` replaces an
+    earlier report only.
     """
+    check_tolerance(tolerance)
+    protect = [results_root(root)]
+    check_output_folder(out, REPORT, force=force, protect=protect)  # before any work
     exps = resolve_all(runs, root)
-    out = prepare_output(out, force)
-    w = _Writer(out, formats, log)
-    r = _Report(w, exps, series_names(exps))
-    r.spec()
-    r.tables(tolerance)
-    r.plots()
-    w.guarded("effective-sparsity", "effective sparsity", r.effective)
-    w.guarded("similarity", "mask similarity", r.similarity)
-    w.guarded("masks", "mask pictures", r.masks)
-    w.guarded("stability", "weight stability", r.stability)
-    if ensembles:
-        w.guarded("ensemble", "ensembles", lambda: r.ensembles(data_dir))
-    else:
-        w.text("ensemble", "Skipped (ensembles=False).")
-    page = w.page(title or "prunelab report: " + ", ".join(r.names))
-    path = out / "report.html"
-    atomic_write_bytes(path, page.encode())
-    return path
+    protect += [e.store.root for e in exps]
+    with output_folder(out, REPORT, force=force, protect=protect) as tmp:
+        w = _Writer(tmp, formats, log)
+        r = _Report(w, exps, series_names(exps))
+        r.spec()
+        r.tables(tolerance)
+        r.plots()
+        w.guarded("effective-sparsity", "effective sparsity", r.effective)
+        w.guarded("similarity", "mask similarity", r.similarity)
+        w.guarded("masks", "mask pictures", r.masks)
+        w.guarded("stability", "weight stability", r.stability)
+        if ensembles:
+            w.guarded("ensemble", "ensembles", lambda: r.ensembles(data_dir))
+        else:
+            w.text("ensemble", "Skipped (ensembles=False).")
+        page = w.page(title or "prunelab report: " + ", ".join(r.names))
+        atomic_write_bytes(tmp / "report.html", page.encode())
+    return Path(out) / "report.html"
 
 
 class _Report:

@@ -17,8 +17,11 @@ RunRef = str | Path | StoredExperiment
 
 
 def resolve(run: RunRef, root: str | Path | None = None) -> StoredExperiment:
-    """An experiment from an id, prefix, label, folder, or an already loaded one."""
-    return run if isinstance(run, StoredExperiment) else find_experiment(run, root)
+    """An experiment from an id, prefix, label, folder, or an already loaded one; damaged results are
+    refused, naming the file (an analysis never quietly leaves a level out)."""
+    exp = run if isinstance(run, StoredExperiment) else find_experiment(run, root)
+    exp.require_intact()
+    return exp
 
 
 def resolve_all(runs: Iterable[RunRef], root: str | Path | None = None) -> list[StoredExperiment]:

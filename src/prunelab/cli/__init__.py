@@ -61,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print_error(str(exc))
         return 2
+    except OSError as exc:  # the environment: a path too long, a folder that is a file, ...
+        if exc.errno is None:
+            raise
+        from prunelab.io import os_reason
+        from prunelab.ui import print_error
+
+        where = exc.filename if exc.filename is not None else "a file"
+        shown = str(where) if len(str(where)) <= 200 else str(where)[:197] + "..."
+        print_error(f"{shown}: {os_reason(exc)}")
+        return 2
     return 0
 
 

@@ -40,22 +40,27 @@ def _save_csv(table, path: Path | None) -> None:
 
 
 def _save_figure(fig, path: Path) -> None:
-    from prunelab.analysis.plots import figure_bytes
-    from prunelab.io import atomic_write_bytes
-    from prunelab.ui import console
+    from prunelab.analysis.plots import write_figure
+    from prunelab.ui import console, plain
 
-    fmt = path.suffix.lstrip(".").lower()
-    if fmt not in {"png", "svg", "pdf"}:
-        raise PrunelabError(f"plot file {path}: use a .png, .svg or .pdf name")
-    atomic_write_bytes(path, figure_bytes(fig, fmt))
-    console.print(f"plot written to {path}")
+    console.print(plain(f"plot written to {write_figure(fig, path)}"))
+
+
+def _check_figure(path: Path | None) -> None:
+    """Refuse a plot name without a figure format before any work."""
+    if path is not None:
+        from prunelab.analysis.plots import figure_format
+
+        figure_format(path)
 
 
 def report(
     runs: Runs,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.html, images/ and tables/.")],
     root: Root = None,
-    force: Annotated[bool, typer.Option(help="Write into a folder that is not empty.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an earlier report in that folder (never anything else).")
+    ] = False,
     data_dir: Annotated[Opt[Path], typer.Option(help="Dataset folder (for ensembles).")] = None,
     tolerance: Annotated[float, typer.Option(help="Winning ticket: within this of dense accuracy.")] = 0.005,
     ensembles: Annotated[bool, typer.Option(help="Ensembles and agreement (loads the dataset).")] = True,
@@ -135,6 +140,7 @@ def similarity(
     from prunelab.analysis.similarity import similarity_across_levels, similarity_between
     from prunelab.table import records_table
 
+    _check_figure(plot)
     if len(runs) not in (1, 2):
         raise PrunelabError(
             "give one experiment (compared across its levels) or two (compared with each other)"
@@ -220,6 +226,9 @@ def stability(
     from prunelab.analysis.stability import stability_summary, weight_stability, weight_trajectories
     from prunelab.table import records_table
 
+    _check_figure(plot)
+    if plot is None and (layer is not None or seed is not None):
+        raise PrunelabError("--layer and --seed choose the trajectories to plot: give --plot FILE with them")
     exps = resolve_all(runs, root)
     names = series_names(exps)
     summaries = {n: stability_summary(weight_stability(e)) for n, e in zip(names, exps, strict=True)}
@@ -255,6 +264,7 @@ def ensemble_cmd(
     from prunelab.analysis.ensemble import Predictions, ensemble
     from prunelab.table import Table
 
+    _check_figure(plot)
     r = ensemble(
         runs, level=level, density=density, seeds=_seeds(seeds), root=root, predictions=Predictions(data_dir)
     )
@@ -290,6 +300,7 @@ def mask_plot(
     from prunelab.experiments import load_level
     from prunelab.pruning.layers import prunable_layers, resolve_layer
 
+    _check_figure(out)
     lv = load_level(run, level, seed=seed, root=root)
     param = resolve_layer(layer, prunable_layers(lv.model)).param
     weight = dict(lv.model.named_parameters())[param]

@@ -32,7 +32,8 @@ def _numbers(text: str, kind: type, what: str) -> list:
     try:
         values = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise SpecError(f"{what} must be comma-separated numbers, got {text!r}") from None
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise SpecError(f"{what} must be comma-separated numbers, got {shown!r}") from None
     if not values:
         raise SpecError(f"{what} is empty")
     return values
@@ -45,25 +46,30 @@ def export(
     seed: Seed = None,
     control: Control = None,
     root: Root = None,
-    force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace an earlier export in that folder (never anything else).")
+    ] = False,
     onnx: Annotated[bool, typer.Option(help="Also write model.onnx (pip install prunelab[onnx]).")] = False,
     approximate: Approximate = False,
 ) -> None:
     """Write the physically compacted model: safetensors weights + JSON plan (load_compact)."""
     from prunelab.compress.export import check_target, export_compact, require_onnx
     from prunelab.compress.level import compact_level
+    from prunelab.experiments.store import results_root
     from prunelab.models import count_parameters
     from prunelab.pruning import sparsity_report
     from prunelab.table import Table
     from prunelab.ui import show
 
-    check_target(out, force)  # refuse before any work
+    protect = [results_root(root)]
+    check_target(out, force, protect)  # refuse before any work
     if onnx:
         require_onnx()
     item = compact_level(run, level, seed=seed, control=control, root=root, exact=not approximate)
     export_compact(
         item.result,
         out,
+        protect=[*protect, item.loaded.experiment.store.root],
         model=item.loaded.spec.model,
         num_classes=item.num_classes,
         input_shape=item.input_shape,
@@ -115,6 +121,7 @@ def bench(
     ] = None,
 ) -> None:
     """Latency of dense, masked, compacted and sparse versions over batch sizes, with FLOP ratios."""
+    from prunelab.analysis.plots import figure_format
     from prunelab.compress.latency import bench_level, plot_latency
     from prunelab.experiments.store import find_experiment
     from prunelab.io import atomic_write_json
@@ -122,6 +129,9 @@ def bench(
     from prunelab.ui import console, show
 
     sizes = _numbers(batch_sizes, int, "--batch-sizes")
+    plot_path = None if no_plot else plot or Path(f"prunelab-bench-{run[:12]}.png")
+    if plot_path is not None:
+        figure_format(plot_path)
     exp = find_experiment(run, root)
     result = bench_level(
         exp.directory,
@@ -139,7 +149,7 @@ def bench(
     title = f"{exp.id}: latency on {result.device} ({result.threads} thread(s), {repeats} repeats)"
     show(Table(title, list(result.COLUMNS), result.rows()))
     console.print("speed-up = dense latency / latency; FLOP ratio = dense FLOPs / non-zero FLOPs")
-    if not no_plot:
+    if plot_path is not None:
         path = plot_latency(result, plot or Path(f"prunelab-bench-{exp.id}.png"), title)
         console.print(f"plot: {path}")
     if json_out is not None:

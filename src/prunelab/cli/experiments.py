@@ -70,23 +70,31 @@ def run(
     data_dir: DataDir = None,
     root: Root = None,
     threads: Threads = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for another process training a dense trunk this run shares.")
+    ] = True,
     progress: Progress = True,
 ) -> None:
     """Run a pruning experiment (resumable: rerun the same command to continue)."""
     spec = spec_from(ExperimentSpec, config, values, read_spec_file)
     _start(threads, root)
-    _run_experiment(spec, root=root, data_dir=data_dir, progress=progress)
+    _run_experiment(spec, root=root, data_dir=data_dir, progress=progress, wait=wait)
 
 
 def _run_experiment(
-    spec: ExperimentSpec, *, root: Path | None, data_dir: Path | None, progress: bool
+    spec: ExperimentSpec, *, root: Path | None, data_dir: Path | None, progress: bool, wait: bool = True
 ) -> None:
     from prunelab.experiments import ExperimentRunner
     from prunelab.experiments.store import Store
     from prunelab.ui import console, plain, progress_bar, warn
 
     runner = ExperimentRunner(
-        spec, root, data_dir=data_dir, progress=lambda label: progress_bar(label, enabled=progress), log=warn
+        spec,
+        root,
+        data_dir=data_dir,
+        progress=lambda label: progress_bar(label, enabled=progress),
+        log=warn,
+        wait=wait,
     )
     console.print(
         plain(
@@ -136,6 +144,7 @@ def _show(exp, tolerance: float = 0.005) -> None:
     from prunelab.ui import console, plain
     from prunelab.ui import show as show_table
 
+    exp.require_intact()
     title = f"{exp.id}  {exp.spec.label()}  seeds {exp.seeds()}  ({exp.status()})"
     show_table(accuracy_table([exp], early_stop=True, title=title))
     ticket = winning_ticket(exp, tolerance)
@@ -167,16 +176,23 @@ def train(
         Optional[Path],  # noqa: UP045
         typer.Option(help="Folder for final weights (safetensors) and metrics (JSON)."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace an earlier training output in --out (never anything else).")
+    ] = False,
     data_dir: DataDir = None,
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
     """Train a dense model, or a masked one with --mask, and print its metrics."""
-    from prunelab.experiments.single import train_once
+    from prunelab.experiments.single import check_output, train_once
+    from prunelab.experiments.store import results_root
     from prunelab.ui import console, plain, progress_bar
     from prunelab.ui import show as show_table
 
     spec = spec_from(TrunkSpec, config, values, read_spec_file)
+    protect = [results_root(None)]
+    if out is not None:
+        check_output(out, force=force, protect=protect)
     _start(threads)
 
     def started(data) -> None:
@@ -192,5 +208,5 @@ def train(
     show_table(done.history_table())
     show_table(done.summary_table())
     if out is not None:
-        done.write(out)
+        done.write(out, force=force, protect=protect)
         console.print(plain(f"weights and metrics written to {out}"))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +20,14 @@ from torch import nn
 
 from prunelab.compress.graph import NORM_TYPES, CompactResult
 from prunelab.errors import CheckpointError, PrunelabError
-from prunelab.io import atomic_write_json, load_tensors, save_tensors
+from prunelab.io import (
+    OutputKind,
+    atomic_write_json,
+    check_output_folder,
+    load_tensors,
+    output_folder,
+    save_tensors,
+)
 
 FORMAT = "prunelab-compact"
 VERSION = 1
@@ -31,14 +36,13 @@ PLAN = "plan.json"
 ONNX = "model.onnx"
 
 
-def check_target(directory: str | Path, force: bool = False) -> Path:
-    """Refuse a target that is a file, or a non-empty folder unless ``force``; before any work."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise PrunelabError(f"{directory} exists and is not a folder; choose another output path")
-    if directory.is_dir() and any(directory.iterdir()) and not force:
-        raise PrunelabError(f"{directory} exists and is not empty; pass --force (force=True) to replace it")
-    return directory
+EXPORT = OutputKind("export", PLAN, (PLAN, WEIGHTS, ONNX))
+
+
+def check_target(directory: str | Path, force: bool = False, protect: Sequence[Path] = ()) -> Path:
+    """Refuse, before any work, a target that could hold something of value (see
+    :func:`prunelab.io.check_output_folder`): ``force`` replaces only an earlier export."""
+    return check_output_folder(directory, EXPORT, force=force, protect=protect)
 
 
 def export_compact(
@@ -51,14 +55,18 @@ def export_compact(
     force: bool = False,
     onnx: bool = False,
     source: dict[str, Any] | None = None,
+    protect: Sequence[Path] = (),
 ) -> Path:
     """Write ``result`` to ``directory`` (weights, plan, optionally ONNX), checked by loading it back.
+
+    ``force`` replaces an earlier export only; ``protect`` are folders the target may not hold
+    (the results root).
 
     ``model``, ``num_classes`` and ``input_shape`` are the :func:`prunelab.build_model` arguments
     that built the uncompacted network. Files are written to a temporary sibling folder that
     replaces ``directory`` only once complete.
     """
-    directory = check_target(directory, force)
+    directory = check_target(directory, force, protect)
     if onnx:
         require_onnx()
     plan = {
@@ -73,35 +81,13 @@ def export_compact(
         "source": source or {},
         "torch": torch.__version__,
     }
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
+    with output_folder(directory, EXPORT, force=force, protect=protect) as tmp:
         save_tensors(tmp / WEIGHTS, result.model.state_dict(), metadata={"format": FORMAT})
         atomic_write_json(tmp / PLAN, plan)
         _check_round_trip(result.model, tmp, input_shape)
         if onnx:
             export_onnx(result.model, tmp / ONNX, input_shape)
-        _swap_in(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
-
-
-def _swap_in(tmp: Path, directory: Path) -> None:
-    """Move the finished folder into place; an old one is removed only after that succeeded."""
-    old = None
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{tmp.name}")
-        directory.rename(old)
-    try:
-        tmp.rename(directory)
-    except BaseException:
-        if old is not None:
-            old.rename(directory)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @torch.no_grad()

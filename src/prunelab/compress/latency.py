@@ -26,7 +26,7 @@ from prunelab.compress.count import nonzero_flops
 from prunelab.compress.graph import compact
 from prunelab.compress.level import level_input_shape
 from prunelab.compress.sparse import sparsify
-from prunelab.errors import PrunelabError
+from prunelab.errors import PrunelabError, SpecError
 from prunelab.experiments import load_level
 from prunelab.models import build_model, count_parameters
 from prunelab.pruning import Mask, sparsity_report
@@ -279,6 +279,24 @@ def standard_variants(
     return variants
 
 
+def check_bench_settings(
+    batch_sizes: Sequence[int], repeats: int, warmup: int, threads: int | None, device: str
+) -> None:
+    """Refuse, before any work, settings a benchmark cannot run with."""
+    if device not in ("cpu", "cuda"):
+        raise SpecError(f"device {device!r}: benchmarks run on 'cpu' or 'cuda'")
+    bad = [b for b in batch_sizes if not 1 <= b <= MAX_BATCH]
+    if bad or not batch_sizes:
+        raise SpecError(f"batch sizes must be in 1..{MAX_BATCH:,}, got {list(batch_sizes)[:8]}")
+    if not 1 <= repeats <= 100_000 or not 0 <= warmup <= 100_000:
+        raise SpecError(f"repeats must be in 1..100,000 and warmup in 0..100,000, got {repeats} and {warmup}")
+    if threads is not None and not 1 <= threads <= 1024:
+        raise SpecError(f"threads must be in 1..1024, got {threads}")
+
+
+MAX_BATCH = 65_536
+
+
 def bench_level(
     run: str | Path,
     levels: Sequence[int | None] = (None,),
@@ -294,7 +312,8 @@ def bench_level(
     sparse: bool = True,
 ) -> BenchResult:
     """Latency of each level of experiment ``run`` in its dense, masked, compact and sparse versions."""
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+    check_bench_settings(batch_sizes, repeats, warmup, threads, device)
+    if device == "cuda" and not torch.cuda.is_available():
         raise PrunelabError("device 'cuda' was asked for but no CUDA GPU is available")
     result = BenchResult(device=device, repeats=repeats)
     for level in levels:
@@ -320,13 +339,15 @@ def bench_level(
 
 def plot_latency(result: BenchResult, path: str | Path, title: str = "") -> Path:
     """Paper 003 Figs. 6 and 7: latency against batch size (last level) and against parameters."""
+    from prunelab.analysis.plots import write_figure
+
+    path = Path(path)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    path = Path(path)
     labels = list(dict.fromkeys(t.label for t in result.timings))
     variants = list(dict.fromkeys(t.variant for t in result.timings))
     batches = sorted({t.batch_size for t in result.timings})
@@ -365,7 +386,8 @@ def plot_latency(result: BenchResult, path: str | Path, title: str = "") -> Path
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        write_figure(fig, path)
+    finally:
+        plt.close(fig)
     return path

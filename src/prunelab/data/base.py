@@ -197,6 +197,11 @@ def _normalise(x: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 def _check_raw(info: DatasetInfo, raw: RawData) -> None:
     """Catch a loader handing back data of the wrong shape or labels out of range."""
     for part, x, y in (("training", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
+        if len(y) == 0:
+            raise DataError(
+                f"{info.name} {part} data from {raw.source} holds no examples; replace the files "
+                f"(`prunelab data list` says where {info.name} is looked for)"
+            )
         if tuple(x.shape[1:]) != info.input_shape or x.shape[0] != y.shape[0]:
             raise DataError(
                 f"{info.name} {part} data from {raw.source} has inputs {tuple(x.shape)} and labels "

@@ -46,7 +46,8 @@ def load_level(
     exp = run if isinstance(run, StoredExperiment) else find_experiment(run, root)
     seeds = exp.seeds()
     seed = (seeds[0] if seeds else 0) if seed is None else seed
-    if level is None:
+    if level is None:  # the last finished level, unless a damaged one hides later ones
+        exp.require_intact(seed)
         exp.check_level(seed, 0)
         level = max(exp.levels[seed])
     exp.check_level(seed, level, control)

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from prunelab.data import Dataset, load_dataset
-from prunelab.errors import SpecError
+from prunelab.errors import PrunelabError, SpecError
 from prunelab.experiments.branches import Branch, LevelInputs, Start, State
 from prunelab.experiments.controls import CONTROLS
 from prunelab.experiments.spec import ExperimentSpec
 from prunelab.experiments.store import Artifact, LevelMetrics, Store, locked
 from prunelab.experiments.treatments import treatment_for
+from prunelab.io import remove_orphans
 from prunelab.models import build_model
 from prunelab.pruning import Mask, PruneContext, masked_macs, prune
 from prunelab.seeding import derive_seed
@@ -56,8 +57,12 @@ class ExperimentRunner:
         data_dir: str | Path | None = None,
         progress: Callable[[str], object] | None = None,
         log: Callable[[str], None] = lambda msg: None,
+        wait: bool = True,
     ) -> None:
+        """``wait``: when another process is training a dense trunk this experiment shares, wait for
+        it (saying so through ``log``) rather than refuse. Two writers of one experiment are refused."""
         self.spec = spec
+        self.wait = wait
         self.store = root if isinstance(root, Store) else Store(root)
         self.root = self.store.root
         self.data_dir = data_dir
@@ -113,13 +118,43 @@ class ExperimentRunner:
 
     # running ------------------------------------------------------------------------------------
     def run(self) -> ExperimentResult:
+        """Train what is missing; a finished experiment is read back, which needs no write access."""
+        finished = self._finished()
+        if finished is not None:
+            return finished
         result = ExperimentResult(self.spec, self.directory)
         with locked(self.directory):
+            removed = remove_orphans(self.directory)
+            if removed:
+                self.log(f"removed {removed} temporary file(s) left by an interrupted run")
             self.store.write_spec(self.spec)
             for seed in self.spec.seeds:
                 levels, controls = self._run_seed(seed)
                 result.levels[seed] = levels
                 result.controls[seed] = controls
+        return result
+
+    def _finished(self) -> ExperimentResult | None:
+        """The results, if every seed, level and control branch this spec asks for is finished."""
+        if not self.store.spec_path(self.spec.experiment_id()).is_file():
+            return None
+        try:
+            exp = self.store.read(self.directory)
+        except PrunelabError:
+            return None  # the run rewrites a damaged spec.json under its lock
+        for seed in self.spec.seeds:
+            exp.require_intact(seed)  # damaged results are named, never trained over or skipped
+        rounds = self.spec.pruning.rounds
+        result = ExperimentResult(self.spec, self.directory)
+        for seed in self.spec.seeds:
+            levels = exp.levels.get(seed, {})
+            branches = {name: exp.controls.get(name, {}).get(seed, {}) for name in self.controls}
+            if len(levels) != rounds + 1 or any(len(b) != rounds for b in branches.values()):
+                return None
+            result.levels[seed] = [levels[k] for k in range(rounds + 1)]
+            result.controls[seed] = {
+                name: [b[k] for k in range(1, rounds + 1)] for name, b in branches.items()
+            }
         return result
 
     def _run_seed(self, seed: int) -> tuple[list[LevelMetrics], dict[str, list[LevelMetrics]]]:
@@ -203,7 +238,8 @@ class ExperimentRunner:
                 raise SpecError(
                     f"rewind point {k} iterations is past the end of training ({total} iterations)"
                 )
-        with locked(self.store.trunk_dir(trunk, seed)):
+        with locked(self.store.trunk_dir(trunk, seed), wait=self.wait, on_wait=self.log):
+            remove_orphans(self.store.trunk_dir(trunk, seed))
             dense = self.store.dense(trunk, seed)
             start = Start(init, None, self.spec.train, 0)
             self._train(dense, f"seed {seed} dense", start, seed, 0)

@@ -9,12 +9,19 @@ from pathlib import Path
 
 from prunelab.data import Dataset, load_dataset
 from prunelab.experiments.spec import TrunkSpec
-from prunelab.io import atomic_write_json, save_tensors
+from prunelab.io import OutputKind, atomic_write_json, check_output_folder, output_folder, save_tensors
 from prunelab.models import build_model
 from prunelab.pruning import Mask, SparsityReport, sparsity_report
 from prunelab.seeding import derive_seed
 from prunelab.table import Table
 from prunelab.training import Trainer, TrainResult
+
+TRAINING = OutputKind("training output", "metrics.json", ("model.safetensors", "metrics.json"))
+
+
+def check_output(out: Path, *, force: bool = False, protect=()) -> Path:
+    """Refuse, before training, an output folder that holds anything but an earlier training output."""
+    return check_output_folder(out, TRAINING, force=force, protect=protect)
 
 
 @dataclass
@@ -60,9 +67,14 @@ class SingleTraining:
         ]
         return Table(f"{self.spec.model} on {self.spec.data}, seed {self.seed}", ["metric", "value"], rows)
 
-    def write(self, out: Path) -> None:
-        """``out/model.safetensors`` (final weights) and ``out/metrics.json``, each written atomically."""
+    def write(self, out: Path, *, force: bool = False, protect=()) -> None:
+        """``out/model.safetensors`` (final weights) and ``out/metrics.json``, in a folder written whole
+        (``force`` replaces an earlier training output only, see :func:`check_output`)."""
         report = self.sparsity
+        with output_folder(out, TRAINING, force=force, protect=protect) as tmp:
+            self._write(tmp, report)
+
+    def _write(self, out: Path, report: SparsityReport) -> None:
         save_tensors(out / "model.safetensors", self.trainer.model.state_dict())
         atomic_write_json(
             out / "metrics.json",

@@ -22,7 +22,7 @@ from prunelab.data import DATASETS, DatasetInfo
 from prunelab.errors import SpecError
 from prunelab.models import INITS, MODELS
 from prunelab.pruning import PruneSpec
-from prunelab.spec import Flag, FrozenSpec, build_spec, registered
+from prunelab.spec import Flag, FrozenSpec, Text, build_spec, registered
 from prunelab.training import TrainConfig
 from prunelab.training.config import parse_duration
 
@@ -135,23 +135,19 @@ class ExperimentSpec(TrunkSpec):
     controls: tuple[registered(_controls, "prunelab controls"), ...] = Field(
         (), description="control branches trained beside every pruned level"
     )
-    seeds: tuple[int, ...] = Field((0,), description="replicates, e.g. 0-4 or 0,3,7")
+    seeds: Annotated[tuple[int, ...], Text(lambda text: parse_seeds(text))] = Field(
+        (0,), description="replicates, e.g. 0-4 or 0,3,7"
+    )
     name: str | None = Field(None, description="a label for listings; not part of the identity")
-
-    @field_validator("seeds", mode="before")
-    @classmethod
-    def _seed_text(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return parse_seeds(value)
-        if isinstance(value, list | tuple) and any(isinstance(v, str) for v in value):
-            return parse_seeds(",".join(map(str, value)))
-        return value
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if any(s < 0 for s in v):
-            raise ValueError(f"seeds must be >= 0, got {list(v)}")
+        bad = [s for s in v if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ValueError(f"seeds must be in 0..{MAX_SEED}, got {bad[:5]}")
+        if len(v) > MAX_SEEDS:
+            raise ValueError(f"at most {MAX_SEEDS} seeds per experiment, got {len(v)}")
         return tuple(dict.fromkeys(v))
 
     @model_validator(mode="after")
@@ -192,25 +188,37 @@ def stable_hash(values: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-_SEEDS = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
+_SEEDS = re.compile(r"^\s*(\d{1,10})\s*(?:-\s*(\d{1,10}))?\s*$")
+MAX_SEED = 2**31 - 1
+MAX_SEEDS = 10_000
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """'0-4' -> (0, 1, 2, 3, 4); '0,3,7' -> (0, 3, 7)."""
+    """'0-4' -> (0, 1, 2, 3, 4); '0,3,7' -> (0, 3, 7). Checked before any range is expanded."""
     seeds: list[int] = []
+    shown = text if len(str(text)) <= 40 else str(text)[:37] + "..."
     for part in str(text).split(","):
         match = _SEEDS.match(part)
         if not match:
-            raise SpecError(f"seeds {text!r}: write e.g. '0', '0-4' or '0,3,7'")
+            raise SpecError(f"seeds {shown!r}: write e.g. '0', '0-4' or '0,3,7'")
         lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
         if hi < lo:
-            raise SpecError(f"seeds {text!r}: range {lo}-{hi} is empty")
+            raise SpecError(f"seeds {shown!r}: range {lo}-{hi} is empty")
+        if hi > MAX_SEED or len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise SpecError(f"seeds {shown!r}: at most {MAX_SEEDS} seeds, each in 0..{MAX_SEED}")
         seeds += range(lo, hi + 1)
     return tuple(dict.fromkeys(seeds))
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_spec_file(path: str | Path) -> dict[str, Any]:
-    """The settings of a TOML or YAML config file (keys as in :class:`ExperimentSpec`), unvalidated."""
+    """The settings of a TOML or YAML config file (keys as in :class:`ExperimentSpec`), unvalidated.
+
+    The file must be UTF-8 and under 1 MiB; YAML aliases are refused (a few hundred bytes of nested
+    aliases expand to gigabytes), and so are YAML tags beyond the plain types (``safe_load``).
+    """
     import yaml
 
     try:
@@ -219,22 +227,53 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
         import tomli as tomllib
 
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"no such config file: {path}")
+    try:
+        if not path.is_file():
+            raise SpecError(f"no such config file: {path}")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise SpecError(f"config {path} is larger than 1 MiB; a spec is a few lines")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"config {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"config {path} is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from None
     try:
         if path.suffix == ".toml":
-            values = tomllib.loads(path.read_text())
+            values = tomllib.loads(text)
         elif path.suffix in {".yaml", ".yml"}:
-            values = yaml.safe_load(path.read_text())
+            values = yaml.load(text, Loader=_ConfigLoader)
         else:
             raise SpecError(f"config {path}: use a .toml, .yaml or .yml file")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SpecError(f"config {path} is not valid: {exc}") from None
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        message = str(exc) if len(str(exc)) <= 300 else str(exc)[:297] + "..."
+        raise SpecError(f"config {path} is not valid: {message}") from None
     if not isinstance(values, dict):
         raise SpecError(f"config {path} must hold a table of settings")
     return values
 
 
+def _config_loader():
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        """YAML's safe loader without aliases: a config file has no use for them."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not allowed in a prunelab config file", mark
+                )
+            return super().compose_node(parent, index)
+
+    return ConfigLoader
+
+
 def load_spec_file(path: str | Path) -> ExperimentSpec:
     """An experiment spec from TOML or YAML, validated."""
     return build_spec(ExperimentSpec, **read_spec_file(path))
+
+
+_ConfigLoader = _config_loader()

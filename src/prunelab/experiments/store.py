@@ -24,7 +24,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.errors import CheckpointError, PrunelabError
+from prunelab.errors import CheckpointError, OutputError, PrunelabError
 from prunelab.experiments.spec import ExperimentSpec
-from prunelab.io import atomic_path, atomic_write_json, load_tensors, save_tensors
+from prunelab.io import atomic_write_json, load_tensors, save_tensors, save_torch, write_error
 from prunelab.pruning import Mask
 from prunelab.spec import build_spec
 from prunelab.training import EvalRecord
@@ -173,8 +173,7 @@ class Artifact:
         (self.dir / "checkpoint.pt").unlink(missing_ok=True)
 
     def save_checkpoint(self, state: dict) -> None:
-        with atomic_path(self.dir / "checkpoint.pt") as tmp:
-            torch.save(state, tmp)
+        save_torch(self.dir / "checkpoint.pt", state)
 
     def load_checkpoint(self) -> dict | None:
         path = self.dir / "checkpoint.pt"
@@ -194,26 +193,46 @@ class ExperimentLocked(PrunelabError):
 
 
 @contextmanager
-def locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory`` (released if the process dies); say who holds it if taken."""
-    directory.mkdir(parents=True, exist_ok=True)
+def locked(
+    directory: Path, *, wait: bool = False, on_wait: Callable[[str], None] | None = None, poll: float = 0.5
+) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (released if the process dies).
+
+    If another live process holds it: with ``wait``, wait for it (telling ``on_wait`` once, naming
+    the holder); else refuse, naming the holder. A read-only folder is an :class:`OutputError`.
+    """
     path = directory / ".lock"
-    handle = open(path, "a+")  # noqa: SIM115 - held for the lifetime of the lock
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 - held for the lifetime of the lock
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    try:
+        told = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                if not wait:
+                    raise ExperimentLocked(
+                        f"{directory} is being written by {holder}; wait for it or stop it"
+                    ) from None
+                if not told and on_wait is not None:
+                    on_wait(f"waiting for {holder}, which is writing {directory} (--no-wait to stop instead)")
+                    told = True
+                time.sleep(poll)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ExperimentLocked(
-                f"{directory} is being written by {holder}; wait for it or stop it"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        )
-        handle.flush()
+            handle.truncate()
+            handle.write(
+                f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            )
+            handle.flush()
+        except OSError as exc:
+            raise write_error(path, exc) from None
         yield
     finally:
         handle.close()
@@ -242,6 +261,11 @@ class Store:
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = results_root(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise OutputError(
+                f"the results folder {self.root} is a file, not a folder; pass --root (or set $PRUNELAB_HOME) "
+                "to a folder"
+            )
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -295,56 +319,106 @@ class Store:
 
     # reading --------------------------------------------------------------------------------------
     def read(self, directory: Path) -> StoredExperiment:
-        """The experiment in ``directory`` (under this root) with every finished level."""
+        """The experiment in ``directory`` (under this root) with every finished level.
+
+        A damaged ``spec.json`` is a :class:`DamagedResults` error; a damaged level is recorded in
+        ``StoredExperiment.damage`` (with its path and what is wrong), never taken for a missing one.
+        """
         path = directory / "spec.json"
         try:
             meta = json.loads(path.read_text())
             values, trunk = meta["spec"], str(meta["trunk"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise PrunelabError(
-                f"{directory} is not an experiment folder (no readable spec.json: {exc})"
+            if not isinstance(values, dict):
+                raise TypeError("its spec is not a table")
+        except FileNotFoundError:
+            raise PrunelabError(f"{directory} is not an experiment folder (it has no spec.json)") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DamagedResults(
+                f"{path} is damaged ({type(exc).__name__}: {exc}); restore it, or remove {directory} and "
+                "rerun the experiment"
             ) from None
         try:
             spec = build_spec(ExperimentSpec, **values)
         except PrunelabError as exc:
-            raise PrunelabError(f"{path} holds a spec this prunelab cannot read: {exc}") from None
+            raise DamagedResults(f"{path} holds a spec this prunelab cannot read: {exc}") from None
         exp = StoredExperiment(self, directory, spec, trunk, {}, {c: {} for c in spec.controls})
+
+        def read_metrics(art: Artifact, key: tuple[int, int, str | None]) -> LevelMetrics | None:
+            try:
+                return art.metrics()
+            except CheckpointError as exc:
+                exp.damage[key] = Damage(str(exc), art.dir)
+                return None
+
         for seed in spec.seeds:
             dense = self.dense(trunk, seed)
-            if not dense.done:
+            if not dense.done or (metrics := read_metrics(dense, (seed, 0, None))) is None:
                 continue
-            exp.levels[seed] = {0: dense.metrics()}
+            exp.levels[seed] = {0: metrics}
             for level in range(1, spec.pruning.rounds + 1):
                 art = exp.artifact(seed, level)
-                if not art.done:
+                if not art.done or (metrics := read_metrics(art, (seed, level, None))) is None:
                     break
-                exp.levels[seed][level] = art.metrics()
+                exp.levels[seed][level] = metrics
                 for name in spec.controls:
                     branch = exp.artifact(seed, level, name)
-                    if branch.done:
-                        exp.controls[name].setdefault(seed, {})[level] = branch.metrics()
+                    if branch.done and (metrics := read_metrics(branch, (seed, level, name))) is not None:
+                        exp.controls[name].setdefault(seed, {})[level] = metrics
         return exp
 
-    def experiments(self) -> list[StoredExperiment]:
+    def scan(self) -> tuple[list[StoredExperiment], dict[str, str]]:
+        """Every experiment under the root that can be read, and the folders that cannot (id -> why)."""
         base = self.root / "experiments"
-        folders = sorted(base.glob("*/spec.json")) if base.is_dir() else []
-        return [self.read(p.parent) for p in folders]
+        good, bad = [], {}
+        for spec_file in sorted(base.glob("*/spec.json")) if base.is_dir() else []:
+            try:
+                good.append(self.read(spec_file.parent))
+            except PrunelabError as exc:
+                bad[spec_file.parent.name] = str(exc)
+        return good, bad
+
+    def experiments(self) -> list[StoredExperiment]:
+        """Every experiment that can be read (see :meth:`scan` for the damaged ones)."""
+        return self.scan()[0]
 
     def find(self, ref: str | Path) -> StoredExperiment:
         """An experiment by id, unique id prefix, label, or folder path."""
         path = Path(ref)
-        if (path / "spec.json").is_file():
+        try:
+            is_folder = (path / "spec.json").is_file()
+        except OSError:  # a name too long to be a path is an id or a label
+            is_folder = False
+        if is_folder:
             return Store(path.resolve().parent.parent).read(path)
-        every = self.experiments()
+        every, damaged = self.scan()
         found = [e for e in every if e.id.startswith(str(ref)) or e.spec.label() == str(ref)]
         if len(found) == 1:
             return found[0]
+        broken = [why for ident, why in damaged.items() if ident.startswith(str(ref))]
+        if not found and broken:
+            raise DamagedResults(broken[0])
         known = ", ".join(f"{e.id} ({e.spec.label()})" for e in every) or "none yet"
+        shown = str(ref) if len(str(ref)) <= 60 else str(ref)[:57] + "..."
         if not found:
-            raise PrunelabError(f"no experiment {str(ref)!r} under {self.root}; experiments there: {known}")
+            raise PrunelabError(f"no experiment {shown!r} under {self.root}; experiments there: {known}")
         raise PrunelabError(
-            f"{str(ref)!r} matches {len(found)} experiments; give more of the id. Experiments: {known}"
+            f"{shown!r} matches {len(found)} experiments; give more of the id. Experiments: {known}"
         )
+
+
+class DamagedResults(CheckpointError):
+    """A results file that exists but cannot be read: named with what to remove to recompute it."""
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A damaged artifact: what is wrong (with the file's path) and the folder to remove to redo it."""
+
+    problem: str
+    folder: Path
+
+    def message(self) -> str:
+        return f"{self.problem}; remove {self.folder} and rerun the experiment to recompute it"
 
 
 def find_experiment(ref: str | Path, root: str | Path | None = None) -> StoredExperiment:
@@ -362,12 +436,22 @@ class StoredExperiment:
     trunk: str
     levels: dict[int, dict[int, LevelMetrics]]  # seed -> level -> metrics
     controls: dict[str, dict[int, dict[int, LevelMetrics]]]  # control -> seed -> level -> metrics
+    damage: dict[tuple[int, int, str | None], Damage] = field(default_factory=dict)  # (seed, level, control)
 
     @property
     def id(self) -> str:
         return self.directory.name
 
+    def require_intact(self, seed: int | None = None) -> None:
+        """Refuse to summarise an experiment (or one seed of it) with damaged results, naming them."""
+        found = [d for (s, _, _), d in sorted(self.damage.items(), key=str) if seed is None or s == seed]
+        if found:
+            more = f" (and {len(found) - 1} more damaged)" if len(found) > 1 else ""
+            raise DamagedResults(f"experiment {self.id}: {found[0].message()}{more}")
+
     def status(self) -> str:
+        if self.damage:
+            return f"damaged ({len(self.damage)} file{'s' if len(self.damage) > 1 else ''})"
         want = self.spec.pruning.rounds + 1
         done = sum(min(len(v), want) for v in self.levels.values())
         total = want * len(self.spec.seeds)
@@ -388,7 +472,10 @@ class StoredExperiment:
         return self.store.level(self.id, seed, level)
 
     def check_level(self, seed: int, level: int, control: str | None = None) -> None:
-        """Refuse, naming what exists, a seed, level or control without results."""
+        """Refuse, naming what exists, a seed, level or control without results, or damaged ones."""
+        for (s, lv, c), damage in self.damage.items():
+            if s == seed and ((c is None and lv <= level) or (lv == level and c == control)):
+                raise DamagedResults(f"experiment {self.id}: {damage.message()}")
         if seed not in self.levels:
             raise PrunelabError(
                 f"experiment {self.id} ({self.spec.label()}) has no results for seed {seed}; "
@@ -417,17 +504,24 @@ class StoredExperiment:
     def weights(self, seed: int, level: int, control: str | None = None) -> dict[str, torch.Tensor]:
         """Final weights of a level (pruned ones exactly zero)."""
         self.check_level(seed, level, control)
-        return self.artifact(seed, level, control).weights()
+        art = self.artifact(seed, level, control)
+        try:
+            return art.weights()
+        except CheckpointError as exc:
+            raise DamagedResults(f"experiment {self.id}: {Damage(str(exc), art.dir).message()}") from None
 
     def mask(self, seed: int, level: int, control: str | None = None) -> Mask:
         """The mask a level trained with; level 0 keeps every prunable weight."""
         self.check_level(seed, level, control)
         if level == 0:
             return Mask.ones(self.build_model())
-        path = self.artifact(seed, level, control).mask_path
-        if not path.is_file():  # a control that trains with the ticket's own mask
-            path = self.artifact(seed, level).mask_path
-        return Mask.load(path)
+        art = self.artifact(seed, level, control)
+        if not art.mask_path.is_file():  # a control that trains with the ticket's own mask
+            art = self.artifact(seed, level)
+        try:
+            return Mask.load(art.mask_path)
+        except PrunelabError as exc:
+            raise DamagedResults(f"experiment {self.id}: {Damage(str(exc), art.dir).message()}") from None
 
     def build_model(self) -> nn.Module:
         """An untrained model of the experiment's architecture (its layers and shapes)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prunelab.errors import SpecError
 from prunelab.experiments.store import StoredExperiment
 from prunelab.stats import mean_std
 
@@ -30,8 +31,18 @@ def level_rows(exp: StoredExperiment, metric: str = "test_acc") -> list[dict]:
     return rows
 
 
+def check_tolerance(tolerance: float) -> float:
+    """A winning-ticket tolerance: a fraction of accuracy in [0, 1] (0.005 = half a point)."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 <= tolerance <= 1:
+        raise SpecError(
+            f"tolerance must be in [0, 1] (a fraction of accuracy, 0.005 = 0.5 points), got {tolerance!r}"
+        )
+    return float(tolerance)
+
+
 def winning_ticket(exp: StoredExperiment, tolerance: float = 0.005) -> dict | None:
     """The sparsest level whose mean test accuracy is within ``tolerance`` of dense (0.005 = 0.5 points)."""
+    tolerance = check_tolerance(tolerance)
     rows = level_rows(exp)
     if not rows:
         return None

@@ -164,9 +164,13 @@ class Mask:
     def load(cls, path: str | os.PathLike) -> Mask:
         """Load a mask saved by :meth:`save`, or a torch.nn.utils.prune state dict (``*_mask`` keys)."""
         tensors = load_tensors(path)
-        if any(k.endswith("_mask") for k in tensors):
-            return from_torch_prune(tensors)[1]
-        return cls(tensors)
+        torch_prune = any(k.endswith("_mask") for k in tensors)
+        mask = from_torch_prune(tensors)[1] if torch_prune else cls(tensors)
+        if not len(mask):
+            raise MaskError(
+                f"{path} holds no mask entries; a mask names at least one weight (e.g. fc1.weight)"
+            )
+        return mask
 
     def to_torch_prune(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Export as torch.nn.utils.prune's state-dict form (``weight_orig`` + float ``weight_mask``)."""

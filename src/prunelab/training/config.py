@@ -9,16 +9,19 @@ from pydantic import Field, field_validator, model_validator
 
 from prunelab.spec import FrozenSpec, registered
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(ep|it)\s*$")
+_DURATION = re.compile(r"^\s*(\d{1,9})\s*(ep|it)\s*$")
 
 
 def parse_duration(text: str | int, iterations_per_epoch: int) -> int:
-    """'3ep' -> iterations in 3 epochs; '500it' or 500 -> 500 iterations."""
+    """'3ep' -> iterations in 3 epochs; '500it' or 500 -> 500 iterations (at most 999,999,999 of either)."""
     if isinstance(text, int):
         return text
     match = _DURATION.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not a duration; write e.g. '3ep' (epochs) or '500it' (iterations)")
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(
+            f"{shown!r} is not a duration; write e.g. '3ep' (epochs) or '500it' (iterations), at most 9 digits"
+        )
     value, unit = int(match.group(1)), match.group(2)
     return value * iterations_per_epoch if unit == "ep" else value
 
@@ -63,9 +66,10 @@ class TrainConfig(FrozenSpec):
 
     @field_validator("milestones", "warmup", "eval_every")
     @classmethod
-    def _durations(cls, v):
+    def _durations(cls, v, info):
         for item in (v,) if isinstance(v, str) else v or ():
-            parse_duration(item, 1)
+            if parse_duration(item, 1) == 0 and info.field_name == "eval_every":
+                raise ValueError(f"{item!r}: evaluate at least every iteration (1it), or every epoch (1ep)")
         return v
 
     @model_validator(mode="after")

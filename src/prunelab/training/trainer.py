@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from prunelab.data import Dataset, Split
-from prunelab.errors import CheckpointError, SpecError
+from prunelab.errors import CheckpointError, SpecError, TrainingDiverged
 from prunelab.pruning.mask import Mask
 from prunelab.seeding import derive_seed
 from prunelab.training.config import TrainConfig
@@ -189,6 +189,11 @@ class Trainer:
         self.total = cfg.total_iterations(self.batches_per_epoch)
         self.eval_interval = cfg.eval_interval(self.batches_per_epoch)
         self.schedule = build_schedule(cfg, self.batches_per_epoch)
+        if self.schedule.warmup > self.total:
+            raise SpecError(
+                f"warmup {cfg.warmup} is {self.schedule.warmup:,} iterations, longer than the training "
+                f"({self.total:,} iterations): the learning rate would never reach {cfg.lr:g}"
+            )
         self.augment = data.info.augment if cfg.augment is None else cfg.augment
         self.iteration = 0
         self.history: list[EvalRecord] = []
@@ -330,11 +335,29 @@ class Trainer:
         self._pending = (0.0, 0.0, 0)
         return p_loss + loss, p_correct + correct, p_seen + seen
 
+    def _diverged(self, what: str, value: float) -> TrainingDiverged:
+        since = self.history[-1].iteration if self.history else 0
+        return TrainingDiverged(
+            f"training diverged: the {what} became {value} between iterations {since:,} and {self.iteration:,} "
+            f"(optimizer {self.cfg.optimizer}, lr {self.cfg.lr:g}); lower the learning rate. "
+            "Nothing of this run is stored as finished."
+        )
+
+    def _check_finite(self) -> None:
+        """Stop, before a checkpoint could store them, when the training loss since the last record is NaN/inf."""
+        loss, _, seen = self._pending
+        if seen and not math.isfinite(loss):
+            raise self._diverged("training loss", loss / seen)
+
     def _record(self, lr: float, train_loss: float, correct: float, seen: int) -> None:
         """A history record at the current iteration: validation metrics, and the best copy kept up to date."""
+        if seen and not math.isfinite(train_loss):
+            raise self._diverged("training loss", train_loss / seen)
         val_loss = val_acc = None
         if len(self.data.val):
             val_loss, val_acc = self.evaluator(self.data.val)
+            if not math.isfinite(val_loss):
+                raise self._diverged("validation loss", val_loss)
             if math.isfinite(val_loss) and val_loss < self._best_loss:
                 self._keep_best(val_loss)
         self.history.append(
@@ -416,6 +439,7 @@ class Trainer:
             while self.iteration < self.until and self.stopped_early is None:
                 start = time.perf_counter()
                 self._epoch(snapshots, snapshot_at, on_progress)
+                self._check_finite()
                 for hook in self.hooks:  # every hook sees every epoch end; the first reason wins
                     reason = hook.on_epoch_end(self)
                     if reason and self.stopped_early is None:
