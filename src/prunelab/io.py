@@ -170,6 +170,21 @@ def load_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def check_folder_path(path: str | os.PathLike, what: str) -> Path:
+    """Refuse a path that cannot be a folder: a file, inside a file, or with a name too long."""
+    path = Path(path).expanduser()
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise OutputError(f"{what} {str(path)[:80]}...: a name in it is longer than 255 bytes")
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "is a file" if place == path else f"is inside the file {place}"
+                raise OutputError(f"{what} {path} {where}, not a folder")
+            break
+    return path
+
+
 # output folders -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OutputKind:
@@ -200,9 +215,10 @@ def check_output_folder(
     a folder inside the store's own ``experiments/`` and ``trunks/``.
     """
     path = Path(path)
-    resolved = path.expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} exists and is not a folder; choose another output folder")
+    check_folder_path(path, f"the {kind.name} folder")
+    resolved = path.expanduser().resolve()
     guarded = [(Path.cwd().resolve(), "the current folder")] + [
         (Path(p).expanduser().resolve(), f"the results folder {p}") for p in protect
     ]

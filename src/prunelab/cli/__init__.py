@@ -52,8 +52,14 @@ for _name, _fn in COMMANDS:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one line and return 2; no traceback."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any("\0" in str(a) for a in args):  # only possible from code; no path may hold one
+        from prunelab.ui import print_error
+
+        print_error("an argument holds a NUL byte, which no name or path may contain")
+        return 2
     try:
-        app(args=argv, prog_name="prunelab")
+        app(args=args, prog_name="prunelab")
     except SystemExit as exc:  # typer exits on success, on --help and on usage errors (status 2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except PrunelabError as exc:

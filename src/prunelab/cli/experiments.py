@@ -107,14 +107,14 @@ def _run_experiment(
 
 
 def ls(root: Root = None) -> None:
-    """List experiments with their status."""
+    """List experiments with their status (damaged ones marked, with what is wrong)."""
     from prunelab.experiments.store import Store
     from prunelab.table import Table
-    from prunelab.ui import console, show
+    from prunelab.ui import console, show, warn
 
     store = Store(root)
-    runs = store.experiments()
-    if not runs:
+    runs, damaged = store.scan()
+    if not runs and not damaged:
         console.print(
             f"no experiments under {store.root} yet; start one with `prunelab run` or `prunelab demo`"
         )
@@ -123,7 +123,11 @@ def ls(root: Root = None) -> None:
         [e.id, e.spec.label(), ",".join(map(str, e.spec.seeds)), e.spec.pruning.rounds, e.status()]
         for e in runs
     ]
+    rows += [[ident, "?", "?", None, "damaged: spec.json cannot be read"] for ident in damaged]
+    rows.sort(key=lambda r: r[0])
     show(Table(f"Experiments under {store.root}", ["id", "label", "seeds", "rounds", "status"], rows))
+    for problem in [d.message() for e in runs for d in e.damage.values()] + list(damaged.values()):
+        warn(problem)
 
 
 def show(

@@ -238,7 +238,9 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(f"config {path} is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from None
+        raise SpecError(
+            f"config {path} is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})"
+        ) from None
     try:
         if path.suffix == ".toml":
             values = tomllib.loads(text)

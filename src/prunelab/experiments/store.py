@@ -33,9 +33,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.errors import CheckpointError, OutputError, PrunelabError
+from prunelab.errors import CheckpointError, PrunelabError
 from prunelab.experiments.spec import ExperimentSpec
-from prunelab.io import atomic_write_json, load_tensors, save_tensors, save_torch, write_error
+from prunelab.io import (
+    atomic_write_json,
+    check_folder_path,
+    load_tensors,
+    save_tensors,
+    save_torch,
+    write_error,
+)
 from prunelab.pruning import Mask
 from prunelab.spec import build_spec
 from prunelab.training import EvalRecord
@@ -260,12 +267,7 @@ class Store:
     """A results root: where each artifact lives, and reading experiments back."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = results_root(root)
-        if self.root.exists() and not self.root.is_dir():
-            raise OutputError(
-                f"the results folder {self.root} is a file, not a folder; pass --root (or set $PRUNELAB_HOME) "
-                "to a folder"
-            )
+        self.root = check_folder_path(results_root(root), "the results folder")
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"

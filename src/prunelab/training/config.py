@@ -46,10 +46,10 @@ class TrainConfig(FrozenSpec):
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = Field(False, description="Nesterov momentum (sgd with momentum > 0)")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
-    batch_size: int = Field(60, gt=0, description="mini-batch size")
-    epochs: int | None = Field(None, gt=0, description="training length in epochs")
+    batch_size: int = Field(60, gt=0, le=65_536, description="mini-batch size")
+    epochs: int | None = Field(None, gt=0, le=100_000, description="training length in epochs")
     iterations: int | None = Field(
-        None, gt=0, description="training length in iterations (instead of epochs)"
+        None, gt=0, le=10**9, description="training length in iterations (instead of epochs)"
     )
     schedule: registered(_schedules) = Field("constant", description="learning-rate schedule")
     milestones: tuple[str, ...] = Field((), description="step-schedule milestones, e.g. 80ep,120ep")
