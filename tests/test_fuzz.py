@@ -151,10 +151,7 @@ def test_hostile_paths_get_one_message_and_exit_2(capsys, monkeypatch, tmp_path,
     command = data.draw(st.sampled_from(COMMANDS))
     folder = not (isinstance(command, tuple) and command[0] == "stored-file")
     path = data.draw(hostile_paths(tmp_path, folder))
-    if isinstance(command, tuple):
-        args = [*command[1](ident, path), "--root", root]
-    else:
-        args = command(ident, path)
+    args = [*command[1](ident, path), "--root", root] if isinstance(command, tuple) else command(ident, path)
     invoke(capsys, "paths", args)
 
 
@@ -198,3 +195,57 @@ def test_hostile_result_options_get_one_message_and_exit_2(capsys, tmp_path, sto
         args += ["--no-plot"]
     invoke(capsys, "result options", args)
     shutil.rmtree(tmp_path / "e", ignore_errors=True)
+
+
+CORRUPT_COMMANDS = [
+    lambda ident, out: ["show", ident],
+    lambda ident, out: ["ls"],
+    lambda ident, out: ["export", ident, "-o", out],
+    lambda ident, out: ["count", ident, "--level", "1"],
+    lambda ident, out: ["effective", ident],
+    lambda ident, out: ["similarity", ident],
+    lambda ident, out: ["run", "--data", "digits", "--rounds", "1", "--iterations", "10", "--no-progress"],
+]
+
+
+@st.composite
+def corruption(draw, data: bytes) -> bytes:
+    kind = draw(st.sampled_from(["truncate", "flip", "random", "empty", "json"]))
+    if kind == "truncate" and data:
+        return data[: draw(st.integers(0, len(data) - 1))]
+    if kind == "flip" and data:
+        out = bytearray(data)
+        for i in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=8)):
+            out[i] ^= draw(st.integers(1, 255))
+        return bytes(out)
+    if kind == "json":
+        return draw(st.sampled_from([b"[]", b"{}", b"null", b'{"level": "x"}', b'{"spec": []}', b'"\xff"']))
+    return draw(st.binary(max_size=64)) if kind == "random" else b""
+
+
+@settings(max_examples=60 * SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupt_results_never_give_a_traceback(capsys, monkeypatch, tmp_path, stored, data):
+    """Any file of the store damaged in any way: every command answers with exit 0 or one message
+    and exit 2; a damaged file a command needs is named."""
+    monkeypatch.setattr(cli_experiments, "_start", lambda *a, **k: None)
+    root, ident = stored
+    copy = tmp_path / "root"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(root, copy)
+    files = sorted(p for p in copy.rglob("*") if p.is_file() and p.name != ".lock")
+    target = data.draw(st.sampled_from(files))
+    target.write_bytes(data.draw(corruption(target.read_bytes())))
+    command = data.draw(st.sampled_from(CORRUPT_COMMANDS))
+    args = [str(a) for a in [*command(ident, tmp_path / "out"), "--root", copy]]
+    code = main(args)
+    out = capsys.readouterr()
+    tally = TALLY.setdefault("corrupt files", {"invocations": 0, "tracebacks": 0, "exit 2": 0})
+    tally["invocations"] += 1
+    tally["exit 2"] += code == 2
+    if "Traceback" in out.out + out.err or code not in (0, 2):
+        tally["tracebacks"] += 1
+    assert "Traceback" not in out.out + out.err and code in (0, 2), (target, args, out.err[-2000:])
+    if code == 2:
+        assert out.err.count("error:") == 1, out.err
+    shutil.rmtree(tmp_path / "out", ignore_errors=True)

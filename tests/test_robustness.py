@@ -19,7 +19,7 @@ from prunelab.cli import main
 from prunelab.data import write_idx
 from prunelab.experiments import Store
 from prunelab.experiments.store import locked
-from prunelab.io import FILE_MODE, atomic_write_json
+from prunelab.io import atomic_write_json
 from prunelab.pruning import Mask
 
 RUN = ["run", "--data", "digits", "--rounds", "2", "--rate", "0.5", "--iterations", "30", "--no-progress"]
@@ -397,6 +397,8 @@ def test_two_writers_of_one_experiment_are_still_refused(copy, capsys):
 
 
 def test_files_follow_the_umask(copy, capsys, tmp_path):
+    from prunelab.io import FILE_MODE
+
     root, ident = copy
     assert 0o666 & ~_umask() == FILE_MODE
     assert cli(capsys, "export", ident, "-o", tmp_path / "e", "--root", root)[0] == 0
@@ -418,3 +420,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_settings_a_combination_never_reads_are_warned_about(capsys, monkeypatch):
+    import prunelab.cli.experiments as cli_experiments
+
+    monkeypatch.setattr(cli_experiments, "_run_experiment", lambda spec, **kw: None)
+    code, _, err = cli(capsys, *RUN, "--momentum", "0.9", "--finetune-lr", "0.1", "--synflow-rounds", "5")
+    assert code == 0
+    assert "train.momentum is read only with optimizer sgd, not adam" in err
+    assert "treatment.finetune_lr is not read by treatment 'rewind'" in err
+    assert "pruning.synflow settings" in err and "no effect" in err
+    code, _, err = cli(capsys, *RUN, "--optimizer", "sgd", "--momentum", "0.9", "--treatment", "rewind:5it")
+    assert code == 0 and "no effect" not in err

@@ -39,6 +39,13 @@ def _start(threads: int | None, root: Path | None = None) -> None:
         warn(message)
 
 
+def _warn_unused(settings: list[str]) -> None:
+    from prunelab.ui import warn
+
+    for text in settings:
+        warn(f"warning: {text}; the setting has no effect (and makes this a different experiment id)")
+
+
 def demo(
     root: Root = None,
     data_dir: DataDir = None,
@@ -78,6 +85,7 @@ def run(
     """Run a pruning experiment (resumable: rerun the same command to continue)."""
     spec = spec_from(ExperimentSpec, config, values, read_spec_file)
     _start(threads, root)
+    _warn_unused(spec.unused())
     _run_experiment(spec, root=root, data_dir=data_dir, progress=progress, wait=wait)
 
 
@@ -194,6 +202,7 @@ def train(
     from prunelab.ui import show as show_table
 
     spec = spec_from(TrunkSpec, config, values, read_spec_file)
+    _warn_unused(spec.train.unused())
     protect = [results_root(None)]
     if out is not None:
         check_output(out, force=force, protect=protect)

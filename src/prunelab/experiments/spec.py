@@ -21,7 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from prunelab.data import DATASETS, DatasetInfo
 from prunelab.errors import SpecError
 from prunelab.models import INITS, MODELS
-from prunelab.pruning import PruneSpec
+from prunelab.pruning import CRITERIA, PruneSpec
 from prunelab.spec import Flag, FrozenSpec, Text, build_spec, registered
 from prunelab.training import TrainConfig
 from prunelab.training.config import parse_duration
@@ -155,6 +155,19 @@ class ExperimentSpec(TrunkSpec):
         if not self.seeds:
             raise ValueError("give at least one seed")
         return self
+
+    def unused(self) -> list[str]:
+        """Settings given that this experiment never reads (they still enter its id)."""
+        out = self.train.unused()
+        treatment = _treatments().get(self.treatment.kind)
+        for name in self.treatment.non_default():
+            if name != "kind" and name not in treatment.uses:
+                out.append(f"treatment.{name} is not read by treatment {self.treatment.kind!r}")
+        criterion = self.pruning.criterion_name()
+        for name, value in self.pruning.non_default().items():
+            if isinstance(value, dict) and name in CRITERIA and name != criterion:
+                out.append(f"pruning.{name} settings are read only by method(s) using the {name} criterion")
+        return out
 
     # identity --------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:

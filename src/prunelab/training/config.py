@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -81,6 +81,25 @@ class TrainConfig(FrozenSpec):
         if self.nesterov and self.optimizer != "sgd":
             raise ValueError("nesterov applies to the sgd optimizer only")
         return self
+
+    #: fields only one choice reads: (the choosing field, the choices that read them)
+    READ_BY: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {
+        "momentum": ("optimizer", ("sgd",)),
+        "nesterov": ("optimizer", ("sgd",)),
+        "milestones": ("schedule", ("step",)),
+        "gamma": ("schedule", ("step",)),
+    }
+
+    def unused(self) -> list[str]:
+        """Settings given that this configuration never reads (e.g. momentum with adam)."""
+        out = []
+        given = self.model_dump(exclude_defaults=True)
+        for name, (field, readers) in self.READ_BY.items():
+            if name in given and getattr(self, field) not in readers:
+                out.append(
+                    f"train.{name} is read only with {field} {' or '.join(readers)}, not {getattr(self, field)}"
+                )
+        return out
 
     def total_iterations(self, iterations_per_epoch: int) -> int:
         if self.iterations is not None:
