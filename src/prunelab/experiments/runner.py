@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from prunelab.data import Dataset, load_dataset
-from prunelab.errors import PrunelabError, SpecError
+from prunelab.errors import CheckpointError, PrunelabError, SpecError
 from prunelab.experiments.branches import Branch, LevelInputs, Start, State
 from prunelab.experiments.controls import CONTROLS
 from prunelab.experiments.spec import ExperimentSpec
-from prunelab.experiments.store import Artifact, LevelMetrics, Store, locked
+from prunelab.experiments.store import Artifact, Damage, DamagedResults, LevelMetrics, Store, locked
 from prunelab.experiments.treatments import treatment_for
 from prunelab.io import remove_orphans
 from prunelab.models import build_model
@@ -162,7 +162,7 @@ class ExperimentRunner:
         dense, points = self._trunk(seed, init)
         levels = [dense.metrics()]
         controls: dict[str, list[LevelMetrics]] = {name: [] for name in self.controls}
-        previous, mask = dense.weights(), None
+        previous, mask = self._stored_weights(dense), None
         exp = self.spec.experiment_id()
         for level in range(1, self.spec.pruning.rounds + 1):
             art = self.store.level(exp, seed, level)
@@ -187,7 +187,7 @@ class ExperimentRunner:
                 controls[name].append(
                     self._train(branch, f"seed {seed} level {level} {name}", start, seed, level)
                 )
-            previous = art.weights()
+            previous = self._stored_weights(art)
         return levels, controls
 
     @cached_property
@@ -206,7 +206,12 @@ class ExperimentRunner:
     ) -> Mask:
         """Score the previous level's final weights; the mask is saved before training starts."""
         if art.mask_path.is_file():
-            return Mask.load(art.mask_path)
+            try:
+                stored = Mask.load(art.mask_path)
+                stored.check_fits(self._new_model(seed, "init"))
+                return stored
+            except PrunelabError as exc:
+                raise DamagedResults(Damage(str(exc), art.dir).message()) from None
         model = self._new_model(seed, "init")
         model.load_state_dict(previous)
         g = torch.Generator().manual_seed(derive_seed(seed, f"prune-{level}"))
@@ -247,8 +252,21 @@ class ExperimentRunner:
             for k in wanted:
                 point = self.store.trunk_point(trunk, seed, k)
                 self._train(point, f"seed {seed} trunk point {k}", start, seed, 0, until=k)
-                points[k] = point.weights()
+                points[k] = self._stored_weights(point)
         return dense, points
+
+    def _stored_weights(self, art: Artifact) -> State:
+        """A finished artifact's weights, checked against the architecture (a damaged file is named)."""
+        expected = {k: tuple(v.shape) for k, v in self._new_model(0, "init").state_dict().items()}
+        try:
+            weights = art.weights()
+            if {k: tuple(v.shape) for k, v in weights.items()} != expected:
+                raise CheckpointError(
+                    f"{art.dir / 'weights.safetensors'} does not hold {self.spec.model} weights"
+                )
+        except CheckpointError as exc:
+            raise DamagedResults(Damage(str(exc), art.dir).message()) from None
+        return weights
 
     def _train(
         self, art: Artifact, label: str, start: Start, seed: int, level: int, until: int | None = None

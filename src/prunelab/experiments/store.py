@@ -508,9 +508,24 @@ class StoredExperiment:
         self.check_level(seed, level, control)
         art = self.artifact(seed, level, control)
         try:
-            return art.weights()
+            weights = art.weights()
+            expected = self._shapes()
+            got = {k: tuple(v.shape) for k, v in weights.items()}
+            if got != expected:
+                wrong = sorted(set(got) ^ set(expected)) or [k for k in got if got[k] != expected[k]]
+                raise CheckpointError(
+                    f"{art.dir / 'weights.safetensors'} does not hold this experiment's {self.spec.model} "
+                    f"weights (entries {wrong[:4]} differ)"
+                )
+            return weights
         except CheckpointError as exc:
             raise DamagedResults(f"experiment {self.id}: {Damage(str(exc), art.dir).message()}") from None
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        """The state_dict entries and shapes of the experiment's architecture (built once)."""
+        if not hasattr(self, "_shape_cache"):
+            self._shape_cache = {k: tuple(v.shape) for k, v in self.build_model().state_dict().items()}
+        return self._shape_cache
 
     def mask(self, seed: int, level: int, control: str | None = None) -> Mask:
         """The mask a level trained with; level 0 keeps every prunable weight."""
