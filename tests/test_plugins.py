@@ -3,7 +3,7 @@ controls declare their trunk points and starts, and the runner asks them instead
 
 import pytest
 import torch
-from specs import tiny
+from helpers import tiny
 from torch import nn
 
 from prunelab.errors import SpecError

@@ -7,13 +7,12 @@ or hides results; damaged files are named with how to recompute them.
 import errno
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import lock_held_elsewhere
 
 from prunelab.cli import main
 from prunelab.data import write_idx
@@ -363,29 +362,13 @@ def test_names_that_are_too_long_or_absurd(copy, capsys, tmp_path):
 
 def test_a_shared_trunk_in_training_is_waited_for(copy, capsys, tmp_path):
     root, _ = copy
-    trunk = dense_dir(root).parent
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; "
-            "from prunelab.experiments.store import locked\n"
-            f"with locked(Path({str(trunk)!r})):\n    print('held', flush=True); time.sleep(2)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(dense_dir(root).parent, seconds=2):
         other = [*RUN, "--rate", "0.3", "--root", root]  # a new experiment on the same trunk
         code, _, err = cli(capsys, *other, "--no-wait")
         assert code == 2 and "is being written by pid" in err
         start = time.perf_counter()
         code, _, err = cli(capsys, *other)
         assert code == 0 and "waiting for pid" in err and time.perf_counter() - start > 0.5
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_two_writers_of_one_experiment_are_still_refused(copy, capsys):

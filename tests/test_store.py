@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from specs import tiny
+from helpers import tiny
 
 from prunelab.cli import main
 from prunelab.errors import CheckpointError

@@ -2,12 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
+from helpers import lock_held_elsewhere
 
 from prunelab import threads
 from prunelab.cli import main
@@ -55,25 +54,11 @@ def test_another_writer_under_the_root_is_reported_with_the_fix(tmp_path, monkey
     monkeypatch.setattr(threads, "available_cpus", lambda: 2)
     lock_dir = tmp_path / "experiments" / "abc"
     lock_dir.mkdir(parents=True)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; from prunelab.experiments.store import locked\n"
-            f"with locked(Path({str(lock_dir)!r})):\n    print('held', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(lock_dir) as holder:
         message = threads.oversubscription(2, tmp_path)
         assert message and "1 other prunelab process" in message and "--threads 1" in message
         assert f"pid {holder.pid}" in message
         assert threads.oversubscription(1, tmp_path) is None  # 1 + 1 threads fit 2 CPUs
-    finally:
-        holder.kill()
-        holder.wait()
     time.sleep(0.05)
     assert threads.oversubscription(2, tmp_path) is None  # the lock died with its holder
 

@@ -1,0 +1,37 @@
+"""What several test modules share (``from helpers import tiny``): small specs, a lock held elsewhere."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prunelab.experiments import ExperimentSpec, PruneSpec
+from prunelab.training import TrainConfig
+
+
+def tiny(**overrides) -> ExperimentSpec:
+    """LeNet-300-100 on the synthetic task, one epoch, one round at 50%: seconds to run."""
+    values = dict(
+        model="lenet-300-100",
+        data="synthetic",
+        train=TrainConfig(epochs=1, batch_size=64),
+        pruning=PruneSpec(rate=0.5, rounds=1),
+    )
+    return ExperimentSpec(**(values | overrides))
+
+
+@contextmanager
+def lock_held_elsewhere(directory: Path, seconds: float = 60) -> Iterator[subprocess.Popen]:
+    """Another process holding prunelab's lock on ``directory`` for up to ``seconds`` (killed on exit)."""
+    code = (
+        "import time; from pathlib import Path; from prunelab.experiments.store import locked\n"
+        f"with locked(Path({str(directory)!r})):\n    print('held', flush=True); time.sleep({seconds})"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
