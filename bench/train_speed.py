@@ -69,7 +69,7 @@ def main() -> None:
         data = _resize_like_mnist(data)
     info = data.info
     # evaluation every 100 iterations: TrainConfig's default
-    cfg = TrainConfig(optimizer="adam", lr=1.2e-3, batch_size=60, epochs=10**6, device="cpu")
+    cfg = TrainConfig(optimizer="adam", lr=1.2e-3, batch_size=60, epochs=100_000, device="cpu")
 
     def trainer(masked: bool) -> Trainer:
         model = build_model(

@@ -1,0 +1,33 @@
+"""The benchmark scripts run (tiny settings): a change that breaks them fails here, not in `make bench`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, args, needle",
+    [
+        (
+            "train_speed.py",
+            ["--data", "digits", "--epochs-each", "1"],
+            "evaluation / training time per epoch",
+        ),
+        ("infer_speed.py", ["--repeats", "1"], "compaction goal"),
+    ],
+)
+def test_bench_script_runs(script, args, needle, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert needle in proc.stdout
