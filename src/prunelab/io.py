@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,12 +120,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Valid JSON (NaN and infinities written as null), written atomically."""
     text = json.dumps(finite(obj), indent=2, sort_keys=True, allow_nan=False)
     atomic_write_bytes(path, (text + "\n").encode())
-
-
-def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
-    """Run ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
 
 
 def save_tensors(

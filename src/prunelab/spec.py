@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
-from pydantic.fields import FieldInfo
 
 from prunelab.errors import SpecError, UnknownNameError
 from prunelab.registry import Registry
@@ -144,7 +143,6 @@ class Flag:
     name: str | None = None
     aliases: tuple[str, ...] = ()
     parse: Callable[[str], Mapping[str, Any]] | None = None
-    metavar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,11 +162,6 @@ class RegistryRef:
     def get(self) -> Registry:
         r = self.registry
         return r if isinstance(r, Registry) else r()
-
-
-def field_metadata(info: FieldInfo, kind: type) -> Any:
-    """The first metadata object of type ``kind`` on a field (or None)."""
-    return next((m for m in info.metadata if isinstance(m, kind)), None)
 
 
 def build_spec(cls: type[S], **values: Any) -> S:
