@@ -25,7 +25,7 @@ from prunelab.errors import CheckpointError, PrunelabError, SpecError
 from prunelab.experiments.branches import Branch, LevelInputs, Start, State
 from prunelab.experiments.controls import CONTROLS
 from prunelab.experiments.spec import ExperimentSpec
-from prunelab.experiments.store import Artifact, Damage, DamagedResults, LevelMetrics, Store, locked
+from prunelab.experiments.store import Artifact, DamagedResults, LevelMetrics, Store, locked, state_shapes
 from prunelab.experiments.treatments import treatment_for
 from prunelab.io import remove_orphans
 from prunelab.models import build_model
@@ -211,7 +211,7 @@ class ExperimentRunner:
                 stored.check_fits(self._new_model(seed, "init"))
                 return stored
             except PrunelabError as exc:
-                raise DamagedResults(Damage(str(exc), art.dir).message()) from None
+                raise DamagedResults(art.damage_message(exc)) from None
         model = self._new_model(seed, "init")
         model.load_state_dict(previous)
         g = torch.Generator().manual_seed(derive_seed(seed, f"prune-{level}"))
@@ -255,18 +255,16 @@ class ExperimentRunner:
                 points[k] = self._stored_weights(point)
         return dense, points
 
+    @cached_property
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return state_shapes(self._new_model(0, "init"))
+
     def _stored_weights(self, art: Artifact) -> State:
         """A finished artifact's weights, checked against the architecture (a damaged file is named)."""
-        expected = {k: tuple(v.shape) for k, v in self._new_model(0, "init").state_dict().items()}
         try:
-            weights = art.weights()
-            if {k: tuple(v.shape) for k, v in weights.items()} != expected:
-                raise CheckpointError(
-                    f"{art.dir / 'weights.safetensors'} does not hold {self.spec.model} weights"
-                )
+            return art.weights(like=self._shapes)
         except CheckpointError as exc:
-            raise DamagedResults(Damage(str(exc), art.dir).message()) from None
-        return weights
+            raise DamagedResults(art.damage_message(exc)) from None
 
     def _train(
         self, art: Artifact, label: str, start: Start, seed: int, level: int, until: int | None = None

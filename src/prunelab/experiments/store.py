@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,11 @@ class LevelMetrics:
         return getattr(self.final if at == "final" else self.early_stop, metric)
 
 
+def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Each state_dict entry's shape: what a stored weights file of ``model`` must hold."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 # one trained model in one folder ------------------------------------------------------------------
 class Artifact:
     """One trained model in a folder: weights, optional mask, metrics, and an in-progress checkpoint."""
@@ -166,8 +172,23 @@ class Artifact:
             raise CheckpointError(f"{path} cannot be read: {exc}") from None
         return LevelMetrics.from_json(values, path)
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return load_tensors(self.dir / "weights.safetensors")
+    def weights(self, like: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, torch.Tensor]:
+        """The final weights; with ``like`` (entry -> shape of the architecture), a file holding other
+        entries or shapes is a :class:`CheckpointError` (before ``load_state_dict`` could fail)."""
+        path = self.dir / "weights.safetensors"
+        weights = load_tensors(path)
+        if like is not None:
+            got = {k: tuple(v.shape) for k, v in weights.items()}
+            if got != dict(like):
+                wrong = sorted(set(got) ^ set(like)) or [k for k in got if got[k] != like[k]]
+                raise CheckpointError(
+                    f"{path} does not hold this architecture's weights (entries {wrong[:4]} differ)"
+                )
+        return weights
+
+    def damage_message(self, exc: BaseException) -> str:
+        """What is wrong with this artifact and which folder to remove to recompute it."""
+        return Damage(str(exc), self.dir).message()
 
     @property
     def mask_path(self) -> Path:
@@ -508,24 +529,14 @@ class StoredExperiment:
         self.check_level(seed, level, control)
         art = self.artifact(seed, level, control)
         try:
-            weights = art.weights()
-            expected = self._shapes()
-            got = {k: tuple(v.shape) for k, v in weights.items()}
-            if got != expected:
-                wrong = sorted(set(got) ^ set(expected)) or [k for k in got if got[k] != expected[k]]
-                raise CheckpointError(
-                    f"{art.dir / 'weights.safetensors'} does not hold this experiment's {self.spec.model} "
-                    f"weights (entries {wrong[:4]} differ)"
-                )
-            return weights
+            return art.weights(like=self._shapes)
         except CheckpointError as exc:
-            raise DamagedResults(f"experiment {self.id}: {Damage(str(exc), art.dir).message()}") from None
+            raise DamagedResults(f"experiment {self.id}: {art.damage_message(exc)}") from None
 
+    @cached_property
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         """The state_dict entries and shapes of the experiment's architecture (built once)."""
-        if not hasattr(self, "_shape_cache"):
-            self._shape_cache = {k: tuple(v.shape) for k, v in self.build_model().state_dict().items()}
-        return self._shape_cache
+        return state_shapes(self.build_model())
 
     def mask(self, seed: int, level: int, control: str | None = None) -> Mask:
         """The mask a level trained with; level 0 keeps every prunable weight."""
@@ -538,7 +549,7 @@ class StoredExperiment:
         try:
             return Mask.load(art.mask_path)
         except PrunelabError as exc:
-            raise DamagedResults(f"experiment {self.id}: {Damage(str(exc), art.dir).message()}") from None
+            raise DamagedResults(f"experiment {self.id}: {art.damage_message(exc)}") from None
 
     def build_model(self) -> nn.Module:
         """An untrained model of the experiment's architecture (its layers and shapes)."""
