@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/prunelab demo
 
-test: $(STAMP)
+# The test command also installs the optional extras, so their tests run rather than skip.
+EXTRAS := $(VENV)/.installed-extras
+$(EXTRAS): $(STAMP)
+	# torch pinned to the installed release, so pip takes the torchvision built for it
+	$(PIP) -e '.[dev,vision,timm,onnx]' "torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
+	touch $(EXTRAS)
+
+test: $(EXTRAS)
 	$(PY) -m pytest
 
 lint: $(STAMP)

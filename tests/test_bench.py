@@ -19,6 +19,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             "evaluation / training time per epoch",
         ),
         ("infer_speed.py", ["--repeats", "1"], "compaction goal"),
+        (
+            "compact_speed.py",
+            ["--size", "32", "--batches", "1", "--repeats", "2"],
+            "goal: >= 0.7 for VGG-16 at batch 16",
+        ),
     ],
 )
 def test_bench_script_runs(script, args, needle, tmp_path):

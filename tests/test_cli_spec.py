@@ -20,6 +20,8 @@ from prunelab.pruning import METHODS
 SAMPLES = {
     "model": ("lenet5", "lenet5"),
     "data": ("digits", "digits"),
+    "weights": ("start.safetensors", "start.safetensors"),
+    "image_size": ("64", 64),
     "init": ("glorot-uniform", "glorot-uniform"),
     "val_size": ("100", 100),
     "train.optimizer": ("sgd", "sgd"),

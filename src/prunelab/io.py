@@ -164,9 +164,17 @@ def load_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def user_path(text: str | os.PathLike) -> Path:
+    """``text`` as a path with ``~`` expanded; ``~name`` of no such user stays as written."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # "Could not determine home directory"
+        return Path(text)
+
+
 def check_folder_path(path: str | os.PathLike, what: str) -> Path:
     """Refuse a path that cannot be a folder: a file, inside a file, or with a name too long."""
-    path = Path(path).expanduser()
+    path = user_path(path)
     for part in path.parts:
         if len(os.fsencode(part)) > 255:
             raise OutputError(f"{what} {str(path)[:80]}...: a name in it is longer than 255 bytes")

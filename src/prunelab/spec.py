@@ -158,6 +158,7 @@ class RegistryRef:
 
     registry: Registry | Callable[[], Registry]
     listing: str | None = None  # the command that lists the entries with descriptions
+    forms: Callable[[], list[str]] | None = None  # other accepted forms (``torchvision:NAME``)
 
     def get(self) -> Registry:
         r = self.registry
@@ -205,3 +206,25 @@ def registered(registry: Registry | Callable[[], Registry], listing: str | None 
     that shows the entries with their descriptions (``prunelab methods``)."""
     ref = RegistryRef(registry, listing)
     return Annotated[str, AfterValidator(lambda name: known(ref.get(), name)), ref]  # type: ignore[return-value]
+
+
+def resolved(
+    resolve: Callable[[str], object],
+    registry: Registry | Callable[[], Registry],
+    listing: str | None = None,
+    forms: Callable[[], list[str]] | None = None,
+) -> type[str]:
+    """A ``str`` field naming an entry of ``registry`` or any other form ``resolve`` accepts
+    (``torchvision:resnet18``, ``imagefolder:PATH``); ``forms`` lists those forms for help texts."""
+    ref = RegistryRef(registry, listing, forms)
+
+    def check(text: str) -> str:
+        try:
+            resolve(text)
+        except UnknownNameError as exc:
+            raise _UnknownName(str(exc)) from None
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+        return text
+
+    return Annotated[str, AfterValidator(check), ref]  # type: ignore[return-value]

@@ -70,15 +70,13 @@ class Predictions:
 
     def __init__(self, data_dir: str | Path | None = None, split: str = "test") -> None:
         self.data_dir, self.split = data_dir, split
-        self._data: dict[tuple[str, int | None], object] = {}
+        self._data: dict[tuple, object] = {}
         self._cache: dict[tuple[str, int, int], torch.Tensor] = {}
 
     def split_of(self, exp: StoredExperiment):
-        from prunelab.data import load_dataset
-
-        key = (exp.spec.data, exp.spec.val_size)
+        key = (exp.spec.data, exp.spec.val_size, exp.spec.model, exp.spec.weights)
         if key not in self._data:
-            data = load_dataset(exp.spec.data, data_dir=self.data_dir, val_size=exp.spec.val_size)
+            data = exp.spec.load_data(self.data_dir)
             self._data[key] = getattr(data, self.split)
         return self._data[key]
 

@@ -137,10 +137,10 @@ def parameters_table(
 
     The fraction applies to the prunable weights (conv and linear); biases and norms stay.
     """
-    from prunelab.data import DATASETS
+    from prunelab.data import resolve_dataset
     from prunelab.models import build_model
 
-    info = DATASETS.get(data).info
+    info = resolve_dataset(data).info
     rows = []
     for name in dict.fromkeys(models):
         model = build_model(name, num_classes=info.num_classes, input_shape=info.input_shape)

@@ -73,6 +73,7 @@ def export(
         model=item.loaded.spec.model,
         num_classes=item.num_classes,
         input_shape=item.input_shape,
+        image_size=item.loaded.spec.image_size,
         force=force,
         onnx=onnx,
         source=item.source(),
@@ -202,11 +203,11 @@ def removal_table(
 ) -> None:
     """Paper 003 Fig. 2: parameters left by masking against parameters left after real removal."""
     from prunelab.compress.count import removal_table as make_table
-    from prunelab.data import DATASETS
+    from prunelab.data import resolve_dataset
     from prunelab.table import Table
     from prunelab.ui import show
 
-    info = DATASETS.get(data).info
+    info = resolve_dataset(data).info
     values = _numbers(fractions, float, "--fractions")
     rows = make_table(
         model,

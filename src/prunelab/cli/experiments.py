@@ -208,7 +208,11 @@ def train(
         check_output(out, force=force, protect=protect)
     _start(threads)
 
+    notes: list[str] = []
+
     def started(data) -> None:
+        for note in notes:
+            console.print(plain(note))
         console.print(
             plain(
                 f"{spec.model} on {spec.data} ({data.source}); "
@@ -217,7 +221,9 @@ def train(
         )
 
     with progress_bar(f"training {spec.model}", enabled=progress) as update:
-        done = train_once(spec, seed=seed, mask=mask, data_dir=data_dir, on_start=started, on_progress=update)
+        done = train_once(
+            spec, seed=seed, mask=mask, data_dir=data_dir, on_start=started, on_progress=update, notes=notes
+        )
     show_table(done.history_table())
     show_table(done.summary_table())
     if out is not None:

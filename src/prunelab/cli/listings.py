@@ -84,13 +84,14 @@ def models(
         str, typer.Option(help="Dataset whose input shape and classes size the models.")
     ] = "fashion-mnist",
 ) -> None:
-    """List the registered models with their parameter counts."""
-    from prunelab.data import DATASETS
-    from prunelab.models import describe_models
+    """List the registered models with their parameter counts, and the other forms --model takes."""
+    from prunelab.data import resolve_dataset
+    from prunelab.models import SOURCES, describe_models
+    from prunelab.models.source import ZooSource
     from prunelab.table import Table
     from prunelab.ui import show
 
-    info = DATASETS.get(data).info
+    info = resolve_dataset(data).info
     rows = [list(r) for r in describe_models(info.input_shape, info.num_classes)]
     shape = "x".join(map(str, info.input_shape))
     show(
@@ -100,12 +101,14 @@ def models(
             rows,
         )
     )
+    forms = [[cls.usage, SOURCES.describe(key)] for key, cls in SOURCES.items() if cls is not ZooSource]
+    show(Table("Other models (--model FORM; --weights FILE or SOURCE:NAME)", ["form", "what it is"], forms))
 
 
 @data_app.command("list")
 def data_list(data_dir: DataDir = None) -> None:
     """Show each dataset with where it was found, or how to get it."""
-    from prunelab.data import DATASETS, dataset_status
+    from prunelab.data import DATA_SOURCES, DATASETS, dataset_status
     from prunelab.table import Table
     from prunelab.ui import show
 
@@ -114,6 +117,8 @@ def data_list(data_dir: DataDir = None) -> None:
         found, where = dataset_status(name, data_dir)
         rows.append([name, DATASETS.describe(name), "found" if found else "missing", where])
     show(Table("Datasets", ["dataset", "description", "status", "where / how to get it"], rows))
+    forms = [[cls.usage, DATA_SOURCES.describe(key)] for key, cls in DATA_SOURCES.items()]
+    show(Table("Your own data (--data FORM)", ["form", "what it is"], forms))
 
 
 @data_app.command("get")

@@ -96,8 +96,9 @@ def _help(info, ref: RegistryRef | None, literal: tuple | None) -> str:
     text = text[:1].upper() + text[1:]
     if ref is not None:
         names = ", ".join(ref.get().names())
+        forms = f"; or {', '.join(ref.forms())}" if ref.forms else ""
         see = f" (see `{ref.listing}`)" if ref.listing else ""
-        text += f". One of: {names}{see}"
+        text += f". One of: {names}{forms}{see}"
     elif literal:
         text += f". One of: {', '.join(map(str, literal))}"
     return text + "."

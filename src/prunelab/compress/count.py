@@ -83,6 +83,11 @@ def layer_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     return out
 
 
+def total_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs of one example through ``model`` (dense: every weight counts, zero or not)."""
+    return sum(layer_flops(model, input_shape).values())
+
+
 def nonzero_flops(model: nn.Module, input_shape: Sequence[int], mask: Mask | None = None) -> dict[str, int]:
     """Per leaf module: FLOPs that multiply a non-zero (and unmasked) weight."""
     flops = layer_flops(model, input_shape)

@@ -28,6 +28,7 @@ from prunelab.io import (
     output_folder,
     save_tensors,
 )
+from prunelab.models.source import resolve_model
 
 FORMAT = "prunelab-compact"
 VERSION = 1
@@ -56,6 +57,7 @@ def export_compact(
     onnx: bool = False,
     source: dict[str, Any] | None = None,
     protect: Sequence[Path] = (),
+    image_size: int | None = None,
 ) -> Path:
     """Write ``result`` to ``directory`` (weights, plan, optionally ONNX), checked by loading it back.
 
@@ -63,7 +65,8 @@ def export_compact(
     (the results root).
 
     ``model``, ``num_classes`` and ``input_shape`` are the :func:`prunelab.build_model` arguments
-    that built the uncompacted network. Files are written to a temporary sibling folder that
+    that built the uncompacted network (a zoo name, ``torchvision:NAME``, ``timm:NAME`` or a user
+    factory, whose file hash the plan records), ``image_size`` its input resizing. Files are written to a temporary sibling folder that
     replaces ``directory`` only once complete.
     """
     directory = check_target(directory, force, protect)
@@ -73,6 +76,8 @@ def export_compact(
         "format": FORMAT,
         "version": VERSION,
         "model": model,
+        "model_fingerprint": resolve_model(model).fingerprint(),
+        "image_size": image_size,
         "num_classes": num_classes,
         "input_shape": list(input_shape),
         "layers": result.plan,
@@ -119,6 +124,7 @@ def load_compact(directory: str | Path) -> nn.Module:
     if not isinstance(plan, dict) or plan.get("format") != FORMAT or plan.get("version") != VERSION:
         raise CheckpointError(f"{directory / PLAN} is not a {FORMAT} plan of version {VERSION}")
     state = load_tensors(directory / WEIGHTS)
+    _check_fingerprint(directory, plan)
     try:
         with torch.device("meta"):
             model = build_model(
@@ -126,6 +132,7 @@ def load_compact(directory: str | Path) -> nn.Module:
                 num_classes=plan["num_classes"],
                 input_shape=tuple(plan["input_shape"]),
                 init="torch-default",
+                image_size=plan.get("image_size"),
             )
             for name, spec in plan["layers"].items():
                 model.set_submodule(name, _rebuild(model.get_submodule(name), spec, name))
@@ -140,6 +147,25 @@ def load_compact(directory: str | Path) -> nn.Module:
     if stale:
         raise CheckpointError(f"{directory / WEIGHTS} lacks tensors for {stale[:5]}")
     return model.eval()
+
+
+def _check_fingerprint(directory: Path, plan: dict[str, Any]) -> None:
+    """A user factory's file that changed since the export may build another architecture: say so."""
+    recorded = plan.get("model_fingerprint")
+    if recorded is None:
+        return
+    try:
+        now = resolve_model(plan["model"]).fingerprint()
+    except PrunelabError as exc:
+        raise CheckpointError(
+            f"{directory / PLAN}: its model {plan['model']!r} cannot be found ({exc})"
+        ) from None
+    if now != recorded:
+        warnings.warn(
+            f"{plan['model']}: the file changed since {directory} was exported (content hash {recorded}, "
+            f"now {now}); the architecture is rebuilt from the current code",
+            stacklevel=3,
+        )
 
 
 def _rebuild(old: nn.Module, spec: dict[str, Any], name: str) -> nn.Module:
@@ -158,7 +184,7 @@ def _rebuild(old: nn.Module, spec: dict[str, Any], name: str) -> nn.Module:
             stride=old.stride,
             padding=old.padding,
             dilation=old.dilation,
-            groups=old.groups,
+            groups=spec.get("groups", old.groups),
             bias=spec["bias"],
             padding_mode=old.padding_mode,
         )

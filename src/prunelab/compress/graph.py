@@ -16,6 +16,27 @@ A channel is removed when the mask makes it
 
 Removals cascade (a unit whose live inputs are all removed is dead in turn), every layer keeps at
 least one unit, and every compaction is checked against the masked model on random inputs.
+
+Depthwise convs (``groups == in_channels == out_channels``, MobileNet's) couple their input and
+output channel: channel ``c`` goes from the conv feeding it, from the depthwise conv itself and
+from the layers reading its output, all at once. Torch-Pruning's group holds all three; here the
+group is split into its channel *spaces* (before and after each depthwise conv), and a channel
+goes only when it can go in every space. Before the depthwise conv, the depthwise conv's own use
+of the channel does not count (the channel leaves it too); after it, its filter counts as any
+producer's row. So a channel goes when the depthwise filter is pruned (its output is a constant,
+folded into the next layer where exact) or nothing reads the depthwise output, whatever the
+feeding conv's mask says about that channel; a channel the depthwise conv still filters stays,
+even when the feeding conv's filter for it is pruned (a constant through a zero-padded depthwise
+conv is not constant at the border). Masks need not choose consistent filters for coupled
+layers: the result always computes what the masked model computes. A depthwise conv fed by the
+model input keeps every channel. Other grouped convs (``1 < groups``, not depthwise, channel
+multipliers included) are refused by name.
+
+What cannot be compacted fails with a :class:`PrunelabError` naming the layer: a layer with
+parameters that is not Linear/Conv/BatchNorm, a model that cannot be traced (the layer the trace
+failed in), a conv/linear called twice in one forward pass or whose weight is used by functional
+code without the layer being called, and forward code that mixes channels behind the graph's back
+(the compacted model fails after, or first differs from the masked one at, a named layer).
 """
 
 from __future__ import annotations
@@ -68,13 +89,29 @@ class _Side:
 
 
 @dataclass
+class _Space:
+    """Layers writing (producers) and reading (consumers) the same values of a group's channels."""
+
+    producers: list[_Side]
+    consumers: list[_Side]
+
+
+@dataclass
 class _Group:
-    """One set of coupled channels, numbered as the root layer's output channels."""
+    """One set of coupled channels, numbered as the root layer's output channels.
+
+    Usually one space; a depthwise conv separates the space before it from the one after it.
+    ``frozen`` groups (a depthwise conv fed by the model input) keep every channel.
+    """
 
     root: nn.Module
     size: int
-    producers: list[_Side]
-    consumers: list[_Side]
+    spaces: list[_Space]
+    frozen: bool = False
+
+    @property
+    def producers(self) -> list[_Side]:
+        return [p for space in self.spaces for p in space.producers]
 
 
 @dataclass
@@ -84,12 +121,22 @@ class _Layer:
     keep: torch.Tensor  # (out, in): any kept weight between output unit and input unit
     gone_rows: torch.Tensor
     gone_cols: torch.Tensor
+    # (units gone on the other side, result): removals only grow, so the count tells staleness;
+    # this spares re-reducing a classifier's huge keep pattern on every pass
+    _rows: tuple[int, torch.Tensor] | None = field(default=None, repr=False)
+    _cols: tuple[int, torch.Tensor] | None = field(default=None, repr=False)
 
     def rows_alive(self) -> torch.Tensor:
-        return (self.keep & ~self.gone_cols[None]).any(1) & ~self.gone_rows
+        version = int(self.gone_cols.sum())
+        if self._rows is None or self._rows[0] != version:
+            self._rows = (version, (self.keep & ~self.gone_cols[None]).any(1))
+        return self._rows[1] & ~self.gone_rows
 
     def cols_alive(self) -> torch.Tensor:
-        return (self.keep & ~self.gone_rows[:, None]).any(0) & ~self.gone_cols
+        version = int(self.gone_rows.sum())
+        if self._cols is None or self._cols[0] != version:
+            self._cols = (version, (self.keep & ~self.gone_rows[:, None]).any(0))
+        return self._cols[1] & ~self.gone_cols
 
 
 def compact(
@@ -119,7 +166,7 @@ def compact(
     groups = _groups(graph, net)
     generator = torch.Generator().manual_seed(seed)
     constants = _constants(net, modules, _random_like(example_input, check_batch, generator), exact)
-    state = {name: _unit_keep(mask, name, m.weight) for name, m in modules.items()}
+    state = {name: _unit_keep(mask, name, m) for name, m in modules.items()}
 
     removed = [torch.zeros(g.size, dtype=torch.bool) for g in groups]
     folds: dict[str, list[torch.Tensor]] = {}
@@ -128,31 +175,37 @@ def compact(
         cols = {name: layer.cols_alive() for name, layer in state.items()}
         changed = False
         for group, gone in zip(groups, removed, strict=True):
-            used = [c.any(cols[c.layer], group.size) for c in group.consumers]
-            unused = ~torch.stack(used).any(0) if used else torch.ones(group.size, dtype=torch.bool)
-            dead = torch.zeros(group.size, dtype=torch.bool)
-            if group.producers:
-                dead = ~torch.stack([p.any(rows[p.layer], group.size) for p in group.producers]).any(0)
-            foldable = torch.ones(group.size, dtype=torch.bool)
-            for c, use in zip(group.consumers, used, strict=True):
-                bad = c.any(~constants[c.layer][1], group.size)
-                foldable &= ~use | ~bad
-            take = (unused | (dead & foldable)) & ~gone
+            if group.frozen:
+                continue
+            take = ~gone
+            uses = []
+            for space in group.spaces:
+                used = [c.any(cols[c.layer], group.size) for c in space.consumers]
+                unused = ~torch.stack(used).any(0) if used else torch.ones(group.size, dtype=torch.bool)
+                dead = _dead(space, rows, group.size)
+                foldable = torch.ones(group.size, dtype=torch.bool)
+                for c, use in zip(space.consumers, used, strict=True):
+                    bad = c.any(~constants[c.layer][1], group.size)
+                    foldable &= ~use | ~bad
+                take = take & (unused | (dead & foldable))
+                uses.append((used, unused))
             if bool((take | gone).all()):  # every layer keeps one unit
                 take[int((~gone).nonzero()[0])] = False
             if not take.any():
                 continue
             changed = True
-            fold = take & ~unused
-            for c, use in zip(group.consumers, used, strict=True):
-                chosen = c.index[(fold & use)[c.owner]]
-                if len(chosen):
-                    folds.setdefault(c.layer, []).append(chosen)
+            for space, (used, unused) in zip(group.spaces, uses, strict=True):
+                fold = take & ~unused
+                for c, use in zip(space.consumers, used, strict=True):
+                    chosen = c.index[(fold & use)[c.owner]]
+                    if len(chosen):
+                        folds.setdefault(c.layer, []).append(chosen)
             gone |= take
-            for p in group.producers:
-                state[p.layer].gone_rows[p.index[take[p.owner]]] = True
-            for c in group.consumers:
-                state[c.layer].gone_cols[c.index[take[c.owner]]] = True
+            for space in group.spaces:
+                for p in space.producers:
+                    state[p.layer].gone_rows[p.index[take[p.owner]]] = True
+                for c in space.consumers:
+                    state[c.layer].gone_cols[c.index[take[c.owner]]] = True
         if not changed:
             break
 
@@ -168,26 +221,45 @@ def compact(
         for p in group.producers:
             kept[p.layer] = sorted(int(i) for i in p.index[~gone[p.owner]])
             dropped[p.layer] = int(gone[p.owner].sum())
-        if group.producers:
-            dead = ~torch.stack([p.any(rows[p.layer], group.size) for p in group.producers]).any(0)
-            if int((dead & ~gone).sum()):
-                kept_dead[group.producers[0].layer] = int((dead & ~gone).sum())
+        for space in group.spaces:
+            left = int((_dead(space, rows, group.size) & ~gone).sum())
+            if space.producers and left:
+                kept_dead[space.producers[0].layer] = left
         if gone.any():
             pruner = graph.get_pruner_of_module(group.root)
             idxs = [int(i) for i in gone.nonzero().flatten()]
             graph.get_pruning_group(group.root, pruner.prune_out_channels, idxs).prune()
     net.eval()
-    error = _check(net, reference, example_input, generator, check_batch, exact)
+    error = _check(net, reference, example_input, generator, check_batch, exact, kept)
     return CompactResult(net, layer_plan(net), kept, dropped, kept_dead, error)
+
+
+def _dead(space: _Space, rows: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+    """Per channel: does every producer of the space leave it without a live row (a constant)?"""
+    if not space.producers:
+        return torch.zeros(size, dtype=torch.bool)
+    return ~torch.stack([p.any(rows[p.layer], size) for p in space.producers]).any(0)
+
+
+def _depthwise(module: nn.Module) -> bool:
+    """A depthwise conv: one filter per input channel (``groups == in_channels == out_channels > 1``)."""
+    return (
+        isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
 
 
 # checks and tracing ---------------------------------------------------------------------------
 def _check_supported(model: nn.Module) -> None:
     """Refuse, by name, a layer whose parameters compaction cannot reshape."""
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups != 1:
+        conv = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        if conv and module.groups != 1 and not _depthwise(module):
             raise PrunelabError(
-                f"cannot compact layer {name!r}: grouped convolutions (groups={module.groups}) are not supported"
+                f"cannot compact layer {name!r}: grouped convolutions (groups={module.groups}, "
+                f"{module.in_channels} -> {module.out_channels} channels) are not supported; only "
+                "depthwise ones (groups == in_channels == out_channels) are"
             )
         if list(module.parameters(recurse=False)) and not isinstance(module, SUPPORTED_TYPES):
             raise PrunelabError(
@@ -196,33 +268,122 @@ def _check_supported(model: nn.Module) -> None:
             )
 
 
+class _Running:
+    """While installed: which named submodules of ``model`` are running (innermost last), which
+    one returned last, and how often each was called."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stack: list[str] = []
+        self.last = ""
+        self.calls: dict[str, int] = {}
+        self.hooks = []
+        for name, module in model.named_modules():
+            if name:
+                self.hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: self._enter(name)))
+                self.hooks.append(module.register_forward_hook(lambda m, a, o, name=name: self._leave(name)))
+
+    def _enter(self, name: str) -> None:
+        self.stack.append(name)
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def _leave(self, name: str) -> None:
+        self.stack.pop()
+        self.last = name
+
+    def where(self) -> str:
+        """Where an exception raised now happened: ``"in layer 'x'"`` or the forward code after one."""
+        if self.stack:
+            return f"in layer {self.stack[-1]!r}"
+        after = f", after layer {self.last!r}" if self.last else ""
+        return f"outside any layer (in the model's forward code{after})"
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _trace(net: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``net``; a failure names the layer it happened in."""
-    running: list[str] = []
-
-    def enter(module: nn.Module, args: Any, name: str) -> None:
-        running.append(name)
-
-    def leave(module: nn.Module, args: Any, output: Any) -> None:
-        running.pop()
-
-    hooks = []
-    for name, module in net.named_modules():
-        if name:
-            hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: enter(m, a, name)))
-            hooks.append(module.register_forward_hook(leave))
+    running = _Running(net)
+    outputs: list[Any] = []
+    root = net.register_forward_hook(lambda m, a, out: outputs.append(out))
     try:
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(net, example_inputs=example_input, verbose=False)
+            graph = tp.DependencyGraph().build_dependency(
+                net, example_inputs=example_input, forward_fn=_call, verbose=False
+            )
     except Exception as exc:
-        where = f"in layer {running[-1]!r}" if running else "outside any layer (in the model's forward code)"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PrunelabError(
-            f"cannot trace {type(net).__name__} for compaction: failed {where}: {first}"
+            f"cannot trace {type(net).__name__} for compaction: failed {running.where()}: {_first_line(exc)}"
         ) from None
     finally:
-        for h in hooks:
-            h.remove()
+        running.close()
+        root.remove()
+    _check_calls(net, running.calls, outputs)
+    return graph
+
+
+def _call(model: nn.Module, x: torch.Tensor) -> Any:
+    """One call on the whole batch (Torch-Pruning's default unpacks a tensor along its batch
+    dimension, then retries with the tensor, so a model could be traced on one unbatched example)."""
+    return model(x)
+
+
+def _check_calls(net: nn.Module, calls: dict[str, int], outputs: list[Any]) -> None:
+    """Refuse a conv/linear layer called more than once, or whose weights reach the output without
+    the layer being called.
+
+    Torch-Pruning sees layers through their calls: a weight read by functional code
+    (``F.conv2d(x, self.conv.weight)``) would keep its old shape while its inputs shrink, and a layer
+    applied twice would need its input and output channels cut alike.
+    """
+    for name, m in net.named_modules():
+        if isinstance(m, LAYER_TYPES) and calls.get(name, 0) > 1:
+            raise PrunelabError(
+                f"cannot compact {type(net).__name__}: layer {name!r} ({type(m).__name__}) is called "
+                f"{calls[name]} times in one forward pass; compaction needs every conv/linear layer "
+                "called once"
+            )
+    uncalled = {
+        id(p): name
+        for name, m in net.named_modules()
+        if isinstance(m, LAYER_TYPES) and name not in calls
+        for p in m.parameters(recurse=False)
+    }
+    if not uncalled:
+        return
+    stack = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
+    seen: set[int] = set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        variable = getattr(fn, "variable", None)
+        if variable is not None and id(variable) in uncalled:
+            name = uncalled[id(variable)]
+            layer = type(net.get_submodule(name)).__name__
+            raise PrunelabError(
+                f"cannot compact {type(net).__name__}: layer {name!r} ({layer}) is never called, yet its "
+                f"weights reach the output (functional code such as F.conv2d(x, self.{name}.weight) uses "
+                "them); compaction reshapes only layers the model calls"
+            )
+        stack += [next_fn for next_fn, _ in fn.next_functions]
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a (nested) output."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
 
 def _output_bound(graph: tp.DependencyGraph) -> list[nn.Module]:
@@ -254,7 +415,8 @@ def _groups(graph: tp.DependencyGraph, net: nn.Module) -> list[_Group]:
         ignored.append(net.get_submodule(output))
     groups = []
     for g in graph.get_all_groups(ignored_layers=ignored, root_module_types=LAYER_TYPES):
-        producers, consumers = [], []
+        producers: list[tuple[nn.Module, _Side]] = []
+        consumers: list[tuple[nn.Module, _Side]] = []
         for item in g:
             module = item.dep.target.module
             if not isinstance(module, LAYER_TYPES):
@@ -262,19 +424,93 @@ def _groups(graph: tp.DependencyGraph, net: nn.Module) -> list[_Group]:
             side = _Side(
                 names[module], torch.tensor(item.idxs, dtype=torch.long), torch.tensor(item.root_idxs)
             )
+            # a depthwise conv's one handler prunes its input and output: it is a producer here
             if graph.is_out_channel_pruning_fn(item.dep.handler):
-                producers.append(side)
+                producers.append((module, side))
             elif graph.is_in_channel_pruning_fn(item.dep.handler):
-                consumers.append(side)
-        groups.append(_Group(g[0].dep.target.module, len(g[0].idxs), producers, consumers))
+                consumers.append((module, side))
+        depthwise = [m for m, _ in producers if _depthwise(m)]
+        if depthwise:
+            spaces = _spaces(graph, producers, consumers)
+            frozen = any(_fed_by_input(graph, m) for m in depthwise)
+        else:
+            spaces, frozen = [_Space([p for _, p in producers], [c for _, c in consumers])], False
+        groups.append(_Group(g[0].dep.target.module, len(g[0].idxs), spaces, frozen))
     return groups
 
 
+def _reached(graph: tp.DependencyGraph, module: nn.Module) -> list[nn.Module]:
+    """Conv/linear layers that read ``module``'s output without another conv/linear in between."""
+    stack, seen, found = list(graph.module2node[module].outputs), set(), []
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n.module, LAYER_TYPES):
+            found.append(n.module)
+        else:
+            stack += n.outputs
+    return found
+
+
+def _fed_by_input(graph: tp.DependencyGraph, module: nn.Module) -> bool:
+    """Whether some of ``module``'s input comes from the model input, not from a conv/linear layer."""
+    stack, seen = list(graph.module2node[module].inputs), set()
+    if not stack:
+        return True
+    while stack:
+        n = stack.pop()
+        if id(n) in seen or isinstance(n.module, LAYER_TYPES):
+            continue
+        seen.add(id(n))
+        if not n.inputs:
+            return True
+        stack += n.inputs
+    return False
+
+
+def _spaces(
+    graph: tp.DependencyGraph,
+    producers: list[tuple[nn.Module, _Side]],
+    consumers: list[tuple[nn.Module, _Side]],
+) -> list[_Space]:
+    """Split a group holding depthwise convs into the spaces before and after each of them.
+
+    A producer and a consumer share a space when the consumer reads the producer's output with no
+    conv/linear in between; a depthwise conv's output is one end, its input (which it takes with it
+    when a channel goes) none. Producers sharing a consumer (residual additions) share a space.
+    """
+    parent = list(range(len(producers) + len(consumers)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    readers: dict[int, list[int]] = {}
+    for j, (module, _) in enumerate(consumers):
+        readers.setdefault(id(module), []).append(len(producers) + j)
+    for i, (module, _) in enumerate(producers):
+        for reader in _reached(graph, module):
+            for j in readers.get(id(reader), []):
+                parent[find(i)] = find(j)
+    spaces: dict[int, _Space] = {}
+    for i, (_, side) in enumerate(producers):
+        spaces.setdefault(find(i), _Space([], [])).producers.append(side)
+    for j, (_, side) in enumerate(consumers):
+        spaces.setdefault(find(len(producers) + j), _Space([], [])).consumers.append(side)
+    return list(spaces.values())
+
+
 # constants of dead channels --------------------------------------------------------------------
-def _unit_keep(mask: Mask, layer: str, weight: torch.Tensor) -> _Layer:
+def _unit_keep(mask: Mask, layer: str, module: nn.Module) -> _Layer:
     key = f"{layer}.weight" if layer else "weight"
-    keep = mask[key].cpu() if key in mask else torch.ones(weight.shape, dtype=torch.bool)
+    keep = mask[key].cpu() if key in mask else torch.ones(module.weight.shape, dtype=torch.bool)
     keep = keep.flatten(2).any(2) if keep.dim() > 2 else keep
+    if _depthwise(module):  # output channel c reads input channel c only
+        keep = torch.diag(keep[:, 0])
     return _Layer(
         keep, torch.zeros(keep.shape[0], dtype=torch.bool), torch.zeros(keep.shape[1], dtype=torch.bool)
     )
@@ -307,7 +543,7 @@ def _constants(
     out = {}
     for name, layer in layers.items():
         if name not in seen:  # never called: nothing flows through it
-            size = layer.weight.shape[1]
+            size = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
             out[name] = (torch.zeros(size), torch.zeros(size, dtype=torch.bool))
             continue
         v = seen[name]
@@ -351,10 +587,27 @@ def _check(
     generator: torch.Generator,
     batch: int,
     exact: bool,
+    kept: dict[str, list[int]] | None = None,
 ) -> float:
-    """Largest output difference on fresh random inputs; an exact compaction must stay within tolerance."""
+    """Largest output difference on fresh random inputs; an exact compaction must stay within tolerance.
+
+    A failure names the first layer (in execution order) whose kept outputs differ from the masked
+    model's: the channel mixing the dependency graph missed happens in the code feeding it.
+    """
     x = torch.cat([example, _random_like(example, batch, generator)])
-    ref, out = reference(x), net(x)
+    ref = reference(x)
+    running = _Running(net)
+    try:
+        out = net(x)
+    except Exception as exc:
+        raise PrunelabError(
+            f"compacting {type(net).__name__} broke its forward pass: it fails {running.where()}: "
+            f"{_first_line(exc)}; its forward code likely depends on channel counts or mixes "
+            "channels in a way the dependency graph does not see (a channel shuffle, a view with "
+            "fixed sizes): such models cannot be compacted"
+        ) from None
+    finally:
+        running.close()
     if not isinstance(ref, torch.Tensor):
         raise PrunelabError(
             f"{type(net).__name__} returns {type(ref).__name__}; compaction checks need a tensor"
@@ -362,22 +615,80 @@ def _check(
     error = float((out - ref).abs().max()) if out.shape == ref.shape else float("inf")
     tolerance = 1e-5 * max(1.0, float(ref.abs().max()))
     if exact and not error <= tolerance:
+        ref_layers, out_layers = _LayerOutputs(reference), _LayerOutputs(net)
+        try:  # again, keeping every layer's output this time, to say where they part
+            reference(x)
+            net(x)
+        finally:
+            ref_layers.close()
+            out_layers.close()
+        where = _first_difference(ref_layers.outputs, out_layers.outputs, kept or {})
         raise PrunelabError(
             f"compacting {type(net).__name__} changed its outputs by {error:.3g} (tolerance {tolerance:.3g}); "
-            "its forward code likely mixes channels in a way the dependency graph does not see"
+            f"{where}its forward code likely mixes or reorders channels in a way the dependency graph "
+            "does not see (a channel shuffle, roll or indexing, or a layer's weight used outside its "
+            "own forward): such models cannot be compacted"
         )
     return error
 
 
+class _LayerOutputs:
+    """While installed: each conv/linear call's (layer, output, channel dim), in execution order."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.outputs: list[tuple[str, torch.Tensor, int]] = []
+        self.hooks = [
+            m.register_forward_hook(
+                lambda mod, args, out, name=name: self._record(
+                    name, out, -1 if isinstance(mod, nn.Linear) else 1
+                )
+            )
+            for name, m in model.named_modules()
+            if isinstance(m, LAYER_TYPES)
+        ]
+
+    def _record(self, name: str, out: Any, dim: int) -> None:
+        if isinstance(out, torch.Tensor):
+            self.outputs.append((name, out.detach(), dim))
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def _first_difference(
+    ref: list[tuple[str, torch.Tensor, int]],
+    out: list[tuple[str, torch.Tensor, int]],
+    kept: dict[str, list[int]],
+) -> str:
+    """``"the kept outputs of layer 'x' are the first to differ; "``, or ``""`` if none can be blamed."""
+    for (name, r, dim), (other, o, _) in zip(ref, out, strict=False):
+        if name != other:
+            return f"layer {other!r} runs where the masked model runs {name!r}; "
+        if name in kept:
+            r = r.index_select(dim, torch.tensor(kept[name], dtype=torch.long, device=r.device))
+        if r.shape != o.shape:
+            return f"the outputs of layer {name!r} change shape ({tuple(r.shape)} -> {tuple(o.shape)}); "
+        if float((r - o).abs().max()) > 1e-4 * max(1.0, float(r.abs().max())):
+            return f"the kept outputs of layer {name!r} are the first to differ; "
+    return ""
+
+
 # plans -----------------------------------------------------------------------------------------
 def layer_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Constructor shapes of every reshapeable layer: enough to rebuild the architecture."""
+    """Constructor shapes of every reshapeable layer: enough to rebuild the architecture.
+
+    Convs with ``groups != 1`` (depthwise ones, the only grouped convs compaction accepts) also
+    record ``groups``, which compaction changes for them.
+    """
     plan: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
             spec = {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
         elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             spec = {"in_channels": m.in_channels, "out_channels": m.out_channels, "bias": m.bias is not None}
+            if m.groups != 1:  # a compacted depthwise conv has as many groups as channels left
+                spec["groups"] = m.groups
         elif isinstance(m, NORM_TYPES):
             spec = {"num_features": m.num_features}
         else:

@@ -28,7 +28,7 @@ from prunelab.compress.level import level_input_shape
 from prunelab.compress.sparse import sparsify
 from prunelab.errors import PrunelabError, SpecError
 from prunelab.experiments import load_level
-from prunelab.models import build_model, count_parameters
+from prunelab.models import count_parameters
 from prunelab.pruning import Mask, sparsity_report
 
 BATCH_SIZES = (1, 16, 64, 256)
@@ -319,9 +319,7 @@ def bench_level(
     for level in levels:
         loaded = load_level(run, level, seed=seed, control=control, root=root)
         shape = level_input_shape(loaded)
-        dense = build_model(
-            loaded.spec.model, num_classes=loaded.spec.data_info.num_classes, input_shape=shape
-        )
+        dense = loaded.spec.build_model(pretrained=False)
         variants = standard_variants(loaded.model, loaded.mask, shape, dense=dense, sparse=sparse)
         benchmark(
             variants,

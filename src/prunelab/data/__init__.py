@@ -1,6 +1,7 @@
 """Datasets held as normalised tensors, a fixed validation split, and fast mini-batches.
 
-Importing this package registers every dataset in :data:`DATASETS`.
+Importing this package registers every dataset in :data:`DATASETS` and every data source
+(``imagefolder:PATH``, ``npz:PATH``) in :data:`DATA_SOURCES`; :func:`resolve_dataset` accepts both.
 """
 
 # Importing the loader modules registers their datasets, in this order (the order of `data list`).
@@ -10,6 +11,7 @@ from prunelab.data import mnist  # noqa: F401
 from prunelab.data import cifar, digits, synthetic  # noqa: F401
 from prunelab.data.augment import cifar_augment
 from prunelab.data.base import (
+    DATA_SOURCES,
     DATASETS,
     Dataset,
     DatasetInfo,
@@ -19,19 +21,26 @@ from prunelab.data.base import (
     dataset_status,
     load_dataset,
     register_loader,
+    register_source,
+    resolve_dataset,
     split_indices,
 )
 from prunelab.data.download import download
+from prunelab.data.files import ImageFolderSource, NpzSource, SourceLoader
 from prunelab.data.idx import read_idx, write_idx
 from prunelab.data.loader import TensorLoader
 from prunelab.data.locate import cache_dir, cache_root, candidate_dirs, find_data, ways_to_get
 
 __all__ = [
     "DATASETS",
+    "DATA_SOURCES",
     "Dataset",
     "DatasetInfo",
     "DatasetLoader",
+    "ImageFolderSource",
+    "NpzSource",
     "RawData",
+    "SourceLoader",
     "Split",
     "TensorLoader",
     "cache_dir",
@@ -44,6 +53,8 @@ __all__ = [
     "load_dataset",
     "read_idx",
     "register_loader",
+    "register_source",
+    "resolve_dataset",
     "split_indices",
     "ways_to_get",
     "write_idx",

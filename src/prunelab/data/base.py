@@ -2,12 +2,20 @@
 
 Every dataset is held as whole tensors (they all fit in memory), normalised once, so training
 iterates by index instead of through a per-sample ``DataLoader``.
+
+A dataset is named either by a registered name (:data:`DATASETS`, e.g. ``mnist``) or by a data
+*source* with an argument, ``PREFIX:ARGUMENT`` (:data:`DATA_SOURCES`, e.g. ``imagefolder:PATH``);
+:func:`resolve_dataset` turns either into its :class:`DatasetLoader`.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -15,11 +23,13 @@ import torch
 
 from prunelab.data.augment import cifar_augment
 from prunelab.data.loader import TensorLoader
-from prunelab.errors import DataError
+from prunelab.errors import DataError, UnknownNameError
+from prunelab.io import user_path
 from prunelab.registry import Registry
 
 __all__ = [
     "DATASETS",
+    "DATA_SOURCES",
     "Dataset",
     "DatasetInfo",
     "DatasetLoader",
@@ -30,6 +40,8 @@ __all__ = [
     "dataset_status",
     "load_dataset",
     "register_loader",
+    "register_source",
+    "resolve_dataset",
     "split_indices",
 ]
 
@@ -88,13 +100,19 @@ class Dataset:
 
 
 class RawData(NamedTuple):
-    """Decoded arrays as stored: ``x`` uint8 (0..255) or float in [0, 1], shaped (N, C, H, W)."""
+    """Decoded arrays as stored: ``x`` uint8 (0..255) or float in [0, 1], shaped (N, C, H, W).
+
+    ``val_index``, when given, are the indices into ``x_train`` of a validation set that the data
+    itself defines (an image folder's ``val/``): :func:`load_dataset` holds out exactly those instead
+    of a random :func:`split_indices` split.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     source: str
+    val_index: torch.Tensor | None = None
 
 
 class DatasetLoader(ABC):
@@ -123,8 +141,21 @@ class DatasetLoader(ABC):
     def status(self, data_dir: Path | None) -> tuple[bool, str]:
         """(found, where it was found or how to get it), for ``prunelab data list``."""
 
+    def fingerprint(self) -> str | None:
+        """A short hash of the data's content, or None when the name alone fixes the data.
+
+        Data sources read from user files (``imagefolder:PATH``, ``npz:PATH``) return one, so that
+        editing the files changes the experiment id instead of silently mixing results.
+        """
+        return None
+
 
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
+
+#: Data sources taking an argument, by prefix: ``--data PREFIX:ARGUMENT`` works wherever a dataset
+#: name does. Each is a :class:`DatasetLoader` class built as ``cls(argument)``, with a ``usage``
+#: such as ``"imagefolder:PATH"`` and a docstring whose first line listings show.
+DATA_SOURCES: Registry[type] = Registry("data source")
 
 L = TypeVar("L", bound=type[DatasetLoader])
 
@@ -135,9 +166,65 @@ def register_loader(cls: L) -> L:
     return cls
 
 
+S = TypeVar("S", bound=type)
+
+
+def register_source(prefix: str):
+    """Class decorator: register a data source class under ``prefix`` (``--data PREFIX:ARGUMENT``)."""
+    if not prefix or ":" in prefix:
+        raise ValueError(f"a data source prefix must be non-empty and hold no ':', not {prefix!r}")
+
+    def decorator(cls: S) -> S:
+        if not (isinstance(cls, type) and issubclass(cls, DatasetLoader)):
+            raise TypeError(f"data source {prefix!r} must be a DatasetLoader class, not {cls!r}")
+        if not isinstance(getattr(cls, "usage", None), str):
+            raise TypeError(
+                f"data source {prefix!r} needs a class attribute usage, e.g. {prefix + ':PATH'!r}"
+            )
+        DATA_SOURCES.add(prefix, cls)
+        return cls
+
+    return decorator
+
+
+@functools.lru_cache(maxsize=32)
+def resolve_dataset(text: str) -> DatasetLoader:
+    """The loader of a registered dataset name, or of a data source ``PREFIX:ARGUMENT``.
+
+    Cached per ``text``: a source's facts (shape, statistics, :meth:`~DatasetLoader.fingerprint`) are
+    computed once per process, and stay those of the files as they were then; call
+    ``resolve_dataset.cache_clear()`` to read changed files again. Anything else raises
+    :class:`UnknownNameError` listing the dataset names and the source forms.
+    """
+    if text in DATASETS:
+        return DATASETS.get(text)
+    prefix, sep, argument = str(text).partition(":")
+    if sep and prefix in DATA_SOURCES:
+        return DATA_SOURCES.get(prefix)(argument)
+    raise UnknownNameError(_unknown_dataset_message(str(text)))
+
+
+def _unknown_dataset_message(text: str) -> str:
+    """``Registry.unknown_message``'s style, naming the source forms too."""
+    names = DATASETS.names()
+    prefix, sep, argument = text.partition(":")
+    close_prefix = difflib.get_close_matches(prefix, DATA_SOURCES.names(), n=1) if sep else []
+    if close_prefix:
+        hint = f" Did you mean {close_prefix[0] + ':' + argument!r}?"
+    else:
+        close = difflib.get_close_matches(text, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+    forms = ", ".join(cls.usage for _, cls in DATA_SOURCES.items())
+    sources = f"; or {forms}" if forms else ""
+    return f"unknown dataset {text!r}.{hint} Valid datasets: {', '.join(names)}{sources}."
+
+
 def dataset_status(name: str, data_dir: str | Path | None = None) -> tuple[bool, str]:
     """(found, where it was found or how to get it) for the CLI's ``prunelab data list``."""
-    return DATASETS.get(name).status(_as_path(data_dir))
+    return resolve_dataset(name).status(_as_path(data_dir))
+
+
+Stats = tuple[Sequence[float], Sequence[float]]
 
 
 def load_dataset(
@@ -145,14 +232,25 @@ def load_dataset(
     data_dir: str | Path | None = None,
     val_size: int | None = None,
     device: str | torch.device = "cpu",
+    stats: Stats | None = None,
 ) -> Dataset:
-    """Load ``name`` normalised, with a fixed validation split held out of the training set."""
-    loader = DATASETS.get(name)
+    """Load ``name`` normalised, with a fixed validation split held out of the training set.
+
+    ``name`` is anything :func:`resolve_dataset` accepts. ``stats`` = ``(mean, std)``, one value per
+    channel, replaces the dataset's own statistics for the normalisation (e.g. those a pretrained
+    model was trained with); the returned ``Dataset.info`` then carries them.
+    """
+    loader = resolve_dataset(name)
     info = loader.info
+    if stats is not None:
+        info = _with_stats(info, stats)
     raw = loader.load_raw(_as_path(data_dir))
     _check_raw(info, raw)
-    size = info.default_val_size if val_size is None else val_size
-    train_idx, val_idx = split_indices(len(raw.y_train), size, name)
+    if raw.val_index is not None:
+        train_idx, val_idx = _given_split(raw, val_size, info.name)
+    else:
+        size = info.default_val_size if val_size is None else val_size
+        train_idx, val_idx = split_indices(len(raw.y_train), size, name)
     # Index the stored (often uint8) arrays before converting: four times less memory to move.
     dataset = Dataset(
         info=info,
@@ -175,8 +273,45 @@ def split_indices(n: int, val_size: int, name: str = "dataset") -> tuple[torch.T
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
+def _given_split(raw: RawData, val_size: int | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices when the data defines its validation set (``raw.val_index``)."""
+    n = len(raw.y_train)
+    val_idx = raw.val_index.to(torch.int64).sort().values
+    if val_size is not None and val_size != len(val_idx):
+        raise DataError(
+            f"{name} takes its validation set from its own val/ data ({len(val_idx)} examples, in "
+            f"{raw.source}), so val_size={val_size} cannot apply; leave val_size unset, or remove the "
+            f"val/ folder to hold out val_size examples of the training set instead"
+        )
+    if len(val_idx) and (int(val_idx[0]) < 0 or int(val_idx[-1]) >= n or bool((val_idx.diff() == 0).any())):
+        raise DataError(f"{name} from {raw.source}: its validation indices do not fit {n} training examples")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val_idx] = False
+    return keep.nonzero().flatten(), val_idx
+
+
+def _with_stats(info: DatasetInfo, stats: Stats) -> DatasetInfo:
+    """``info`` with the normalisation statistics ``stats`` = (mean, std), checked against its channels."""
+    channels = info.input_shape[0]
+    try:
+        mean, std = (tuple(float(v) for v in part) for part in stats)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"stats must be (mean, std), each a sequence of {channels} numbers (one per channel of "
+            f"{info.name}), not {stats!r}"
+        ) from None
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(
+            f"stats give {len(mean)} mean and {len(std)} std values but {info.name} has {channels} "
+            f"channel{'s' if channels != 1 else ''} (input shape {info.input_shape}); give one value per channel"
+        )
+    if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+        raise DataError(f"stats for {info.name}: mean must be finite and std finite and > 0, not {stats!r}")
+    return replace(info, mean=mean, std=std)
+
+
 def _as_path(data_dir: str | Path | None) -> Path | None:
-    return None if data_dir is None or str(data_dir) == "" else Path(data_dir).expanduser()
+    return None if data_dir is None or str(data_dir) == "" else user_path(data_dir)
 
 
 def _split(x: torch.Tensor, y: torch.Tensor, info: DatasetInfo) -> Split:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunelab.data import Dataset, load_dataset
+from prunelab.data import Dataset
 from prunelab.errors import CheckpointError, PrunelabError, SpecError
 from prunelab.experiments.branches import Branch, LevelInputs, Start, State
 from prunelab.experiments.controls import CONTROLS
@@ -28,7 +28,6 @@ from prunelab.experiments.spec import ExperimentSpec
 from prunelab.experiments.store import Artifact, DamagedResults, LevelMetrics, Store, locked, state_shapes
 from prunelab.experiments.treatments import treatment_for
 from prunelab.io import remove_orphans
-from prunelab.models import build_model
 from prunelab.pruning import Mask, PruneContext, masked_macs, prune
 from prunelab.seeding import derive_seed
 from prunelab.training import Trainer
@@ -40,6 +39,31 @@ class ExperimentResult:
     directory: Path
     levels: dict[int, list[LevelMetrics]] = field(default_factory=dict)  # seed -> per-level metrics
     controls: dict[int, dict[str, list[LevelMetrics]]] = field(default_factory=dict)  # seed -> name -> levels
+
+
+@torch.no_grad()
+def _check_accepts(model: nn.Module, spec: ExperimentSpec) -> None:
+    """One example of the data's shape through the model: a mismatch is one clear error before
+    any data is loaded, not a traceback from deep inside torch."""
+    info = spec.data_info
+    was = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(1, *info.input_shape))
+    except Exception as exc:
+        hint = "" if spec.image_size else "; models made for larger images need --image-size (e.g. 224)"
+        raise SpecError(
+            f"model {spec.model!r} does not accept {info.name} inputs of shape {info.input_shape} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}){hint}"
+        ) from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != info.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpecError(
+            f"model {spec.model!r} outputs {shape} for one example; expected (1, {info.num_classes}) "
+            f"for the {info.num_classes} classes of {info.name}"
+        )
 
 
 def _state(model: nn.Module) -> State:
@@ -83,8 +107,12 @@ class ExperimentRunner:
         """Refuse invalid combinations before any training: one trial round on the initial model."""
         for branch in self._branches():
             branch.check(self.spec)
-        model = self._new_model(0, "init")
+        notes: list[str] = []
+        model = self.spec.build_model(derive_seed(0, "init"), notes=notes)
+        for note in notes:
+            self.log(note)
         info = self.spec.data_info
+        _check_accepts(model, self.spec)
         g = torch.Generator().manual_seed(0)  # the trial scores a random batch of the right shape
         probe = (
             (
@@ -100,18 +128,13 @@ class ExperimentRunner:
     @property
     def data(self) -> Dataset:
         if self._data is None:
-            self._data = load_dataset(self.spec.data, data_dir=self.data_dir, val_size=self.spec.val_size)
+            self._data = self.spec.load_data(self.data_dir)
         return self._data
 
     def _new_model(self, seed: int, purpose: str) -> nn.Module:
-        info = self.spec.data_info
-        return build_model(
-            self.spec.model,
-            num_classes=info.num_classes,
-            input_shape=info.input_shape,
-            init=self.spec.init,
-            seed=derive_seed(seed, purpose),
-        )
+        """A model initialised for ``purpose`` (no starting weights: a reinit, or an architecture to
+        load weights into)."""
+        return self.spec.build_model(derive_seed(seed, purpose), pretrained=False)
 
     def iterations_per_epoch(self) -> int:
         return -(-len(self.data.train) // self.spec.train.batch_size)
@@ -158,7 +181,7 @@ class ExperimentRunner:
         return result
 
     def _run_seed(self, seed: int) -> tuple[list[LevelMetrics], dict[str, list[LevelMetrics]]]:
-        init = _state(self._new_model(seed, "init"))
+        init = _state(self.spec.build_model(derive_seed(seed, "init")))  # with its starting weights
         dense, points = self._trunk(seed, init)
         levels = [dense.metrics()]
         controls: dict[str, list[LevelMetrics]] = {name: [] for name in self.controls}

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prunelab.data import Dataset, load_dataset
+from prunelab.data import Dataset
 from prunelab.experiments.spec import TrunkSpec
 from prunelab.io import OutputKind, atomic_write_json, check_output_folder, output_folder, save_tensors
-from prunelab.models import build_model
 from prunelab.pruning import Mask, SparsityReport, sparsity_report
 from prunelab.seeding import derive_seed
 from prunelab.table import Table
@@ -99,20 +98,14 @@ def train_once(
     data_dir: str | Path | None = None,
     on_start: Callable[[Dataset], None] = lambda data: None,
     on_progress: Callable[[int, int], None] | None = None,
+    notes: list[str] | None = None,
 ) -> SingleTraining:
     """Train ``spec``'s model once, checking every input (mask file included) before loading data."""
     keep = Mask.load(mask) if isinstance(mask, str | Path) else mask
-    info = spec.data_info
-    net = build_model(
-        spec.model,
-        num_classes=info.num_classes,
-        input_shape=info.input_shape,
-        init=spec.init,
-        seed=derive_seed(seed, "init"),
-    )
+    net = spec.build_model(derive_seed(seed, "init"), notes=notes)
     if keep is not None:
         keep.check_fits(net)
-    dataset = load_dataset(spec.data, data_dir=data_dir, val_size=spec.val_size)
+    dataset = spec.load_data(data_dir)
     on_start(dataset)
     trainer = Trainer(net, dataset, spec.train, mask=keep, seed=seed)
     result = trainer.run(on_progress=on_progress)

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
+from torch import nn
 
-from prunelab.data import DATASETS, DatasetInfo
-from prunelab.errors import SpecError
-from prunelab.models import INITS, MODELS
+from prunelab.data import DATASETS, Dataset, DatasetInfo, load_dataset, resolve_dataset
+from prunelab.errors import PrunelabError, SpecError
+from prunelab.models import INITS, MODELS, build_model, input_stats, resolve_model, source_forms
+from prunelab.models.build import MAX_IMAGE_SIZE
+from prunelab.models.weights import file_hash, parse_weights
 from prunelab.pruning import CRITERIA, PruneSpec
-from prunelab.spec import Flag, FrozenSpec, Text, build_spec, registered
+from prunelab.spec import Flag, FrozenSpec, Text, build_spec, registered, resolved
 from prunelab.training import TrainConfig
 from prunelab.training.config import parse_duration
 
@@ -95,15 +98,37 @@ class TreatmentSpec(FrozenSpec):
         return self.kind + (f":{self.rewind_to}" if self.rewind_to != "0it" else "")
 
 
+def _data_forms() -> list[str]:
+    from prunelab.data import DATA_SOURCES
+
+    return [cls.usage for _, cls in DATA_SOURCES.items()]
+
+
 class TrunkSpec(FrozenSpec):
-    """What one dense training depends on: model, data, initialisation, split and training.
+    """What one dense training depends on: model, starting weights, data, initialisation, split
+    and training.
 
     It is the dense trunk of every experiment that shares it, and what ``prunelab train`` trains.
+    With pretrained ``weights``, that training is fine-tuning on the dataset (paper 003), and
+    rewinding goes back to the pretrained weights.
     """
 
-    model: registered(MODELS, "prunelab models") = Field("lenet-300-100", description="the network")
-    data: registered(DATASETS, "prunelab data list") = Field(
+    model: resolved(resolve_model, MODELS, "prunelab models", source_forms) = Field(
+        "lenet-300-100", description="the network: a zoo name, torchvision:NAME, timm:NAME or FILE.py:FACTORY"
+    )
+    weights: str | None = Field(
+        None,
+        description="starting weights: a file (safetensors, or a torch checkpoint) or pretrained "
+        "weights such as torchvision:DEFAULT (default: the initialisation)",
+    )
+    data: resolved(resolve_dataset, DATASETS, "prunelab data list", _data_forms) = Field(
         "fashion-mnist", description="the dataset it trains on"
+    )
+    image_size: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_IMAGE_SIZE,
+        description="resize input batches to this height and width as they enter the model (e.g. 224)",
     )
     init: registered(INITS) | None = Field(
         None, description="weight initialisation (default: the model's own)"
@@ -121,10 +146,64 @@ class TrunkSpec(FrozenSpec):
         """Without epochs or iterations, one epoch: what the default spec trains."""
         return v.model_copy(update={"epochs": 1}) if v.epochs is None and v.iterations is None else v
 
+    @model_validator(mode="after")
+    def _weights(self) -> TrunkSpec:
+        if self.weights is not None:
+            try:
+                parse_weights(self.weights, resolve_model(self.model).weights_prefix)
+            except SpecError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
     @property
     def data_info(self) -> DatasetInfo:
-        """The dataset's registered facts (input shape, classes), without loading its files."""
-        return DATASETS.get(self.data).info
+        """The dataset's facts (input shape, classes), without loading its files."""
+        return resolve_dataset(self.data).info
+
+    def build_model(
+        self, seed: int | None = None, *, pretrained: bool = True, notes: list[str] | None = None
+    ) -> nn.Module:
+        """The model of this spec, built for its data (``pretrained=False``: without the weights)."""
+        info = self.data_info
+        return build_model(
+            self.model,
+            num_classes=info.num_classes,
+            input_shape=info.input_shape,
+            init=self.init,
+            seed=seed,
+            weights=self.weights if pretrained else None,
+            image_size=self.image_size,
+            notes=notes,
+        )
+
+    def load_data(self, data_dir: str | Path | None = None) -> Dataset:
+        """The dataset, normalised with the pretrained weights' statistics where they have them."""
+        return load_dataset(
+            self.data, data_dir=data_dir, val_size=self.val_size, stats=input_stats(self.model, self.weights)
+        )
+
+    def fingerprints(self) -> dict[str, str]:
+        """Content hashes of what the spec names by path (a model file, a weights file, a data folder):
+        part of the identity, so editing one never silently mixes results."""
+        out: dict[str, str] = {}
+        for key, find in (
+            ("model", lambda: resolve_model(self.model).fingerprint()),
+            ("weights", self._weights_hash),
+            ("data", lambda: resolve_dataset(self.data).fingerprint()),
+        ):
+            try:
+                value = find()
+            except PrunelabError:
+                value = None  # unreadable now: building or loading it says so
+            if value is not None:
+                out[key] = value
+        return out
+
+    def _weights_hash(self) -> str | None:
+        if self.weights is None:
+            return None
+        ref = parse_weights(self.weights, resolve_model(self.model).weights_prefix)
+        return None if ref.path is None else file_hash(ref.path)
 
 
 class ExperimentSpec(TrunkSpec):
@@ -177,6 +256,9 @@ class ExperimentSpec(TrunkSpec):
         train = values.get("train", {})
         train.pop("device", None)
         values["train"] = train
+        fingerprints = self.fingerprints()
+        if fingerprints:
+            values["fingerprints"] = fingerprints
         return values
 
     def experiment_id(self) -> str:
@@ -185,7 +267,7 @@ class ExperimentSpec(TrunkSpec):
     def trunk_identity(self) -> dict[str, Any]:
         """What the dense level-0 training depends on: shared by every method and treatment."""
         ident = self.identity()
-        return {k: ident[k] for k in TrunkSpec.model_fields if k in ident}
+        return {k: ident[k] for k in (*TrunkSpec.model_fields, "fingerprints") if k in ident}
 
     def trunk_id(self) -> str:
         return stable_hash(self.trunk_identity())

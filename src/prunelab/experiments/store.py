@@ -42,6 +42,7 @@ from prunelab.io import (
     load_tensors,
     save_tensors,
     save_torch,
+    user_path,
     write_error,
 )
 from prunelab.pruning import Mask
@@ -58,9 +59,9 @@ FORMAT = 2
 def results_root(root: str | Path | None = None) -> Path:
     """``--root``, else ``$PRUNELAB_HOME``, else ``~/.prunelab/runs``."""
     if root:
-        return Path(root).expanduser()
+        return user_path(root)
     env = os.environ.get("PRUNELAB_HOME")
-    return Path(env).expanduser() if env else DEFAULT_ROOT.expanduser()
+    return user_path(env) if env else DEFAULT_ROOT.expanduser()
 
 
 # metrics -------------------------------------------------------------------------------------------
@@ -553,9 +554,4 @@ class StoredExperiment:
 
     def build_model(self) -> nn.Module:
         """An untrained model of the experiment's architecture (its layers and shapes)."""
-        from prunelab.models import build_model
-
-        info = self.spec.data_info
-        return build_model(
-            self.spec.model, num_classes=info.num_classes, input_shape=info.input_shape, init=self.spec.init
-        )
+        return self.spec.build_model(pretrained=False)

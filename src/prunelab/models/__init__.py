@@ -1,29 +1,39 @@
-"""Model zoo: every family module registers its models in :data:`MODELS` on import.
+"""Models: prunelab's zoo (every family module registers its models in :data:`MODELS` on import),
+and the sources a ``--model`` string may name (:data:`SOURCES`: torchvision, timm, your own code).
 
-Use :func:`build_model` to get a seeded, initialised network by name; see :func:`describe_models`
-for the list with parameter counts.
+Use :func:`build_model` to get a seeded, initialised network from any of them; see
+:func:`describe_models` for the zoo with parameter counts.
 """
 
 from prunelab.models import alexnet, conv, lenet, resnet, vgg  # noqa: F401  (registration)
+from prunelab.models.build import ResizeInputs, build_model, input_stats, model_input_shape
 from prunelab.models.init import INITS, initialise
 from prunelab.models.registry import (
     MODELS,
     ModelEntry,
-    build_model,
     count_parameters,
     describe_models,
     model_names,
     register_model,
 )
+from prunelab.models.source import SOURCES, ModelSource, register_source, resolve_model, source_forms
 
 __all__ = [
     "INITS",
     "MODELS",
+    "SOURCES",
     "ModelEntry",
+    "ModelSource",
+    "ResizeInputs",
     "build_model",
     "count_parameters",
     "describe_models",
     "initialise",
+    "input_stats",
+    "model_input_shape",
     "model_names",
     "register_model",
+    "register_source",
+    "resolve_model",
+    "source_forms",
 ]

@@ -1,4 +1,4 @@
-"""The model registry and :func:`build_model`, the one way experiments obtain a network.
+"""The registry of prunelab's own models (the zoo); :mod:`prunelab.models.build` builds any model.
 
 Every factory takes ``(num_classes, input_shape)`` so that a config file naming a model, a dataset
 and a seed fully determines the initial weights, which lottery-ticket rewinding depends on.
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import SpecError
-from prunelab.models.init import INITS, initialise
+from prunelab.models.init import INITS
 from prunelab.registry import Registry
 
 InputShape = tuple[int, int, int]
@@ -63,13 +63,13 @@ def model_names() -> list[str]:
     return MODELS.names()
 
 
-def _check_num_classes(num_classes: object) -> int:
+def check_num_classes(num_classes: object) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise SpecError(f"num_classes must be a positive integer, got {num_classes!r}")
     return num_classes
 
 
-def _normalise_shape(input_shape: object) -> InputShape:
+def normalise_shape(input_shape: object) -> InputShape:
     if (
         not isinstance(input_shape, Sequence)
         or len(input_shape) != 3
@@ -85,54 +85,6 @@ def _fits(entry: ModelEntry, shape: InputShape) -> bool:
     return min(shape[1:]) >= entry.min_size
 
 
-def _check_output_layer(name: str, model: nn.Module, num_classes: int) -> None:
-    layer_name = getattr(model, "output_layer", None)
-    layer = dict(model.named_modules()).get(layer_name) if isinstance(layer_name, str) else None
-    if not isinstance(layer, nn.Linear) or layer.out_features != num_classes:
-        raise TypeError(
-            f"model {name!r}: output_layer={layer_name!r} is not a Linear with {num_classes} outputs"
-        )
-
-
-def build_model(
-    name: str,
-    *,
-    num_classes: int = 10,
-    input_shape: InputShape = (1, 28, 28),
-    init: str | None = None,
-    seed: int | None = None,
-) -> nn.Module:
-    """Build and initialise the registered model ``name``.
-
-    ``init`` defaults to the family's scheme. With ``seed`` the weights depend on the seed alone
-    and the global RNG state is left untouched, so building a model mid-run does not perturb
-    data shuffling. Raises ``UnknownNameError`` for unknown model or init names and ``SpecError``
-    for a malformed ``num_classes``/``input_shape`` or a shape the model cannot take.
-    """
-    entry = MODELS.get(name)
-    scheme = entry.default_init if init is None else init
-    INITS.get(scheme)  # fail on a bad name before any (possibly slow) construction
-    num_classes = _check_num_classes(num_classes)
-    shape = _normalise_shape(input_shape)
-    if not _fits(entry, shape):
-        raise SpecError(
-            f"model {name!r} cannot take input shape {shape}: its pooling needs "
-            f"height and width >= {entry.min_size} (it accepts {entry.supported_input})"
-        )
-
-    def make() -> nn.Module:
-        return initialise(entry.factory(num_classes, shape), scheme)
-
-    if seed is None:
-        model = make()
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = make()
-    _check_output_layer(name, model, num_classes)
-    return model
-
-
 def count_parameters(model: nn.Module) -> int:
     """Total number of parameter elements (weights, biases and norm affines)."""
     return sum(p.numel() for p in model.parameters())
@@ -146,8 +98,8 @@ def describe_models(
     Models are built on the meta device (no memory, no RNG draws), so this is fast even for the
     large ones. ``num_params`` is ``None`` for a model that cannot take ``input_shape``.
     """
-    num_classes = _check_num_classes(num_classes)
-    shape = _normalise_shape(input_shape)
+    num_classes = check_num_classes(num_classes)
+    shape = normalise_shape(input_shape)
     rows: list[tuple[str, str, int | None, str]] = []
     for name, entry in MODELS.items():
         num_params = None

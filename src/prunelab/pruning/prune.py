@@ -10,7 +10,6 @@ weight once pruned is never revived, whatever its value now.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,15 +26,35 @@ from prunelab.pruning.methods import METHODS
 from prunelab.pruning.schedule import check_rate
 from prunelab.pruning.scope import SCOPES, Scope
 from prunelab.pruning.spec import PruneSpec
-from prunelab.pruning.structure import STRUCTURES, UNIT_NORMS, Structure, UnitNorm, as_units, expand_units
+from prunelab.pruning.structure import (
+    STRUCTURES,
+    UNIT_NORMS,
+    Structure,
+    UnitNorm,
+    as_units,
+    expand_units,
+    unit_count,
+)
 from prunelab.spec import build_spec
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One layer of a pool: its structured axis (``None`` = single weights) and its conv groups."""
+
+    layer: LayerInfo
+    axis: int | None
+    groups: int = 1
+
+    def units(self, tensor: torch.Tensor) -> torch.Tensor:
+        return as_units(tensor, self.axis, self.groups)
 
 
 @dataclass(frozen=True)
 class _Pool:
     """Layers whose elements are ranked together, each with its structured axis, and their rate."""
 
-    layers: tuple[tuple[LayerInfo, int | None], ...]
+    layers: tuple[_Member, ...]
     rate: float
 
 
@@ -56,6 +75,8 @@ def prune(
     ``hybrid`` for hybrid). ``layer_rates`` gives named layers their own rate, each pruned on its own;
     ``output_rate_factor`` prunes ``model.output_layer`` at ``rate * factor`` (Frankle & Carbin prune
     LeNet-300-100's output layer at half rate). ``context`` holds what the criterion ``needs``.
+    Grouped and depthwise convs lose whole filters or whole input channels as
+    :mod:`prunelab.pruning.structure` defines them (a depthwise conv's input channel is its filter).
 
     Instead of a spec, keywords: ``prune(model, mask, fraction=0.2, method="snip", scope="global",
     synflow={"rounds": 10}, ...)`` (``fraction`` is this call's rate; the rest are PruneSpec fields).
@@ -77,7 +98,8 @@ def prune(
     if not chosen:
         raise SpecError(f"the mask covers none of the selected layers; its entries: {mask.names()[:8]}")
     rates = _layer_rates(model, chosen, fraction, spec.layer_rates, spec.output_rate_factor)
-    pools = _pools(chosen, spec.scope, SCOPES.get(spec.scope), struct, rates, fraction)
+    groups = {layer.param: _conv_groups(model, layer) for layer in chosen}
+    pools = _pools(chosen, spec.scope, SCOPES.get(spec.scope), struct, rates, fraction, groups)
     context = context if context is not None else PruneContext()
     _check_needs(method, criterion, context)
     names = [layer.param for layer in chosen]
@@ -157,6 +179,12 @@ def _layer_rates(
     return rates
 
 
+def _conv_groups(model: nn.Module, layer: LayerInfo) -> int:
+    """The ``groups`` of a conv layer (1 for linear layers and ordinary convs)."""
+    module = model.get_submodule(layer.param.rpartition(".")[0])
+    return int(getattr(module, "groups", 1)) if layer.kind == "conv" else 1
+
+
 def _pools(
     chosen: list[LayerInfo],
     scope: str,
@@ -164,19 +192,21 @@ def _pools(
     struct: Structure,
     rates: Mapping[str, float],
     fraction: float,
+    conv_groups: Mapping[str, int] | None = None,
 ) -> list[_Pool]:
     """Group layers by scope; a layer with its own rate forms its own pool."""
-    groups: dict[Hashable, list[tuple[LayerInfo, int | None]]] = {}
+    groups: dict[Hashable, list[_Member]] = {}
     pool_rate: dict[Hashable, float] = {}
     for layer in chosen:
         key = ("own rate", layer.param) if layer.param in rates else ("scope", scope_key(layer))
-        groups.setdefault(key, []).append((layer, struct.axis(layer)))
+        member = _Member(layer, struct.axis(layer), (conv_groups or {}).get(layer.param, 1))
+        groups.setdefault(key, []).append(member)
         pool_rate[key] = rates.get(layer.param, fraction)
     for members in groups.values():
-        if len({axis is None for _, axis in members}) > 1:
+        if len({m.axis is None for m in members}) > 1:
             raise SpecError(
                 f"scope {scope!r} would rank whole units of some layers against single weights of others "
-                f"({describe([layer for layer, _ in members])}); with a hybrid structure use scope "
+                f"({describe([m.layer for m in members])}); with a hybrid structure use scope "
                 "'layerwise' or 'by-type'"
             )
     return [_Pool(tuple(members), pool_rate[key]) for key, members in groups.items()]
@@ -202,7 +232,7 @@ def _drop_lowest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch
 
 def _alive(pool: _Pool, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Alive flags of the pool's elements (a unit is alive while any of its weights is)."""
-    return torch.cat([as_units(keep[layer.param], axis).any(dim=1) for layer, axis in pool.layers])
+    return torch.cat([m.units(keep[m.layer.param]).any(dim=1) for m in pool.layers])
 
 
 def _element_scores(
@@ -214,10 +244,10 @@ def _element_scores(
 ) -> torch.Tensor:
     """Scores of the pool's elements in float64: the weight's own, or its unit's norm."""
     values = []
-    for layer, axis in pool.layers:
-        rows = as_units(keep[layer.param], axis)
-        s = as_units(scores[layer.param].to(rows.device, torch.float64), axis)
-        values.append(s[:, 0] if axis is None else norm(s, rows, generator).to(rows.device, torch.float64))
+    for m in pool.layers:
+        rows = m.units(keep[m.layer.param])
+        s = m.units(scores[m.layer.param].to(rows.device, torch.float64))
+        values.append(s[:, 0] if m.axis is None else norm(s, rows, generator).to(rows.device, torch.float64))
     return torch.cat(values)
 
 
@@ -256,9 +286,11 @@ def _run(
                 )
             survivors = _drop_lowest(values, alive, due[i])
             offset = 0
-            for layer, axis in pool.layers:
-                size = layer.shape[axis] if axis is not None else math.prod(layer.shape)
+            for m in pool.layers:
+                size = unit_count(m.layer.shape, m.axis, m.groups)
                 part = survivors[offset : offset + size]
-                keep[layer.param] = keep[layer.param] & expand_units(part, layer.shape, axis)
+                keep[m.layer.param] = keep[m.layer.param] & expand_units(
+                    part, m.layer.shape, m.axis, m.groups
+                )
                 offset += size
             removed[i] += due[i]

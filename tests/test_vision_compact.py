@@ -1,0 +1,256 @@
+"""Structured pruning and physical removal on torchvision models; depthwise and grouped conv rules."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunelab.compress import compact
+from prunelab.errors import PrunelabError, SpecError
+from prunelab.models import count_parameters
+from prunelab.models.vision import import_torchvision
+from prunelab.pruning import STRUCTURES, Mask, prune
+
+try:
+    tv = import_torchvision()
+except SpecError:  # not installed (CI installs it)
+    pytest.skip("torchvision is not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# the smallest inputs each model takes: AlexNet's last max-pool needs 63x63 (62 leaves it 0x0)
+SIZES = {"resnet18": 32, "vgg11_bn": 32, "alexnet": 63, "mobilenet_v2": 32}
+STRUCTURED_METHODS = ["l1-structured", "l2-structured", "linf-structured", "lninf-structured"]
+
+
+def calibrate(model: nn.Module, shape, seed: int = 0) -> nn.Module:
+    """BatchNorm statistics of a random batch and random BN scales and shifts, in eval mode.
+
+    Without data-consistent statistics a random MobileNet's outputs hardly depend on its input,
+    which proves nothing; the shifts make dead channels carry non-zero constants.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+        model.train()
+        model(torch.randn(8, *shape, generator=g))
+    return model.eval()
+
+
+def filters(model: nn.Module, fraction: float = 0.5, structure: str = "structured-output") -> Mask:
+    """L1 structured pruning of every conv (the classifier's linear layers are left whole)."""
+    return prune(
+        model, None, fraction=fraction, method="l1-structured", structure=structure, layers="conv-only"
+    )
+
+
+def assert_same_outputs(small: nn.Module, masked: nn.Module, shape, batch: int = 3) -> None:
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref, out = masked(x), small(x)
+    scale = float(ref.abs().max())
+    assert scale > 1e-3 and (ref[0] - ref[1]).abs().max() > 1e-3 * scale, "trivial outputs prove nothing"
+    assert out.shape == ref.shape
+    assert float((out - ref).abs().max()) <= 1e-5 * max(1.0, scale)
+
+
+def depthwise_convs(model: nn.Module) -> list[str]:
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    ]
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_half_the_filters_of_every_conv_compact_to_the_masked_model(name):
+    shape = (3, SIZES[name], SIZES[name])
+    torch.manual_seed(0)
+    model = calibrate(getattr(tv.models, name)(num_classes=10), shape)
+    mask = filters(model)
+    result = compact(model, mask, torch.zeros(1, *shape))
+    assert_same_outputs(result.model, mask.apply(copy.deepcopy(model)).eval(), shape)
+    assert count_parameters(result.model) < count_parameters(model)
+    assert sum(result.removed.values()) > 0
+    for dw in depthwise_convs(model):
+        # channel c goes exactly when the depthwise filter c is pruned (its output is a constant,
+        # folded into the 1x1 conv after it), whatever the feeding conv's mask says
+        kept = mask[f"{dw}.weight"].flatten(1).any(1).nonzero().flatten().tolist()
+        assert result.kept_channels[dw] == kept, dw
+        plan = result.plan[dw]
+        assert plan["groups"] == plan["in_channels"] == plan["out_channels"] == len(kept)
+
+
+def test_mobilenet_input_channel_pruning_compacts():
+    """structured-input: a depthwise conv loses whole channels (= its filters), pointwise convs columns."""
+    shape = (3, 32, 32)
+    torch.manual_seed(0)
+    model = calibrate(tv.models.mobilenet_v2(num_classes=10), shape, seed=1)
+    mask = filters(model, structure="structured-input")
+    for dw in depthwise_convs(model):
+        rows = mask[f"{dw}.weight"].flatten(1)
+        assert bool((rows.all(1) | ~rows.any(1)).all()) and int(rows.any(1).sum()) == round(len(rows) / 2)
+    result = compact(model, mask, torch.zeros(1, *shape))
+    assert_same_outputs(result.model, mask.apply(copy.deepcopy(model)).eval(), shape)
+    assert count_parameters(result.model) < count_parameters(model)
+
+
+# pruning rules for depthwise and grouped convs ---------------------------------------------------
+class Convs(nn.Module):
+    """A depthwise conv, a grouped conv (groups=2) and a depthwise conv with channel multiplier 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.grouped = nn.Conv2d(8, 6, 3, padding=1, groups=2)
+        self.mult = nn.Conv2d(6, 12, 3, padding=1, groups=6)
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.mult(torch.relu(self.grouped(torch.relu(self.dw(x))))))
+        return self.head(x.mean((2, 3)))
+
+
+def input_channels_read(conv: nn.Conv2d, weight: torch.Tensor) -> list[bool]:
+    """For each input channel: does ``conv`` with ``weight`` still read it?"""
+    x = torch.randn(2, conv.in_channels, 5, 5, generator=torch.Generator().manual_seed(0))
+    base = F.conv2d(x, weight, None, padding=1, groups=conv.groups)
+    read = []
+    for i in range(conv.in_channels):
+        y = x.clone()
+        y[:, i] = 0
+        read.append(not torch.equal(F.conv2d(y, weight, None, padding=1, groups=conv.groups), base))
+    return read
+
+
+@pytest.mark.parametrize("method", [*STRUCTURED_METHODS, "random-structured"])
+def test_input_axis_units_of_grouped_convs_are_whole_input_channels(method):
+    model = Convs()
+    mask = prune(model, None, fraction=0.5, method=method, structure="structured-input", layers="conv-only")
+    for name in ("dw", "grouped", "mult"):
+        conv = model.get_submodule(name)
+        keep = mask[f"{name}.weight"]
+        read = input_channels_read(conv, conv.weight.detach() * keep)
+        assert sum(read) == conv.in_channels - round(conv.in_channels / 2), name
+        # a pruned input channel is every weight it feeds: of its group's filters, its column
+        ipg, opg = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+        for i, kept in enumerate(read):
+            g, j = divmod(i, ipg)
+            block = keep[g * opg : (g + 1) * opg, j]
+            assert bool(block.all()) if kept else not bool(block.any()), (name, i)
+
+
+def test_a_depthwise_conv_prunes_the_same_channels_by_input_or_output_axis():
+    model = Convs()
+
+    def dw(method: str, structure: str | None = None) -> torch.Tensor:
+        mask = prune(model, None, fraction=0.5, method=method, structure=structure, layers="conv-only")
+        return mask["dw.weight"]
+
+    for method in STRUCTURED_METHODS:
+        by_input = dw(method, "structured-input")
+        assert torch.equal(by_input, dw(method, "structured-output")), method
+        assert int(by_input.flatten(1).any(1).sum()) == 4  # half the channels, not the whole layer
+    assert torch.equal(dw("hybrid"), dw("l1-structured"))  # hybrid's conv units: input channels
+
+
+@pytest.mark.parametrize("structure", [n for n, s in STRUCTURES.items() if s.conv_axis == 0])
+def test_output_axis_units_of_grouped_convs_are_whole_filters(structure):
+    model = Convs()
+    mask = prune(model, None, fraction=0.5, method="l2-structured", structure=structure, layers="conv-only")
+    for name in ("dw", "grouped", "mult"):
+        rows = mask[f"{name}.weight"].flatten(1)
+        assert bool((rows.all(1) | ~rows.any(1)).all()) and int(rows.any(1).sum()) == round(len(rows) / 2)
+
+
+# compaction of depthwise and grouped convs ---------------------------------------------------------
+def test_depthwise_convs_compact_and_other_grouped_convs_are_refused_by_name():
+    mask = filters(Convs())
+    with pytest.raises(PrunelabError, match=r"layer 'grouped': grouped convolutions \(groups=2"):
+        compact(Convs(), mask, torch.zeros(1, 3, 6, 6))
+    multiplier = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, groups=4), nn.Flatten(), nn.Linear(8, 2)
+    )
+    with pytest.raises(PrunelabError, match=r"layer '1': grouped convolutions \(groups=4, 4 -> 8"):
+        compact(multiplier, None, torch.zeros(1, 3, 3, 3))
+    # a depthwise conv fed by the model input cannot lose channels (the input keeps them all)
+    first = nn.Sequential(
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 1),
+        nn.Flatten(),
+        nn.Linear(150, 2),
+    )
+    mask = filters(first)
+    result = compact(first, mask, torch.zeros(1, 4, 5, 5))
+    assert result.plan["0"]["out_channels"] == 4 and result.plan["2"]["out_channels"] == 3
+    assert_same_outputs(result.model, mask.apply(copy.deepcopy(first)).eval(), (4, 5, 5))
+
+
+# models compaction cannot handle --------------------------------------------------------------------
+class Functional(nn.Module):
+    """conv2's weight is used by functional code; the layer itself is never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = F.conv2d(torch.relu(self.conv1(x)), self.conv2.weight, self.conv2.bias, padding=1)
+        return self.head(torch.relu(x).mean((2, 3)))
+
+
+class Flip(Functional):
+    """Reverses the channel order between two convs: an op the dependency graph does not follow."""
+
+    def forward(self, x):
+        x = self.conv2(torch.relu(self.conv1(x)).flip(1))
+        return self.head(torch.relu(x).mean((2, 3)))
+
+
+class Shuffle(Functional):
+    """A ShuffleNet-style channel shuffle: a view with sizes fixed by the channel count."""
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        b, c, h, w = x.shape
+        x = self.conv2(x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w))
+        return self.head(torch.relu(x).mean((2, 3)))
+
+
+class Twice(Functional):
+    def forward(self, x):
+        x = self.conv2(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+        return self.head(torch.relu(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "cls, message",
+    [
+        (Functional, r"layer 'conv2' \(Conv2d\) is never called, yet its weights reach the output"),
+        (Twice, r"layer 'conv2' \(Conv2d\) is called 2 times"),
+        (Flip, r"the kept outputs of layer 'conv2' are the first to differ"),
+        (Shuffle, r"broke its forward pass: it fails .*after layer 'conv1'"),
+    ],
+)
+def test_models_compaction_cannot_handle_fail_naming_the_layer(cls, message):
+    torch.manual_seed(0)
+    model = cls().eval()
+    with pytest.raises(PrunelabError, match=message):
+        compact(model, filters(model), torch.zeros(1, 3, 8, 8))
+
+
+def test_an_input_too_small_for_alexnet_fails_naming_the_layer():
+    with pytest.raises(PrunelabError, match=r"cannot trace AlexNet .* failed in layer 'features.12'"):
+        compact(tv.models.alexnet(num_classes=10), None, torch.zeros(1, 3, 62, 62))
