@@ -372,7 +372,8 @@ def test_a_torchvision_model_with_weights_through_the_commands(cli, tmp_path, rg
     (run,) = [p.name for p in (root / "experiments").iterdir()]
     code, out, err = cli("count", run, "--root", root)
     assert code == 0, err
-    code, out, err = cli("export", run, "--root", root, "-o", tmp_path / "compact")
+    assert "MACs" in out and "compact" in out
+    code, _, err = cli("export", run, "--root", root, "-o", tmp_path / "compact")
     assert code == 0, err
     small = load_compact(tmp_path / "compact")
     level = load_level(run, root=root)
