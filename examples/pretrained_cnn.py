@@ -30,6 +30,7 @@ from prunelab.data import resolve_dataset
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec, results_root
 from prunelab.models import count_parameters
 from prunelab.models.weights import hub_dir
+from prunelab.pruning.mask import prunable_names
 from prunelab.training import TrainConfig
 
 MODEL = "torchvision:resnet18"
@@ -110,8 +111,9 @@ def main() -> None:
         for level, metrics in enumerate(result.levels[0]):
             if spec is filters and level == 0:
                 continue
-            kind = "fine-tuned dense" if level == 0 else spec.name.split(" + ")[0].removeprefix("resnet18 ")
-            rows.append((f"{kind}, level {level}", metrics.density, metrics.test_acc, None))
+            dense = "fine-tuned dense" if cached else "dense (from random init)"
+            kind = dense if level == 0 else spec.name.split(" + ")[0].removeprefix("resnet18 ")
+            rows.append((f"{kind}, level {level}", metrics.density, metrics.early_stop.test_acc, None))
 
     item = compact_level(filters.experiment_id(), root=root)
     out = root / "example-exports" / filters.experiment_id()
@@ -121,13 +123,17 @@ def main() -> None:
     )  # fmt: skip
     dense_params = count_parameters(item.loaded.model)
     small_params = count_parameters(item.result.model)
+    prunable = sum(
+        p.numel() for n, p in item.loaded.model.named_parameters() if n in prunable_names(item.loaded.model)
+    )
     label, density, acc, _ = rows[-1]
     rows[-1] = (label + ", compacted", density, acc, small_params)
 
     print(f"\n{'step':<42} {'density':>8} {'test acc':>9} {'parameters':>11}")
     print(f"{'dense (torchvision resnet18)':<42} {1:>8.1%} {'':>9} {dense_params:>11,}")
     for label, density, acc, params in rows:
-        shown = f"{params:,}" if params is not None else f"{round(density * dense_params):,}*"
+        kept = dense_params - round((1 - density) * prunable)  # biases and norms are never pruned
+        shown = f"{params:,}" if params is not None else f"{kept:,}*"
         print(f"{label:<42} {density:>8.1%} {acc:>9.2%} {shown:>11}")
     print("* weights kept by the mask (unstructured masks leave the tensors their full size)")
     print(f"compacted model exported to {out} (prunelab.load_compact)")

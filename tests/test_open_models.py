@@ -396,3 +396,99 @@ def test_the_python_api_takes_a_module_built_without_any_registry(tmp_path, rgb_
     assert result.final.test_acc >= 0
     small = prunelab.compress.compact(net, mask, torch.zeros(1, 3, 16, 16)).model
     assert small[0].out_channels == 4
+
+
+def test_timm_models_build_prune_and_compact(monkeypatch, tmp_path):
+    import prunelab
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    notes = []
+    net = build_model("timm:resnet18", num_classes=4, input_shape=(3, 16, 16), seed=0, notes=notes)
+    assert net.output_layer == "fc" and net.fc.out_features == 4
+    assert notes == ["timm:resnet18: classifier head fc built for 4 classes (the original has 1000)"]
+    mask = prunelab.prune(net, None, fraction=0.5, method="l1-structured", layers="conv-only")
+    net.eval()
+    small = prunelab.compress.compact(net, mask, torch.zeros(1, 3, 16, 16)).model
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in net.parameters())
+    with pytest.raises(SpecError, match=r"not in the Hugging Face cache.*\$HF_HOME/hub"):
+        build_model("timm:resnet18", num_classes=4, input_shape=(3, 16, 16), weights="timm:DEFAULT")
+    with pytest.raises(UnknownNameError, match="timm has no model 'resnet1'"):
+        build_model("timm:resnet1", input_shape=(3, 16, 16))
+
+
+def _images(folder, classes=("cat", "dog"), per_class=6, size=8):
+    from PIL import Image
+
+    g = np.random.default_rng(1)
+    for split in ("train", "test"):
+        for c in classes:
+            (folder / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = g.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / split / c / f"{i}.png")
+    return folder
+
+
+def test_an_image_folder_trains_through_the_cli(cli, tmp_path):
+    folder = _images(tmp_path / "pets")
+    out = tmp_path / "trained"
+    code, stdout, err = cli(
+        "train", "--model", "torchvision:mobilenet_v2", "--data", f"imagefolder:{folder}", "--image-size", "32",
+        "--iterations", "2", "--batch-size", "4", "--eval-every", "2it", "--out", out, "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "train 11 / val 1 / test 12" in " ".join(stdout.split())
+    assert "resized to 32x32" in " ".join(stdout.split())
+    assert (out / "model.safetensors").stat().st_size > 0
+
+
+def test_bad_image_folders_are_one_clear_error_and_nothing_is_written(cli, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    root = tmp_path / "runs"
+    code, _, err = cli("run", "--model", "lenet5", "--data", f"imagefolder:{empty}", "--root", root)
+    assert code == 2 and str(empty / "train") in " ".join(err.split()) and "Traceback" not in err
+    folder = _images(tmp_path / "pets")
+    broken = folder / "train" / "cat" / "3.png"
+    broken.write_bytes(b"not a png")
+    code, _, err = cli("run", "--model", "lenet5", "--data", f"imagefolder:{folder}", "--root", root)
+    assert code == 2 and "3.png" in " ".join(err.split()) and "Traceback" not in err
+    assert not (root / "experiments").exists()
+
+
+def test_the_listings_show_the_other_forms(cli):
+    code, out, _ = cli("models")
+    assert code == 0
+    text = " ".join(out.split())
+    for form in ("torchvision:NAME", "timm:NAME", "FILE.py:FACTORY", "MODULE:FACTORY"):
+        assert form in text
+    code, out, _ = cli("data", "list")
+    assert code == 0 and "imagefolder:PATH" in out and "npz:" in out
+    code, out, _ = cli("run", "--help")
+    assert "torchvision:NAME" in " ".join(out.split())
+
+
+def test_the_pretrained_cnn_example_runs_and_says_what_it_used(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing cached: a random start
+    script = Path(__file__).parents[1] / "examples" / "pretrained_cnn.py"
+    args = [
+        sys.executable,
+        str(script),
+        "--root",
+        str(tmp_path / "runs"),
+        "--iterations",
+        "3",
+        "--rounds",
+        "1",
+    ]
+    done = subprocess.run([*args, "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "random initialisation (no resnet18-f37072fd.pth in" in done.stdout
+    assert "SYNTHETIC CIFAR-shaped" in done.stdout or "data: CIFAR-10" in done.stdout
+    assert "L1 filters, level 1, compacted" in done.stdout
+    assert load_compact(next((tmp_path / "runs" / "example-exports").iterdir())).fc.out_features == 10

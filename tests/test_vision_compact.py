@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunelab.compress import compact
+from prunelab.compress import compact, export_compact, load_compact
 from prunelab.errors import PrunelabError, SpecError
 from prunelab.models import count_parameters
 from prunelab.models.vision import import_torchvision
@@ -70,7 +70,7 @@ def depthwise_convs(model: nn.Module) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(SIZES))
-def test_half_the_filters_of_every_conv_compact_to_the_masked_model(name):
+def test_half_the_filters_of_every_conv_compact_to_the_masked_model(name, tmp_path):
     shape = (3, SIZES[name], SIZES[name])
     torch.manual_seed(0)
     model = calibrate(getattr(tv.models, name)(num_classes=10), shape)
@@ -86,6 +86,11 @@ def test_half_the_filters_of_every_conv_compact_to_the_masked_model(name):
         assert result.kept_channels[dw] == kept, dw
         plan = result.plan[dw]
         assert plan["groups"] == plan["in_channels"] == plan["out_channels"] == len(kept)
+    # exported, then rebuilt from the model source by load_compact
+    out = export_compact(
+        result, tmp_path / "m", model=f"torchvision:{name}", num_classes=10, input_shape=shape
+    )
+    assert_same_outputs(load_compact(out), mask.apply(copy.deepcopy(model)).eval(), shape)
 
 
 def test_mobilenet_input_channel_pruning_compacts():
