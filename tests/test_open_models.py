@@ -492,3 +492,21 @@ def test_the_pretrained_cnn_example_runs_and_says_what_it_used(tmp_path, monkeyp
     assert "SYNTHETIC CIFAR-shaped" in done.stdout or "data: CIFAR-10" in done.stdout
     assert "L1 filters, level 1, compacted" in done.stdout
     assert load_compact(next((tmp_path / "runs" / "example-exports").iterdir())).fc.out_features == 10
+
+
+def test_reading_an_experiment_whose_model_file_changed_warns(tmp_path):
+    file = write_model(tmp_path / "net.py")
+    spec = ExperimentSpec(
+        model=f"{file}:make",
+        data="synthetic",
+        train=TrainConfig(iterations=2, batch_size=32, eval_every="2it"),
+        pruning=PruneSpec(rounds=1, rate=0.5),
+    )
+    ExperimentRunner(spec, tmp_path / "runs").run()
+    run = spec.experiment_id()
+    load_level(run, root=tmp_path / "runs")  # unchanged: no warning
+    file.write_text(file.read_text() + "\n# an edit that keeps the architecture\n")
+    assert spec.experiment_id() != run  # running it again would start a new experiment
+    with pytest.warns(UserWarning, match="changed since it ran"):
+        level = load_level(run, root=tmp_path / "runs")
+    assert level.model.inp.out_features == 32

@@ -5,10 +5,10 @@ tensors; models, datasets, optimizers and schedules are registered by name.
 """
 
 from prunelab.compress import load_compact
-from prunelab.data import DATASETS, Dataset, load_dataset
+from prunelab.data import DATA_SOURCES, DATASETS, Dataset, load_dataset, resolve_dataset
 from prunelab.errors import PrunelabError
 from prunelab.experiments import ExperimentSpec, Store, TreatmentSpec, TrunkSpec, load_level
-from prunelab.models import MODELS, build_model
+from prunelab.models import MODELS, SOURCES, build_model, resolve_model
 from prunelab.pruning import Mask, PruneSpec, from_torch_prune, prune, random_mask, sparsity_report
 from prunelab.threads import set_threads
 from prunelab.training import TrainConfig, Trainer, TrainHook, TrainResult, evaluate, train
@@ -27,7 +27,9 @@ def run(spec: ExperimentSpec, root=None, *, data_dir=None):
 
 __all__ = [
     "DATASETS",
+    "DATA_SOURCES",
     "MODELS",
+    "SOURCES",
     "Dataset",
     "ExperimentSpec",
     "Mask",
@@ -49,6 +51,8 @@ __all__ = [
     "load_level",
     "prune",
     "random_mask",
+    "resolve_dataset",
+    "resolve_model",
     "run",
     "set_threads",
     "sparsity_report",

@@ -7,6 +7,7 @@ listed in ``--help`` in the order a newcomer needs them.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print_error("an argument holds a NUL byte, which no name or path may contain")
         return 2
     try:
-        app(args=args, prog_name="prunelab")
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            app(args=args, prog_name="prunelab")
     except SystemExit as exc:  # typer exits on success, on --help and on usage errors (status 2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except PrunelabError as exc:
@@ -78,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         print_error(f"{shown}: {os_reason(exc)}")
         return 2
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (a changed model file, an uncached image folder) as one plain line."""
+    from prunelab.ui import warn
+
+    warn(f"warning: {message}")
 
 
 def entry() -> None:

@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -338,6 +339,7 @@ class Store:
                 "trunk": spec.trunk_id(),
                 "label": spec.label(),
                 "spec": whole.model_dump(mode="json"),
+                "fingerprints": spec.fingerprints(),
             },
         )
 
@@ -366,6 +368,8 @@ class Store:
         except PrunelabError as exc:
             raise DamagedResults(f"{path} holds a spec this prunelab cannot read: {exc}") from None
         exp = StoredExperiment(self, directory, spec, trunk, {}, {c: {} for c in spec.controls})
+        recorded = meta.get("fingerprints")
+        exp.fingerprints = dict(recorded) if isinstance(recorded, dict) else {}
 
         def read_metrics(art: Artifact, key: tuple[int, int, str | None]) -> LevelMetrics | None:
             try:
@@ -461,6 +465,8 @@ class StoredExperiment:
     levels: dict[int, dict[int, LevelMetrics]]  # seed -> level -> metrics
     controls: dict[str, dict[int, dict[int, LevelMetrics]]]  # control -> seed -> level -> metrics
     damage: dict[tuple[int, int, str | None], Damage] = field(default_factory=dict)  # (seed, level, control)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    """Content hashes of the model file, weights file and data it ran with (see TrunkSpec.fingerprints)."""
 
     @property
     def id(self) -> str:
@@ -554,4 +560,21 @@ class StoredExperiment:
 
     def build_model(self) -> nn.Module:
         """An untrained model of the experiment's architecture (its layers and shapes)."""
+        self._check_model_file()
         return self.spec.build_model(pretrained=False)
+
+    @cached_property
+    def _model_file_checked(self) -> bool:
+        recorded = self.fingerprints.get("model")
+        now = self.spec.fingerprints().get("model") if recorded else None
+        if recorded and now != recorded:
+            warnings.warn(
+                f"experiment {self.id}: {self.spec.model} changed since it ran (content hash {recorded}, "
+                f"now {now}); its stored weights are loaded into the current code's architecture",
+                stacklevel=4,
+            )
+        return True
+
+    def _check_model_file(self) -> None:
+        """Say once if the user's model file changed since the experiment ran."""
+        _ = self._model_file_checked
