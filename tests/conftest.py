@@ -25,3 +25,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the real entry point: (exit code, stdout, stderr), with its one-line errors."""
+    import prunelab.cli as main_cli
+
+    def run(*args):
+        code = main_cli.main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

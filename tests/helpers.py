@@ -1,10 +1,14 @@
-"""What several test modules share (``from helpers import tiny``): small specs, a lock held elsewhere."""
+"""What several test modules share (``from helpers import tiny``): small specs, a lock held elsewhere,
+the check that a compacted model computes what the masked one does."""
 
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from prunelab.experiments import ExperimentSpec, PruneSpec
 from prunelab.training import TrainConfig
@@ -35,3 +39,14 @@ def lock_held_elsewhere(directory: Path, seconds: float = 60) -> Iterator[subpro
     finally:
         holder.kill()
         holder.wait()
+
+
+def assert_same_outputs(small: nn.Module, masked: nn.Module, shape, batch: int = 3) -> None:
+    """``small`` computes what ``masked`` does, on inputs where the outputs differ from each other."""
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref, out = masked(x), small(x)
+    scale = float(ref.abs().max())
+    assert scale > 1e-3 and (ref[0] - ref[1]).abs().max() > 1e-3 * scale, "trivial outputs prove nothing"
+    assert out.shape == ref.shape
+    assert float((out - ref).abs().max()) <= 1e-5 * max(1.0, scale)

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from helpers import assert_same_outputs
 from torch import nn
 
 from prunelab.compress import compact
@@ -55,16 +56,6 @@ def structured(model: nn.Module, fraction: float = 0.5, structure: str = "struct
         structure=structure,
         exclude=[model.output_layer],
     )
-
-
-def assert_same_outputs(small: nn.Module, masked: nn.Module, shape, batch: int = 3) -> None:
-    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        ref, out = masked(x), small(x)
-    scale = float(ref.abs().max())
-    assert scale > 1e-3 and (ref[0] - ref[1]).abs().max() > 1e-3 * scale, "trivial outputs prove nothing"
-    assert out.shape == ref.shape
-    assert float((out - ref).abs().max()) <= 1e-5 * max(1.0, scale)
 
 
 @pytest.mark.parametrize("name", model_names())

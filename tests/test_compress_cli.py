@@ -7,7 +7,6 @@ import shutil
 import pytest
 import torch
 
-import prunelab.cli as main_cli
 from prunelab.compress import compact_level, load_compact
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec
 from prunelab.models import build_model
@@ -32,18 +31,6 @@ def experiment(tmp_path_factory):
     )
     ExperimentRunner(spec, root).run()
     return spec.experiment_id(), root
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run the real entry point (exit codes, one-line errors)."""
-
-    def run(*args):
-        code = main_cli.main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def test_export_writes_a_loadable_compact_model(cli, experiment, tmp_path):

@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import prunelab.cli as main_cli
 from prunelab.compress import load_compact
 from prunelab.errors import SpecError, UnknownNameError
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, load_level
@@ -67,16 +66,6 @@ def broken(num_classes):
 def write_model(path, width=32):
     path.write_text(USER_MODEL.replace("WIDTH", str(width)))
     return path
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    def run(*args):
-        code = main_cli.main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def test_a_user_model_file_goes_through_run_show_report_export_and_load(cli, tmp_path):

@@ -153,22 +153,32 @@ def _replaced_head_note(text: str, head: str | None, num_classes: int, original:
     return [f"{text}: classifier head {head} built for {num_classes} classes (the original has {original})"]
 
 
-@register_source("torchvision")
-class TorchvisionSource(ModelSource):
-    """A torchvision classification model, e.g. ``torchvision:resnet18`` (extra ``prunelab[vision]``)."""
+class LibrarySource(ModelSource):
+    """A model of a library, named ``PREFIX:NAME``; its pretrained weights are ``PREFIX:WEIGHTS``."""
 
-    usage = "torchvision:NAME"
-    description = "a torchvision classification model (pip install 'prunelab[vision]')"
-    weights_prefix = "torchvision"
-    IMAGENET_CLASSES = 1000
+    prefix: ClassVar[str]
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
-        self.name = _split(text, "torchvision")
+        self.name = _split(text, self.prefix)
 
     @classmethod
     def claims(cls, text: str) -> bool:
-        return text.startswith("torchvision:")
+        return text.startswith(f"{cls.prefix}:")
+
+    @property
+    def weights_prefix(self) -> str:  # type: ignore[override]
+        return self.prefix
+
+
+@register_source("torchvision")
+class TorchvisionSource(LibrarySource):
+    """A torchvision classification model, e.g. ``torchvision:resnet18`` (extra ``prunelab[vision]``)."""
+
+    prefix = "torchvision"
+    usage = "torchvision:NAME"
+    description = "a torchvision classification model (pip install 'prunelab[vision]')"
+    IMAGENET_CLASSES = 1000
 
     def _models(self):
         tv = import_torchvision()
@@ -213,20 +223,12 @@ class TorchvisionSource(ModelSource):
 
 
 @register_source("timm")
-class TimmSource(ModelSource):
+class TimmSource(LibrarySource):
     """A timm model, e.g. ``timm:resnet18`` (extra ``prunelab[timm]``)."""
 
+    prefix = "timm"
     usage = "timm:NAME"
     description = "a timm model (pip install 'prunelab[timm]')"
-    weights_prefix = "timm"
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.name = _split(text, "timm")
-
-    @classmethod
-    def claims(cls, text: str) -> bool:
-        return text.startswith("timm:")
 
     def _timm(self):
         timm = import_timm()
