@@ -364,6 +364,15 @@ def test_a_torchvision_model_with_weights_through_the_commands(cli, tmp_path, rg
     assert "MACs" in out and "compact" in out
     code, _, err = cli("export", run, "--root", root, "-o", tmp_path / "compact")
     assert code == 0, err
+    timings = tmp_path / "bench.json"
+    code, out, err = cli(
+        "bench", run, "--root", root, "--batch-sizes", "2", "--repeats", "1", "--warmup", "0",
+        "--no-sparse", "--no-plot", "--json", timings,
+    )  # fmt: skip
+    assert code == 0, err
+    assert {"dense", "masked", "compact"} <= {
+        t["variant"] for t in json.loads(timings.read_text())["timings"]
+    }
     small = load_compact(tmp_path / "compact")
     level = load_level(run, root=root)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in level.model.parameters())
