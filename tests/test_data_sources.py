@@ -457,7 +457,7 @@ def test_resolve_names_and_errors():
     message = str(caught.value)
     assert message.startswith("unknown dataset 'nope'.")
     assert all(name in message for name in DATASETS.names())
-    assert "; or imagefolder:PATH, npz:PATH." in message
+    assert "; or imagefolder:PATH, npz:PATH" in message
     with pytest.raises(UnknownNameError, match="Did you mean 'mnist'"):
         resolve_dataset("mnits")
     with pytest.raises(UnknownNameError, match="Did you mean 'imagefolder:/x'"):

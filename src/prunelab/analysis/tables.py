@@ -143,7 +143,7 @@ def parameters_table(
     info = resolve_dataset(data).info
     rows = []
     for name in dict.fromkeys(models):
-        model = build_model(name, num_classes=info.num_classes, input_shape=info.input_shape)
+        model = build_model(name, num_classes=info.num_classes, input_shape=info.input_shape, data=data)
         params = dict(model.named_parameters())
         prunable = sum(params[n].numel() for n in prunable_names(model))
         total = sum(p.numel() for p in params.values())

@@ -24,7 +24,7 @@ from torch import nn
 
 from prunelab.compress.count import nonzero_flops
 from prunelab.compress.graph import compact
-from prunelab.compress.level import level_input_shape
+from prunelab.compress.level import level_input_shape, require_compactable
 from prunelab.compress.sparse import sparsify
 from prunelab.errors import PrunelabError, SpecError
 from prunelab.experiments import load_level
@@ -318,6 +318,7 @@ def bench_level(
     result = BenchResult(device=device, repeats=repeats)
     for level in levels:
         loaded = load_level(run, level, seed=seed, control=control, root=root)
+        require_compactable(loaded)
         shape = level_input_shape(loaded)
         dense = loaded.spec.build_model(pretrained=False)
         variants = standard_variants(loaded.model, loaded.mask, shape, dense=dense, sparse=sparse)

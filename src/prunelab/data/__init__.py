@@ -1,7 +1,9 @@
 """Datasets held as normalised tensors, a fixed validation split, and fast mini-batches.
 
 Importing this package registers every dataset in :data:`DATASETS` and every data source
-(``imagefolder:PATH``, ``npz:PATH``) in :data:`DATA_SOURCES`; :func:`resolve_dataset` accepts both.
+(``imagefolder:PATH``, ``npz:PATH``, and the text ones ``sst2:DIR``, ``csv:PATH``, ``jsonl:PATH``,
+``hf-disk:DIR``) in :data:`DATA_SOURCES`; :func:`resolve_dataset` accepts both. Text datasets
+(:mod:`prunelab.data.text`) load with a tokenizer: ``load_dataset(name, tokenizer=...)``.
 """
 
 # Importing the loader modules registers their datasets, in this order (the order of `data list`).
@@ -30,19 +32,42 @@ from prunelab.data.files import ImageFolderSource, NpzSource, SourceLoader
 from prunelab.data.idx import read_idx, write_idx
 from prunelab.data.loader import TensorLoader
 from prunelab.data.locate import cache_dir, cache_root, candidate_dirs, find_data, ways_to_get
+from prunelab.data.text import (
+    CsvSource,
+    HfDiskSource,
+    JsonlSource,
+    Sst2Source,
+    SyntheticSentiment,
+    TextLoader,
+    Texts,
+    TextSource,
+    Tokenizer,
+    texts_of,
+    token_cache_file,
+    tokenise,
+)
 
 __all__ = [
     "DATASETS",
     "DATA_SOURCES",
+    "CsvSource",
     "Dataset",
     "DatasetInfo",
     "DatasetLoader",
+    "HfDiskSource",
     "ImageFolderSource",
+    "JsonlSource",
     "NpzSource",
     "RawData",
     "SourceLoader",
     "Split",
+    "Sst2Source",
+    "SyntheticSentiment",
     "TensorLoader",
+    "TextLoader",
+    "TextSource",
+    "Texts",
+    "Tokenizer",
     "cache_dir",
     "cache_root",
     "candidate_dirs",
@@ -56,6 +81,9 @@ __all__ = [
     "register_source",
     "resolve_dataset",
     "split_indices",
+    "texts_of",
+    "token_cache_file",
+    "tokenise",
     "ways_to_get",
     "write_idx",
 ]

@@ -3,6 +3,9 @@
 Every dataset is held as whole tensors (they all fit in memory), normalised once, so training
 iterates by index instead of through a per-sample ``DataLoader``.
 
+Text datasets (``loader.is_text``, see :mod:`prunelab.data.text`) are held as int64 token ids
+(N, max_length), tokenised by the model's tokenizer: ``load_dataset(name, tokenizer=...)``.
+
 A dataset is named either by a registered name (:data:`DATASETS`, e.g. ``mnist``) or by a data
 *source* with an argument, ``PREFIX:ARGUMENT`` (:data:`DATA_SOURCES`, e.g. ``imagefolder:PATH``);
 :func:`resolve_dataset` turns either into its :class:`DatasetLoader`.
@@ -17,15 +20,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, TypeVar
 
 import torch
 
 from prunelab.data.augment import cifar_augment
 from prunelab.data.loader import TensorLoader
-from prunelab.errors import DataError, UnknownNameError
+from prunelab.errors import DataError, SpecError, UnknownNameError
 from prunelab.io import user_path
 from prunelab.registry import Registry
+
+if TYPE_CHECKING:
+    from prunelab.data.text import Tokenizer
 
 __all__ = [
     "DATASETS",
@@ -55,7 +61,8 @@ class DatasetInfo:
     """What a dataset is: shapes and constants that models and training need before loading it."""
 
     name: str
-    input_shape: tuple[int, int, int]
+    #: (C, H, W) for images; (max_length,) for text (token ids), whose ``mean`` and ``std`` are ().
+    input_shape: tuple[int, ...]
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -67,7 +74,10 @@ class DatasetInfo:
 
 @dataclass
 class Split:
-    """One part of a dataset: normalised float32 inputs ``x`` (N, C, H, W) and int64 labels ``y`` (N)."""
+    """One part of a dataset: inputs ``x`` and int64 labels ``y`` (N).
+
+    ``x`` is normalised float32 (N, C, H, W) for images, int64 token ids (N, max_length) for text.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -100,11 +110,12 @@ class Dataset:
 
 
 class RawData(NamedTuple):
-    """Decoded arrays as stored: ``x`` uint8 (0..255) or float in [0, 1], shaped (N, C, H, W).
+    """Decoded arrays as stored: ``x`` uint8 (0..255) or float in [0, 1], shaped (N, C, H, W); for
+    text, int64 token ids (N, max_length).
 
     ``val_index``, when given, are the indices into ``x_train`` of a validation set that the data
-    itself defines (an image folder's ``val/``): :func:`load_dataset` holds out exactly those instead
-    of a random :func:`split_indices` split.
+    itself defines (an image folder's ``val/``, a text dataset's validation split): :func:`load_dataset`
+    holds out exactly those instead of a random :func:`split_indices` split.
     """
 
     x_train: torch.Tensor
@@ -119,6 +130,8 @@ class DatasetLoader(ABC):
     """Knows where one dataset lives and how to decode it; one subclass per dataset."""
 
     info: DatasetInfo
+    #: True for text datasets (:class:`prunelab.data.text.TextLoader`): loaded with a tokenizer.
+    is_text: ClassVar[bool] = False
     #: False for datasets generated or bundled in code (nothing to find, nothing to download).
     needs_files: bool = False
     #: Base URL and ``(file name, hash algorithm, hex digest)`` of each file to download.
@@ -233,18 +246,43 @@ def load_dataset(
     val_size: int | None = None,
     device: str | torch.device = "cpu",
     stats: Stats | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> Dataset:
     """Load ``name`` normalised, with a fixed validation split held out of the training set.
 
     ``name`` is anything :func:`resolve_dataset` accepts. ``stats`` = ``(mean, std)``, one value per
     channel, replaces the dataset's own statistics for the normalisation (e.g. those a pretrained
     model was trained with); the returned ``Dataset.info`` then carries them.
+
+    A text dataset (``loader.is_text``) needs ``tokenizer`` (a :class:`prunelab.data.text.Tokenizer`,
+    the model's) and takes no ``stats``: its texts become int64 token ids (N, max_length), cached on
+    disk per data and tokenizer fingerprint (:func:`prunelab.data.text.tokenise`). Any other dataset
+    refuses a ``tokenizer`` (a text model on image data).
     """
     loader = resolve_dataset(name)
     info = loader.info
-    if stats is not None:
-        info = _with_stats(info, stats)
-    raw = loader.load_raw(_as_path(data_dir))
+    if loader.is_text:
+        if stats is not None:
+            raise SpecError(
+                f"{info.name} is text data: stats (a per-channel mean and std) do not apply to it"
+            )
+        if tokenizer is None:
+            raise SpecError(
+                f"{info.name} is text data: loading it needs the model's tokenizer, "
+                f"load_dataset({name!r}, tokenizer=...)"
+            )
+        from prunelab.data.text import tokenise
+
+        raw = tokenise(loader, tokenizer, _as_path(data_dir))
+    else:
+        if tokenizer is not None:
+            raise SpecError(
+                f"{info.name} is not text data (inputs {info.input_shape}), so a tokenizer does not apply; "
+                f"a model that takes text needs a text dataset"
+            )
+        if stats is not None:
+            info = _with_stats(info, stats)
+        raw = loader.load_raw(_as_path(data_dir))
     _check_raw(info, raw)
     if raw.val_index is not None:
         train_idx, val_idx = _given_split(raw, val_size, info.name)
@@ -279,9 +317,9 @@ def _given_split(raw: RawData, val_size: int | None, name: str) -> tuple[torch.T
     val_idx = raw.val_index.to(torch.int64).sort().values
     if val_size is not None and val_size != len(val_idx):
         raise DataError(
-            f"{name} takes its validation set from its own val/ data ({len(val_idx)} examples, in "
-            f"{raw.source}), so val_size={val_size} cannot apply; leave val_size unset, or remove the "
-            f"val/ folder to hold out val_size examples of the training set instead"
+            f"{name} takes its validation set from its own validation data (a val/ folder, val file or "
+            f"split: {len(val_idx)} examples, in {raw.source}), so val_size={val_size} cannot apply; leave "
+            f"val_size unset, or remove that data to hold out val_size examples of the training set instead"
         )
     if len(val_idx) and (int(val_idx[0]) < 0 or int(val_idx[-1]) >= n or bool((val_idx.diff() == 0).any())):
         raise DataError(f"{name} from {raw.source}: its validation indices do not fit {n} training examples")
@@ -315,12 +353,17 @@ def _as_path(data_dir: str | Path | None) -> Path | None:
 
 
 def _split(x: torch.Tensor, y: torch.Tensor, info: DatasetInfo) -> Split:
-    """A normalised split; labels are copied because the raw arrays may be cached."""
+    """A normalised split (token ids stay int64); labels are copied because the raw arrays may be cached."""
     return Split(_normalise(x, info), y.to(torch.int64, copy=True))
 
 
 def _normalise(x: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
-    """Scale to [0, 1] (uint8 / 255), then standardise each channel; never modifies ``x``."""
+    """Scale to [0, 1] (uint8 / 255), then standardise each channel; never modifies ``x``.
+
+    Integer inputs other than uint8 (token ids) are returned as a copy, unconverted.
+    """
+    if x.dtype != torch.uint8 and not x.dtype.is_floating_point:
+        return x.clone()
     out = x.to(torch.float32, copy=True)
     if x.dtype == torch.uint8:
         out.div_(255.0)

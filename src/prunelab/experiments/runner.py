@@ -41,6 +41,13 @@ class ExperimentResult:
     controls: dict[int, dict[str, list[LevelMetrics]]] = field(default_factory=dict)  # seed -> name -> levels
 
 
+def _example(shape: tuple[int, ...], n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` inputs of the data's shape: random images, or padding-only token ids for text."""
+    if len(shape) == 1:
+        return torch.zeros(n, *shape, dtype=torch.int64)
+    return torch.randn(n, *shape, generator=generator)
+
+
 @torch.no_grad()
 def _check_accepts(model: nn.Module, spec: ExperimentSpec) -> None:
     """One example of the data's shape through the model: a mismatch is one clear error before
@@ -49,7 +56,7 @@ def _check_accepts(model: nn.Module, spec: ExperimentSpec) -> None:
     was = model.training
     model.eval()
     try:
-        out = model(torch.zeros(1, *info.input_shape))
+        out = model(_example(info.input_shape, 1, torch.Generator().manual_seed(0)))
     except Exception as exc:
         hint = "" if spec.image_size else "; models made for larger images need --image-size (e.g. 224)"
         raise SpecError(
@@ -116,7 +123,7 @@ class ExperimentRunner:
         g = torch.Generator().manual_seed(0)  # the trial scores a random batch of the right shape
         probe = (
             (
-                torch.randn(8, *info.input_shape, generator=g),
+                _example(info.input_shape, 8, g),
                 torch.randint(0, info.num_classes, (8,), generator=g),
             ),
         )

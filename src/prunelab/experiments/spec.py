@@ -174,10 +174,17 @@ class TrunkSpec(FrozenSpec):
             weights=self.weights if pretrained else None,
             image_size=self.image_size,
             notes=notes,
+            data=self.data,
         )
 
     def load_data(self, data_dir: str | Path | None = None) -> Dataset:
-        """The dataset, normalised with the pretrained weights' statistics where they have them."""
+        """The dataset, normalised with the pretrained weights' statistics where they have them; text
+        tokenised with the model's tokenizer."""
+        if getattr(resolve_dataset(self.data), "is_text", False):
+            tokenizer = resolve_model(self.model).tokenizer(self.data)
+            return load_dataset(self.data, data_dir=data_dir, val_size=self.val_size, tokenizer=tokenizer)
+        if resolve_model(self.model).is_text:
+            raise SpecError(f"model {self.model!r} reads text; {self.data!r} holds images")
         return load_dataset(
             self.data, data_dir=data_dir, val_size=self.val_size, stats=input_stats(self.model, self.weights)
         )

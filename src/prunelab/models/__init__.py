@@ -18,6 +18,9 @@ from prunelab.models.registry import (
 )
 from prunelab.models.source import SOURCES, ModelSource, register_source, resolve_model, source_forms
 
+# isort: split
+from prunelab.models import hf  # noqa: F401  (registers hf: and bert-tiny after the others)
+
 __all__ = [
     "INITS",
     "MODELS",

@@ -51,7 +51,11 @@ def check_image_size(image_size: object) -> int | None:
 
 def model_input_shape(input_shape: InputShape, image_size: int | None) -> InputShape:
     """The shape the model's layers see: the stored images, resized to ``image_size`` when given."""
-    return input_shape if image_size is None else (input_shape[0], image_size, image_size)
+    if image_size is None:
+        return input_shape
+    if len(input_shape) != 3:
+        raise SpecError(f"image_size resizes images; the data has inputs of shape {tuple(input_shape)}")
+    return (input_shape[0], image_size, image_size)
 
 
 def find_output_layer(model: nn.Module, num_classes: int) -> str | None:
@@ -75,6 +79,7 @@ def build_model(
     weights: str | None = None,
     image_size: int | None = None,
     notes: list[str] | None = None,
+    data: str | None = None,
 ) -> nn.Module:
     """Build and initialise the model ``name`` (a zoo name or any source form, see
     :mod:`prunelab.models.source`).
@@ -84,7 +89,8 @@ def build_model(
     global RNG state is left untouched, so building a model mid-run does not perturb data shuffling.
     ``weights`` (a file, or ``torchvision:DEFAULT``...) are loaded over the initial weights;
     ``image_size`` makes the model resize its input batches. What the build changed that a user
-    should know (a replaced head, the weights loaded) is appended to ``notes``. Raises
+    should know (a replaced head, the weights loaded) is appended to ``notes``. ``data`` names the
+    dataset, which a text model's vocabulary depends on (``bert-tiny``). Raises
     ``UnknownNameError`` for unknown names and ``SpecError`` for anything else malformed.
     """
     source = resolve_model(name)
@@ -97,7 +103,7 @@ def build_model(
     ref = None if weights is None else parse_weights(weights, source.weights_prefix)
 
     def make() -> nn.Module:
-        model = source.build(num_classes, shape)
+        model = source.build(num_classes, shape, data=data)
         return model if scheme is None else initialise(model, scheme)
 
     if seed is None:
@@ -136,6 +142,8 @@ def input_stats(name: str, weights: str | None) -> tuple[tuple[float, ...], tupl
 
 def _check_min_size(source: ModelSource, shape: InputShape) -> None:
     entry = getattr(source, "entry", None)
+    if entry is not None and len(shape) != 3:
+        raise SpecError(f"model {source.text!r} reads images; the data has inputs of shape {shape} (text?)")
     if entry is not None and min(shape[1:]) < entry.min_size:
         raise SpecError(
             f"model {source.text!r} cannot take input shape {shape}: its pooling needs "

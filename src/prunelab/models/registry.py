@@ -70,15 +70,17 @@ def check_num_classes(num_classes: object) -> int:
 
 
 def normalise_shape(input_shape: object) -> InputShape:
+    """Three positive integers (channels, height, width) for images, or one (tokens) for text."""
     if (
         not isinstance(input_shape, Sequence)
-        or len(input_shape) != 3
+        or len(input_shape) not in (1, 3)
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in input_shape)
     ):
         raise SpecError(
-            f"input_shape must be three positive integers (channels, height, width), got {input_shape!r}"
+            "input_shape must be three positive integers (channels, height, width), or one (tokens) for "
+            f"text, got {input_shape!r}"
         )
-    return (input_shape[0], input_shape[1], input_shape[2])
+    return tuple(input_shape)  # type: ignore[return-value]
 
 
 def _fits(entry: ModelEntry, shape: InputShape) -> bool:

@@ -46,6 +46,8 @@ class ModelSource(ABC):
     default_init: str | None = None
     #: A pretrained-weights source (``--weights torchvision:DEFAULT``) uses this prefix.
     weights_prefix: ClassVar[str | None] = None
+    #: Whether its models read token ids (text) rather than images.
+    is_text: ClassVar[bool] = False
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -56,8 +58,15 @@ class ModelSource(ABC):
         """Whether ``text`` is written in this source's form."""
 
     @abstractmethod
-    def build(self, num_classes: int, input_shape: InputShape) -> nn.Module:
-        """A freshly constructed model (the caller seeds the RNG and initialises it)."""
+    def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
+        """A freshly constructed model (the caller seeds the RNG and initialises it); ``data`` names
+        the dataset, which a text model's vocabulary may depend on."""
+
+    def tokenizer(self, data: str):
+        """The tokenizer text data is encoded with for this model (text sources only)."""
+        raise SpecError(
+            f"model {self.text!r} reads images; text data needs a text model (hf:PATH_OR_NAME or bert-tiny)"
+        )
 
     def fingerprint(self) -> str | None:
         """A hash of the code the model is built from, where it can change under the same name."""
@@ -138,7 +147,7 @@ class ZooSource(ModelSource):
     def claims(cls, text: str) -> bool:
         return text in MODELS
 
-    def build(self, num_classes: int, input_shape: InputShape) -> nn.Module:
+    def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
         return self.entry.factory(num_classes, input_shape)
 
     @property
@@ -191,7 +200,7 @@ class TorchvisionSource(LibrarySource):
             )
         return tv.models
 
-    def build(self, num_classes: int, input_shape: InputShape) -> nn.Module:
+    def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
         if input_shape[0] != 3:
             raise SpecError(
                 f"model {self.text!r} takes 3-channel (RGB) images; the data has {input_shape[0]} channel(s)"
@@ -238,7 +247,7 @@ class TimmSource(LibrarySource):
             raise UnknownNameError(f"timm has no model {self.name!r}.{hint} `timm.list_models()` lists them.")
         return timm
 
-    def build(self, num_classes: int, input_shape: InputShape) -> nn.Module:
+    def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
         return self._timm().create_model(
             self.name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0]
         )
@@ -349,7 +358,7 @@ class FileSource(ModelSource):
             ) from None
         return module
 
-    def build(self, num_classes: int, input_shape: InputShape) -> nn.Module:
+    def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
         factory = _attribute(self.text, self._module(), self.attr, str(self.path))
         return call_factory(self.text, factory, num_classes, input_shape)
 
@@ -376,7 +385,7 @@ class ModuleSource(ModelSource):
 
     @classmethod
     def claims(cls, text: str) -> bool:
-        return bool(_DOTTED.match(text))
+        return bool(_DOTTED.match(text)) and text.partition(":")[0] not in SOURCES  # hf:bert is not a module
 
     def _module(self):
         try:
@@ -388,7 +397,7 @@ class ModuleSource(ModelSource):
                 f"model {self.text!r}: importing module {self.module_name!r} failed: {type(exc).__name__}: {exc}"
             ) from None
 
-    def build(self, num_classes: int, input_shape: InputShape) -> nn.Module:
+    def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
         factory = _attribute(self.text, self._module(), self.attr, f"module {self.module_name}")
         return call_factory(self.text, factory, num_classes, input_shape)
 

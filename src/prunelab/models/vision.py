@@ -1,4 +1,4 @@
-"""Importing the optional vision libraries (torchvision, timm) with one clear error when absent."""
+"""Importing the optional model libraries (torchvision, timm, transformers) with one clear error when absent."""
 
 from __future__ import annotations
 
@@ -67,3 +67,16 @@ def import_timm() -> ModuleType:
         return importlib.import_module("timm")
     except ModuleNotFoundError:
         raise SpecError(f"timm models need timm: {_install_hint('timm', 'timm')}") from None
+
+
+def import_transformers() -> ModuleType:
+    """transformers, imported (after torchvision where it is installed, which transformers imports
+    itself); a SpecError naming the extra when it is not installed."""
+    with contextlib.suppress(SpecError):
+        import_torchvision()
+    try:
+        return importlib.import_module("transformers")
+    except ModuleNotFoundError:
+        raise SpecError(
+            f"transformer models need transformers: {_install_hint('transformers', 'nlp')}"
+        ) from None

@@ -51,8 +51,11 @@ def parse_weights(text: str, source_prefix: str | None) -> Weights:
     ``timm``), else a file path."""
     if not isinstance(text, str) or not text.strip():
         raise SpecError(f"weights must be a file path or SOURCE:NAME, got {text!r}")
+    from prunelab.models.source import SOURCES  # the source module imports this one
+
+    prefixes = {getattr(cls, "prefix", None) for _, cls in SOURCES.items()} - {None}
     prefix, sep, name = text.partition(":")
-    if sep and prefix in ("torchvision", "timm"):
+    if sep and prefix in prefixes:
         if prefix != source_prefix:
             raise SpecError(f"weights {text!r} are {prefix} weights, which only a {prefix}:NAME model takes")
         return Weights(text, prefix, name.strip() or "DEFAULT")

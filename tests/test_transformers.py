@@ -1,0 +1,120 @@
+"""Transformers (issue 13, first part): hf: and bert-tiny models on text data, pruned unstructured
+through the runner and the CLI, with their bad-input errors."""
+
+import pytest
+import torch
+
+from prunelab.errors import SpecError
+from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec, load_level
+from prunelab.models import build_model, resolve_model
+from prunelab.spec import build_spec
+from prunelab.training import TrainConfig
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DATA = "synthetic-sentiment"
+
+
+def tiny_text(**overrides) -> ExperimentSpec:
+    values = dict(
+        model="bert-tiny",
+        data=DATA,
+        train=TrainConfig(optimizer="adam", lr=2e-3, batch_size=32, iterations=150, eval_every="50it"),
+        pruning=PruneSpec(
+            method="magnitude", scope="global", rate=0.5, rounds=2, exclude=("model.classifier",)
+        ),
+        treatment=TreatmentSpec(kind="finetune", finetune_epochs=1),
+    )
+    return ExperimentSpec(**(values | overrides))
+
+
+def test_bert_tiny_learns_the_synthetic_task_and_its_masks_hold_through_finetuning(tmp_path):
+    spec = tiny_text()
+    result = ExperimentRunner(spec, tmp_path / "runs").run()
+    accuracies = [m.early_stop.test_acc for m in result.levels[0]]
+    assert accuracies[0] > 0.75, accuracies  # a real transformer learning a real rule, not chance (0.5)
+    level = load_level(spec.experiment_id(), root=tmp_path / "runs")
+    assert abs(level.mask.density() - 0.25) < 0.01
+    for name, keep in level.mask.items():
+        weight = dict(level.model.named_parameters())[name]
+        assert bool((weight.detach()[~keep] == 0).all()), name  # pruned weights stayed exactly zero
+    layers = [n for n in level.mask.names() if ".encoder.layer." in n]
+    assert any("attention.self.query" in n for n in layers) and any("intermediate.dense" in n for n in layers)
+
+
+def test_the_tokenizer_is_trained_once_and_the_model_fits_it():
+    source = resolve_model("bert-tiny")
+    tok = source.tokenizer(DATA)
+    ids = tok.encode(["not good at all", "great"], 12)
+    assert ids.shape == (2, 12) and ids.dtype == torch.int64
+    assert int(ids[1, 3]) == tok.pad_id  # [CLS] great [SEP] then padding
+    net = build_model("bert-tiny", num_classes=2, input_shape=(32,), seed=0, data=DATA)
+    assert net.model.config.vocab_size == tok.vocab_size
+    assert net(ids).shape == (2, 2)
+    assert tok.fingerprint() == source.tokenizer(DATA).fingerprint()
+
+
+def test_padding_is_cut_per_batch_without_changing_the_logits():
+    net = build_model("bert-tiny", num_classes=2, input_shape=(32,), seed=0, data=DATA).eval()
+    tok = resolve_model("bert-tiny").tokenizer(DATA)
+    short, long = tok.encode(["good"], 8), tok.encode(["good"], 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(short), net(long))
+
+
+def test_an_hf_folder_loads_with_its_weights(tmp_path):
+    tok = resolve_model("bert-tiny").tokenizer(DATA)
+    config = transformers.BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    saved = transformers.BertForSequenceClassification(config)
+    folder = tmp_path / "my-bert"
+    saved.save_pretrained(folder)
+    tok.tokenizer.save_pretrained(folder)
+    notes = []
+    spec = ExperimentSpec(model=f"hf:{folder}", weights="hf:DEFAULT", data=DATA)
+    net = spec.build_model(0, notes=notes)
+    encoder = "bert.encoder.layer.0.attention.self.query.weight"
+    torch.testing.assert_close(net.model.state_dict()[encoder], saved.state_dict()[encoder])
+    assert net.model.classifier.out_features == 2  # the data's 2 classes, not the folder's 3
+    assert any("classifier head is new" in n for n in notes)
+    ExperimentRunner(
+        spec.model_copy(update={"train": TrainConfig(iterations=2, batch_size=16, eval_every="2it")}),
+        tmp_path / "runs",
+    ).run()
+
+
+def test_hf_errors_name_what_is_wrong(tmp_path):
+    with pytest.raises(SpecError, match=r"no model configuration found.*save_pretrained"):
+        build_model(f"hf:{tmp_path / 'absent'}", num_classes=2, input_shape=(16,), data=DATA)
+    gpt = tmp_path / "gpt"
+    transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(gpt)
+    with pytest.raises(SpecError, match="is a 'gpt2' model; prunelab supports the encoder layouts of bert"):
+        build_model(f"hf:{gpt}", num_classes=2, input_shape=(16,), data=DATA)
+    with pytest.raises(SpecError, match="reads images"):
+        ExperimentSpec(model="lenet5", data=DATA).load_data()
+    with pytest.raises(SpecError, match="reads token ids"):
+        build_model("bert-tiny", num_classes=2, input_shape=(1, 28, 28), data=DATA)
+    with pytest.raises(SpecError, match="only a hf:NAME model takes"):
+        build_spec(ExperimentSpec, model="bert-tiny", data=DATA, weights="hf:DEFAULT")
+
+
+def test_a_text_experiment_through_the_cli(cli, tmp_path):
+    root = tmp_path / "runs"
+    code, out, err = cli(
+        "run", "--model", "bert-tiny", "--data", DATA, "--iterations", "20", "--batch-size", "32",
+        "--eval-every", "10it", "--rounds", "2", "--rate", "0.3", "--treatment", "finetune",
+        "--controls", "random-mask", "--root", root, "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    (run,) = [p.name for p in (root / "experiments").iterdir()]
+    code, out, err = cli("show", run, "--root", root)
+    assert code == 0 and "49.00%" in out, err
+    code, out, err = cli("report", run, "--root", root, "-o", tmp_path / "report")
+    assert code == 0, err
+    assert (tmp_path / "report" / "report.html").stat().st_size > 0
+    code, _, err = cli("export", run, "--root", root, "-o", tmp_path / "compact")
+    assert code == 2 and "physical removal from transformers" in " ".join(err.split())
+    assert not (tmp_path / "compact").exists()
