@@ -118,3 +118,24 @@ def test_a_text_experiment_through_the_cli(cli, tmp_path):
     code, _, err = cli("export", run, "--root", root, "-o", tmp_path / "compact")
     assert code == 2 and "physical removal from transformers" in " ".join(err.split())
     assert not (tmp_path / "compact").exists()
+
+
+def test_the_bert_example_runs_and_says_its_data_is_synthetic(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "bert_sst2.py"
+    args = [
+        sys.executable,
+        str(script),
+        "--root",
+        str(tmp_path / "runs"),
+        "--iterations",
+        "4",
+        "--threads",
+        "1",
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "SYNTHETIC sentiment task" in done.stdout and "50% x 2 rounds       2    25.0%" in done.stdout
