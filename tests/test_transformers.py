@@ -139,3 +139,14 @@ def test_the_bert_example_runs_and_says_its_data_is_synthetic(tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "SYNTHETIC sentiment task" in done.stdout and "50% x 2 rounds       2    25.0%" in done.stdout
+
+
+def test_the_listings_know_text(cli):
+    code, out, err = cli("models", "--data", DATA)
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "hf:PATH_OR_NAME" in text and "bert-tiny" in text  # the zoo reads images: no counts for text
+    code, out, err = cli("data", "list")
+    assert code == 0 and "synthetic-sentiment" in out and "sst2:DIR" in out and "hf-disk:DIR" in out
+    code, out, err = cli("train", "--model", "lenet5", "--data", DATA, "--iterations", "1")
+    assert code == 2 and "reads images" in " ".join(err.split())

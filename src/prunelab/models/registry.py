@@ -84,7 +84,7 @@ def normalise_shape(input_shape: object) -> InputShape:
 
 
 def _fits(entry: ModelEntry, shape: InputShape) -> bool:
-    return min(shape[1:]) >= entry.min_size
+    return len(shape) == 3 and min(shape[1:]) >= entry.min_size  # the zoo reads images, not token ids
 
 
 def count_parameters(model: nn.Module) -> int:
