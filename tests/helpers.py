@@ -50,3 +50,16 @@ def assert_same_outputs(small: nn.Module, masked: nn.Module, shape, batch: int =
     assert scale > 1e-3 and (ref[0] - ref[1]).abs().max() > 1e-3 * scale, "trivial outputs prove nothing"
     assert out.shape == ref.shape
     assert float((out - ref).abs().max()) <= 1e-5 * max(1.0, scale)
+
+
+def run_example(name: str, *args: object) -> str:
+    """Run ``examples/NAME`` as a user would, on one thread; its standard output (it must succeed)."""
+    script = Path(__file__).parents[1] / "examples" / name
+    done = subprocess.run(
+        [sys.executable, str(script), *map(str, args), "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

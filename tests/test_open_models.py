@@ -7,6 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import run_example
 from safetensors.torch import save_file
 from torch import nn
 
@@ -468,27 +469,11 @@ def test_the_listings_show_the_other_forms(cli):
 
 
 def test_the_pretrained_cnn_example_runs_and_says_what_it_used(tmp_path, monkeypatch):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing cached: a random start
-    script = Path(__file__).parents[1] / "examples" / "pretrained_cnn.py"
-    args = [
-        sys.executable,
-        str(script),
-        "--root",
-        str(tmp_path / "runs"),
-        "--iterations",
-        "3",
-        "--rounds",
-        "1",
-    ]
-    done = subprocess.run([*args, "--threads", "1"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert "random initialisation (no resnet18-f37072fd.pth in" in done.stdout
-    assert "SYNTHETIC CIFAR-shaped" in done.stdout or "data: CIFAR-10" in done.stdout
-    assert "L1 filters, level 1, compacted" in done.stdout
+    out = run_example("pretrained_cnn.py", "--root", tmp_path / "runs", "--iterations", 3, "--rounds", 1)
+    assert "random initialisation (no resnet18-f37072fd.pth in" in out
+    assert "SYNTHETIC CIFAR-shaped" in out or "data: CIFAR-10" in out
+    assert "L1 filters, level 1, compacted" in out
     assert load_compact(next((tmp_path / "runs" / "example-exports").iterdir())).fc.out_features == 10
 
 

@@ -3,6 +3,7 @@ through the runner and the CLI, with their bad-input errors."""
 
 import pytest
 import torch
+from helpers import run_example
 
 from prunelab.errors import SpecError
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec, load_level
@@ -121,24 +122,8 @@ def test_a_text_experiment_through_the_cli(cli, tmp_path):
 
 
 def test_the_bert_example_runs_and_says_its_data_is_synthetic(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).parents[1] / "examples" / "bert_sst2.py"
-    args = [
-        sys.executable,
-        str(script),
-        "--root",
-        str(tmp_path / "runs"),
-        "--iterations",
-        "4",
-        "--threads",
-        "1",
-    ]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert "SYNTHETIC sentiment task" in done.stdout and "50% x 2 rounds       2    25.0%" in done.stdout
+    out = run_example("bert_sst2.py", "--root", tmp_path / "runs", "--iterations", 4)
+    assert "SYNTHETIC sentiment task" in out and "50% x 2 rounds       2    25.0%" in out
 
 
 def test_the_listings_know_text(cli):
