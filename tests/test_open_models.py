@@ -363,7 +363,7 @@ def test_a_torchvision_model_with_weights_through_the_commands(cli, tmp_path, rg
     code, out, err = cli("count", run, "--root", root)
     assert code == 0, err
     assert "MACs" in out and "compact" in out
-    code, _, err = cli("export", run, "--root", root, "-o", tmp_path / "compact")
+    code, _, err = cli("export", run, "--root", root, "-o", tmp_path / "compact", "--onnx")
     assert code == 0, err
     timings = tmp_path / "bench.json"
     code, out, err = cli(
@@ -377,6 +377,7 @@ def test_a_torchvision_model_with_weights_through_the_commands(cli, tmp_path, rg
     small = load_compact(tmp_path / "compact")
     level = load_level(run, root=root)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in level.model.parameters())
+    assert (tmp_path / "compact" / "model.onnx").stat().st_size > 0
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(small(x), level.model.eval()(x), atol=1e-4, rtol=1e-3)
