@@ -32,9 +32,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/ruff format --check src tests bench examples
 
-bench: $(STAMP)
+bench: $(EXTRAS)
 	$(PY) bench/train_speed.py
 	$(PY) bench/infer_speed.py
+	$(PY) bench/compact_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
