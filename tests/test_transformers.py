@@ -116,6 +116,10 @@ def test_a_text_experiment_through_the_cli(cli, tmp_path):
     code, out, err = cli("report", run, "--root", root, "-o", tmp_path / "report")
     assert code == 0, err
     assert (tmp_path / "report" / "report.html").stat().st_size > 0
+    code, out, err = cli("heads", run, "--root", root, "--batches", 2, "--plot", tmp_path / "heads.png")
+    assert code == 0, err
+    assert "Head importance" in out and "head 1" in out
+    assert (tmp_path / "heads.png").stat().st_size > 1000
     code, _, err = cli("export", run, "--root", root, "-o", tmp_path / "compact")
     assert code == 2 and "physical removal from transformers" in " ".join(err.split())
     assert not (tmp_path / "compact").exists()
@@ -135,3 +139,32 @@ def test_the_listings_know_text(cli):
     assert code == 0 and "synthetic-sentiment" in out and "sst2:DIR" in out and "hf-disk:DIR" in out
     code, out, err = cli("train", "--model", "lenet5", "--data", DATA, "--iterations", "1")
     assert code == 2 and "reads images" in " ".join(err.split())
+
+
+def test_head_importance_is_the_gate_gradient_checked_by_finite_differences():
+    from prunelab.analysis.heads import attention_layers, gated_loss, head_importance
+
+    spec = ExperimentSpec(model="bert-tiny", data=DATA)
+    net = spec.build_model(0).double().eval()
+    data = spec.load_data()
+    batch = (data.val.x[:16], data.val.y[:16])
+    raw = head_importance(net, [batch], normalise=False)
+    layers = attention_layers(net)
+    assert raw.shape == (len(layers), layers[0].heads) == (2, 2)
+    eps = 1e-4
+    for i in range(raw.shape[0]):
+        for h in range(raw.shape[1]):
+            up, down = torch.ones(raw.shape, dtype=torch.float64), torch.ones(raw.shape, dtype=torch.float64)
+            up[i, h] += eps
+            down[i, h] -= eps
+            with torch.no_grad():
+                (a,), (b,) = gated_loss(net, [batch], up), gated_loss(net, [batch], down)
+            assert abs(float(raw[i, h]) - abs(float(a - b) / (2 * eps))) <= 1e-4 * max(1.0, float(raw[i, h]))
+    normalised = head_importance(net, [batch, batch])
+    torch.testing.assert_close(normalised.norm(dim=1), torch.ones(2), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # gates at 1 change nothing
+        (plain,) = [torch.nn.functional.cross_entropy(net(batch[0]), batch[1])]
+        (gated,) = gated_loss(net, [batch], torch.ones(2, 2, dtype=torch.float64))
+    torch.testing.assert_close(plain, gated)
+    with pytest.raises(SpecError, match="needs a transformer encoder"):
+        head_importance(build_model("lenet5"), [batch])

@@ -43,6 +43,7 @@ COMMANDS = [
     ("stability", analysis.stability),
     ("ensemble", analysis.ensemble_cmd),
     ("mask-plot", analysis.mask_plot),
+    ("heads", analysis.heads),
     ("removal-table", compress.removal_table),
 ]
 for _name, _fn in COMMANDS:

@@ -1,4 +1,4 @@
-"""``prunelab report | compare | similarity | effective | stability | ensemble | mask-plot``.
+"""``prunelab report | compare | similarity | effective | stability | ensemble | mask-plot | heads``.
 
 The analyses return records (:class:`~prunelab.table.Table`, figures); these commands print and save
 them. User errors raise PrunelabError (exit status 2 in ``prunelab.cli.main``)."""
@@ -309,3 +309,33 @@ def mask_plot(
     if param in lv.mask:
         keep = lv.mask[param]
     _save_figure(plots.plot_mask(weight, keep, title), out)
+
+
+def heads(
+    run: Run,
+    level: Annotated[Opt[int], typer.Option(help="Level (default: the last finished).")] = None,
+    seed: Annotated[Opt[int], typer.Option(help="Seed (default: the first).")] = None,
+    batches: Annotated[
+        int, typer.Option(min=1, max=10000, help="Validation batches to accumulate over.")
+    ] = 10,
+    plot: Annotated[Opt[Path], typer.Option(help="Heatmap path (.png/.svg/.pdf).")] = None,
+    root: Root = None,
+) -> None:
+    """Attention-head importance of a transformer level (Michel et al. 2019): |dL/d gate| per head."""
+    from prunelab.analysis.heads import head_importance, plot_head_importance
+    from prunelab.experiments import load_level
+    from prunelab.table import Table
+
+    _check_figure(plot)
+    lv = load_level(run, level, seed=seed, root=root)
+    data = lv.experiment.spec.load_data()
+    size = lv.experiment.spec.train.batch_size
+    val = data.val if len(data.val) else data.train
+    chunks = [(val.x[i : i + size], val.y[i : i + size]) for i in range(0, len(val), size)][:batches]
+    importance = head_importance(lv.model, chunks)
+    where = f"{lv.experiment.id} seed {lv.seed} level {lv.level}, {len(chunks)} validation batches"
+    columns = ["layer", *(f"head {h}" for h in range(importance.shape[1]))]
+    rows = [[i, *(round(float(v), 4) for v in row)] for i, row in enumerate(importance)]
+    _print(Table(f"Head importance (per-layer normalised): {where}", columns, rows))
+    if plot is not None:
+        _save_figure(plot_head_importance(importance, f"head importance: {where}"), plot)
