@@ -116,3 +116,23 @@ def plot_head_importance(importance: torch.Tensor, title: str):
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label="importance (per-layer normalised)")
     return fig
+
+
+def level_head_importance(level, batches: int = 10, data_dir=None) -> tuple[torch.Tensor, int]:
+    """Head importance of a loaded level (:func:`prunelab.load_level`) over its first ``batches``
+    validation batches (the training set's where there is no validation split); (scores, batches used)."""
+    spec = level.experiment.spec
+    data = spec.load_data(data_dir)
+    size = spec.train.batch_size
+    split = data.val if len(data.val) else data.train
+    chunks = [(split.x[i : i + size], split.y[i : i + size]) for i in range(0, len(split), size)][:batches]
+    return head_importance(level.model, chunks), len(chunks)
+
+
+def importance_table(importance: torch.Tensor, title: str):
+    """Layers x heads as a :class:`~prunelab.table.Table`."""
+    from prunelab.table import Table
+
+    columns = ["layer", *(f"head {h}" for h in range(importance.shape[1]))]
+    rows = [[i, *(round(float(v), 4) for v in row)] for i, row in enumerate(importance)]
+    return Table(title, columns, rows)

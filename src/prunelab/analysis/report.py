@@ -55,7 +55,10 @@ SECTIONS = {
     "stability": "Weight stability",
     "effective-sparsity": "Effective and neuron sparsity",
     "ensemble": "Ensembles and agreement",
+    "heads": "Attention heads",
 }
+#: Sections left out of the page when nothing was written to them (heads: only for transformers).
+OPTIONAL = {"heads"}
 
 PAGE = Template("""<!DOCTYPE html>
 <html lang="en">
@@ -150,12 +153,13 @@ class _Writer:
             self.text(section, f"{what}: not available: {exc}", "error")
 
     def page(self, title: str) -> str:
-        nav = " ".join(f'<a href="#{k}">{html.escape(v)}</a>' for k, v in SECTIONS.items())
+        shown = {k: parts for k, parts in self.sections.items() if parts or k not in OPTIONAL}
+        nav = " ".join(f'<a href="#{k}">{html.escape(SECTIONS[k])}</a>' for k in shown)
         body = "\n".join(
             f'<section id="{k}"><h2>{html.escape(SECTIONS[k])}</h2>\n'
             + "\n".join(parts or ["<p>–</p>"])
             + "</section>"
-            for k, parts in self.sections.items()
+            for k, parts in shown.items()
         )
         generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         return PAGE.substitute(title=html.escape(title), nav=nav, body=body, generated=generated)
@@ -246,6 +250,7 @@ def write_report(
         w.guarded("stability", "weight stability", r.stability)
         if ensembles:
             w.guarded("ensemble", "ensembles", lambda: r.ensembles(data_dir))
+            w.guarded("heads", "head importance", lambda: r.heads(data_dir))
         else:
             w.text("ensemble", "Skipped (ensembles=False).")
         page = w.page(title or "prunelab report: " + ", ".join(r.names))
@@ -463,6 +468,25 @@ class _Report:
                 f"trajectories-{name}",
                 f"Final weight values per level in {traj.layer}, seed {seeds_of(exp)[0]}: {name} (paper 001 Figs. 6, 7)",
             )
+
+    def heads(self, data_dir: str | Path | None) -> None:
+        """Head importance (Michel et al. 2019) at the last level of each transformer experiment."""
+        from prunelab.analysis.heads import importance_table, level_head_importance, plot_head_importance
+        from prunelab.experiments import load_level
+        from prunelab.models import resolve_model
+
+        for name, exp in self.pairs:
+            if not resolve_model(exp.spec.model).is_text:
+                continue
+            level = load_level(exp, seed=seeds_of(exp)[0])
+            importance, used = level_head_importance(level, data_dir=data_dir)
+            where = f"{name}, level {level.level}, seed {level.seed}, {used} validation batches"
+            self.w.table("heads", importance_table(importance, f"Head importance: {where}"), f"heads-{name}")
+            fig = plot_head_importance(importance, f"{name}: level {level.level}")
+            self.w.figure(
+                "heads", fig, f"heads-{name}",
+                f"|dL/d gate| per head, normalised per layer (Michel et al. 2019): {where}",
+            )  # fmt: skip
 
     def ensembles(self, data_dir: str | Path | None) -> None:
         w, exps, names = self.w, self.exps, self.names

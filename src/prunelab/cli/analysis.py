@@ -322,20 +322,13 @@ def heads(
     root: Root = None,
 ) -> None:
     """Attention-head importance of a transformer level (Michel et al. 2019): |dL/d gate| per head."""
-    from prunelab.analysis.heads import head_importance, plot_head_importance
+    from prunelab.analysis.heads import importance_table, level_head_importance, plot_head_importance
     from prunelab.experiments import load_level
-    from prunelab.table import Table
 
     _check_figure(plot)
     lv = load_level(run, level, seed=seed, root=root)
-    data = lv.experiment.spec.load_data()
-    size = lv.experiment.spec.train.batch_size
-    val = data.val if len(data.val) else data.train
-    chunks = [(val.x[i : i + size], val.y[i : i + size]) for i in range(0, len(val), size)][:batches]
-    importance = head_importance(lv.model, chunks)
-    where = f"{lv.experiment.id} seed {lv.seed} level {lv.level}, {len(chunks)} validation batches"
-    columns = ["layer", *(f"head {h}" for h in range(importance.shape[1]))]
-    rows = [[i, *(round(float(v), 4) for v in row)] for i, row in enumerate(importance)]
-    _print(Table(f"Head importance (per-layer normalised): {where}", columns, rows))
+    importance, used = level_head_importance(lv, batches)
+    where = f"{lv.experiment.id} seed {lv.seed} level {lv.level}, {used} validation batches"
+    _print(importance_table(importance, f"Head importance (per-layer normalised): {where}"))
     if plot is not None:
         _save_figure(plot_head_importance(importance, f"head importance: {where}"), plot)
