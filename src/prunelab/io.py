@@ -11,12 +11,15 @@ people (an export, a report, a training's output) go through :func:`output_folde
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import io
 import json
 import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,6 +173,34 @@ def user_path(text: str | os.PathLike) -> Path:
         return Path(text).expanduser()
     except RuntimeError:  # "Could not determine home directory"
         return Path(text)
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's content (16 hex digits), read in blocks; cached while the file's size and
+    modification time stay the same, so an identity computed again costs a ``stat``. A file modified
+    in the last two seconds is hashed afresh: file-system clocks are coarse, and an edit within the
+    same tick could keep both (git's "racy" case). Raises ``OSError`` for a file that cannot be read
+    (callers say what the file was for)."""
+    st = Path(path).stat()
+    if time.time_ns() - st.st_mtime_ns < RACY_NS:
+        return _hash_file(path)
+    return _content_hash(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+RACY_NS = 2_000_000_000
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    return _hash_file(path)
+
+
+def _hash_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def check_folder_path(path: str | os.PathLike, what: str) -> Path:

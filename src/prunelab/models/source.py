@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -23,13 +22,12 @@ import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from pathlib import Path
 from typing import ClassVar
 
 from torch import nn
 
 from prunelab.errors import SpecError, UnknownNameError
-from prunelab.io import user_path
+from prunelab.io import content_hash, user_path
 from prunelab.models.registry import MODELS, InputShape
 from prunelab.models.vision import import_timm, import_torchvision
 from prunelab.registry import Registry
@@ -280,10 +278,6 @@ class TimmSource(LibrarySource):
 
 
 # ---------------------------------------------------------------------------------------------
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def call_factory(text: str, factory: object, num_classes: int, input_shape: InputShape) -> nn.Module:
     """Call a user factory with the arguments its signature takes; it must return an ``nn.Module``."""
     if not callable(factory):
@@ -364,7 +358,7 @@ class FileSource(ModelSource):
 
     def fingerprint(self) -> str | None:
         try:
-            return _file_hash(self.path)
+            return content_hash(self.path)
         except OSError as exc:
             raise SpecError(f"model {self.text!r}: cannot read {self.path} ({exc.strerror or exc})") from None
 
@@ -403,4 +397,4 @@ class ModuleSource(ModelSource):
 
     def fingerprint(self) -> str | None:
         file = getattr(self._module(), "__file__", None)
-        return _file_hash(Path(file)) if file else None
+        return content_hash(file) if file else None

@@ -10,8 +10,6 @@ replaced to fit the dataset) and reported, not an error.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import socket
 import urllib.error
@@ -26,7 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from prunelab.errors import SpecError
-from prunelab.io import user_path
+from prunelab.io import content_hash, user_path
 
 WRAPPERS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
 PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -63,25 +61,11 @@ def parse_weights(text: str, source_prefix: str | None) -> Weights:
 
 
 def file_hash(path: Path) -> str:
-    """sha256 of a file's content (16 hex digits), read in blocks; cached while the file's size and
-    modification time stay the same."""
+    """The content hash of a weights file (:func:`prunelab.io.content_hash`)."""
     try:
-        st = Path(path).stat()
+        return content_hash(path)
     except OSError as exc:
         raise SpecError(f"weights file {path} cannot be read ({exc.strerror or exc})") from None
-    return _hash(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _hash(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise SpecError(f"weights file {path} cannot be read ({exc.strerror or exc})") from None
-    return digest.hexdigest()[:16]
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
