@@ -99,7 +99,7 @@ def build_model(
         INITS.get(scheme)  # fail on a bad name before any (possibly slow) construction
     num_classes = check_num_classes(num_classes)
     shape = model_input_shape(normalise_shape(input_shape), check_image_size(image_size))
-    _check_min_size(source, shape)
+    source.check_shape(shape)
     ref = None if weights is None else parse_weights(weights, source.weights_prefix)
 
     def make() -> nn.Module:
@@ -138,17 +138,6 @@ def input_stats(name: str, weights: str | None) -> tuple[tuple[float, ...], tupl
     source = resolve_model(name)
     ref = parse_weights(weights, source.weights_prefix)
     return None if ref.prefix is None else source.pretrained_stats(ref.name)
-
-
-def _check_min_size(source: ModelSource, shape: InputShape) -> None:
-    entry = getattr(source, "entry", None)
-    if entry is not None and len(shape) != 3:
-        raise SpecError(f"model {source.text!r} reads images; the data has inputs of shape {shape} (text?)")
-    if entry is not None and min(shape[1:]) < entry.min_size:
-        raise SpecError(
-            f"model {source.text!r} cannot take input shape {shape}: its pooling needs "
-            f"height and width >= {entry.min_size} (it accepts {entry.supported_input})"
-        )
 
 
 def _set_output_layer(name: str, source: ModelSource, model: nn.Module, num_classes: int) -> None:

@@ -3,7 +3,7 @@
 A text model takes a batch of token ids, ``(N, max_length)`` right-padded with its tokenizer's pad
 id, and returns logits: :class:`TextClassifier` wraps a ``transformers`` model so, cutting each batch
 to its longest sequence (what padding to the longest does) and passing the attention mask. Its
-tokenizer comes with the source (:meth:`TextSource.tokenizer`); the data is tokenised with it once
+tokenizer comes with the source (:meth:`~prunelab.models.source.ModelSource.tokenizer`); the data is tokenised with it once
 and cached (:func:`prunelab.data.load_dataset`).
 
 * ``hf:PATH_OR_NAME``: the architecture of a ``save_pretrained`` folder or a hub-cached model
@@ -75,26 +75,21 @@ class HFTokenizer:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class TextSource(ModelSource):
+class TextModelSource(ModelSource):
     """A model source whose models read token ids; it provides the tokenizer for the data."""
 
     is_text: ClassVar[bool] = True
 
-    def tokenizer(self, data: str) -> HFTokenizer:
-        raise NotImplementedError
-
-
-def _check_text_shape(text: str, input_shape) -> int:
-    if len(input_shape) != 1:
-        raise SpecError(
-            f"model {text!r} reads token ids; the data has inputs of shape {tuple(input_shape)} "
-            "(use a text dataset: synthetic-sentiment, sst2:DIR, csv:PATH, jsonl:PATH, hf-disk:DIR)"
-        )
-    return int(input_shape[0])
+    def check_shape(self, input_shape: InputShape) -> None:
+        if len(input_shape) != 1:
+            raise SpecError(
+                f"model {self.text!r} reads token ids; the data has inputs of shape {tuple(input_shape)} "
+                "(use a text dataset: synthetic-sentiment, sst2:DIR, csv:PATH, jsonl:PATH, hf-disk:DIR)"
+            )
 
 
 @register_source("hf")
-class HFSource(LibrarySource, TextSource):
+class HFSource(LibrarySource, TextModelSource):
     """A Hugging Face sequence classifier: ``hf:PATH`` (a save_pretrained folder) or ``hf:NAME`` (hub cache)."""
 
     prefix = "hf"
@@ -121,7 +116,7 @@ class HFSource(LibrarySource, TextSource):
         return config
 
     def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
-        max_length = _check_text_shape(self.text, input_shape)
+        max_length = input_shape[0]
         t = import_transformers()
         config = self._config(num_classes)
         if getattr(config, "max_position_embeddings", max_length) < max_length:
@@ -140,12 +135,6 @@ class HFSource(LibrarySource, TextSource):
                 f"model {self.text!r}: no tokenizer found ({str(exc).splitlines()[0][:200]})"
             ) from None
 
-    def notes(self, num_classes: int, head: str | None) -> list[str]:
-        return []
-
-    def pretrained_stats(self, name: str):
-        return None
-
     def pretrained(self, name: str, num_classes: int, input_shape: InputShape):
         if name != "DEFAULT":
             raise SpecError(f"hf models have one set of weights, hf:DEFAULT (the folder's own), not {name!r}")
@@ -161,7 +150,7 @@ class HFSource(LibrarySource, TextSource):
 
 
 @register_source("bert-tiny")
-class BertTinySource(TextSource):
+class BertTinySource(TextModelSource):
     """A 2-layer BERT (hidden 128, 2 heads) with a WordPiece vocabulary trained on the dataset's text."""
 
     usage = "bert-tiny"
@@ -176,7 +165,7 @@ class BertTinySource(TextSource):
         return text == "bert-tiny"
 
     def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
-        max_length = _check_text_shape(self.text, input_shape)
+        max_length = input_shape[0]
         t = import_transformers()
         tok = self.tokenizer(data)
         config = t.BertConfig(

@@ -60,6 +60,13 @@ class ModelSource(ABC):
         """A freshly constructed model (the caller seeds the RNG and initialises it); ``data`` names
         the dataset, which a text model's vocabulary may depend on."""
 
+    def check_shape(self, input_shape: InputShape) -> None:
+        """Refuse, before anything is built, inputs of a shape this source's models cannot take.
+
+        By default any shape goes: a user's model is checked by one forward pass instead.
+        """
+        return None
+
     def tokenizer(self, data: str):
         """The tokenizer text data is encoded with for this model (text sources only)."""
         raise SpecError(
@@ -145,6 +152,17 @@ class ZooSource(ModelSource):
     def claims(cls, text: str) -> bool:
         return text in MODELS
 
+    def check_shape(self, input_shape: InputShape) -> None:
+        if len(input_shape) != 3:
+            raise SpecError(
+                f"model {self.text!r} reads images; the data has inputs of shape {input_shape} (text?)"
+            )
+        if min(input_shape[1:]) < self.entry.min_size:
+            raise SpecError(
+                f"model {self.text!r} cannot take input shape {input_shape}: its pooling needs "
+                f"height and width >= {self.entry.min_size} (it accepts {self.entry.supported_input})"
+            )
+
     def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
         return self.entry.factory(num_classes, input_shape)
 
@@ -198,11 +216,13 @@ class TorchvisionSource(LibrarySource):
             )
         return tv.models
 
-    def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
-        if input_shape[0] != 3:
+    def check_shape(self, input_shape: InputShape) -> None:
+        if len(input_shape) != 3 or input_shape[0] != 3:
             raise SpecError(
-                f"model {self.text!r} takes 3-channel (RGB) images; the data has {input_shape[0]} channel(s)"
+                f"model {self.text!r} takes 3-channel (RGB) images; the data has inputs of shape {input_shape}"
             )
+
+    def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
         return self._models().get_model(self.name, num_classes=num_classes)
 
     def notes(self, num_classes: int, head: str | None) -> list[str]:
