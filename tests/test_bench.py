@@ -24,6 +24,24 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             ["--size", "32", "--batches", "1", "--repeats", "2"],
             "goal: >= 0.7 for VGG-16 at batch 16",
         ),
+        (
+            "bert_speed.py",
+            [
+                "--layers",
+                "2",
+                "--hidden",
+                "64",
+                "--heads",
+                "4",
+                "--ffn",
+                "128",
+                "--batches",
+                "1",
+                "--repeats",
+                "2",
+            ],
+            "heads 8 -> 4, FFN neurons 256 -> 128",
+        ),
     ],
 )
 def test_bench_script_runs(script, args, needle, tmp_path):

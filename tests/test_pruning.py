@@ -22,6 +22,7 @@ from prunelab.pruning import (
     prunable_names,
     prune,
 )
+from prunelab.pruning.structure import EncoderStructure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -327,8 +328,12 @@ def test_every_combination(method: str, scope: str, structure: str | None) -> No
     struct = STRUCTURES.get(structure or spec.structure)
     signed = CRITERIA.get(spec.criterion).signed
     hybrid = struct.conv_axis != struct.linear_axis
-    valid = not (spec.structured_only and not struct.structured) and not (signed and struct.structured)
+    signed_units = spec.unit_norm == "abs-sum" and not hybrid  # |sum of g*w| per unit (taylor)
+    valid = not (spec.structured_only and not struct.structured)
+    valid = valid and not (signed and struct.structured and not signed_units)
+    valid = valid and CRITERIA.get(spec.criterion).structures is None  # head-importance: heads only
     valid = valid and not (hybrid and scope == "global")
+    valid = valid and not isinstance(struct, EncoderStructure)  # heads/ffn: transformers only
     model = seeded(ConvNet)
     context = full_context(model)
     start = prune(model, None, fraction=0.2, method="random", generator=torch.Generator().manual_seed(0))

@@ -8,6 +8,7 @@ from helpers import run_example
 from prunelab.errors import SpecError
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec, load_level
 from prunelab.models import build_model, resolve_model
+from prunelab.models.hf import TextClassifier
 from prunelab.spec import build_spec
 from prunelab.training import TrainConfig
 
@@ -121,14 +122,22 @@ def test_a_text_experiment_through_the_cli(cli, tmp_path):
     assert code == 0, err
     assert "Head importance" in out and "head 1" in out
     assert (tmp_path / "heads.png").stat().st_size > 1000
-    code, _, err = cli("export", run, "--root", root, "-o", tmp_path / "compact")
-    assert code == 2 and "physical removal from transformers" in " ".join(err.split())
-    assert not (tmp_path / "compact").exists()
+    code, out, err = cli("export", run, "--root", root, "-o", tmp_path / "compact")  # no whole unit pruned:
+    assert code == 0 and "hf/: a save_pretrained folder (FFN width 512)" in " ".join(out.split()), err
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "compact" / "hf").eval()
+    level = load_level(run, root=root)
+    x = level.spec.load_data().test.x[:8]
+    with torch.no_grad():
+        torch.testing.assert_close(TextClassifier(hf, level.model.pad_id)(x), level.model.eval()(x))
 
 
 def test_the_bert_example_runs_and_says_its_data_is_synthetic(tmp_path):
-    out = run_example("bert_sst2.py", "--root", tmp_path / "runs", "--iterations", 4)
+    out = run_example(
+        "bert_sst2.py", "--root", tmp_path / "runs", "--iterations", 4, "--tokens", 16, "--repeats", 1
+    )
     assert "SYNTHETIC sentiment task" in out and "50% x 2 rounds       2    25.0%" in out
+    structured = next(line for line in out.splitlines() if line.startswith("heads+FFN 50%") and "->" in line)
+    assert structured.split()[2:4] == ["2", "512"]  # of 4 heads and 1,024 FFN neurons
 
 
 def test_the_listings_know_text(cli):

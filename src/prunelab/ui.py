@@ -52,7 +52,10 @@ def render(table: Table) -> RichTable:
         numeric = bool(table.rows) and all(
             isinstance(r[i], int | float | tuple) or r[i] is None for r in table.rows
         )
-        t.add_column(plain(header), justify="right" if numeric else "left")
+        # long names (a transformer's layers) wrap instead of losing their ends to an ellipsis
+        t.add_column(
+            plain(header), justify="right" if numeric else "left", overflow="ellipsis" if numeric else "fold"
+        )
     for row in table.formatted():
         t.add_row(*map(plain, row))
     return t

@@ -1,104 +1,23 @@
-"""Attention-head importance (Michel, Levy & Neubig 2019, "Are Sixteen Heads Really Better than One?").
+"""Attention-head importance of a trained level: ``prunelab heads``, the report's table and heatmap.
 
-Each head ``h`` of a layer gets a gate ``xi_h`` multiplying its context vector before the layer's
-output projection; with every gate at 1 the model is unchanged. A head's importance is
-``sum over batches of |dL/dxi_h|``, the loss's sensitivity to masking it, normalised per layer
-(divided by the layer's L2 norm over heads), as their reference code does. The gates are applied by a
-forward pre-hook on each output projection (its input is the concatenated heads), so nothing of the
-model is replaced.
+The scores (Michel et al. 2019's gates) are computed by :mod:`prunelab.pruning.heads`, which the
+``head-importance`` pruning criterion uses too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from prunelab.errors import SpecError
+from prunelab.pruning.heads import attention_layers, gated_loss, head_importance
 
-#: For each supported model type: the output projection whose input is the heads' concatenated
-#: context, as a module-name suffix.
-OUTPUT_PROJECTION = {
-    "bert": "attention.output.dense",
-    "roberta": "attention.output.dense",
-    "xlm-roberta": "attention.output.dense",
-    "camembert": "attention.output.dense",
-    "electra": "attention.output.dense",
-    "distilbert": "attention.out_lin",
-}
-
-
-@dataclass(frozen=True)
-class AttentionLayer:
-    """One attention layer: the name of its output projection and its head count."""
-
-    projection: str
-    heads: int
-
-
-def attention_layers(model: nn.Module) -> list[AttentionLayer]:
-    """The attention layers of a transformers encoder (a prunelab text model or the bare model)."""
-    config = getattr(getattr(model, "model", model), "config", None)
-    kind = getattr(config, "model_type", None)
-    if kind not in OUTPUT_PROJECTION:
-        raise SpecError(
-            f"head importance needs a transformer encoder of type {', '.join(OUTPUT_PROJECTION)}; "
-            f"this model is {kind or type(model).__name__!r}"
-        )
-    heads = getattr(config, "num_attention_heads", None) or config.n_heads
-    suffix = OUTPUT_PROJECTION[kind]
-    return [
-        AttentionLayer(n, heads)
-        for n, m in model.named_modules()
-        if n.endswith(suffix) and isinstance(m, nn.Linear)
-    ]
-
-
-def gated_loss(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], gates: torch.Tensor
-) -> list[torch.Tensor]:
-    """The mean cross-entropy of each batch with the heads' contexts scaled by ``gates`` (layers x heads)."""
-    layers = attention_layers(model)
-    handles = []
-    for i, layer in enumerate(layers):
-
-        def gate(module, args, i=i, heads=layer.heads):
-            x = args[0]
-            scaled = x.unflatten(-1, (heads, x.shape[-1] // heads)) * gates[i].view(heads, 1)
-            return (scaled.flatten(-2), *args[1:])
-
-        handles.append(model.get_submodule(layer.projection).register_forward_pre_hook(gate))
-    try:
-        return [F.cross_entropy(model(x), y) for x, y in batches]
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def head_importance(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, normalise: bool = True
-) -> torch.Tensor:
-    """Importance of every head, ``(layers, heads)``: ``sum_b |dL_b/dxi|`` at ``xi = 1`` (eval mode)."""
-    layers = attention_layers(model)
-    if len({layer.heads for layer in layers}) != 1:
-        raise SpecError("head importance needs the same number of heads in every layer")
-    was = model.training
-    model.eval()
-    gates = torch.ones(len(layers), layers[0].heads, dtype=torch.float32, requires_grad=True)
-    total = torch.zeros_like(gates)
-    try:
-        for batch in batches:
-            (loss,) = gated_loss(model, [batch], gates)
-            (grad,) = torch.autograd.grad(loss, gates)
-            total += grad.abs()
-    finally:
-        model.train(was)
-    if normalise:
-        total = total / (total.norm(dim=1, keepdim=True) + 1e-20)
-    return total.detach()
+__all__ = [
+    "attention_layers",
+    "gated_loss",
+    "head_importance",
+    "importance_table",
+    "level_head_importance",
+    "plot_head_importance",
+]
 
 
 def plot_head_importance(importance: torch.Tensor, title: str):

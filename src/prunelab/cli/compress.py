@@ -53,13 +53,13 @@ def export(
     approximate: Approximate = False,
 ) -> None:
     """Write the physically compacted model: safetensors weights + JSON plan (load_compact)."""
-    from prunelab.compress.export import check_target, export_compact, require_onnx
+    from prunelab.compress.export import check_target, export_compact, read_plan, require_onnx
     from prunelab.compress.level import compact_level
     from prunelab.experiments.store import results_root
     from prunelab.models import count_parameters
     from prunelab.pruning import sparsity_report
     from prunelab.table import Table
-    from prunelab.ui import show
+    from prunelab.ui import console, show
 
     protect = [results_root(root)]
     check_target(out, force, protect)  # refuse before any work
@@ -74,6 +74,7 @@ def export(
         num_classes=item.num_classes,
         input_shape=item.input_shape,
         image_size=item.loaded.spec.image_size,
+        data=item.loaded.spec.data,
         force=force,
         onnx=onnx,
         source=item.source(),
@@ -92,6 +93,9 @@ def export(
         ("max |compact - masked| output", item.result.max_error),
     ]
     show(Table(f"{item.loaded.experiment.id} level {item.loaded.level} -> {out}", ["", "value"], rows))
+    hf = read_plan(out).get("save_pretrained")
+    if hf:
+        console.print(hf)
 
 
 def bench(
@@ -111,6 +115,10 @@ def bench(
     sparse: Annotated[
         bool, typer.Option(help="Include the CSR version (layers swapped where faster).")
     ] = True,
+    tokens: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Text models: sequence length to time (default: the data's).", min=1),
+    ] = None,
     plot: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="Figure path (default: prunelab-bench-<experiment>.png)."),
@@ -146,6 +154,7 @@ def bench(
         threads=threads,
         device=device,
         sparse=sparse,
+        tokens=tokens,
     )
     title = f"{exp.id}: latency on {result.device} ({result.threads} thread(s), {repeats} repeats)"
     show(Table(title, list(result.COLUMNS), result.rows()))

@@ -3,7 +3,9 @@
 FLOPs are counted at the operator level by ``torch.utils.flop_counter`` (matmuls and convolutions,
 2 FLOPs per multiply-accumulate, so MACs = FLOPs / 2); elementwise work is not counted. A masked
 layer's non-zero FLOPs are its dense FLOPs times its weight's non-zero fraction, since every weight
-of a conv or linear layer is used the same number of times. Counts are per example.
+of a conv or linear layer is used the same number of times; a transformer's attention products
+(``QK^T``, ``AV``) count in full for the masked model and shrink only when heads are removed.
+Counts are per example (for a text model, one sequence of the given length).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunelab.compress.graph import compact
-from prunelab.models import build_model, count_parameters
+from prunelab.models import build_model, count_parameters, example_input
+from prunelab.models.encoder import eager_attention
 from prunelab.pruning import Mask, prune, sparsity_report
 
 
@@ -60,23 +63,28 @@ class CountReport:
 
 @torch.no_grad()
 def layer_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """FLOPs of one example per leaf module; work done outside leaf modules goes to ``"(other)"``."""
+    """FLOPs of one example per module, each counting only what it does outside its submodules:
+    leaf layers, and e.g. a transformer's attention module for its ``QK^T`` and ``AV`` products
+    (run as explicit matrix products, which fused kernels would hide). What the top-level module
+    does itself is ``"(other)"``. A text model reads one sequence of ``input_shape[0]`` tokens."""
     was = model.training
     model.eval()
-    device = next(model.parameters()).device
     try:
-        with FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_shape, device=device))
+        with eager_attention(model), FlopCounterMode(display=False) as counter:
+            model(example_input(model, input_shape, generator=torch.Generator().manual_seed(0)))
     finally:
         model.train(was)
     counts = counter.get_flop_counts()
-    prefix = type(model).__name__ + "."
+    prefix = type(model).__name__
+
+    def total(name: str) -> int:
+        return int(sum(counts.get(f"{prefix}.{name}" if name else prefix, {}).values()))
+
     out: dict[str, int] = {}
     for name, module in model.named_modules():
-        if name and not list(module.children()):
-            flops = int(sum(counts.get(prefix + name, {}).values()))
-            if flops:
-                out[name] = flops
+        own = total(name) - sum(total(f"{name}.{c}" if name else c) for c, _ in module.named_children())
+        if name and own:
+            out[name] = own
     other = counter.get_total_flops() - sum(out.values())
     if other:
         out["(other)"] = int(other)

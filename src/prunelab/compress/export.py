@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.compress.encoder import save_pretrained
 from prunelab.compress.graph import NORM_TYPES, CompactResult
 from prunelab.errors import CheckpointError, PrunelabError
 from prunelab.io import (
@@ -28,6 +29,8 @@ from prunelab.io import (
     output_folder,
     save_tensors,
 )
+from prunelab.models.build import example_input
+from prunelab.models.encoder import is_encoder, set_head_counts
 from prunelab.models.source import resolve_model
 
 FORMAT = "prunelab-compact"
@@ -35,9 +38,10 @@ VERSION = 1
 WEIGHTS = "model.safetensors"
 PLAN = "plan.json"
 ONNX = "model.onnx"
+HF = "hf"
 
 
-EXPORT = OutputKind("export", PLAN, (PLAN, WEIGHTS, ONNX))
+EXPORT = OutputKind("export", PLAN, (PLAN, WEIGHTS, ONNX, HF))
 
 
 def check_target(directory: str | Path, force: bool = False, protect: Sequence[Path] = ()) -> Path:
@@ -58,6 +62,7 @@ def export_compact(
     source: dict[str, Any] | None = None,
     protect: Sequence[Path] = (),
     image_size: int | None = None,
+    data: str | None = None,
 ) -> Path:
     """Write ``result`` to ``directory`` (weights, plan, optionally ONNX), checked by loading it back.
 
@@ -66,10 +71,19 @@ def export_compact(
 
     ``model``, ``num_classes`` and ``input_shape`` are the :func:`prunelab.build_model` arguments
     that built the uncompacted network (a zoo name, ``torchvision:NAME``, ``timm:NAME`` or a user
-    factory, whose file hash the plan records), ``image_size`` its input resizing. Files are written to a temporary sibling folder that
-    replaces ``directory`` only once complete.
+    factory, whose file hash the plan records), ``image_size`` its input resizing, ``data`` the
+    dataset (a text model's tokenizer comes from it). A transformer whose blocks all keep the same
+    shapes is also written as a ``save_pretrained`` folder, ``hf/``, that transformers loads (see
+    :func:`prunelab.compress.encoder.save_pretrained`). Files are written to a temporary sibling
+    folder that replaces ``directory`` only once complete.
     """
     directory = check_target(directory, force, protect)
+    text = is_encoder(result.model)
+    if onnx and text:
+        raise PrunelabError(
+            "ONNX export of text models is not supported (their forward cuts padding per batch); "
+            "export the hf/ save_pretrained folder with transformers' own tools instead"
+        )
     if onnx:
         require_onnx()
     plan = {
@@ -78,6 +92,7 @@ def export_compact(
         "model": model,
         "model_fingerprint": resolve_model(model).fingerprint(),
         "image_size": image_size,
+        "data": data,
         "num_classes": num_classes,
         "input_shape": list(input_shape),
         "layers": result.plan,
@@ -90,6 +105,9 @@ def export_compact(
         save_tensors(tmp / WEIGHTS, result.model.state_dict(), metadata={"format": FORMAT})
         atomic_write_json(tmp / PLAN, plan)
         _check_round_trip(result.model, tmp, input_shape)
+        if text:
+            plan["save_pretrained"] = save_pretrained(result.model, tmp / HF, resolve_model(model), data)
+            atomic_write_json(tmp / PLAN, plan)
         if onnx:
             export_onnx(result.model, tmp / ONNX, input_shape)
     return directory
@@ -98,22 +116,19 @@ def export_compact(
 @torch.no_grad()
 def _check_round_trip(model: nn.Module, folder: Path, input_shape: Sequence[int]) -> None:
     loaded = load_compact(folder)
-    device = next(model.parameters()).device
-    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    x = example_input(model, input_shape, 2, generator=torch.Generator().manual_seed(0))
     was = model.training
     model.eval()
     try:
-        ok = torch.allclose(loaded.to(device)(x), model(x), rtol=1e-5, atol=1e-6)
+        ok = torch.allclose(loaded.to(x.device)(x), model(x), rtol=1e-5, atol=1e-6)
     finally:
         model.train(was)
     if not ok:
         raise PrunelabError("the exported model does not reproduce the compacted one; nothing was written")
 
 
-def load_compact(directory: str | Path) -> nn.Module:
-    """The compacted model saved by :func:`export_compact` (or ``prunelab export``), in eval mode."""
-    from prunelab.models import build_model
-
+def read_plan(directory: str | Path) -> dict[str, Any]:
+    """The plan of a :func:`export_compact` folder, checked for its format."""
     directory = Path(directory)
     try:
         plan = json.loads((directory / PLAN).read_text())
@@ -123,16 +138,28 @@ def load_compact(directory: str | Path) -> nn.Module:
         raise CheckpointError(f"{directory / PLAN} is not valid JSON ({exc})") from None
     if not isinstance(plan, dict) or plan.get("format") != FORMAT or plan.get("version") != VERSION:
         raise CheckpointError(f"{directory / PLAN} is not a {FORMAT} plan of version {VERSION}")
+    return plan
+
+
+def load_compact(directory: str | Path) -> nn.Module:
+    """The compacted model saved by :func:`export_compact` (or ``prunelab export``), in eval mode."""
+    from prunelab.models import build_model
+
+    directory = Path(directory)
+    plan = read_plan(directory)
     state = load_tensors(directory / WEIGHTS)
     _check_fingerprint(directory, plan)
+    # Text models carry non-persistent buffers (position ids) that no state_dict holds: built for real.
+    device = "cpu" if resolve_model(plan["model"]).is_text else "meta"
     try:
-        with torch.device("meta"):
+        with torch.device(device):
             model = build_model(
                 plan["model"],
                 num_classes=plan["num_classes"],
                 input_shape=tuple(plan["input_shape"]),
                 init="torch-default",
                 image_size=plan.get("image_size"),
+                data=plan.get("data"),
             )
             for name, spec in plan["layers"].items():
                 model.set_submodule(name, _rebuild(model.get_submodule(name), spec, name))
@@ -146,6 +173,8 @@ def load_compact(directory: str | Path) -> nn.Module:
     stale = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if stale:
         raise CheckpointError(f"{directory / WEIGHTS} lacks tensors for {stale[:5]}")
+    if is_encoder(model):
+        set_head_counts(model)
     return model.eval()
 
 

@@ -150,11 +150,18 @@ def compact(
 ) -> CompactResult:
     """A smaller copy of ``model`` (masked by ``mask``) without the units the mask leaves dead or unused.
 
+    A transformer encoder loses whole heads and FFN neurons instead (:mod:`prunelab.compress.encoder`).
     ``example_input`` is one batch the model accepts (its batch size does not matter); ``mask=None``
     takes the model's exact zeros. ``model`` is not modified. With ``exact`` (default) the outputs
     equal the masked model's to float tolerance, else :class:`PrunelabError`; ``exact=False`` also
     drops dead channels feeding zero-padded convs (border outputs change: see ``max_error``).
     """
+    from prunelab.models.encoder import is_encoder
+
+    if is_encoder(model):  # heads and FFN neurons: see prunelab.compress.encoder
+        from prunelab.compress.encoder import compact_encoder
+
+        return compact_encoder(model, mask, example_input, check_batch=check_batch, seed=seed)
     mask = mask if mask is not None else Mask.from_model_zeros(model)
     mask.check_fits(model)
     _check_supported(model)

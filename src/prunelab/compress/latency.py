@@ -24,11 +24,12 @@ from torch import nn
 
 from prunelab.compress.count import nonzero_flops
 from prunelab.compress.graph import compact
-from prunelab.compress.level import level_input_shape, require_compactable
+from prunelab.compress.level import level_input_shape
 from prunelab.compress.sparse import sparsify
 from prunelab.errors import PrunelabError, SpecError
 from prunelab.experiments import load_level
-from prunelab.models import count_parameters
+from prunelab.models import count_parameters, example_input
+from prunelab.models.encoder import is_encoder
 from prunelab.pruning import Mask, sparsity_report
 
 BATCH_SIZES = (1, 16, 64, 256)
@@ -218,7 +219,11 @@ def benchmark(
         for batch in batch_sizes:
             if batch < 1:
                 raise PrunelabError(f"batch sizes must be positive, got {batch}")
-            x = torch.randn(batch, *input_shape, generator=generator).to(device)
+            probe = next((v.model for v in variants if v.model is not None), None)
+            if probe is not None:
+                x = example_input(probe, input_shape, batch, generator=generator, device=device)
+            else:
+                x = torch.randn(batch, *input_shape, generator=generator).to(device)
             models = {}
             for v in variants:
                 model = v.build(x) if v.build is not None else v.model
@@ -255,8 +260,7 @@ def standard_variants(
         with torch.no_grad():
             for p in dense.parameters():
                 p.copy_(torch.where(p == 0, torch.randn_like(p) * 0.01, p))
-    example = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
-    small = compact(masked, mask, example).model
+    small = compact(masked, mask, example_input(masked, input_shape)).model
 
     def flops(m: nn.Module, mask_=None) -> int:
         return sum(nonzero_flops(m, input_shape, mask_).values())
@@ -310,16 +314,21 @@ def bench_level(
     threads: int | None = 1,
     device: str = "cpu",
     sparse: bool = True,
+    tokens: int | None = None,
 ) -> BenchResult:
-    """Latency of each level of experiment ``run`` in its dense, masked, compact and sparse versions."""
+    """Latency of each level of experiment ``run`` in its dense, masked, compact and sparse versions.
+
+    A text model reads sequences of ``tokens`` tokens (default: the data's length).
+    """
     check_bench_settings(batch_sizes, repeats, warmup, threads, device)
     if device == "cuda" and not torch.cuda.is_available():
         raise PrunelabError("device 'cuda' was asked for but no CUDA GPU is available")
     result = BenchResult(device=device, repeats=repeats)
     for level in levels:
         loaded = load_level(run, level, seed=seed, control=control, root=root)
-        require_compactable(loaded)
         shape = level_input_shape(loaded)
+        if tokens is not None:
+            shape = _token_shape(loaded, tokens)
         dense = loaded.spec.build_model(pretrained=False)
         variants = standard_variants(loaded.model, loaded.mask, shape, dense=dense, sparse=sparse)
         benchmark(
@@ -334,6 +343,19 @@ def bench_level(
             result=result,
         )
     return result
+
+
+def _token_shape(loaded, tokens: int) -> tuple[int]:
+    """The input shape of ``tokens``-long sequences, refused for a model that does not read tokens."""
+    if not is_encoder(loaded.model):
+        raise SpecError(
+            f"--tokens applies to text models; {loaded.spec.model} reads inputs of shape "
+            f"{tuple(level_input_shape(loaded))}"
+        )
+    longest = int(getattr(loaded.model.model.config, "max_position_embeddings", tokens))
+    if not 1 <= tokens <= longest:
+        raise SpecError(f"--tokens must be in 1..{longest} (the model's position embeddings), got {tokens}")
+    return (tokens,)
 
 
 def plot_latency(result: BenchResult, path: str | Path, title: str = "") -> Path:

@@ -5,12 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from prunelab.compress.graph import CompactResult, compact
-from prunelab.errors import PrunelabError
 from prunelab.experiments import LoadedLevel, load_level
-from prunelab.models import resolve_model
+from prunelab.models import example_input
 
 
 @dataclass
@@ -42,15 +39,6 @@ def level_input_shape(loaded: LoadedLevel) -> tuple[int, int, int]:
     return tuple(loaded.spec.data_info.input_shape)  # type: ignore[return-value]
 
 
-def require_compactable(loaded: LoadedLevel) -> None:
-    """Refuse, with one message, a level whose model compaction cannot yet shrink (a transformer)."""
-    if resolve_model(loaded.spec.model).is_text:
-        raise PrunelabError(
-            f"{loaded.spec.model}: physical removal from transformers (whole heads, FFN neurons) is not "
-            "available yet; `prunelab show`, `report` and the analyses work on its masks"
-        )
-
-
 def compact_level(
     run: str | Path,
     level: int | None = None,
@@ -62,6 +50,5 @@ def compact_level(
 ) -> CompactLevel:
     """Load ``level`` of experiment ``run`` (see :func:`prunelab.load_level`) and compact it."""
     loaded = load_level(run, level, seed=seed, control=control, root=root)
-    require_compactable(loaded)
-    example = torch.zeros(1, *level_input_shape(loaded))
+    example = example_input(loaded.model, level_input_shape(loaded))
     return CompactLevel(loaded, compact(loaded.model, loaded.mask, example, exact=exact))

@@ -6,7 +6,7 @@ Use :func:`build_model` to get a seeded, initialised network from any of them; s
 """
 
 from prunelab.models import alexnet, conv, lenet, resnet, vgg  # noqa: F401  (registration)
-from prunelab.models.build import ResizeInputs, build_model, input_stats, model_input_shape
+from prunelab.models.build import ResizeInputs, build_model, example_input, input_stats, model_input_shape
 from prunelab.models.init import INITS, initialise
 from prunelab.models.registry import (
     MODELS,
@@ -31,6 +31,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "describe_models",
+    "example_input",
     "initialise",
     "input_stats",
     "model_input_shape",

@@ -149,3 +149,20 @@ def _set_output_layer(name: str, source: ModelSource, model: nn.Module, num_clas
         )
     if layer_name is not None and not isinstance(getattr(model, "output_layer", None), str):
         model.output_layer = layer_name
+
+
+def example_input(
+    model: nn.Module,
+    input_shape: InputShape,
+    batch: int = 1,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """A batch ``model`` accepts: random token ids without padding for a text model, else N(0, 1)."""
+    from prunelab.models.encoder import example_tokens, is_encoder
+
+    device = device if device is not None else next(model.parameters()).device
+    if is_encoder(model):
+        return example_tokens(model, int(input_shape[0]), batch, generator, device)
+    return torch.randn(batch, *input_shape, generator=generator).to(device)

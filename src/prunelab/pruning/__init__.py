@@ -8,6 +8,7 @@ method is one class or record plus one registration.
 from prunelab.pruning.context import PruneContext
 from prunelab.pruning.criteria import CRITERIA, Criterion
 from prunelab.pruning.densities import DISTRIBUTIONS, layer_densities, random_mask
+from prunelab.pruning.heads import head_importance, heads_mask
 from prunelab.pruning.layers import LAYER_FILTERS, LayerInfo, prunable_layers
 from prunelab.pruning.macs import masked_macs
 from prunelab.pruning.mask import (
@@ -42,6 +43,8 @@ __all__ = [
     "Structure",
     "density_after",
     "from_torch_prune",
+    "head_importance",
+    "heads_mask",
     "layer_densities",
     "masked_macs",
     "one_shot_rate",

@@ -41,6 +41,9 @@ class Criterion(ABC):
     """The :class:`PruneContext` inputs this criterion reads (keys of :data:`NEEDS`)."""
     Settings: ClassVar[type[FrozenSpec] | None] = None
     """The criterion's own hyperparameters, or None."""
+    structures: ClassVar[tuple[str, ...] | None] = None
+    """The structures its scores mean something for (None: any); ``unit`` says what it scores."""
+    unit: ClassVar[str] = "weights"
 
     def __init__(self, settings: FrozenSpec | None = None) -> None:
         if settings is None and self.Settings is not None:
@@ -310,3 +313,59 @@ class SynFlow(Criterion):
             flow = functional_call(model, {**tensors, **leaves}, (ones,)).sum()
         grads = _grad(flow, leaves)
         return {n: (grads[n] * leaves[n].detach()).abs() for n in names}
+
+
+# transformers and first-order importance --------------------------------------------------------
+@CRITERIA.register("head-importance")
+class HeadImportance(Criterion):
+    """Michel et al. (2019): a head's importance is ``sum over batches |dL/dxi_h|`` for a gate ``xi_h``
+    on its context, normalised per layer (:mod:`prunelab.pruning.heads`), on the masked model.
+
+    Every weight of head ``h`` (its Q/K/V rows and output-projection columns) carries the head's
+    score, so the ``linf`` unit norm gives the score back; other weights score 0.
+    """
+
+    needs = frozenset({"batches"})
+    structures = ("heads",)
+    unit = "attention heads"
+
+    def check(self, model, names, context) -> None:
+        from prunelab.models.encoder import encoder_blocks
+
+        encoder_blocks(model, "method 'head-importance'")
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        from prunelab.models.encoder import encoder_blocks
+        from prunelab.pruning.heads import head_importance
+
+        weights = _weights(model, mask)
+        importance = head_importance(
+            model, _batches(context), forward=lambda x: _forward(model, weights, x)
+        ).to(torch.float64)
+        out = {n: torch.zeros_like(weights[n], dtype=torch.float64) for n in names}
+        for row, block in zip(importance, encoder_blocks(model), strict=True):
+            for param, axis, size in block.head_parts():
+                if param in out:
+                    per_unit = row.to(out[param].device).repeat_interleave(size)
+                    out[param] = (
+                        per_unit.view(-1, 1).expand_as(out[param])
+                        if axis == 0
+                        else per_unit.expand_as(out[param])
+                    )
+        return out
+
+
+@CRITERIA.register("taylor")
+class Taylor(Criterion):
+    """First-order Taylor importance (Molchanov et al. 2017; 2019): ``g * w`` per weight, ``g`` the loss
+    gradient summed over the batches, on the masked model. A unit's score, by the ``abs-sum`` unit
+    norm, is ``|sum of g * w over its weights|``: the first-order change of the loss when the whole
+    unit (an FFN neuron, a filter, a head) is set to zero. Signed per weight."""
+
+    signed = True
+    needs = frozenset({"batches"})
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        weights = _weights(model, mask)
+        grads = _loss_gradients(model, weights, names, context, 1.0)
+        return {n: grads[n] * weights[n] for n in names}

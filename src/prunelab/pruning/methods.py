@@ -62,3 +62,23 @@ METHODS.add(
         True,
     ),
 )
+METHODS.add(
+    "head-importance",
+    Method(
+        "head-importance",
+        "attention heads by Michel et al.'s gate gradients (transformers)",
+        "heads",
+        "linf",
+        True,
+    ),
+)
+METHODS.add(
+    "taylor",
+    Method(
+        "taylor",
+        "whole units by |sum g * w|, first-order Taylor (Molchanov et al.); FFN neurons by default",
+        "ffn",
+        "abs-sum",
+        True,
+    ),
+)

@@ -10,6 +10,8 @@ weight once pruned is never revived, whatever its value now.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,39 +24,19 @@ from prunelab.pruning.context import NEEDS, PruneContext
 from prunelab.pruning.criteria import Criterion
 from prunelab.pruning.layers import LayerInfo, describe, prunable_layers, resolve_layer, select_layers
 from prunelab.pruning.mask import Mask
-from prunelab.pruning.methods import METHODS
+from prunelab.pruning.methods import METHODS, Method
 from prunelab.pruning.schedule import check_rate
 from prunelab.pruning.scope import SCOPES, Scope
 from prunelab.pruning.spec import PruneSpec
-from prunelab.pruning.structure import (
-    STRUCTURES,
-    UNIT_NORMS,
-    Structure,
-    UnitNorm,
-    as_units,
-    expand_units,
-    unit_count,
-)
+from prunelab.pruning.structure import SIGNED_UNIT_NORMS, STRUCTURES, UNIT_NORMS, Structure, UnitNorm, Units
 from prunelab.spec import build_spec
-
-
-@dataclass(frozen=True)
-class _Member:
-    """One layer of a pool: its structured axis (``None`` = single weights) and its conv groups."""
-
-    layer: LayerInfo
-    axis: int | None
-    groups: int = 1
-
-    def units(self, tensor: torch.Tensor) -> torch.Tensor:
-        return as_units(tensor, self.axis, self.groups)
 
 
 @dataclass(frozen=True)
 class _Pool:
     """Layers whose elements are ranked together, each with its structured axis, and their rate."""
 
-    layers: tuple[_Member, ...]
+    layers: tuple[Units, ...]
     rate: float
 
 
@@ -90,7 +72,7 @@ def prune(
     method = spec.method
     criterion = spec.criterion()
     struct = STRUCTURES.get(spec.structure_name())
-    _check_structure(method, METHODS.get(method).structured_only, criterion, spec.structure_name(), struct)
+    _check_structure(method, METHODS.get(method), criterion, spec.structure_name(), struct)
     norm = UNIT_NORMS.get(METHODS.get(method).unit_norm)
     mask = Mask.ones(model) if mask is None else mask
     mask.check_fits(model)
@@ -99,7 +81,8 @@ def prune(
         raise SpecError(f"the mask covers none of the selected layers; its entries: {mask.names()[:8]}")
     rates = _layer_rates(model, chosen, fraction, spec.layer_rates, spec.output_rate_factor)
     groups = {layer.param: _conv_groups(model, layer) for layer in chosen}
-    pools = _pools(chosen, spec.scope, SCOPES.get(spec.scope), struct, rates, fraction, groups)
+    units = struct.units(model, chosen, groups, spec.structure_name())
+    pools = _pools(units, spec.scope, SCOPES.get(spec.scope), rates, fraction)
     context = context if context is not None else PruneContext()
     _check_needs(method, criterion, context)
     names = [layer.param for layer in chosen]
@@ -127,19 +110,26 @@ def _check_needs(method: str, criterion: Criterion, context: PruneContext) -> No
         raise SpecError(f"method {method!r} needs " + "; and ".join(NEEDS[need] for need in missing))
 
 
-def _check_structure(
-    method: str, structured_only: bool, criterion: Criterion, name: str, struct: Structure
-) -> None:
+def _check_structure(method: str, record: Method, criterion: Criterion, name: str, struct: Structure) -> None:
     structured = [n for n, s in STRUCTURES.items() if s.structured]
-    if structured_only and not struct.structured:
+    if record.structured_only and not struct.structured:
         raise SpecError(
             f"method {method!r} prunes whole units, so structure must be one of {structured} "
             f"(or left out), got {name!r}; for single weights use method 'magnitude' or 'random'"
         )
-    if criterion.signed and struct.structured:
+    if criterion.structures is not None and name not in criterion.structures:
+        raise SpecError(
+            f"method {method!r} scores {criterion.unit}, so it needs structure "
+            f"{' or '.join(map(repr, criterion.structures))}, got {name!r}"
+        )
+    signed_units = record.unit_norm in SIGNED_UNIT_NORMS and not struct.mixed
+    if criterion.signed and struct.structured and not signed_units:
+        whole = [n for n, s in STRUCTURES.items() if s.structured and not s.mixed]
         raise SpecError(
             f"method {method!r} gives signed scores, which have no meaningful norm per unit: "
-            f"it needs structure 'unstructured', got {name!r}"
+            f"it needs structure 'unstructured'"
+            + (f" or one of {whole}" if record.unit_norm in SIGNED_UNIT_NORMS else "")
+            + f", got {name!r}"
         )
 
 
@@ -186,20 +176,18 @@ def _conv_groups(model: nn.Module, layer: LayerInfo) -> int:
 
 
 def _pools(
-    chosen: list[LayerInfo],
+    units: list[Units],
     scope: str,
     scope_key: Scope,
-    struct: Structure,
     rates: Mapping[str, float],
     fraction: float,
-    conv_groups: Mapping[str, int] | None = None,
 ) -> list[_Pool]:
-    """Group layers by scope; a layer with its own rate forms its own pool."""
-    groups: dict[Hashable, list[_Member]] = {}
+    """Group layers' units by scope; a layer with its own rate forms its own pool."""
+    groups: dict[Hashable, list[Units]] = {}
     pool_rate: dict[Hashable, float] = {}
-    for layer in chosen:
-        key = ("own rate", layer.param) if layer.param in rates else ("scope", scope_key(layer))
-        member = _Member(layer, struct.axis(layer), (conv_groups or {}).get(layer.param, 1))
+    for member in units:
+        layer = member.layer
+        key = ("own rate", layer.param) if layer.param in rates else ("scope", scope_key(layer), member.kind)
         groups.setdefault(key, []).append(member)
         pool_rate[key] = rates.get(layer.param, fraction)
     for members in groups.values():
@@ -232,7 +220,20 @@ def _drop_lowest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch
 
 def _alive(pool: _Pool, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Alive flags of the pool's elements (a unit is alive while any of its weights is)."""
-    return torch.cat([m.units(keep[m.layer.param]).any(dim=1) for m in pool.layers])
+    return torch.cat([m.units(keep).any(dim=1) for m in pool.layers])
+
+
+def _protected(pool: _Pool, alive: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Flags of the elements kept whatever their score: each member's ``min_keep`` best alive ones."""
+    flags = torch.zeros_like(alive)
+    offset = 0
+    for m in pool.layers:
+        if m.min_keep:
+            part = values[offset : offset + m.count].masked_fill(~alive[offset : offset + m.count], -math.inf)
+            best = part.argsort(descending=True, stable=True)[: m.min_keep]
+            flags[offset + best[alive[offset + best]]] = True
+        offset += m.count
+    return flags
 
 
 def _element_scores(
@@ -245,9 +246,10 @@ def _element_scores(
     """Scores of the pool's elements in float64: the weight's own, or its unit's norm."""
     values = []
     for m in pool.layers:
-        rows = m.units(keep[m.layer.param])
-        s = m.units(scores[m.layer.param].to(rows.device, torch.float64))
-        values.append(s[:, 0] if m.axis is None else norm(s, rows, generator).to(rows.device, torch.float64))
+        rows = m.units(keep)
+        device = rows.device
+        s = m.units({p.layer.param: scores[p.layer.param].to(device, torch.float64) for p in m.parts})
+        values.append(s[:, 0] if m.axis is None else norm(s, rows, generator).to(device, torch.float64))
     return torch.cat(values)
 
 
@@ -266,6 +268,7 @@ def _run(
     start = [int(_alive(pool, keep).sum()) for pool in pools]
     goal = [round(pool.rate * n) for pool, n in zip(pools, start, strict=True)]
     removed = [0] * len(pools)
+    short = [False] * len(pools)
     rounds = criterion.rounds(context)
     for k in range(1, rounds + 1):
         targets = [
@@ -284,13 +287,23 @@ def _run(
                 raise PrunelabError(
                     f"method {method!r} gave NaN scores: the model's weights or data hold NaN/inf"
                 )
-            survivors = _drop_lowest(values, alive, due[i])
-            offset = 0
-            for m in pool.layers:
-                size = unit_count(m.layer.shape, m.axis, m.groups)
-                part = survivors[offset : offset + size]
-                keep[m.layer.param] = keep[m.layer.param] & expand_units(
-                    part, m.layer.shape, m.axis, m.groups
-                )
-                offset += size
+            protected = _protected(pool, alive, values)
+            count = min(due[i], int((alive & ~protected).sum()))
+            if count < due[i]:
+                short[i] = True
+            if count:
+                survivors = _drop_lowest(values, alive & ~protected, count) | protected
+                offset = 0
+                for m in pool.layers:
+                    part = survivors[offset : offset + m.count]
+                    for p in m.parts:
+                        keep[p.layer.param] = keep[p.layer.param] & p.expand(part)
+                    offset += m.count
             removed[i] += due[i]
+    for pool, capped in zip(pools, short, strict=True):
+        if capped:
+            warnings.warn(
+                f"every block keeps at least one unit, so fewer were pruned than the rate asks among "
+                f"{describe([m.layer for m in pool.layers])[:200]}",
+                stacklevel=3,
+            )

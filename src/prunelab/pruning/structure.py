@@ -24,13 +24,66 @@ input channel ``c`` the ``m`` filters of its group. Every structure thus handles
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from prunelab.pruning.layers import LayerInfo
+from prunelab.errors import SpecError
+from prunelab.pruning.layers import LayerInfo, describe
 from prunelab.registry import Registry
+
+
+@dataclass(frozen=True)
+class Part:
+    """The units of one weight along ``axis`` (``None``: single weights), ``block`` consecutive
+    ones at a time: an attention head is ``head_dim`` rows of the query projection."""
+
+    layer: LayerInfo
+    axis: int | None
+    groups: int = 1
+    block: int = 1
+
+    @property
+    def count(self) -> int:
+        return unit_count(self.layer.shape, self.axis, self.groups) // self.block
+
+    def units(self, tensor: torch.Tensor) -> torch.Tensor:
+        return as_units(tensor, self.axis, self.groups).reshape(self.count, -1)
+
+    def expand(self, keep: torch.Tensor) -> torch.Tensor:
+        return expand_units(keep.repeat_interleave(self.block), self.layer.shape, self.axis, self.groups)
+
+
+@dataclass(frozen=True)
+class Units:
+    """The elements one layer (or one coupled set of layers) puts into a pool.
+
+    ``layer`` stands for them in scopes and ``layer_rates``; element ``i`` is unit ``i`` of every
+    part at once. ``min_keep`` elements are never pruned (a block keeps one head).
+    """
+
+    layer: LayerInfo
+    parts: tuple[Part, ...]
+    min_keep: int = 0
+    kind: str = ""  # units of different kinds never share a pool (heads and FFN neurons)
+
+    def __post_init__(self) -> None:
+        if len({p.count for p in self.parts}) != 1:
+            raise ValueError(f"parts of {self.layer.name} have different unit counts")
+
+    @property
+    def axis(self) -> int | None:
+        return self.parts[0].axis
+
+    @property
+    def count(self) -> int:
+        return self.parts[0].count
+
+    def units(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(elements, weights per element) of ``tensors`` (weight-shaped, by parameter name)."""
+        return torch.cat([p.units(tensors[p.layer.param]) for p in self.parts], dim=1)
 
 
 @dataclass(frozen=True)
@@ -53,6 +106,61 @@ class Structure:
         """Every layer loses whole units, so the pruned network is a smaller dense one."""
         return self.conv_axis is not None and self.linear_axis is not None
 
+    @property
+    def mixed(self) -> bool:
+        """Some layer kinds lose whole units, others single weights (paper 001's hybrid)."""
+        return self.structured and not self.fully_structured
+
+    def units(
+        self, model: nn.Module, chosen: Sequence[LayerInfo], conv_groups: Mapping[str, int], name: str
+    ) -> list[Units]:
+        """What each chosen layer puts into its pool: its weights or its units along the axis."""
+        return [
+            Units(layer, (Part(layer, self.axis(layer), conv_groups.get(layer.param, 1)),))
+            for layer in chosen
+        ]
+
+
+@dataclass(frozen=True)
+class EncoderStructure(Structure):
+    """Units spanning several layers of each transformer encoder block (see
+    :mod:`prunelab.models.encoder`): attention heads, FFN neurons, or both. Chosen layers outside
+    them are not pruned; a block whose anchor (the layer the unit's output goes through) is not
+    chosen keeps all its units. Each kind of unit is pooled apart (``global`` ranks all heads
+    together, and all FFN neurons together). Every block keeps at least one unit of each kind, so
+    a forward pass stays defined."""
+
+    kinds: tuple[str, ...] = ()  # of :data:`prunelab.models.encoder.UNIT_KINDS`
+
+    @property
+    def structured(self) -> bool:
+        return True
+
+    @property
+    def mixed(self) -> bool:
+        return False
+
+    def units(self, model, chosen, conv_groups, name) -> list[Units]:
+        from prunelab.models.encoder import encoder_blocks
+
+        by_param = {layer.param: layer for layer in chosen}
+        out, anchors = [], []
+        for block in encoder_blocks(model, f"structure {name!r}"):
+            for kind in self.kinds:
+                parts = block.parts(kind)
+                anchors.append(parts[-1][0].removesuffix(".weight"))
+                if parts[-1][0] in by_param:
+                    members = tuple(
+                        Part(by_param[p], axis, 1, size) for p, axis, size in parts if p in by_param
+                    )
+                    out.append(Units(by_param[parts[-1][0]], members, min_keep=1, kind=kind))
+        if not out:
+            raise SpecError(
+                f"structure {name!r} prunes units through the layers {anchors[:4]}, which the "
+                f"layer selection leaves out (selected: {describe(chosen)[:300]})"
+            )
+        return out
+
 
 STRUCTURES: Registry[Structure] = Registry("structure")
 STRUCTURES.add("unstructured", Structure(None, None, "single weights"))
@@ -61,6 +169,12 @@ STRUCTURES.add("structured-output", Structure(0, 0, "whole filters / output neur
 # Paper 001's hybrid: conv layers structured along the input axis, linear layers unstructured.
 STRUCTURES.add("hybrid", Structure(1, None, "conv: whole input channels; linear: single weights"))
 STRUCTURES.add("hybrid-output", Structure(0, None, "conv: whole filters; linear: single weights"))
+for _name, _kinds, _what in [
+    ("heads", ("heads",), "transformer attention heads (Q/K/V rows + output-projection columns)"),
+    ("ffn", ("ffn",), "transformer FFN neurons (first layer's row + second layer's column)"),
+    ("heads+ffn", ("heads", "ffn"), "transformer heads and FFN neurons, each kind pooled apart"),
+]:
+    STRUCTURES.add(_name, EncoderStructure(None, None, _what, _kinds))
 
 
 UnitNorm = Callable[[torch.Tensor, torch.Tensor, "torch.Generator | None"], torch.Tensor]
@@ -90,6 +204,16 @@ UNIT_NORMS.add("l2", _ln_norm(2))
 UNIT_NORMS.add("linf", _ln_norm(math.inf))
 UNIT_NORMS.add("lninf", _ln_norm(-math.inf))
 UNIT_NORMS.add("random", _random_units)
+
+
+def _abs_sum(scores: torch.Tensor, alive: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return (scores * alive).sum(dim=1).abs()
+
+
+# |sum of signed per-weight terms|: a first-order Taylor estimate of removing the whole unit.
+UNIT_NORMS.add("abs-sum", _abs_sum)
+SIGNED_UNIT_NORMS = frozenset({"abs-sum"})
+"""Unit norms meaningful for signed per-weight scores (the rest take |score|, losing the sign)."""
 
 
 def _grouped_input(axis: int | None, groups: int, shape: tuple[int, ...]) -> bool:
