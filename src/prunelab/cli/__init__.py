@@ -44,6 +44,7 @@ COMMANDS = [
     ("ensemble", analysis.ensemble_cmd),
     ("mask-plot", analysis.mask_plot),
     ("heads", analysis.heads),
+    ("sensitivity", analysis.sensitivity),
     ("removal-table", compress.removal_table),
 ]
 for _name, _fn in COMMANDS:

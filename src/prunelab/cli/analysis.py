@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from prunelab.cli.options import Root
-from prunelab.errors import PrunelabError
+from prunelab.errors import PrunelabError, SpecError
 
 Runs = Annotated[list[str], typer.Argument(help="Experiments: ids (or unique prefixes), labels or folders.")]
 Run = Annotated[str, typer.Argument(help="Experiment id (or unique prefix), label or folder.")]
@@ -332,3 +332,47 @@ def heads(
     _print(importance_table(importance, f"Head importance (per-layer normalised): {where}"))
     if plot is not None:
         _save_figure(plot_head_importance(importance, f"head importance: {where}"), plot)
+
+
+def sensitivity(
+    run: Run,
+    level: Annotated[Opt[int], typer.Option(help="Level (default: the last finished).")] = None,
+    seed: Annotated[Opt[int], typer.Option(help="Seed (default: the first).")] = None,
+    method: Annotated[str, typer.Option(help="Pruning method applied to each layer alone.")] = "l1-filter",
+    layers: Annotated[str, typer.Option(help="Which layers (all, conv-only, fc-only).")] = "conv-only",
+    exclude: Annotated[Opt[list[str]], typer.Option(help="Layers left out (repeat).")] = None,
+    fractions: Annotated[
+        str, typer.Option(help="Comma-separated fractions of each layer's units.")
+    ] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    tolerance: Annotated[
+        float, typer.Option(min=0, max=1, help="Accuracy drop allowed per layer when suggesting rates.")
+    ] = 0.01,
+    split: Annotated[str, typer.Option(help="val or test.")] = "val",
+    plot: Annotated[
+        Opt[Path], typer.Option(help="Figure path (.png/.svg/.pdf), like Li et al.'s Fig. 2.")
+    ] = None,
+    root: Root = None,
+) -> None:
+    """Each layer pruned alone at 10..90% of its units, accuracy without retraining (Li et al. 2017)."""
+    from prunelab.analysis.sensitivity import level_sensitivity, plot_sensitivity
+    from prunelab.cli.compress import _numbers
+    from prunelab.experiments import load_level
+    from prunelab.ui import console, plain
+
+    if split not in ("val", "test"):
+        raise SpecError(f"--split must be 'val' or 'test', got {split!r}")
+    values = _numbers(fractions, float, "--fractions")
+    _check_figure(plot)
+    lv = load_level(run, level, seed=seed, root=root)
+    result = level_sensitivity(
+        lv, split, method=method, layers=layers, exclude=tuple(exclude or ()), fractions=values
+    )
+    where = f"{lv.experiment.id} seed {lv.seed} level {lv.level}, {method}, {split} split"
+    _print(result.table(f"Sensitivity: {where}"))
+    rates = result.rates(tolerance)
+    console.print(
+        plain(f"rates within {tolerance:.1%} of the unpruned accuracy, for a one-shot run (then fine-tune):")
+    )
+    console.print(plain("  --layer-rates " + ",".join(f"{k}={v:g}" for k, v in rates.items() if v > 0)))
+    if plot is not None:
+        _save_figure(plot_sensitivity(result, f"sensitivity: {where}"), plot)

@@ -29,6 +29,7 @@ from prunelab.experiments.store import Artifact, DamagedResults, LevelMetrics, S
 from prunelab.experiments.treatments import treatment_for
 from prunelab.io import remove_orphans
 from prunelab.pruning import Mask, PruneContext, masked_macs, prune
+from prunelab.pruning.calibration import reconstruct
 from prunelab.seeding import derive_seed
 from prunelab.training import Trainer
 
@@ -114,6 +115,18 @@ class ExperimentRunner:
         """Refuse invalid combinations before any training: one trial round on the initial model."""
         for branch in self._branches():
             branch.check(self.spec)
+        pruning = self.spec.pruning
+        if pruning.reconstruct and self.spec.treatment.kind != "finetune":
+            raise SpecError(
+                f"reconstruct refits the trained weights of each level, which only treatment 'finetune' "
+                f"trains on; treatment {self.spec.treatment.kind!r} starts elsewhere"
+            )
+        if pruning.reconstruct or pruning.criterion().calibrated:
+            train = len(self.data.train)
+            if pruning.calibration_images > train:
+                raise SpecError(
+                    f"calibration_images={pruning.calibration_images} is more than the {train} training images"
+                )
         notes: list[str] = []
         model = self.spec.build_model(derive_seed(0, "init"), notes=notes)
         for note in notes:
@@ -196,7 +209,9 @@ class ExperimentRunner:
         exp = self.spec.experiment_id()
         for level in range(1, self.spec.pruning.rounds + 1):
             art = self.store.level(exp, seed, level)
-            mask = self._level_mask(art, seed, level, previous, mask, init)
+            before, mask = mask, self._level_mask(art, seed, level, previous, mask, init)
+            if self.spec.pruning.reconstruct and not art.done:
+                previous = self._reconstructed(previous, before, mask, seed, level)
             inputs = LevelInputs(
                 spec=self.spec,
                 seed=seed,
@@ -250,17 +265,44 @@ class ExperimentRunner:
             initial_state=init,
             batches=self._scoring_batches(seed, level) if "batches" in needs else None,
             input_shape=self.data.info.input_shape,
+            positions=self.spec.pruning.calibration_positions,
         )
         new = prune(model, mask, self.spec.pruning, context=context, generator=g)
         new.save(art.mask_path)
         return new
 
     def _scoring_batches(self, seed: int, level: int) -> tuple:
-        """Ten training batches for data-driven criteria (SNIP, GraSP)."""
+        """Training batches for data-driven criteria: ten (SNIP, GraSP), or ``calibration_images``
+        images for the calibrated ones (ThiNet, LASSO)."""
+        bs = self.spec.train.batch_size
+        count = self.spec.pruning.calibration_images if self.spec.pruning.criterion().calibrated else 10 * bs
+        return self._batches(seed, f"score-batches-{level}", count)
+
+    def _batches(self, seed: int, purpose: str, count: int) -> tuple:
         train, bs = self.data.train, self.spec.train.batch_size
-        g = torch.Generator().manual_seed(derive_seed(seed, f"score-batches-{level}"))
-        idx = torch.randperm(len(train), generator=g)[: 10 * bs]
+        g = torch.Generator().manual_seed(derive_seed(seed, purpose))
+        idx = torch.randperm(len(train), generator=g)[:count]
         return tuple((train.x[idx[i : i + bs]], train.y[idx[i : i + bs]]) for i in range(0, len(idx), bs))
+
+    def _reconstructed(
+        self, previous: State, before: Mask | None, mask: Mask, seed: int, level: int
+    ) -> State:
+        """The previous level's weights with each newly pruned layer refitted by least squares
+        (recomputed identically on resume: same seed, batches and positions)."""
+        model = self._new_model(seed, "init")
+        model.load_state_dict(previous)
+        batches = self._batches(seed, f"calibration-{level}", self.spec.pruning.calibration_images)
+        spec = self.spec.pruning
+        new = reconstruct(
+            model,
+            before,
+            mask,
+            batches,
+            positions=spec.calibration_positions,
+            seed=derive_seed(seed, f"positions-{level}"),
+        )
+        self.log(f"seed {seed} level {level}: reconstructed {len(new)} layer(s) by least squares")
+        return {**previous, **{k: v.to(previous[k].dtype) for k, v in new.items()}}
 
     def _trunk(self, seed: int, init: State) -> tuple[Artifact, dict[int, State]]:
         """Dense level 0 and the trunk points the branches start from, once per model/data/training/seed."""

@@ -67,8 +67,12 @@ def results_root(root: str | Path | None = None) -> Path:
 
 # metrics -------------------------------------------------------------------------------------------
 def _record(values: Mapping[str, Any]) -> EvalRecord:
-    """An EvalRecord from JSON; fields a newer or older format lacks are None."""
-    return EvalRecord(**{f.name: values.get(f.name) for f in dataclasses.fields(EvalRecord)})
+    """An EvalRecord from JSON; metrics a newer or older format lacks are None, but every format
+    has the iteration, epoch and learning rate (a KeyError/ValueError otherwise: damaged metrics)."""
+    fields = {f.name: values.get(f.name) for f in dataclasses.fields(EvalRecord)}
+    fields = {k: None if v is None else float(v) for k, v in fields.items()}
+    fields.update(iteration=int(values["iteration"]), epoch=float(values["epoch"]), lr=float(values["lr"]))
+    return EvalRecord(**fields)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ class PruneContext:
     tuple, so pass a few batches, not a whole dataset. ``input_shape`` (without the batch dimension)
     lets SynFlow build its all-ones input when no batch is given. ``trial``: the call only checks
     that pruning works (before an experiment trains), so iterative criteria score once.
+    ``positions``: output positions sampled per image by calibrated criteria (ThiNet, LASSO).
+    ``counts``: set by :func:`prunelab.prune` for criteria that ask (``wants_counts``): how many
+    units each layer loses in this scoring round.
     """
 
     initial_state: Mapping[str, torch.Tensor] | None = None
@@ -34,6 +37,8 @@ class PruneContext:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
     input_shape: tuple[int, ...] | None = None
     trial: bool = False
+    positions: int = 10
+    counts: Mapping[str, int] | None = None
 
     def has(self, need: str) -> bool:
         """Whether the input named ``need`` (a key of :data:`NEEDS`) is present."""

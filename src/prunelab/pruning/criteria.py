@@ -44,6 +44,12 @@ class Criterion(ABC):
     structures: ClassVar[tuple[str, ...] | None] = None
     """The structures its scores mean something for (None: any); ``unit`` says what it scores."""
     unit: ClassVar[str] = "weights"
+    layerwise: ClassVar[bool] = False
+    """Scores rank units within a layer only (a greedy order, a LASSO fit): scope must be layerwise."""
+    wants_counts: ClassVar[bool] = False
+    """``scores`` reads ``context.counts``: how many units each layer loses (LASSO's target)."""
+    calibrated: ClassVar[bool] = False
+    """Reads layers' inputs on calibration images (the spec's ``calibration_images``)."""
 
     def __init__(self, settings: FrozenSpec | None = None) -> None:
         if settings is None and self.Settings is not None:
@@ -369,3 +375,155 @@ class Taylor(Criterion):
         weights = _weights(model, mask)
         grads = _loss_gradients(model, weights, names, context, 1.0)
         return {n: grads[n] * weights[n] for n in names}
+
+
+# data-driven channel selection (papers 002, 004) ------------------------------------------------
+def _channel_scores(
+    model: nn.Module, names: Sequence[str], per_channel: Mapping[str, torch.Tensor]
+) -> Scores:
+    """Every weight of input channel ``c`` carries channel ``c``'s score (the ``linf`` unit norm gives it back)."""
+    params = dict(model.named_parameters())
+    out = {}
+    for n in names:
+        w = params[n]
+        shape = (1, -1) + (1,) * (w.dim() - 2)
+        out[n] = per_channel[n].to(w.device, torch.float64).reshape(shape).expand(w.shape)
+    return out
+
+
+class _Calibrated(Criterion):
+    """Criteria that take each layer's input channels apart on calibration data."""
+
+    needs = frozenset({"batches"})
+    structures = ("structured-input",)
+    unit = "each layer's input channels"
+    layerwise = True
+    calibrated = True
+
+    def check(self, model, names, context) -> None:
+        from prunelab.pruning.calibration import check_layer
+
+        for n in names:
+            layer = n.rpartition(".")[0]
+            check_layer(model.get_submodule(layer), layer, self.name)
+
+    def samples(self, model, mask, name, context):
+        """The layer's input patches in the masked model, and its alive input channels."""
+        from prunelab.pruning.calibration import collect
+
+        masked = _masked_copy(model, mask)
+        (samples,) = collect(
+            [masked], name.rpartition(".")[0], _batches(context), positions=context.positions
+        )
+        alive = mask[name].reshape(mask[name].shape[0], mask[name].shape[1], -1).any(2).any(0)
+        return samples, alive, dict(masked.named_parameters())[name].detach()
+
+
+def _masked_copy(model: nn.Module, mask: Mask) -> nn.Module:
+    import copy
+
+    net = copy.deepcopy(model)
+    mask.apply(net)
+    return net
+
+
+@CRITERIA.register("thinet")
+class ThiNet(_Calibrated):
+    """ThiNet (Luo et al. 2017): a layer's input channels removed greedily, each step removing the
+    channel whose removal adds least to ``sum over sampled output entries of (sum_{j in T} x_j)^2``,
+    ``x_j`` channel ``j``'s contribution to that entry (one random output channel per sampled
+    position, as ThiNet samples entries). The score is the step a channel would go at: the
+    ``count`` lowest are exactly the greedy set of that size."""
+
+    name = "thinet"
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        per_channel = {}
+        for n in names:
+            samples, alive, weight = self.samples(model, mask, n, context)
+            parts = samples.contributions(weight)  # (S, O, C)
+            g = torch.Generator().manual_seed(0)
+            pick = torch.randint(0, parts.shape[1], (parts.shape[0],), generator=g)
+            x = parts[torch.arange(parts.shape[0]), pick]  # (S, C): one output entry per sample
+            per_channel[n] = greedy_order(x, alive)
+        return _channel_scores(model, names, per_channel)
+
+
+def greedy_order(x: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """ThiNet's greedy removal over the alive columns of ``x`` (samples, channels): per channel, the
+    step it is removed at (pruned channels -1, so they stay first); higher = kept longer."""
+    order = torch.full((x.shape[1],), -1.0, dtype=torch.float64)
+    x = x.double()
+    # ||t + x_j||^2 = ||t||^2 + 2 x_j.t + ||x_j||^2, with t the removed channels' sum: keep x^T t
+    square, cross = (x * x).sum(0), torch.zeros(x.shape[1], dtype=torch.float64)
+    left = alive.clone()
+    for step in range(int(alive.sum())):
+        cost = (2 * cross + square).masked_fill(~left, torch.inf)
+        j = int(cost.argmin())  # ties: the lowest index
+        order[j] = step
+        cross += x.T @ x[:, j]
+        left[j] = False
+    return order
+
+
+@CRITERIA.register("lasso")
+class Lasso(_Calibrated):
+    """He et al. (2017): ``min ||Y - sum_c beta_c Z_c||^2 + alpha ||beta||_1`` over channel weights
+    ``beta``, ``Z_c`` channel ``c``'s contributions to every output at the sampled entries and ``Y``
+    their sum (scikit-learn's ``Lasso``); ``alpha`` bisected until the layer's target number of
+    channels keeps a non-zero ``beta``. The score is ``|beta_c|``."""
+
+    name = "lasso"
+    wants_counts = True
+
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        per_channel = {}
+        for n in names:
+            samples, alive, weight = self.samples(model, mask, n, context)
+            parts = samples.contributions(weight)  # (S, O, C)
+            z = parts.reshape(-1, parts.shape[2])
+            rows = torch.randperm(len(z), generator=torch.Generator().manual_seed(0))[:LASSO_ROWS]
+            z = z[rows.sort().values]
+            keep = int(alive.sum()) - int((context.counts or {}).get(n, 0))
+            per_channel[n] = lasso_select(z, alive, keep)
+        return _channel_scores(model, names, per_channel)
+
+
+LASSO_ROWS = 4096  # sampled (entry, output) rows of the regression: bounded memory and time
+
+
+def lasso_select(z: torch.Tensor, alive: torch.Tensor, keep: int, steps: int = 40) -> torch.Tensor:
+    """``|beta|`` of the LASSO fit of ``y = z.sum(1)`` on the alive columns of ``z`` whose penalty
+    keeps ``keep`` non-zero coefficients (bisection on log alpha; if no alpha gives exactly
+    ``keep``, the smallest fit with more, whose smallest ``|beta|`` then go). Pruned channels -1."""
+    from sklearn.linear_model import Lasso as SkLasso
+
+    columns = alive.nonzero().flatten()
+    out = torch.full((z.shape[1],), -1.0, dtype=torch.float64)
+    if keep >= len(columns) or keep <= 0:
+        out[columns] = 1.0 if keep > 0 else 0.0
+        return out
+    a = z[:, columns].numpy()
+    y = a.sum(1)
+    scale = float(abs(a.T @ y).max()) / len(y)  # alpha_max: above it every beta is 0
+
+    def fit(alpha: float):
+        model = SkLasso(alpha=alpha, fit_intercept=False, max_iter=5000, tol=1e-6, selection="cyclic")
+        model.fit(a, y)
+        return torch.as_tensor(model.coef_, dtype=torch.float64)
+
+    low, high = -12.0, 0.0  # log10(alpha / alpha_max)
+    best = fit(scale * 10**low)
+    for _ in range(steps):
+        mid = (low + high) / 2
+        beta = fit(scale * 10**mid)
+        nonzero = int((beta != 0).sum())
+        if nonzero == keep:
+            best = beta
+            break
+        if nonzero > keep:
+            low, best = mid, beta
+        else:
+            high = mid
+    out[columns] = best.abs()
+    return out

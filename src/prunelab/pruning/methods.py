@@ -82,3 +82,33 @@ METHODS.add(
         True,
     ),
 )
+METHODS.add(
+    "l1-filter",
+    Method(
+        "magnitude",
+        "whole filters by L1 norm (Li et al. 2017; see prunelab sensitivity)",
+        "structured-output",
+        "l1",
+        True,
+    ),
+)
+METHODS.add(
+    "thinet",
+    Method(
+        "thinet",
+        "input channels by ThiNet's greedy reconstruction error (Luo et al. 2017)",
+        "structured-input",
+        "linf",
+        True,
+    ),
+)
+METHODS.add(
+    "lasso",
+    Method(
+        "lasso",
+        "input channels by LASSO regression on their contributions (He et al. 2017)",
+        "structured-input",
+        "linf",
+        True,
+    ),
+)

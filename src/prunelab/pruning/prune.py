@@ -10,6 +10,7 @@ weight once pruned is never revived, whatever its value now.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Hashable, Mapping
@@ -84,6 +85,10 @@ def prune(
     units = struct.units(model, chosen, groups, spec.structure_name())
     pools = _pools(units, spec.scope, SCOPES.get(spec.scope), rates, fraction)
     context = context if context is not None else PruneContext()
+    if criterion.layerwise and any(len(pool.layers) > 1 for pool in pools):
+        raise SpecError(
+            f"method {method!r} ranks units within each layer only, so scope must be 'layerwise', got {spec.scope!r}"
+        )
     _check_needs(method, criterion, context)
     names = [layer.param for layer in chosen]
     criterion.check(model, names, context)
@@ -278,6 +283,9 @@ def _run(
         due = [t - r for t, r in zip(targets, removed, strict=True)]
         if not any(due):
             continue
+        if criterion.wants_counts:  # each pool is one layer (checked): its count this round
+            counts = {pool.layers[0].layer.param: d for pool, d in zip(pools, due, strict=True)}
+            context = dataclasses.replace(context, counts=counts)
         scores = criterion.scores(model, Mask(keep), names, context, generator)
         for i, pool in enumerate(pools):
             if due[i] == 0:

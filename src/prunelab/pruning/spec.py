@@ -46,6 +46,17 @@ class _PruneFields(FrozenSpec):
     layer_rates: dict[str, float] = Field(
         default_factory=dict, description="per-layer rates, each layer pruned on its own (fc3=0.1)"
     )
+    reconstruct: bool = Field(
+        False,
+        description="refit each pruned layer's kept weights by least squares to its unpruned outputs "
+        "on calibration images (He et al.; ThiNet); needs treatment finetune",
+    )
+    calibration_images: int = Field(
+        256, ge=1, le=100_000, description="training images that thinet, lasso and reconstruct read"
+    )
+    calibration_positions: int = Field(
+        10, ge=1, le=10_000, description="output positions sampled per image in conv layers (ThiNet: 10)"
+    )
 
     @field_validator("layer_rates")
     @classmethod
