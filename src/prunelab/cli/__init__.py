@@ -37,6 +37,7 @@ COMMANDS = [
     ("models", listings.models),
     ("count", compress.count),
     ("export", compress.export),
+    ("shrink", compress.shrink),
     ("bench", compress.bench),
     ("similarity", analysis.similarity),
     ("effective", analysis.effective),

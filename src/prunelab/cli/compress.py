@@ -230,3 +230,85 @@ def removal_table(
     columns = ["fraction", "dense", "masked (non-zero)", "masked %", "after removal", "removal %"]
     body = [(r.fraction, r.dense, r.masked, r.masked_pct, r.removed, r.removed_pct) for r in rows]
     show(Table(f"{model} on {data}: parameters left, {method} {structure}", columns, body))
+
+
+def shrink(
+    run: Run,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must be new or empty).")],
+    level: Level = None,
+    seed: Seed = None,
+    variance: Annotated[
+        float, typer.Option(help="Explained-variance fraction each layer keeps, in (0, 1].")
+    ] = 0.95,
+    layers: Annotated[
+        str, typer.Option(help="Which layers (all, conv-only, fc-only); never the output layer.")
+    ] = "all",
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Layers left whole (repeat).")] = None,  # noqa: UP045
+    images: Annotated[int, typer.Option(help="Calibration images from the training data.")] = 256,
+    plot: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="Explained-variance curves per layer (.png/.svg/.pdf)."),
+    ] = None,
+    root: Root = None,
+    force: Annotated[bool, typer.Option(help="Replace an earlier export in that folder.")] = False,
+) -> None:
+    """PCA layer shrinking (Zhang et al.): each layer a rank-k factorisation fitted to its outputs."""
+    from prunelab.analysis.plots import figure_format, write_figure
+    from prunelab.compress.count import total_flops
+    from prunelab.compress.export import check_target, export_compact
+    from prunelab.compress.graph import CompactResult, layer_plan
+    from prunelab.compress.pca import check_variance, plot_explained, shrink_level
+    from prunelab.experiments import load_level
+    from prunelab.experiments.store import results_root
+    from prunelab.models import count_parameters
+    from prunelab.table import Table
+    from prunelab.training.evaluation import evaluate
+    from prunelab.ui import console, plain, show
+
+    protect = [results_root(root)]
+    check_target(out, force, protect)
+    check_variance(variance)
+    if plot is not None:
+        figure_format(plot)
+    loaded = load_level(run, level, seed=seed, root=root)
+    result = shrink_level(
+        loaded, variance=variance, layers=layers, exclude=tuple(exclude or ()), images=images
+    )
+    shape = tuple(loaded.spec.data_info.input_shape)
+    export_compact(
+        CompactResult(result.model, layer_plan(result.model), {}), out, protect=[*protect, loaded.experiment.store.root],
+        model=loaded.spec.model, num_classes=loaded.spec.data_info.num_classes, input_shape=shape,
+        image_size=loaded.spec.image_size, data=loaded.spec.data, force=force, source={"experiment": loaded.experiment.id, "level": loaded.level, "pca_variance": variance},
+    )  # fmt: skip
+    rows = []
+    for name, curve in result.explained.items():
+        k = result.ranks.get(name)
+        rows.append(
+            (
+                name,
+                len(curve),
+                k if k else "dense",
+                round(100 * curve[(k or len(curve)) - 1], 2),
+                result.kept_dense.get(name, ""),
+            )
+        )
+    show(Table(f"{loaded.experiment.id} level {loaded.level}: PCA at {variance:.0%} explained variance -> {out}",
+               ["layer", "outputs", "rank kept", "explained %", "note"], rows))  # fmt: skip
+    data = loaded.spec.load_data()
+    dense = loaded.model.eval()
+    summary = [
+        ("parameters", count_parameters(dense), count_parameters(result.model)),
+        ("FLOPs per example", total_flops(dense, shape), total_flops(result.model, shape)),
+        (
+            "test accuracy",
+            round(evaluate(dense, data.test)[1], 4),
+            round(evaluate(result.model, data.test)[1], 4),
+        ),
+    ]
+    show(Table("", ["", "level", "shrunk"], summary))
+    if plot is not None:
+        console.print(
+            plain(
+                f"plot written to {write_figure(plot_explained(result, f'{loaded.experiment.id} explained variance'), plot)}"
+            )
+        )

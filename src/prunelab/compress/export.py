@@ -199,6 +199,10 @@ def _check_fingerprint(directory: Path, plan: dict[str, Any]) -> None:
 
 def _rebuild(old: nn.Module, spec: dict[str, Any], name: str) -> nn.Module:
     """A fresh (meta) layer like ``old`` with the plan's shapes."""
+    if spec.get("type") == "Factorized" and isinstance(old, (nn.Linear, nn.Conv2d)):
+        from prunelab.compress.pca import Factorized
+
+        return Factorized.like(old, int(spec["rank"]))
     if spec.get("type") != type(old).__name__:
         raise CheckpointError(
             f"plan says layer {name!r} is a {spec.get('type')}, the model has {type(old).__name__}"

@@ -688,8 +688,13 @@ def layer_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
     Convs with ``groups != 1`` (depthwise ones, the only grouped convs compaction accepts) also
     record ``groups``, which compaction changes for them.
     """
+    from prunelab.compress.pca import Factorized
+
     plan: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
+        if isinstance(m, Factorized):  # a PCA-shrunk layer (prunelab.compress.pca); its parts follow
+            plan[name] = {"type": "Factorized", "rank": m.rank}
+            continue
         if isinstance(m, nn.Linear):
             spec = {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
         elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
