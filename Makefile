@@ -37,6 +37,7 @@ bench: $(EXTRAS)
 	$(PY) bench/infer_speed.py
 	$(PY) bench/compact_speed.py
 	$(PY) bench/bert_speed.py
+	$(PY) bench/reconstruct.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -42,6 +42,24 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             ],
             "heads 8 -> 4, FFN neurons 256 -> 128",
         ),
+        (
+            "reconstruct.py",
+            [
+                "--train-iterations",
+                "20",
+                "--finetune-iterations",
+                "5",
+                "--models",
+                "conv2",
+                "--pca-models",
+                "lenet-300-100",
+                "--data",
+                "digits",
+                "--repeats",
+                "1",
+            ],
+            "PCA shrinking (no fine-tuning)",
+        ),
     ],
 )
 def test_bench_script_runs(script, args, needle, tmp_path):
