@@ -116,6 +116,10 @@ def test_thinet_and_lasso_prune_input_channels_and_refuse_what_they_cannot_do():
                      context=PruneContext(batches=data))  # fmt: skip
         kept = mask["conv2.weight"].flatten(2).any(2).any(0)
         assert int(kept.sum()) == 32 and bool(mask["conv2.weight"][:, kept].all())
+    with pytest.raises(SpecError, match="would remove every input channel of conv1 \\(1 of 1 left\\)"):
+        prune(
+            net, None, fraction=0.99, method="thinet", layers="conv-only", context=PruneContext(batches=data)
+        )
     with pytest.raises(SpecError, match="scope must be 'layerwise'"):
         prune(net, None, fraction=0.5, method="thinet", scope="global", context=PruneContext(batches=data))
     with pytest.raises(SpecError, match="needs structure 'structured-input'"):
@@ -166,6 +170,8 @@ def test_thinet_lasso_reconstruction_and_sensitivity_through_the_cli(cli, tmp_pa
     assert code == 0, err
     small = load_compact(tmp_path / "small")
     assert small.conv2.in_channels == 32 and small.conv1.out_channels == 32  # conv1's unused filters go
+    code, out, err = cli("report", run, "--root", root, "-o", tmp_path / "report")
+    assert code == 0 and (tmp_path / "report" / "report.html").stat().st_size > 1000, err
     code, out, err = cli("sensitivity", run, "--root", root, "--level", 0, "--fractions", "0.25,0.5,0.75",
                          "--plot", tmp_path / "sens.png", "--layers", "all")  # fmt: skip
     assert code == 0, err

@@ -283,6 +283,14 @@ def _run(
         due = [t - r for t, r in zip(targets, removed, strict=True)]
         if not any(due):
             continue
+        if criterion.calibrated:  # a layer without inputs cannot be reconstructed or selected from
+            for pool, d in zip(pools, due, strict=True):
+                if d and d >= int(_alive(pool, keep).sum()):
+                    layer = pool.layers[0].layer
+                    raise SpecError(
+                        f"method {method!r} would remove every input channel of {layer.name} "
+                        f"({d} of {int(_alive(pool, keep).sum())} left): lower the rate or exclude the layer"
+                    )
         if criterion.wants_counts:  # each pool is one layer (checked): its count this round
             counts = {pool.layers[0].layer.param: d for pool, d in zip(pools, due, strict=True)}
             context = dataclasses.replace(context, counts=counts)
