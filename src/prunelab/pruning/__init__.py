@@ -5,6 +5,7 @@ registry (:data:`CRITERIA`, :data:`STRUCTURES`, :data:`SCOPES`, :data:`METHODS`,
 method is one class or record plus one registration.
 """
 
+from prunelab.pruning import slimming  # registers slimming and early-bird before PruneSpec is built
 from prunelab.pruning.context import PruneContext
 from prunelab.pruning.criteria import CRITERIA, Criterion
 from prunelab.pruning.densities import DISTRIBUTIONS, layer_densities, random_mask
@@ -51,5 +52,6 @@ __all__ = [
     "random_mask",
     "rate_for_rounds",
     "rounds_for_rate",
+    "slimming",
     "sparsity_report",
 ]

@@ -26,7 +26,9 @@ class PruneContext:
     ``magnitude_increase`` and ``movement``. ``batches``: (x, y) pairs for SNIP and GraSP; kept as a
     tuple, so pass a few batches, not a whole dataset. ``input_shape`` (without the batch dimension)
     lets SynFlow build its all-ones input when no batch is given. ``trial``: the call only checks
-    that pruning works (before an experiment trains), so iterative criteria score once.
+    that pruning works (before an experiment trains), so iterative criteria score once. ``notes``:
+    a list a method appends to when it departs from its rule (network slimming keeping a channel
+    so that no layer is emptied); the experiment runner prints them.
     """
 
     initial_state: Mapping[str, torch.Tensor] | None = None
@@ -34,6 +36,12 @@ class PruneContext:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
     input_shape: tuple[int, ...] | None = None
     trial: bool = False
+    notes: list[str] | None = None
+
+    def note(self, text: str) -> None:
+        """Record ``text`` in :attr:`notes` (dropped when no list was given)."""
+        if self.notes is not None:
+            self.notes.append(text)
 
     def has(self, need: str) -> bool:
         """Whether the input named ``need`` (a key of :data:`NEEDS`) is present."""
