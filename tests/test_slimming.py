@@ -299,3 +299,30 @@ def test_slimming_and_early_bird_from_the_command_line(cli, tmp_path, monkeypatc
         code, _, err = cli("run", "--data", "synthetic", "--root", root, *args)
         assert code == 2 and needle in " ".join(err.split()), err
         assert "Traceback" not in err
+
+
+def test_the_readme_commands_are_valid_specs(monkeypatch):
+    """The README's examples of these methods parse into the specs they describe (nothing trains)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    import prunelab.cli.experiments as cli_experiments
+    from prunelab.cli import main
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"### Methods that act during training.*?```bash\n(.*?)```", text, re.S).group(1)
+    commands = [shlex.split(c.split("#")[0]) for c in block.replace("\\\n", " ").strip().splitlines()]
+    seen = []
+    monkeypatch.setattr(cli_experiments, "_start", lambda *a, **k: None)
+    monkeypatch.setattr(cli_experiments, "_run_experiment", lambda spec, **kw: seen.append(spec))
+    for command in commands:
+        assert command[:2] == ["prunelab", "run"]
+        assert main(command[1:]) == 0
+    assert [s.pruning.method for s in seen] == ["slimming", "early-bird"]
+    assert seen[0].pruning.slimming.gamma_init == 0.5 and seen[1].treatment.kind == "finetune"
+    assert (
+        seen[0].trunk_id()
+        != seen[1].trunk_id()
+        != seen[1].model_copy(update={"pruning": PruneSpec()}).trunk_id()
+    )
