@@ -5,7 +5,7 @@ registry (:data:`CRITERIA`, :data:`STRUCTURES`, :data:`SCOPES`, :data:`METHODS`,
 method is one class or record plus one registration.
 """
 
-from prunelab.pruning import slimming  # registers slimming and early-bird before PruneSpec is built
+from prunelab.pruning import slimming, variational  # register their methods before PruneSpec is built
 from prunelab.pruning.context import PruneContext
 from prunelab.pruning.criteria import CRITERIA, Criterion
 from prunelab.pruning.densities import DISTRIBUTIONS, layer_densities, random_mask
@@ -54,4 +54,5 @@ __all__ = [
     "rounds_for_rate",
     "slimming",
     "sparsity_report",
+    "variational",
 ]

@@ -104,6 +104,10 @@ class TrainHook:
         experiment calls it before it records the initial weights; API users call it themselves.
         """
 
+    def start(self, trainer: Trainer) -> None:
+        """Called by :meth:`Trainer.run` before the first epoch (also after a resume): the trainer's
+        data, configuration and ``iteration`` are there to read (a KL term scaled by the dataset size)."""
+
     def swap(self, model: nn.Module) -> nn.Module:
         """The model to train: ``model`` with layers replaced by training-time variants (default: as is)."""
         return model

@@ -459,6 +459,8 @@ class Trainer:
             raise RuntimeError("this trainer's hooks converted its layers back after its run; build another")
         snapshot_at = set(snapshot_at)
         self.until = self.total if until is None else min(until, self.total)
+        for hook in self.hooks:
+            hook.start(self)
         snapshots: dict[int, dict[str, torch.Tensor]] = {}
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         torch.set_flush_denormal(True)  # subnormal floats make CPU kernels 10-100x slower
