@@ -36,6 +36,7 @@ bench: $(EXTRAS)
 	$(PY) bench/train_speed.py
 	$(PY) bench/infer_speed.py
 	$(PY) bench/compact_speed.py
+	$(PY) bench/early_bird.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
