@@ -284,6 +284,8 @@ def test_slimming_and_early_bird_from_the_command_line(cli, tmp_path, monkeypatc
     assert code == 0, err
     assert "early-bird: ticket at epoch" in err + out and "of the dense training FLOPs saved" in err + out
     (eb,) = [p.name for p in (root / "experiments").iterdir() if p.name != run]
+    code, out, err = cli("show", eb, "--root", root)
+    assert code == 0 and "seed 0 dense: early-bird: ticket at epoch" in " ".join(out.split()), err
     dense = load_level(eb, level=0, root=root).metrics
     ticket = dense.plugins["early-bird"]["ticket"]
     assert (

@@ -305,7 +305,7 @@ class ExperimentRunner:
             start = Start(init, None, self.spec.train, 0)
             metrics = self._train(dense, f"seed {seed} dense", start, seed, 0, hooks=self.dense_hooks)
             for name, report in metrics.plugins.items():
-                self.log(f"seed {seed} dense: {name}: {_report_text(report)}")
+                self.log(f"seed {seed} dense: {name}: {report_text(report)}")
             points = {0: init}
             for k in wanted:
                 point = self.store.trunk_point(trunk, seed, k)
@@ -362,7 +362,7 @@ class ExperimentRunner:
         return metrics
 
 
-def _report_text(report: dict) -> str:
+def report_text(report: dict) -> str:
     """One line of a plug-in's report for the run's log (the early-bird ticket, or its absence)."""
     ticket = report.get("ticket", ...)
     if ticket is None:
