@@ -59,6 +59,7 @@ SAMPLES = {
     "pruning.early_bird.queue": ("4", 4),
     "pruning.early_bird.distance": ("0.05", 0.05),
     "pruning.early_bird.min_channels": ("2", 2),
+    "pruning.structure_selection.penalty": ("0.001", 0.001),
     "pruning.sparse_vd.kl_weight": ("0.5", 0.5),
     "pruning.sparse_vd.kl_warmup": ("2ep", "2ep"),
     "pruning.sparse_vd.threshold": ("2", 2.0),

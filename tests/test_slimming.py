@@ -264,7 +264,7 @@ def test_slimming_and_early_bird_from_the_command_line(cli, tmp_path, monkeypatc
     code, out, err = cli("run", *common, "--method", "slimming", "--epochs", "2", "--slimming-gamma-init", "0.5", "--controls", "random-mask")  # fmt: skip
     assert code == 0, err
     (run,) = [p.name for p in (root / "experiments").iterdir()]
-    code, _, err = cli("report", run, "--root", root, "-o", tmp_path / "report")
+    code, _, err = cli("report", run, "--root", root, "-o", tmp_path / "report", "--no-ensembles", "--no-svg")
     assert code == 0, err
     code, _, err = cli("export", run, "--root", root, "--level", "1", "-o", tmp_path / "compact")
     assert code == 0, err

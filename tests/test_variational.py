@@ -167,7 +167,7 @@ def test_sparse_vd_from_the_command_line(cli, tmp_path):
     dense, level = load_level(run, level=0, root=root), load_level(run, level=1, root=root)
     assert dense.metrics.environment["step"] == "autograd" and level.metrics.environment["step"] != "autograd"
     assert level.metrics.density == pytest.approx(dense.metrics.density) and level.metrics.density < 1
-    code, _, err = cli("report", run, "--root", root, "-o", tmp_path / "report")
+    code, _, err = cli("report", run, "--root", root, "-o", tmp_path / "report", "--no-ensembles", "--no-svg")
     assert code == 0, err
     for bad, needle in [(("--sparse-vd-kl-warmup", "soon"), "kl_warmup"), (("--rounds", "2"), "rounds 1")]:
         code, _, err = cli("run", "--data", "synthetic", "--method", "sparse-vd", "--root", root, *bad)

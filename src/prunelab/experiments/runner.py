@@ -218,7 +218,7 @@ class ExperimentRunner:
         exp = self.spec.experiment_id()
         for level in range(1, self.spec.pruning.rounds + 1):
             art = self.store.level(exp, seed, level)
-            mask = self._level_mask(art, seed, level, previous, mask, init)
+            mask = self._level_mask(art, seed, level, previous, mask, init, levels[0].plugins)
             inputs = LevelInputs(
                 spec=self.spec,
                 seed=seed,
@@ -254,7 +254,14 @@ class ExperimentRunner:
         )
 
     def _level_mask(
-        self, art: Artifact, seed: int, level: int, previous: State, mask: Mask | None, init: State
+        self,
+        art: Artifact,
+        seed: int,
+        level: int,
+        previous: State,
+        mask: Mask | None,
+        init: State,
+        reports: dict | None = None,
     ) -> Mask:
         """Score the previous level's final weights; the mask is saved before training starts."""
         if art.mask_path.is_file():
@@ -274,6 +281,7 @@ class ExperimentRunner:
             batches=self._scoring_batches(seed, level) if "batches" in needs else None,
             input_shape=self.data.info.input_shape,
             notes=notes,
+            reports=reports or {},
         )
         new = prune(model, mask, self.spec.pruning, context=context, generator=g)
         for note in notes:
@@ -372,4 +380,8 @@ def report_text(report: dict) -> str:
             f"ticket at epoch {ticket['epoch']} (iteration {ticket['iteration']:,} of "
             f"{ticket['dense_iterations']:,}); {ticket['saved_fraction']:.0%} of the dense training FLOPs saved"
         )
+    scales = report.get("scales")
+    if isinstance(scales, dict) and scales:
+        values = [abs(float(v)) for v in scales.values()]
+        return f"learned scales |lambda| of {len(values)} blocks from {min(values):.3g} to {max(values):.3g}"
     return ", ".join(f"{k}={v}" for k, v in report.items())

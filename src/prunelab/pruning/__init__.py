@@ -5,7 +5,7 @@ registry (:data:`CRITERIA`, :data:`STRUCTURES`, :data:`SCOPES`, :data:`METHODS`,
 method is one class or record plus one registration.
 """
 
-from prunelab.pruning import slimming, variational  # register their methods before PruneSpec is built
+from prunelab.pruning import selection, slimming, variational  # their methods, before PruneSpec
 from prunelab.pruning.context import PruneContext
 from prunelab.pruning.criteria import CRITERIA, Criterion
 from prunelab.pruning.densities import DISTRIBUTIONS, layer_densities, random_mask
@@ -52,6 +52,7 @@ __all__ = [
     "random_mask",
     "rate_for_rounds",
     "rounds_for_rate",
+    "selection",
     "slimming",
     "sparsity_report",
     "variational",

@@ -28,7 +28,8 @@ class PruneContext:
     lets SynFlow build its all-ones input when no batch is given. ``trial``: the call only checks
     that pruning works (before an experiment trains), so iterative criteria score once. ``notes``:
     a list a method appends to when it departs from its rule (network slimming keeping a channel
-    so that no layer is emptied); the experiment runner prints them.
+    so that no layer is emptied); the experiment runner prints them. ``reports``: what the training
+    plug-ins of the dense training reported, by plug-in name (structure selection's block scales).
     """
 
     initial_state: Mapping[str, torch.Tensor] | None = None
@@ -37,6 +38,7 @@ class PruneContext:
     input_shape: tuple[int, ...] | None = None
     trial: bool = False
     notes: list[str] | None = None
+    reports: Mapping[str, Mapping] | None = None
 
     def note(self, text: str) -> None:
         """Record ``text`` in :attr:`notes` (dropped when no list was given)."""
