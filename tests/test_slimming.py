@@ -321,7 +321,13 @@ def test_the_readme_commands_are_valid_specs(monkeypatch):
     for command in commands:
         assert command[:2] == ["prunelab", "run"]
         assert main(command[1:]) == 0
-    assert [s.pruning.method for s in seen] == ["slimming", "early-bird", "sparse-vd", "structure-selection"]
+    assert [s.pruning.method for s in seen] == [
+        "slimming",
+        "early-bird",
+        "sparse-vd",
+        "bayesian-compression",
+        "structure-selection",
+    ]
     assert seen[2].pruning.sparse_vd.kl_warmup == "2ep"
     assert seen[0].pruning.slimming.gamma_init == 0.5 and seen[1].treatment.kind == "finetune"
     assert (

@@ -173,3 +173,74 @@ def test_sparse_vd_from_the_command_line(cli, tmp_path):
         code, _, err = cli("run", "--data", "synthetic", "--method", "sparse-vd", "--root", root, *bad)
         assert code == 2 and needle in " ".join(err.split()), err
         assert "Traceback" not in err
+
+
+# Bayesian compression ------------------------------------------------------------------------------
+def group_layer(kind: str, seed: int):
+    from prunelab.pruning.bayesian import GroupConv2d, GroupLinear
+
+    torch.manual_seed(seed)
+    if kind == "linear":
+        layer, x = GroupLinear(nn.Linear(6, 4), -3.0, -9.0), torch.randn(3, 6)
+    else:
+        layer, x = GroupConv2d(nn.Conv2d(3, 5, 3, padding=1, stride=2), -3.0, -9.0), torch.randn(2, 3, 7, 7)
+    with torch.no_grad():
+        layer.z_logvar.copy_(torch.linspace(-6, 1, layer.z_mu.numel()))
+        layer.z_mu.copy_(torch.linspace(0.5, 1.5, layer.z_mu.numel()))
+        layer.weight_logvar.normal_(-4, 1)
+    return layer, x
+
+
+def test_bayesian_compression_kl_and_sampling_against_the_formulas():
+    layer, x = group_layer("linear", 0)
+    log_alpha = layer.z_logvar - torch.log(layer.z_mu**2 + 1e-8)
+    torch.testing.assert_close(layer.log_alpha(), log_alpha)
+    sigma2, mu = layer.weight_logvar.exp(), layer.weight
+    expected = kl_approximation(log_alpha).sum() + (0.5 * (sigma2 + mu**2 - layer.weight_logvar - 1)).sum()
+    torch.testing.assert_close(layer.kl(), expected)
+    torch.manual_seed(7)
+    out = layer.train()(x)
+    torch.manual_seed(7)
+    z = layer.z_mu + torch.exp(0.5 * layer.z_logvar) * torch.randn(3, 6)  # one scale per example and unit
+    xz = x * z
+    mean, var = xz @ mu.T + layer.bias, (xz**2) @ sigma2.T
+    torch.testing.assert_close(out, mean + torch.sqrt(var + 1e-8) * torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_bayesian_compression_converts_back_with_the_pruned_units_columns_at_zero(kind):
+    layer, x = group_layer(kind, 1)
+    kept = layer.log_alpha() <= -3.0
+    assert 0 < int(kept.sum()) < kept.numel()
+    plain, keep = layer.plain()
+    assert type(plain) in (nn.Linear, nn.Conv2d)
+    columns = keep.reshape(keep.shape[0], keep.shape[1], -1)
+    assert torch.equal(columns.all(2).all(0), kept) and torch.equal(columns.any(2).any(0), kept)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), layer.eval()(x))
+
+
+def test_bayesian_compression_end_to_end_units_removed_by_the_compaction(cli, tmp_path):
+    from prunelab.compress import compact
+    from prunelab.experiments import load_level
+
+    root = tmp_path / "runs"
+    args = [
+        "--model", "lenet-300-100", "--data", "synthetic", "--epochs", "6", "--batch-size", "64",
+        "--optimizer", "adam", "--lr", "0.02", "--method", "bayesian-compression",
+        "--bayesian-compression-kl-weight", "10", "--bayesian-compression-kl-warmup", "2ep",
+        "--treatment", "finetune", "--finetune-epochs", "1", "--controls", "reinit",
+    ]  # fmt: skip
+    code, _, err = cli("run", *args, "--root", root, "--no-progress")
+    assert code == 0, err
+    (run,) = [p.name for p in (root / "experiments").iterdir()]
+    level = load_level(run, level=1, root=root)
+    fc2_columns = level.mask["fc2.weight"].any(0)  # fc1's units that fc2 still reads
+    assert 0 < int(fc2_columns.sum()) < 300
+    result = compact(level.model, level.mask, torch.zeros(1, 1, 8, 8))
+    assert result.model.fc1.out_features == int(fc2_columns.sum())  # the unused units are gone
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), level.model.eval()(x), atol=1e-5, rtol=1e-5)
+    code, _, err = cli("report", run, "--root", root, "-o", tmp_path / "report", "--no-ensembles", "--no-svg")
+    assert code == 0, err

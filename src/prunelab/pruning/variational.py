@@ -177,6 +177,9 @@ class SparseVD(TrainPlugin):
     )
     needs = "Linear or Conv2d layers"
     Settings = SparseVDSettings
+    #: the variational layers this plug-in trains (their ``kl()`` enters the loss) and makes
+    variant_base: ClassVar[type[nn.Module]] = _Variational
+    variants: ClassVar[dict[type[nn.Module], type[nn.Module]]] = VARIANTS
 
     def __init__(
         self, settings: FrozenSpec | None = None, *, layers: str = "all", exclude: tuple[str, ...] = ()
@@ -197,7 +200,7 @@ class SparseVD(TrainPlugin):
 
     def _chosen(self, model: nn.Module) -> list[str]:
         chosen = select_layers(model, self.layers, self.exclude)
-        names = [layer.name for layer in chosen if type(model.get_submodule(layer.name)) in VARIANTS]
+        names = [layer.name for layer in chosen if self._fits(model.get_submodule(layer.name))]
         if not names:
             raise SpecError(
                 f"{self.name} trains Linear and Conv2d layers variationally; the selected layers have "
@@ -205,14 +208,19 @@ class SparseVD(TrainPlugin):
             )
         return names
 
+    def _fits(self, layer: nn.Module) -> bool:
+        return type(layer) in self.variants
+
+    def _variant(self, layer: nn.Module) -> nn.Module:
+        return self.variants[type(layer)](layer, self.settings.threshold, self.settings.log_sigma2_init)
+
     def check(self, model: nn.Module, example: torch.Tensor) -> None:
         self._chosen(model)
 
     def swap(self, model: nn.Module) -> nn.Module:
         for name in self._chosen(model):
             layer = model.get_submodule(name)
-            variant = VARIANTS[type(layer)](layer, self.settings.threshold, self.settings.log_sigma2_init)
-            _set_submodule(model, name, variant.to(layer.weight.device))
+            _set_submodule(model, name, self._variant(layer).to(layer.weight.device))
         return model
 
     def start(self, trainer: Trainer) -> None:
@@ -230,12 +238,12 @@ class SparseVD(TrainPlugin):
         factor = self._scale * self.ramp(self._trainer.iteration)
         if factor == 0:
             return None
-        return factor * sum(m.kl() for m in model.modules() if isinstance(m, _Variational))
+        return factor * sum(m.kl() for m in model.modules() if isinstance(m, self.variant_base))
 
     def restore(self, model: nn.Module) -> tuple[nn.Module, Mask | None]:
         keep: dict[str, torch.Tensor] = {}
         for name, module in list(model.named_modules()):
-            if isinstance(module, _Variational):
+            if isinstance(module, self.variant_base):
                 layer, kept = module.plain()
                 _set_submodule(model, name, layer)
                 keep[f"{name}.weight" if name else "weight"] = kept
@@ -277,7 +285,7 @@ class SparseVDCriterion(Criterion):
         out = Mask(entries)
         if not context.trial:
             context.note(
-                f"sparse-vd keeps the weights its variational training left (log alpha <= "
+                f"{spec.method} keeps the weights its variational training left (log alpha <= "
                 f"{self.settings.threshold:g}): density {out.density():.2%}; --rate does not apply"
             )
         return out
