@@ -335,3 +335,16 @@ def test_the_readme_commands_are_valid_specs(monkeypatch):
         != seen[1].trunk_id()
         != seen[1].model_copy(update={"pruning": PruneSpec()}).trunk_id()
     )
+
+
+def test_the_early_bird_search_under_bf16_autocast_on_a_cpu(data):
+    cfg = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.1, momentum=0.9)
+    plugin = EarlyBird(EarlyBirdSettings(bf16=True), fraction=0.5)
+    trainer = Trainer(randomise_bn(bn_net(), 3), data, cfg, hooks=[plugin])
+    assert trainer.step_kind == "autograd" and trainer.step.bf16 and plugin.wants_bf16
+    seen = []
+    trainer.model[0].register_forward_hook(lambda m, a, out: seen.append(out.dtype) if m.training else None)
+    result = trainer.run()
+    assert set(seen) == {torch.bfloat16} and result.final.train_loss > 0
+    assert len(result.reports["early-bird"]["distances"]) == 2
+    assert not EarlyBird(EarlyBirdSettings(), fraction=0.5).wants_bf16

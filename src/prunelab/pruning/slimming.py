@@ -249,6 +249,9 @@ class EarlyBirdSettings(FrozenSpec):
         description="normalised Hamming distance under which the ticket is there (You et al.: 0.1)",
     )
     min_channels: int = Field(1, ge=1, description="channels every layer keeps, whatever the threshold says")
+    bf16: bool = Field(
+        False, description="the search under bf16 autocast, on a CPU too (You et al.'s low precision)"
+    )
 
 
 @register_plugin("slimming")
@@ -348,6 +351,10 @@ class EarlyBird(SlimmingL1):
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "fraction": self.fraction}
+
+    @property
+    def wants_bf16(self) -> bool:
+        return bool(self.settings.bf16)
 
     def current_mask(self, model: nn.Module, mask: Mask | None = None) -> torch.Tensor:
         """The slimming keep flags of every channel at the target fraction, concatenated."""

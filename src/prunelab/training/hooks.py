@@ -144,6 +144,12 @@ class TrainHook:
         return type(self).swap is not TrainHook.swap
 
     @property
+    def wants_bf16(self) -> bool:
+        """Whether this hook asks for the forward pass under bf16 autocast (a low-precision search, as
+        early-bird's), on the training device whatever it is; the autograd step runs it."""
+        return False
+
+    @property
     def needs_autograd(self) -> bool:
         """Whether the hand-written training steps cannot serve this hook (a loss term, swapped layers).
 
