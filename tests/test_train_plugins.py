@@ -138,3 +138,56 @@ def test_a_swapped_run_killed_mid_training_resumes_with_identical_numbers(data):
         resumed.model.state_dict().items(), straight.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize(
+    "model, pruning, optimizer",
+    [
+        ("conv2-bn", {"method": "early-bird", "rate": 0.5, "early_bird": {"penalty": 1e-3}}, "sgd"),
+        (
+            "lenet-300-100",
+            {"method": "sparse-vd", "sparse_vd": {"kl_weight": 20.0, "kl_warmup": "1ep"}},
+            "adam",
+        ),
+    ],
+    ids=["early-bird", "sparse-vd"],
+)
+def test_a_method_killed_mid_dense_training_resumes_with_identical_numbers(
+    tmp_path, monkeypatch, model, pruning, optimizer
+):
+    from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec
+    from prunelab.experiments.store import Artifact
+
+    spec = ExperimentSpec(
+        model=model,
+        data="synthetic",
+        train=TrainConfig(
+            epochs=12, batch_size=64, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 1e-2
+        ),
+        pruning=PruneSpec(**pruning),
+        treatment=TreatmentSpec(kind="finetune", finetune_epochs=1),
+    )
+    straight = ExperimentRunner(spec, tmp_path / "straight").run()
+    saves, original = {"n": 0}, Artifact.save_checkpoint
+
+    def dies_at_the_third_checkpoint(self, state):
+        original(self, state)
+        saves["n"] += 1
+        if saves["n"] == 3:  # mid-way through the dense training (and the early-bird search)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Artifact, "save_checkpoint", dies_at_the_third_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        ExperimentRunner(spec, tmp_path / "killed").run()
+    monkeypatch.setattr(Artifact, "save_checkpoint", original)
+    resumed = ExperimentRunner(spec, tmp_path / "killed").run()
+
+    def numbers(result):
+        return [
+            (m.density, m.iterations, m.history, m.stopped_early, m.plugins, m.layer_density)
+            for m in result.levels[0]
+        ]
+
+    assert numbers(resumed) == numbers(straight)
+    dense = straight.levels[0][0]
+    assert dense.plugins if pruning["method"] == "early-bird" else dense.density < 1
