@@ -29,6 +29,8 @@ EXPECTED_MODELS = {
     "conv2",
     "conv4",
     "conv6",
+    "conv2-bn",
+    "conv4-bn",
     "vgg11",
     "vgg16",
     "vgg19",

@@ -293,7 +293,9 @@ def test_result_records_what_the_numbers_depend_on(data):
         "early_stop",
         "stopped_early",
         "environment",
+        "reports",
     }
+    assert summary["reports"] == {}
 
 
 def test_schedules():

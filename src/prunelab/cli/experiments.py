@@ -170,6 +170,12 @@ def _show(exp, tolerance: float = 0.005) -> None:
                 f"early stop at iteration {ticket['early_stop']:.0f} vs dense {ticket['dense_early_stop']:.0f}"
             )
         )
+    from prunelab.experiments.runner import report_text
+
+    for seed in exp.seeds():  # what training plug-ins found in the dense training (an early-bird ticket)
+        if 0 in exp.levels.get(seed, {}):
+            for name, report in exp.metrics(seed, 0).plugins.items():
+                console.print(plain(f"seed {seed} dense: {name}: {report_text(report)}"))
     console.print(plain(f"results: {exp.directory}"))
 
 

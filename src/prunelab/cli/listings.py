@@ -37,7 +37,9 @@ def methods() -> None:
     rows = []
     for name, m in METHODS.items():
         criterion = CRITERIA.get(m.criterion)
-        needs = [NEED_WORDS[n] for n in sorted(criterion.needs)]
+        needs = [NEED_WORDS[n] for n in sorted(criterion.needs)] + (
+            [criterion.requires] if criterion.requires else []
+        )
         structure = m.structure + (" (structured only)" if m.structured_only else "")
         settings = _settings_text(criterion.Settings) if criterion.Settings else "–"
         rows.append([name, METHODS.describe(name), structure, ", ".join(needs) or "–", settings])
@@ -47,7 +49,8 @@ def methods() -> None:
             "Pruning methods (--method); --structure overrides the grouping, --scope picks the pools",
             columns,
             rows,
-            note="needs: what the criterion reads besides the weights (an experiment supplies it).",
+            note="needs: what the criterion reads besides the weights (an experiment supplies it), "
+            "and what the model must have.",
         )
     )
 

@@ -53,7 +53,7 @@ def load_level(
     exp.check_level(seed, level, control)
     model = exp.build_model()
     model.load_state_dict(exp.weights(seed, level, control))
-    mask = exp.mask(seed, level, control)
+    mask = exp.mask(seed, level, control, full=True)
     mask.apply(model)
     return LoadedLevel(
         exp,

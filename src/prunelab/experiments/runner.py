@@ -5,8 +5,10 @@ epoch end, so a run killed at any moment resumes at its last finished epoch and 
 uninterrupted run gives. Every random draw derives from the replicate seed and its purpose.
 
 The runner never looks at names: the treatment and the controls say which trunk points they start
-from and what each branch starts with (:mod:`~prunelab.experiments.branches`), and the criterion
-says which inputs it needs (:attr:`~prunelab.pruning.Criterion.needs`).
+from and what each branch starts with (:mod:`~prunelab.experiments.branches`), the criterion
+says which inputs it needs (:attr:`~prunelab.pruning.Criterion.needs`) and which training plug-ins
+the dense trunk trains with (:meth:`~prunelab.pruning.Criterion.dense_hooks`: network slimming's
+L1 push, the early-bird search), whose reports are kept in the dense level's metrics.
 """
 
 from __future__ import annotations
@@ -25,10 +27,18 @@ from prunelab.errors import CheckpointError, PrunelabError, SpecError
 from prunelab.experiments.branches import Branch, LevelInputs, Start, State
 from prunelab.experiments.controls import CONTROLS
 from prunelab.experiments.spec import ExperimentSpec
-from prunelab.experiments.store import Artifact, DamagedResults, LevelMetrics, Store, locked, state_shapes
+from prunelab.experiments.store import (
+    Artifact,
+    DamagedResults,
+    LevelMetrics,
+    Store,
+    locked,
+    state_shapes,
+    weight_entries,
+)
 from prunelab.experiments.treatments import treatment_for
 from prunelab.io import remove_orphans
-from prunelab.pruning import Mask, PruneContext, masked_macs, prune
+from prunelab.pruning import Mask, PruneContext, masked_macs, prunable_names, prune
 from prunelab.pruning.calibration import reconstruct
 from prunelab.seeding import derive_seed
 from prunelab.training import Trainer
@@ -104,6 +114,7 @@ class ExperimentRunner:
         self.treatment = treatment_for(spec)
         self.controls = {name: CONTROLS.get(name)() for name in spec.controls}
         self.rate = spec.pruning.rate_per_round()
+        self.dense_hooks = spec.dense_hooks  # fresh plug-ins for each dense training
         self._data: Dataset | None = None
         self._check_before_training()
 
@@ -133,6 +144,9 @@ class ExperimentRunner:
             self.log(note)
         info = self.spec.data_info
         _check_accepts(model, self.spec)
+        example = _example(info.input_shape, 1, torch.Generator().manual_seed(0))
+        for hook in self.dense_hooks():
+            hook.check(model, example)
         g = torch.Generator().manual_seed(0)  # the trial scores a random batch of the right shape
         probe = (
             (
@@ -200,8 +214,16 @@ class ExperimentRunner:
             }
         return result
 
+    def _initial(self, seed: int) -> State:
+        """theta_0: the model with its starting weights, as the dense plug-ins initialise it."""
+        model = self.spec.build_model(derive_seed(seed, "init"))
+        example = _example(self.spec.data_info.input_shape, 1, torch.Generator().manual_seed(0))
+        for hook in self.dense_hooks():
+            hook.initialise(model, example)
+        return _state(model)
+
     def _run_seed(self, seed: int) -> tuple[list[LevelMetrics], dict[str, list[LevelMetrics]]]:
-        init = _state(self.spec.build_model(derive_seed(seed, "init")))  # with its starting weights
+        init = self._initial(seed)
         dense, points = self._trunk(seed, init)
         levels = [dense.metrics()]
         controls: dict[str, list[LevelMetrics]] = {name: [] for name in self.controls}
@@ -209,7 +231,7 @@ class ExperimentRunner:
         exp = self.spec.experiment_id()
         for level in range(1, self.spec.pruning.rounds + 1):
             art = self.store.level(exp, seed, level)
-            before, mask = mask, self._level_mask(art, seed, level, previous, mask, init)
+            before, mask = mask, self._level_mask(art, seed, level, previous, mask, init, levels[0].plugins)
             if self.spec.pruning.reconstruct and not art.done:
                 previous = self._reconstructed(previous, before, mask, seed, level)
             inputs = LevelInputs(
@@ -247,7 +269,14 @@ class ExperimentRunner:
         )
 
     def _level_mask(
-        self, art: Artifact, seed: int, level: int, previous: State, mask: Mask | None, init: State
+        self,
+        art: Artifact,
+        seed: int,
+        level: int,
+        previous: State,
+        mask: Mask | None,
+        init: State,
+        reports: dict | None = None,
     ) -> Mask:
         """Score the previous level's final weights; the mask is saved before training starts."""
         if art.mask_path.is_file():
@@ -261,13 +290,18 @@ class ExperimentRunner:
         model.load_state_dict(previous)
         g = torch.Generator().manual_seed(derive_seed(seed, f"prune-{level}"))
         needs = self.spec.pruning.criterion().needs
+        notes: list[str] = []
         context = PruneContext(
             initial_state=init,
             batches=self._scoring_batches(seed, level) if "batches" in needs else None,
             input_shape=self.data.info.input_shape,
             positions=self.spec.pruning.calibration_positions,
+            notes=notes,
+            reports=reports or {},
         )
         new = prune(model, mask, self.spec.pruning, context=context, generator=g)
+        for note in notes:
+            self.log(f"seed {seed} level {level}: {note}")
         new.save(art.mask_path)
         return new
 
@@ -319,11 +353,15 @@ class ExperimentRunner:
             remove_orphans(self.store.trunk_dir(trunk, seed))
             dense = self.store.dense(trunk, seed)
             start = Start(init, None, self.spec.train, 0)
-            self._train(dense, f"seed {seed} dense", start, seed, 0)
+            metrics = self._train(dense, f"seed {seed} dense", start, seed, 0, hooks=self.dense_hooks)
+            for name, report in metrics.plugins.items():
+                self.log(f"seed {seed} dense: {name}: {report_text(report)}")
             points = {0: init}
             for k in wanted:
                 point = self.store.trunk_point(trunk, seed, k)
-                self._train(point, f"seed {seed} trunk point {k}", start, seed, 0, until=k)
+                self._train(
+                    point, f"seed {seed} trunk point {k}", start, seed, 0, until=k, hooks=self.dense_hooks
+                )
                 points[k] = self._stored_weights(point)
         return dense, points
 
@@ -339,13 +377,21 @@ class ExperimentRunner:
             raise DamagedResults(art.damage_message(exc)) from None
 
     def _train(
-        self, art: Artifact, label: str, start: Start, seed: int, level: int, until: int | None = None
+        self,
+        art: Artifact,
+        label: str,
+        start: Start,
+        seed: int,
+        level: int,
+        until: int | None = None,
+        hooks: Callable[[], list] = list,
     ) -> LevelMetrics:
+        """Train one artifact; ``hooks`` makes the training plug-ins (fresh ones: they hold state)."""
         if art.done:
             return art.metrics()
         model = self._new_model(seed, "init")
         model.load_state_dict(start.weights)
-        trainer = Trainer(model, self.data, start.config, mask=start.mask, seed=seed)
+        trainer = Trainer(model, self.data, start.config, mask=start.mask, seed=seed, hooks=hooks())
         checkpoint = art.load_checkpoint()
         if checkpoint is not None:
             trainer.load_state_dict(checkpoint)
@@ -359,7 +405,25 @@ class ExperimentRunner:
             result = trainer.run(
                 on_epoch_end=lambda t: art.save_checkpoint(t.state_dict()), on_progress=update, until=until
             )
-        full = start.mask if start.mask is not None else Mask.ones(trainer.model)
-        metrics = LevelMetrics.from_result(result, level=level, seed=seed, mask=full)
+        full = result.mask if result.mask is not None else Mask.ones(trainer.model)
+        weights = weight_entries(full, prunable_names(trainer.model))  # densities count the weights
+        metrics = LevelMetrics.from_result(result, level=level, seed=seed, mask=weights)
         art.finish(_state(trainer.model), metrics)
         return metrics
+
+
+def report_text(report: dict) -> str:
+    """One line of a plug-in's report for the run's log (the early-bird ticket, or its absence)."""
+    ticket = report.get("ticket", ...)
+    if ticket is None:
+        return f"no ticket in {report.get('epochs_searched', '?')} epochs: the dense training ran to its end"
+    if isinstance(ticket, dict):
+        return (
+            f"ticket at epoch {ticket['epoch']} (iteration {ticket['iteration']:,} of "
+            f"{ticket['dense_iterations']:,}); {ticket['saved_fraction']:.0%} of the dense training FLOPs saved"
+        )
+    scales = report.get("scales")
+    if isinstance(scales, dict) and scales:
+        values = [abs(float(v)) for v in scales.values()]
+        return f"learned scales |lambda| of {len(values)} blocks from {min(values):.3g} to {max(values):.3g}"
+    return ", ".join(f"{k}={v}" for k, v in report.items())

@@ -271,10 +271,20 @@ class ExperimentSpec(TrunkSpec):
     def experiment_id(self) -> str:
         return stable_hash(self.identity())
 
+    def dense_hooks(self) -> list:
+        """The training plug-ins the dense trunk trains with: those of a method that acts during
+        training (network slimming's L1 push, the early-bird search), else none."""
+        return self.pruning.criterion().dense_hooks(self.pruning)
+
     def trunk_identity(self) -> dict[str, Any]:
-        """What the dense level-0 training depends on: shared by every method and treatment."""
+        """What the dense level-0 training depends on: shared by every method and treatment that
+        trains it plainly; a method whose plug-ins join the dense training has its own trunk."""
         ident = self.identity()
-        return {k: ident[k] for k in (*TrunkSpec.model_fields, "fingerprints") if k in ident}
+        out = {k: ident[k] for k in (*TrunkSpec.model_fields, "fingerprints") if k in ident}
+        hooks = self.dense_hooks()
+        if hooks:
+            out["plugins"] = [hook.identity() for hook in hooks]
+        return out
 
     def trunk_id(self) -> str:
         return stable_hash(self.trunk_identity())

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -46,7 +46,7 @@ from prunelab.io import (
     user_path,
     write_error,
 )
-from prunelab.pruning import Mask
+from prunelab.pruning import Mask, prunable_names
 from prunelab.spec import build_spec
 from prunelab.training import EvalRecord
 
@@ -91,6 +91,8 @@ class LevelMetrics:
     environment: dict[str, Any] = field(default_factory=dict)
     """torch and prunelab versions, device, threads, training step kind, evaluation interval."""
     stopped_early: str | None = None
+    plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What the training plug-ins reported, by name (the early-bird ticket's epoch, FLOPs saved)."""
 
     @property
     def early_stop_iteration(self) -> int:
@@ -112,6 +114,7 @@ class LevelMetrics:
             history=tuple(result.history),
             environment=dict(result.environment),
             stopped_early=result.stopped_early,
+            plugins=dict(getattr(result, "reports", {}) or {}),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -143,6 +146,7 @@ class LevelMetrics:
                 history=tuple(_record(r) for r in values.get("history", ())),
                 environment=dict(values.get("environment") or {}),
                 stopped_early=values.get("stopped_early"),
+                plugins=dict(values.get("plugins") or {}),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(
@@ -152,6 +156,14 @@ class LevelMetrics:
     def value(self, metric: str, at: str = "final") -> float | None:
         """``metric`` (test_acc, val_loss, ...) of the final or the early-stop record."""
         return getattr(self.final if at == "final" else self.early_stop, metric)
+
+
+def weight_entries(mask: Mask, prunable: Iterable[str]) -> Mask:
+    """``mask`` without the entries of parameters other than the prunable weights (BatchNorm scales)."""
+    names = set(prunable)
+    if all(n in names for n in mask.names()):
+        return mask
+    return Mask({n: m for n, m in mask.items() if n in names})
 
 
 def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -549,8 +561,13 @@ class StoredExperiment:
         """The state_dict entries and shapes of the experiment's architecture (built once)."""
         return state_shapes(self.build_model())
 
-    def mask(self, seed: int, level: int, control: str | None = None) -> Mask:
-        """The mask a level trained with; level 0 keeps every prunable weight."""
+    def mask(self, seed: int, level: int, control: str | None = None, *, full: bool = False) -> Mask:
+        """The mask a level trained with, over the prunable weights; level 0 keeps every one of them.
+
+        ``full``: as stored, with the entries a method prunes beside the weights (network slimming
+        prunes a removed channel's BatchNorm scale and shift), which loading a level applies; the
+        analyses compare the weights' entries only.
+        """
         self.check_level(seed, level, control)
         if level == 0:
             return Mask.ones(self.build_model())
@@ -558,9 +575,14 @@ class StoredExperiment:
         if not art.mask_path.is_file():  # a control that trains with the ticket's own mask
             art = self.artifact(seed, level)
         try:
-            return Mask.load(art.mask_path)
+            mask = Mask.load(art.mask_path)
         except PrunelabError as exc:
             raise DamagedResults(f"experiment {self.id}: {art.damage_message(exc)}") from None
+        return mask if full else weight_entries(mask, self._prunable)
+
+    @cached_property
+    def _prunable(self) -> frozenset[str]:
+        return frozenset(prunable_names(self.build_model()))
 
     def build_model(self) -> nn.Module:
         """An untrained model of the experiment's architecture (its layers and shapes)."""

@@ -5,6 +5,10 @@ Each stage is two 3x3 convs (padding 1) and a 2x2 max-pool, with 64, 128, 256 ch
 has 2.26M: the paper's table says 1.7M, which its stated layer shapes do not give. The first FC
 layer is sized from the input shape, so any input whose height and width survive the pools
 (2, 4, 8 pixels) works, MNIST's 28x28 included.
+
+``conv2-bn`` and ``conv4-bn`` put a BatchNorm after every conv (the conv then has no
+bias, as in VGG): the channel methods that rank by BatchNorm scale (network slimming, early-bird
+tickets) need one.
 """
 
 from __future__ import annotations
@@ -22,20 +26,30 @@ from prunelab.models.registry import InputShape, register_model
 class ConvNet(nn.Module):
     """Stages of two conv3x3+ReLU then max-pool, then FC 256-256-classes.
 
-    Layers are named conv1..conv2k and fc1..fc3 so parameter names read ``conv3.weight``.
+    Layers are named conv1..conv2k and fc1..fc3 so parameter names read ``conv3.weight``; with
+    ``batchnorm``, ``bn1..bn2k`` follow the convs (conv -> BatchNorm -> ReLU, convs without bias).
     """
 
     output_layer: str = "fc3"
 
-    def __init__(self, stage_channels: Sequence[int], input_shape: InputShape, num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        stage_channels: Sequence[int],
+        input_shape: InputShape,
+        num_classes: int = 10,
+        batchnorm: bool = False,
+    ) -> None:
         super().__init__()
         in_ch, height, width = input_shape
         self.num_convs = 2 * len(stage_channels)
+        self.batchnorm = batchnorm
         index = 0
         for out_ch in stage_channels:
             for _ in range(2):
                 index += 1
-                self.add_module(f"conv{index}", nn.Conv2d(in_ch, out_ch, 3, padding=1))
+                self.add_module(f"conv{index}", nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=not batchnorm))
+                if batchnorm:
+                    self.add_module(f"bn{index}", nn.BatchNorm2d(out_ch))
                 in_ch = out_ch
             height, width = pool_out(height), pool_out(width)
         self.fc1 = nn.Linear(in_ch * height * width, 256)
@@ -44,7 +58,10 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for index in range(1, self.num_convs + 1):
-            x = F.relu(getattr(self, f"conv{index}")(x))
+            x = getattr(self, f"conv{index}")(x)
+            if self.batchnorm:
+                x = getattr(self, f"bn{index}")(x)
+            x = F.relu(x)
             if index % 2 == 0:
                 x = F.max_pool2d(x, 2)
         x = torch.flatten(x, 1)
@@ -76,3 +93,17 @@ def conv4(num_classes: int, input_shape: InputShape) -> ConvNet:
 )
 def conv6(num_classes: int, input_shape: InputShape) -> ConvNet:
     return ConvNet((64, 128, 256), input_shape, num_classes)
+
+
+for _name, _channels, _size in (("conv2", (64,), 2), ("conv4", (64, 128), 4)):
+
+    def _factory(num_classes: int, input_shape: InputShape, channels=_channels) -> ConvNet:
+        return ConvNet(channels, input_shape, num_classes, batchnorm=True)
+
+    register_model(
+        f"{_name}-bn",
+        "conv",
+        "glorot-normal",
+        f"{_name.capitalize()} with a BatchNorm after every conv (for network slimming, early-bird)",
+        min_size=_size,
+    )(_factory)

@@ -5,6 +5,7 @@ registry (:data:`CRITERIA`, :data:`STRUCTURES`, :data:`SCOPES`, :data:`METHODS`,
 method is one class or record plus one registration.
 """
 
+from prunelab.pruning import bayesian, selection, slimming, variational  # methods, before PruneSpec
 from prunelab.pruning.context import PruneContext
 from prunelab.pruning.criteria import CRITERIA, Criterion
 from prunelab.pruning.densities import DISTRIBUTIONS, layer_densities, random_mask
@@ -41,6 +42,7 @@ __all__ = [
     "PruneSpec",
     "SparsityReport",
     "Structure",
+    "bayesian",
     "density_after",
     "from_torch_prune",
     "head_importance",
@@ -54,5 +56,8 @@ __all__ = [
     "random_mask",
     "rate_for_rounds",
     "rounds_for_rate",
+    "selection",
+    "slimming",
     "sparsity_report",
+    "variational",
 ]

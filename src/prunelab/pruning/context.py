@@ -26,7 +26,10 @@ class PruneContext:
     ``magnitude_increase`` and ``movement``. ``batches``: (x, y) pairs for SNIP and GraSP; kept as a
     tuple, so pass a few batches, not a whole dataset. ``input_shape`` (without the batch dimension)
     lets SynFlow build its all-ones input when no batch is given. ``trial``: the call only checks
-    that pruning works (before an experiment trains), so iterative criteria score once.
+    that pruning works (before an experiment trains), so iterative criteria score once. ``notes``:
+    a list a method appends to when it departs from its rule (network slimming keeping a channel
+    so that no layer is emptied); the experiment runner prints them. ``reports``: what the training
+    plug-ins of the dense training reported, by plug-in name (structure selection's block scales).
     ``positions``: output positions sampled per image by calibrated criteria (ThiNet, LASSO).
     ``counts``: set by :func:`prunelab.prune` for criteria that ask (``wants_counts``): how many
     units each layer loses in this scoring round.
@@ -39,6 +42,13 @@ class PruneContext:
     trial: bool = False
     positions: int = 10
     counts: Mapping[str, int] | None = None
+    notes: list[str] | None = None
+    reports: Mapping[str, Mapping] | None = None
+
+    def note(self, text: str) -> None:
+        """Record ``text`` in :attr:`notes` (dropped when no list was given)."""
+        if self.notes is not None:
+            self.notes.append(text)
 
     def has(self, need: str) -> bool:
         """Whether the input named ``need`` (a key of :data:`NEEDS`) is present."""

@@ -50,6 +50,8 @@ class Criterion(ABC):
     """``scores`` reads ``context.counts``: how many units each layer loses (LASSO's target)."""
     calibrated: ClassVar[bool] = False
     """Reads layers' inputs on calibration images (the spec's ``calibration_images``)."""
+    requires: ClassVar[str] = ""
+    """What the model must have, in words, beyond prunable layers (``prunelab methods`` shows it)."""
 
     def __init__(self, settings: FrozenSpec | None = None) -> None:
         if settings is None and self.Settings is not None:
@@ -62,6 +64,22 @@ class Criterion(ABC):
     def rounds(self, context: PruneContext) -> int:
         """Scoring rounds per pruning call; >1 re-scores between rounds (SynFlow)."""
         return 1
+
+    def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
+        """A criterion that chooses its units itself (network slimming's global BatchNorm-scale
+        threshold) overrides this: ``prune`` then returns its mask instead of ranking ``scores``."""
+        raise NotImplementedError
+
+    @property
+    def selects(self) -> bool:
+        """Whether this criterion makes the mask itself (overrides :meth:`select`)."""
+        return type(self).select is not Criterion.select
+
+    def dense_hooks(self, spec) -> list:
+        """Training hooks (:class:`~prunelab.training.plugins.TrainPlugin`) the dense training runs with,
+        for methods that act during training (an experiment's trunk trains with them); ``spec`` is
+        the :class:`~prunelab.pruning.PruneSpec`. Default: none."""
+        return []
 
     @abstractmethod
     def scores(

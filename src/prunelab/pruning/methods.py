@@ -66,7 +66,7 @@ METHODS.add(
     "head-importance",
     Method(
         "head-importance",
-        "attention heads by Michel et al.'s gate gradients (transformers)",
+        "heads by gate gradients (Michel et al. 2019)",
         "heads",
         "linf",
         True,
@@ -76,7 +76,7 @@ METHODS.add(
     "taylor",
     Method(
         "taylor",
-        "whole units by |sum g * w|, first-order Taylor (Molchanov et al.); FFN neurons by default",
+        "units by |sum g*w|, first-order Taylor",
         "ffn",
         "abs-sum",
         True,
@@ -86,7 +86,7 @@ METHODS.add(
     "l1-filter",
     Method(
         "magnitude",
-        "whole filters by L1 norm (Li et al. 2017; see prunelab sensitivity)",
+        "filters by L1 norm (Li et al. 2017)",
         "structured-output",
         "l1",
         True,
@@ -96,7 +96,7 @@ METHODS.add(
     "thinet",
     Method(
         "thinet",
-        "input channels by ThiNet's greedy reconstruction error (Luo et al. 2017)",
+        "input channels, greedy (ThiNet, Luo 2017)",
         "structured-input",
         "linf",
         True,
@@ -106,7 +106,7 @@ METHODS.add(
     "lasso",
     Method(
         "lasso",
-        "input channels by LASSO regression on their contributions (He et al. 2017)",
+        "input channels by LASSO (He et al. 2017)",
         "structured-input",
         "linf",
         True,

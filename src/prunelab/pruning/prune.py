@@ -72,6 +72,10 @@ def prune(
     fraction = spec.rate_per_round()
     method = spec.method
     criterion = spec.criterion()
+    if criterion.selects:  # the criterion chooses its units itself (network slimming)
+        context = context if context is not None else PruneContext()
+        _check_needs(method, criterion, context)
+        return criterion.select(model, mask, spec, context, generator)
     struct = STRUCTURES.get(spec.structure_name())
     _check_structure(method, METHODS.get(method), criterion, spec.structure_name(), struct)
     norm = UNIT_NORMS.get(METHODS.get(method).unit_norm)

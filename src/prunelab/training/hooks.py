@@ -19,17 +19,34 @@ each one :class:`TrainHook` subclass passed as ``Trainer(..., hooks=[...])`` or
   killed run resumes with identical numbers. The state must be what ``torch.load(weights_only=True)``
   reads back: tensors, numbers, strings, and lists, tuples and dicts of them.
 
+Around the loop, once per trainer:
+
+* :meth:`~TrainHook.check` when the trainer is built, with one training input: refuse a model the
+  method cannot act on (:class:`~prunelab.errors.SpecError`, before any training);
+* :meth:`~TrainHook.swap` when the trainer is built, before the optimizer: the model with layers
+  replaced by training-time variants (a variational layer for a plain ``nn.Linear``). A hook that
+  swaps layers (:attr:`~TrainHook.swaps_layers`) makes the trainer take the autograd step, since
+  the hand-written steps know only plain layers; its parameters are checkpointed with the model's;
+* :meth:`~TrainHook.restore` after the last epoch and the final evaluations: the plain model back
+  (``nn.Linear``/``nn.Conv2d``), and a :class:`~prunelab.pruning.Mask` of what the method pruned,
+  which the trainer combines with its own mask into ``TrainResult.mask``;
+* :meth:`~TrainHook.report`: what the method found (a ticket's epoch, FLOPs saved), JSON values,
+  kept in ``TrainResult.reports`` under the hook's :attr:`~TrainHook.name`.
+
 Hooks run in the order given; the first reason to stop wins, but every hook's ``on_epoch_end`` runs.
+Registered hooks (the methods users name) are :class:`~prunelab.training.plugins.TrainPlugin`
+subclasses.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from prunelab.pruning.mask import Mask
     from prunelab.training.trainer import Trainer
 
 __all__ = ["TrainHook"]
@@ -73,6 +90,44 @@ class TrainHook:
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def check(self, model: nn.Module, example: torch.Tensor) -> None:
+        """Raise :class:`~prunelab.errors.SpecError` for a model this hook cannot act on.
+
+        ``example`` is a batch of one input the model accepts (a forward pass may trace the model).
+        Called when a trainer is built, before :meth:`swap`, and by an experiment before any training.
+        """
+
+    def initialise(self, model: nn.Module, example: torch.Tensor) -> None:
+        """Change a freshly built model's initial weights (network slimming's gamma = 0.5).
+
+        The trainer does not call it (a resumed or rewound training must not be re-initialised): an
+        experiment calls it before it records the initial weights; API users call it themselves.
+        """
+
+    def start(self, trainer: Trainer) -> None:
+        """Called by :meth:`Trainer.run` before the first epoch (also after a resume): the trainer's
+        data, configuration and ``iteration`` are there to read (a KL term scaled by the dataset size)."""
+
+    def swap(self, model: nn.Module) -> nn.Module:
+        """The model to train: ``model`` with layers replaced by training-time variants (default: as is)."""
+        return model
+
+    def restore(self, model: nn.Module) -> tuple[nn.Module, Mask | None]:
+        """After training: the plain model (variants converted back) and the mask they imply, or None.
+
+        The converted model in eval mode must compute what the trained variant computes in eval mode.
+        """
+        return model, None
+
+    def report(self) -> dict[str, Any]:
+        """What the method found, as JSON values (stored with the run's metrics); empty: nothing."""
+        return {}
+
+    @property
+    def name(self) -> str:
+        """The key of :meth:`report` in ``TrainResult.reports`` (a registered plug-in's name)."""
+        return type(self).__name__
+
     @property
     def adds_loss(self) -> bool:
         """Whether this hook adds loss terms (overrides :meth:`loss`): it forces the autograd step."""
@@ -82,6 +137,25 @@ class TrainHook:
     def changes_grads(self) -> bool:
         """Whether this hook changes gradients (overrides :meth:`after_backward`)."""
         return type(self).after_backward is not TrainHook.after_backward
+
+    @property
+    def swaps_layers(self) -> bool:
+        """Whether this hook trains layer variants (overrides :meth:`swap`): it forces the autograd step."""
+        return type(self).swap is not TrainHook.swap
+
+    @property
+    def wants_bf16(self) -> bool:
+        """Whether this hook asks for the forward pass under bf16 autocast (a low-precision search, as
+        early-bird's), on the training device whatever it is; the autograd step runs it."""
+        return False
+
+    @property
+    def needs_autograd(self) -> bool:
+        """Whether the hand-written training steps cannot serve this hook (a loss term, swapped layers).
+
+        A hook that only changes gradients or acts at epoch ends leaves the C and relu-MLP steps on.
+        """
+        return self.adds_loss or self.swaps_layers
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -11,7 +11,8 @@ Three kinds exist (``Step.kind``):
 * ``"relu-mlp"`` (:class:`~prunelab.training.relu_mlp.ReluMLPStep`): the same chain as torch ops
   without autograd (no C compiler, ``PRUNELAB_NO_NATIVE=1``, a GPU, or augmented data);
 * ``"autograd"`` (:class:`AutogradStep`): every other model, bf16 autocast, and any training hook
-  that adds a loss term (only autograd can differentiate an arbitrary extra term).
+  that adds a loss term or swaps layers for training-time variants (only autograd can differentiate
+  an arbitrary extra term or layer): :attr:`TrainHook.needs_autograd`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ __all__ = ["STEP_KINDS", "AutogradStep", "MaskPairs", "RunningTotals", "Step", "
 STEP_KINDS = {
     "native": "prunelab's C step around torch's MKL sgemm",
     "relu-mlp": "torch ops without autograd: no C compiler, PRUNELAB_NO_NATIVE=1, no MKL, or augmentation",
-    "autograd": "autograd (any model; bf16; hooks that add loss terms)",
+    "autograd": "autograd (any model; bf16; hooks that add loss terms or swap layers)",
 }
 
 #: ``(parameter, float 0/1 mask of its shape)`` for each parameter with pruned entries.
@@ -136,8 +137,10 @@ class AutogradStep:
         self.masks = list(masks)
         self.augment, self.generator = augment, generator
         self.bf16 = bf16
-        # one context for every step (an autocast object can be entered again once exited)
-        self._autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+        # one context for every step (an autocast object can be entered again once exited); on the
+        # model's device type, so a hook's bf16 request (early-bird's search) works on a CPU too
+        device = next(iter(model.parameters()), torch.empty(0)).device.type
+        self._autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
         self.loss_hooks = [h for h in hooks if h.adds_loss]
         self._totals = RunningTotals()
         self._train: Split | None = None
@@ -178,8 +181,10 @@ def choose_step(
 
     In order:
 
-    1. bf16 autocast, or a hook that adds a loss term: :class:`AutogradStep` (the hand-written steps
-       have neither a bf16 path nor a way to differentiate an arbitrary term);
+    1. bf16 autocast (``cfg.bf16``, or a hook's :attr:`TrainHook.wants_bf16`, on any device), or a
+       hook that adds a loss term or swaps layers (:attr:`TrainHook.needs_autograd`):
+       :class:`AutogradStep` (the hand-written steps have neither a bf16 path nor a way to
+       differentiate an arbitrary term or layer);
     2. a Linear-ReLU chain (:func:`~prunelab.training.relu_mlp.relu_chain`) whose torch-op forward
        reproduces the model's own outputs on a few training inputs: on a CPU without augmentation,
        the C step, kept only if one step of it reproduces the torch step's loss and masked
@@ -198,10 +203,12 @@ def choose_step(
 
     augment = data.info.augment if cfg.augment is None else cfg.augment
 
-    def autograd() -> Step:
-        return AutogradStep(model, masks, augment=augment, generator=generator, bf16=cfg.bf16, hooks=hooks)
+    bf16 = cfg.bf16 or any(h.wants_bf16 for h in hooks)
 
-    if cfg.bf16 or any(h.adds_loss for h in hooks):
+    def autograd() -> Step:
+        return AutogradStep(model, masks, augment=augment, generator=generator, bf16=bf16, hooks=hooks)
+
+    if bf16 or any(h.needs_autograd for h in hooks):
         return autograd()
     chain = ReluChain.build(model, data.train.x[:16])
     if chain is None:

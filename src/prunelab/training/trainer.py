@@ -8,7 +8,9 @@ pass needs no mask multiply and a masked epoch costs the same as a dense one.
 The gradients come from one :class:`~prunelab.training.step.Step`, chosen once by
 :func:`~prunelab.training.step.choose_step` (``Trainer.step_kind``: "native", "relu-mlp" or
 "autograd"); the epoch loop calls it the same way whatever it is. Training hooks
-(:class:`~prunelab.training.hooks.TrainHook`) add loss terms, change gradients and stop training early.
+(:class:`~prunelab.training.hooks.TrainHook`, registered ones are
+:class:`~prunelab.training.plugins.TrainPlugin`) add loss terms, change gradients, stop training
+early, and swap layers for training-time variants that are converted back at the end.
 
 Evaluation follows the lottery-ticket papers: the validation split every ``eval_every`` (default 100
 iterations), a copy of the weights at the minimum validation loss so far, and the test split only at
@@ -80,7 +82,9 @@ class TrainResult:
 
     ``stopped_early`` is the reason a hook stopped training, or None. ``environment`` is what the
     numbers depend on beyond the configuration: torch and prunelab versions, device, thread count,
-    training step and evaluation kinds, and the evaluation interval in iterations.
+    training step and evaluation kinds, and the evaluation interval in iterations. ``mask`` is the
+    mask the trained model carries: the trainer's, combined with what hooks that swap layers pruned
+    (None: dense). ``reports`` holds each hook's :meth:`~TrainHook.report`, by hook name.
     """
 
     history: list[EvalRecord]
@@ -89,6 +93,8 @@ class TrainResult:
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     stopped_early: str | None = None
     environment: dict = field(default_factory=dict)
+    mask: Mask | None = None
+    reports: dict[str, dict] = field(default_factory=dict)
 
     @property
     def final(self) -> EvalRecord:
@@ -118,6 +124,7 @@ class TrainResult:
             "early_stop": asdict(best),
             "stopped_early": self.stopped_early,
             "environment": dict(self.environment),
+            "reports": dict(self.reports),
         }
 
 
@@ -154,6 +161,17 @@ def _check_hooks(hooks: Iterable[TrainHook] | None) -> list[TrainHook]:
     return hooks
 
 
+def _combine(mask: Mask | None, more: list[Mask]) -> Mask | None:
+    """``mask`` and ``more`` together: an entry kept only where every mask that has it keeps it."""
+    if not more:
+        return mask
+    entries = {} if mask is None else {n: m.clone() for n, m in mask.items()}
+    for extra in more:
+        for n, m in extra.items():
+            entries[n] = entries[n] & m.to(entries[n].device) if n in entries else m.clone()
+    return Mask(entries)
+
+
 class Trainer:
     """Trains one model on one dataset; its state can be checkpointed at epoch ends and resumed exactly."""
 
@@ -180,6 +198,12 @@ class Trainer:
         self.mask = mask
         if mask is not None:
             mask.apply(self.model)  # checks that the mask fits
+        for hook in self.hooks:
+            hook.check(self.model, self.data.train.x[:1])
+        for hook in self.hooks:  # training-time variants; converted back by restore() after run()
+            self.model = hook.swap(self.model).to(self.device)
+        self._swapped = any(h.swaps_layers for h in self.hooks)
+        self._restored = False
         self.seed = seed
         self.generator = torch.Generator().manual_seed(derive_seed(seed, "data-order"))
         self.rng_state = torch.Generator().manual_seed(derive_seed(seed, "dropout")).get_state()
@@ -244,6 +268,12 @@ class Trainer:
         if self.mask is None:
             return []
         params = dict(self.model.named_parameters())
+        missing = [n for n in self.mask.names() if n not in params]
+        if missing:
+            raise SpecError(
+                f"the mask names {missing[:4]}, which the model trained here lacks (a training hook "
+                "swapped those layers for variants without a `weight` parameter)"
+            )
         return [
             (params[n], m.to(self.device, params[n].dtype)) for n, m in self.mask.items() if not bool(m.all())
         ]
@@ -422,9 +452,15 @@ class Trainer:
         A trainer whose ``iteration`` was set before the first run starts there (late rewinding):
         the LR schedule is read at that iteration and the first epoch is the rest of one. Hooks'
         ``on_epoch_end`` run before the caller's, so a checkpoint written there holds their decision.
+        At the end, hooks that swapped layers convert the model back (``self.model`` is then the plain
+        model and ``TrainResult.mask`` what they pruned), so such a trainer runs once.
         """
+        if self._restored:
+            raise RuntimeError("this trainer's hooks converted its layers back after its run; build another")
         snapshot_at = set(snapshot_at)
         self.until = self.total if until is None else min(until, self.total)
+        for hook in self.hooks:
+            hook.start(self)
         snapshots: dict[int, dict[str, torch.Tensor]] = {}
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         torch.set_flush_denormal(True)  # subnormal floats make CPU kernels 10-100x slower
@@ -451,14 +487,30 @@ class Trainer:
             start = time.perf_counter()
             self._finish()
             self.wall_time += time.perf_counter() - start
+        environment = self.environment()
+        mask = self._restore()
         return TrainResult(
             self.history,
             self.iteration,
             self.wall_time,
             snapshots,
             stopped_early=self.stopped_early,
-            environment=self.environment(),
+            environment=environment,
+            mask=mask,
+            reports={h.name: h.report() for h in self.hooks if h.report()},
         )
+
+    def _restore(self) -> Mask | None:
+        """Hooks convert their variants back (last swapped, first restored); the combined mask."""
+        more: list[Mask] = []
+        for hook in reversed(self.hooks):
+            self.model, extra = hook.restore(self.model)
+            if extra is not None:
+                more.append(extra)
+        if self._swapped:
+            self._restored = True
+            self.evaluator = choose_evaluator(self.model, self.data)
+        return _combine(self.mask, more)
 
     def _snapshot(self, snapshots: dict, wanted: set[int]) -> None:
         if self.iteration in wanted:

@@ -1,0 +1,531 @@
+"""Network slimming (Liu et al. 2017) and early-bird tickets (You et al. 2020): channels by BatchNorm scale.
+
+Both prune the output channels of conv/linear layers whose output goes straight into a BatchNorm
+(found by one traced forward pass: the BatchNorm's input is the layer's output tensor), ranked by
+the BatchNorm scale ``|gamma|`` of the channel:
+
+* **slimming**: the dense training adds the L1 subgradient ``s * sign(gamma)`` to the gradient of
+  every such scale after each step (:class:`SlimmingL1`, ``s`` = 1e-4 by default), optionally with
+  every scale initialised to 0.5 (Liu et al.); then one *global* threshold over all the scales
+  removes the target fraction of the channels (the ``count = round(fraction * channels)`` smallest
+  ``|gamma|``, ties to the earlier layer and channel, as every prunelab method counts). The pruning
+  scope does not apply: the threshold is global by definition. A layer the threshold would empty
+  keeps its ``min_channels`` largest scales (1 by default), and the run says so. Fine-tuning is the
+  ``finetune`` treatment.
+* **early-bird**: the same L1 push during dense training; at every epoch end the slimming mask at
+  the target fraction is computed and queued (the last 5); when the normalised Hamming distance
+  between the newest mask and each of the 4 before it is below 0.1, the ticket is there: dense
+  training stops (:attr:`Trainer.stopped_early <prunelab.training.Trainer>` says why), and the
+  level prunes those channels and retrains (``finetune``, or ``reinit``/``scratch-e`` from scratch).
+  The ticket's epoch and the training FLOPs saved against finishing the dense training are kept in
+  the dense level's metrics (``plugins["early-bird"]``).
+
+A pruned channel's mask entries are the layer's weight row *and* the BatchNorm's scale and shift,
+so the masked channel outputs exactly 0: the compaction (:func:`prunelab.compress.compact`) then
+removes it physically, its consumers' input columns with it, and the compacted model computes what
+the masked one does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from prunelab.errors import SpecError
+from prunelab.pruning.context import PruneContext
+from prunelab.pruning.criteria import CRITERIA, Criterion, Scores
+from prunelab.pruning.layers import prunable_layers, select_layers
+from prunelab.pruning.mask import PRUNABLE_TYPES, Mask
+from prunelab.pruning.methods import METHODS, Method
+from prunelab.spec import FrozenSpec
+from prunelab.training.plugins import TrainPlugin, register_plugin
+
+if TYPE_CHECKING:
+    from prunelab.training.trainer import Trainer
+
+__all__ = [
+    "EarlyBird",
+    "MaskQueue",
+    "ScaledLayer",
+    "SlimmingL1",
+    "channel_mask",
+    "hamming",
+    "scaled_layers",
+    "select_channels",
+]
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+#: Training FLOPs per example and forward MAC: 2 for the forward pass, 4 for the backward pass.
+TRAIN_FLOPS_PER_MAC = 6
+
+
+@dataclass(frozen=True)
+class ScaledLayer:
+    """A conv/linear layer whose output goes straight into a BatchNorm: its channels can be slimmed."""
+
+    layer: str  # module name of the conv/linear layer
+    norm: str  # module name of the BatchNorm reading its output
+    channels: int
+
+    @property
+    def weight(self) -> str:
+        return f"{self.layer}.weight" if self.layer else "weight"
+
+
+@torch.no_grad()
+def scaled_layers(model: nn.Module, example: torch.Tensor) -> list[ScaledLayer]:
+    """The layers whose output tensor is the input of an affine BatchNorm, in module order.
+
+    Found by one forward pass on ``example`` in eval mode (the running statistics are untouched).
+    """
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}
+    found: dict[str, ScaledLayer] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES):
+
+            def keep(mod, args, out, name=name) -> None:
+                if isinstance(out, torch.Tensor):
+                    outputs[id(out)] = (name, out)  # the tensor is kept, so its id stays unique
+
+            handles.append(module.register_forward_hook(keep))
+        elif isinstance(module, NORM_TYPES) and module.affine:
+
+            def match(mod, args, name=name) -> None:
+                hit = outputs.get(id(args[0])) if args else None
+                if hit is not None and hit[1] is args[0] and hit[0] not in found:
+                    found[hit[0]] = ScaledLayer(hit[0], name, int(mod.num_features))
+
+            handles.append(module.register_forward_pre_hook(match))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return [found[name] for name, _ in model.named_modules() if name in found]
+
+
+def require_scaled(model: nn.Module, example: torch.Tensor, method: str) -> list[ScaledLayer]:
+    """:func:`scaled_layers`, refused with the layers that would need a BatchNorm when there are none."""
+    found = scaled_layers(model, example)
+    if found:
+        return found
+    layers = prunable_layers(model)
+    hidden = layers[:-1] or layers  # the classifier needs none
+    need = ", ".join(
+        f"{layer.name} (a BatchNorm{1 if layer.kind == 'linear' else len(layer.shape) - 2}d of "
+        f"{layer.shape[0]} features)"
+        for layer in hidden[:8]
+    )
+    raise SpecError(
+        f"method {method!r} prunes the channels of conv/linear layers whose output goes straight into "
+        f"a BatchNorm (it ranks channels by their BatchNorm scale), and {type(model).__name__} has none: "
+        f"it would need one after {need or 'its layers'}. Models with BatchNorm: conv2-bn, conv4-bn, "
+        "vgg11, resnet20, torchvision:vgg11_bn, torchvision:resnet18"
+    )
+
+
+def _gammas(model: nn.Module, layers: Sequence[ScaledLayer]) -> list[torch.Tensor]:
+    return [model.get_submodule(layer.norm).weight for layer in layers]
+
+
+def channel_scales(model: nn.Module, layers: Sequence[ScaledLayer]) -> list[torch.Tensor]:
+    """``|gamma|`` of each layer's channels (float64, CPU)."""
+    return [g.detach().abs().double().cpu() for g in _gammas(model, layers)]
+
+
+def alive_channels(model: nn.Module, layers: Sequence[ScaledLayer], mask: Mask | None) -> list[torch.Tensor]:
+    """Per layer, the channels ``mask`` leaves (a weight row kept, and the BatchNorm scale kept)."""
+    out = []
+    for layer in layers:
+        alive = torch.ones(layer.channels, dtype=torch.bool)
+        if mask is not None and layer.weight in mask:
+            rows = mask[layer.weight].cpu()
+            alive &= rows.reshape(rows.shape[0], -1).any(1)
+        if mask is not None and f"{layer.norm}.weight" in mask:
+            alive &= mask[f"{layer.norm}.weight"].cpu()
+        out.append(alive)
+    return out
+
+
+def select_channels(
+    scales: Sequence[torch.Tensor], alive: Sequence[torch.Tensor], fraction: float, min_channels: int = 1
+) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """The channels kept by one global threshold, and the layers kept from emptying.
+
+    ``round(fraction * alive channels)`` alive channels go: those with the smallest scales over all
+    layers together (a stable ascending sort, so ties go to the earlier layer and channel). Then a
+    layer left with fewer than ``min_channels`` (or all it had, if fewer) gets back its largest
+    scales. Returns the keep flags per layer and ``(layer index, channels given back)`` pairs.
+    """
+    flat = torch.cat([s.double() for s in scales])
+    alive_flat = torch.cat(list(alive))
+    index = alive_flat.nonzero().squeeze(1)
+    count = round(fraction * len(index))
+    order = torch.sort(flat[index], stable=True).indices
+    keep_flat = alive_flat.clone()
+    keep_flat[index[order[:count]]] = False
+    keep = list(torch.split(keep_flat, [len(s) for s in scales]))
+    given_back = []
+    for i, (k, a, s) in enumerate(zip(keep, alive, scales, strict=True)):
+        need = min(min_channels, int(a.sum()))
+        short = need - int(k.sum())
+        if short > 0:
+            candidates = (a & ~k).nonzero().squeeze(1)
+            best = candidates[torch.sort(-s.double()[candidates], stable=True).indices[:short]]
+            k = k.clone()
+            k[best] = True
+            keep[i] = k
+            given_back.append((i, short))
+    return [k.clone() for k in keep], given_back
+
+
+def channel_mask(
+    model: nn.Module, layers: Sequence[ScaledLayer], keep: Sequence[torch.Tensor], mask: Mask | None = None
+) -> Mask:
+    """``mask`` (dense if None) with each dropped channel's weight row, BatchNorm scale and shift pruned."""
+    params = dict(model.named_parameters())
+    base = mask if mask is not None else Mask.ones(model)
+    entries = {n: m.cpu().clone() for n, m in base.items()}
+
+    def cut(name: str, flags: torch.Tensor) -> None:
+        shape = params[name].shape
+        rows = flags.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+        entries[name] = entries[name] & rows if name in entries else rows.clone()
+
+    for layer, flags in zip(layers, keep, strict=True):
+        cut(layer.weight, flags)
+        for part in ("weight", "bias"):
+            if f"{layer.norm}.{part}" in params:
+                cut(f"{layer.norm}.{part}", flags)
+    return Mask(entries)
+
+
+# training-time plug-ins ------------------------------------------------------------------------
+class SlimmingSettings(FrozenSpec):
+    """Network slimming's hyperparameters (``[pruning.slimming]``, ``--slimming-*``)."""
+
+    flag_prefix: ClassVar[str] = "slimming-"
+    penalty: float = Field(
+        1e-4,
+        ge=0,
+        lt=1,
+        description="s: s*sign(gamma) is added to every BatchNorm scale's gradient (Liu et al.: 1e-4)",
+    )
+    gamma_init: float | None = Field(
+        None, gt=0, le=10, description="initialise the BatchNorm scales to this (Liu et al.: 0.5)"
+    )
+    min_channels: int = Field(
+        1, ge=1, description="channels every layer keeps, whatever the global threshold says"
+    )
+
+
+class EarlyBirdSettings(FrozenSpec):
+    """Early-bird tickets' hyperparameters (``[pruning.early_bird]``, ``--early-bird-*``)."""
+
+    flag_prefix: ClassVar[str] = "early-bird-"
+    penalty: float = Field(
+        1e-4, ge=0, lt=1, description="s of the L1 push s*sign(gamma) on BatchNorm scales during the search"
+    )
+    queue: int = Field(
+        5,
+        ge=2,
+        le=100,
+        description="masks kept; the newest is compared with each of the others (You et al.: 5)",
+    )
+    distance: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="normalised Hamming distance under which the ticket is there (You et al.: 0.1)",
+    )
+    min_channels: int = Field(1, ge=1, description="channels every layer keeps, whatever the threshold says")
+    bf16: bool = Field(
+        False, description="the search under bf16 autocast, on a CPU too (You et al.'s low precision)"
+    )
+
+
+@register_plugin("slimming")
+class SlimmingL1(TrainPlugin):
+    """L1 sparsity on BatchNorm scales: ``s * sign(gamma)`` added to each scale's gradient every step.
+
+    It only changes gradients, so every training step kind serves it. Only the scales of the
+    BatchNorms that read a conv/linear layer's output (the channels slimming can remove) are pushed.
+    """
+
+    description = "network slimming's L1 push s*sign(gamma) on BatchNorm scales (Liu et al. 2017)"
+    needs = "a BatchNorm right after each conv/linear layer whose channels it prunes"
+    Settings = SlimmingSettings
+
+    def __init__(self, settings: FrozenSpec | None = None) -> None:
+        super().__init__(settings)
+        self.layers: list[ScaledLayer] | None = None
+        self._cache: tuple[int, list[torch.Tensor]] | None = None
+
+    def check(self, model: nn.Module, example: torch.Tensor) -> None:
+        self.layers = require_scaled(model, example, self.name)
+
+    def initialise(self, model: nn.Module, example: torch.Tensor) -> None:
+        """On a freshly built model, before its initial weights are recorded: the ``gamma_init``."""
+        self.check(model, example)
+        if getattr(self.settings, "gamma_init", None) is not None:
+            with torch.no_grad():
+                for gamma in _gammas(model, self.layers):
+                    gamma.fill_(self.settings.gamma_init)
+
+    def _params(self, model: nn.Module) -> list[torch.Tensor]:
+        if self.layers is None:
+            raise RuntimeError(f"{self.name}: check(model, example) must run before training")
+        if self._cache is None or self._cache[0] != id(model):
+            self._cache = (id(model), _gammas(model, self.layers))
+        return self._cache[1]
+
+    def after_backward(self, model: nn.Module) -> None:
+        s = self.settings.penalty
+        for gamma in self._params(model):
+            if gamma.grad is not None:
+                gamma.grad.add_(torch.sign(gamma.detach()), alpha=s)
+
+
+def hamming(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The normalised Hamming distance of two keep vectors: the fraction of entries that differ."""
+    return float((a != b).sum()) / max(1, a.numel())
+
+
+class MaskQueue:
+    """The last ``size`` masks; the ticket is there when the newest is within ``threshold`` of every other.
+
+    :meth:`push` returns ``(found, distance)``: ``distance`` is the largest normalised Hamming distance
+    between the newest mask and the others queued (None for the first), ``found`` whether the queue is
+    full and that distance is below ``threshold``.
+    """
+
+    def __init__(self, size: int = 5, threshold: float = 0.1) -> None:
+        self.size, self.threshold = size, threshold
+        self.masks: list[torch.Tensor] = []
+
+    def push(self, mask: torch.Tensor) -> tuple[bool, float | None]:
+        self.masks = [*self.masks, mask.detach().cpu().clone()][-self.size :]
+        newest, others = self.masks[-1], self.masks[:-1]
+        if not others:
+            return False, None
+        distance = max(hamming(newest, m) for m in others)
+        return len(self.masks) == self.size and distance < self.threshold, distance
+
+
+@register_plugin("early-bird")
+class EarlyBird(SlimmingL1):
+    """Early-bird ticket search: slimming's L1 push, and the slimming mask queued at every epoch end.
+
+    Training stops at the first epoch end whose mask is within ``distance`` (normalised Hamming) of
+    each of the ``queue - 1`` masks before it. The report holds the ticket's epoch and iteration, the
+    distances seen, and the training FLOPs saved against the full dense training (6 x forward MACs
+    per example, ``batch_size`` examples per iteration; the pruning itself, one sort of the scales,
+    is the same for both and negligible).
+    """
+
+    description = (
+        "early-bird ticket search: stop dense training when the slimming mask settles (You et al. 2020)"
+    )
+    needs = "a BatchNorm right after each conv/linear layer whose channels it prunes"
+    Settings = EarlyBirdSettings
+
+    def __init__(self, settings: FrozenSpec | None = None, fraction: float = 0.5) -> None:
+        super().__init__(settings)
+        if not 0 < fraction < 1:
+            raise SpecError(f"early-bird's channel fraction must be in (0, 1), got {fraction!r}")
+        self.fraction = float(fraction)
+        self.queue = MaskQueue(self.settings.queue, self.settings.distance)
+        self.epochs = 0
+        self.distances: list[float | None] = []
+        self.ticket: dict[str, Any] | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "fraction": self.fraction}
+
+    @property
+    def wants_bf16(self) -> bool:
+        return bool(self.settings.bf16)
+
+    def current_mask(self, model: nn.Module, mask: Mask | None = None) -> torch.Tensor:
+        """The slimming keep flags of every channel at the target fraction, concatenated."""
+        scales = channel_scales(model, self.layers)
+        keep, _ = select_channels(
+            scales, alive_channels(model, self.layers, mask), self.fraction, self.settings.min_channels
+        )
+        return torch.cat(keep)
+
+    def on_epoch_end(self, trainer: Trainer) -> str | None:
+        self.epochs += 1
+        found, distance = self.queue.push(self.current_mask(trainer.model, trainer.mask))
+        self.distances.append(distance)
+        if not found or self.ticket is not None:
+            return None
+        self.ticket = self._ticket(trainer, distance)
+        return (
+            f"early-bird ticket at epoch {self.epochs}: its channel mask is within {distance:.3f} "
+            f"(< {self.settings.distance:g}) of the {self.settings.queue - 1} before it"
+        )
+
+    def _ticket(self, trainer: Trainer, distance: float) -> dict[str, Any]:
+        from prunelab.pruning.macs import masked_macs  # the trainer's model, dense
+
+        macs = masked_macs(trainer.model, Mask.ones(trainer.model), tuple(trainer.data.info.input_shape))
+        per_iteration = TRAIN_FLOPS_PER_MAC * macs * trainer.cfg.batch_size
+        total, at = trainer.total, trainer.iteration
+        return {
+            "epoch": self.epochs,
+            "iteration": at,
+            "distance": distance,
+            "dense_iterations": total,
+            "search_flops": per_iteration * at,
+            "dense_flops": per_iteration * total,
+            "flops_saved": per_iteration * (total - at),
+            "saved_fraction": (total - at) / total if total else 0.0,
+        }
+
+    def report(self) -> dict[str, Any]:
+        return {"epochs_searched": self.epochs, "distances": list(self.distances), "ticket": self.ticket}
+
+    def state_dict(self) -> dict:
+        return {
+            "masks": [m.clone() for m in self.queue.masks],
+            "epochs": self.epochs,
+            "distances": list(self.distances),
+            "ticket": None if self.ticket is None else dict(self.ticket),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.queue.masks = [torch.as_tensor(m, dtype=torch.bool) for m in state["masks"]]
+        self.epochs = int(state["epochs"])
+        self.distances = [None if d is None else float(d) for d in state["distances"]]
+        self.ticket = None if state["ticket"] is None else dict(state["ticket"])
+
+
+# criteria: what `--method slimming` and `--method early-bird` prune with -------------------------
+class _ScaleCriterion(Criterion):
+    """Channels by BatchNorm scale, one global threshold; the dense training runs the plug-in."""
+
+    needs = frozenset({"input_shape"})
+    requires = "BatchNorm after pruned layers"
+
+    def _layers(self, model: nn.Module, spec, context: PruneContext) -> list[ScaledLayer]:
+        if spec.structure not in (None, "structured-output"):
+            raise SpecError(
+                f"method {spec.method!r} removes whole output channels; it takes no structure "
+                f"{spec.structure!r} (leave --structure out)"
+            )
+        if spec.layer_rates:
+            raise SpecError(
+                f"method {spec.method!r} uses one global threshold over all BatchNorm scales; "
+                f"layer_rates ({', '.join(spec.layer_rates)}) do not apply: exclude layers instead"
+            )
+        param = next(iter(model.parameters()))
+        example = torch.zeros(1, *context.input_shape, device=param.device)
+        if len(context.input_shape) == 1:  # token ids
+            example = example.long()
+        found = require_scaled(model, example, spec.method)
+        chosen = {layer.param for layer in select_layers(model, spec.layers, spec.exclude)}
+        layers = [layer for layer in found if layer.weight in chosen]
+        if not layers:
+            raise SpecError(
+                f"method {spec.method!r}: the layer filter and exclude leave none of the layers with "
+                f"BatchNorm ({', '.join(layer.layer for layer in found)})"
+            )
+        return layers
+
+    def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
+        layers = self._layers(model, spec, context)
+        if mask is not None:
+            mask.check_fits(model)
+        keep, given_back = select_channels(
+            channel_scales(model, layers),
+            alive_channels(model, layers, mask),
+            spec.rate_per_round(),
+            self.settings.min_channels,
+        )
+        for i, count in given_back:
+            layer = layers[i]
+            context.note(
+                f"{spec.method}: the global |gamma| threshold would leave layer {layer.layer} fewer than "
+                f"{self.settings.min_channels} channel(s); it keeps {count} more, those with the largest "
+                f"|gamma| (--{self.settings.flag_prefix}min-channels sets the minimum)"
+            )
+        return channel_mask(model, layers, keep, mask)
+
+    def scores(
+        self,
+        model: nn.Module,
+        mask: Mask,
+        names: Sequence[str],
+        context: PruneContext,
+        generator: torch.Generator | None,
+    ) -> Scores:
+        """|gamma| of each weight's output channel; layers without BatchNorm are never chosen (inf)."""
+        params = dict(model.named_parameters())
+        example = torch.zeros(1, *context.input_shape, device=next(iter(params.values())).device)
+        by_weight = {layer.weight: layer for layer in scaled_layers(model, example)}
+        out: Scores = {}
+        for name in names:
+            shape = params[name].shape
+            if name in by_weight:
+                gamma = model.get_submodule(by_weight[name].norm).weight.detach().abs()
+                out[name] = gamma.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
+            else:
+                out[name] = torch.full(shape, torch.inf, device=params[name].device)
+        return out
+
+
+@CRITERIA.register("slimming")
+class Slimming(_ScaleCriterion):
+    """Network slimming (Liu et al. 2017): L1 on BatchNorm scales in training, a global |gamma| threshold."""
+
+    Settings = SlimmingSettings
+
+    def dense_hooks(self, spec) -> list[TrainPlugin]:
+        return [SlimmingL1(self.settings)]
+
+
+@CRITERIA.register("early_bird")
+class EarlyBirdCriterion(_ScaleCriterion):
+    """Early-bird tickets (You et al. 2020): the slimming mask once it settles during dense training."""
+
+    Settings = EarlyBirdSettings
+
+    def dense_hooks(self, spec) -> list[TrainPlugin]:
+        if spec.rounds != 1:
+            raise SpecError(
+                f"method {spec.method!r} prunes once, at the ticket: use rounds 1 (got {spec.rounds})"
+            )
+        return [EarlyBird(self.settings, fraction=spec.rate_per_round())]
+
+
+METHODS.add(
+    "slimming",
+    Method(
+        "slimming",
+        "L1 on BatchNorm scales in training, one global |gamma| cut (Liu 2017)",
+        "structured-output",
+        "linf",
+        True,
+    ),
+)
+METHODS.add(
+    "early-bird",
+    Method(
+        "early_bird",
+        "the slimming mask once it settles; dense training stops (You 2020)",
+        "structured-output",
+        "linf",
+        True,
+    ),
+)

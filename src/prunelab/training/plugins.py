@@ -1,0 +1,74 @@
+"""Registered trainer plug-ins: the training-time methods users name, one class each.
+
+A plug-in is a :class:`~prunelab.training.hooks.TrainHook` (loss terms, gradient changes, epoch-end
+decisions, layer swaps, checkpointed state) with a name, a description, what it needs of a model,
+and its own ``Settings`` spec. Each is registered in :data:`PLUGINS` with :func:`register_plugin`;
+the trainer never looks at names, only at what a hook overrides (:attr:`TrainHook.needs_autograd`
+decides the training step, :attr:`TrainHook.swaps_layers` whether the model is converted back).
+
+The pruning methods that act during training (``slimming``, ``early-bird``) are criteria whose
+:meth:`~prunelab.pruning.Criterion.dense_hooks` return these plug-ins; an experiment trains its
+dense trunk with them (see :mod:`prunelab.pruning.slimming`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+from prunelab.registry import Registry
+from prunelab.spec import FrozenSpec
+from prunelab.training.hooks import TrainHook
+
+__all__ = ["PLUGINS", "TrainPlugin", "register_plugin"]
+
+
+class TrainPlugin(TrainHook):
+    """A named training-time method: a hook built from its ``Settings`` (None: it has none).
+
+    ``needs`` says in words what a model must have (shown by ``prunelab methods``);
+    :meth:`identity` is what the training it joins depends on (a dense trunk trained with a plug-in
+    is another trunk than the plain one).
+    """
+
+    plugin_name: ClassVar[str] = ""  # set by register_plugin
+    description: ClassVar[str] = ""
+    needs: ClassVar[str] = ""
+    Settings: ClassVar[type[FrozenSpec] | None] = None
+
+    def __init__(self, settings: FrozenSpec | None = None) -> None:
+        if settings is None and self.Settings is not None:
+            settings = self.Settings()
+        self.settings = settings
+
+    @property
+    def name(self) -> str:
+        return self.plugin_name or type(self).__name__
+
+    def identity(self) -> dict[str, Any]:
+        """The plug-in's name and non-default settings (JSON values)."""
+        values = {} if self.settings is None else self.settings.non_default()
+        return {"plugin": self.name, **values}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.settings!r})" if self.settings is not None else super().__repr__()
+        )
+
+
+PLUGINS: Registry[type[TrainPlugin]] = Registry("training plug-in")
+
+P = TypeVar("P", bound=type[TrainPlugin])
+
+
+def register_plugin(name: str) -> Callable[[P], P]:
+    """Class decorator: register a :class:`TrainPlugin` subclass under ``name``."""
+
+    def decorator(cls: P) -> P:
+        if not (isinstance(cls, type) and issubclass(cls, TrainPlugin)):
+            raise TypeError(f"training plug-in {name!r} must be a TrainPlugin subclass, got {cls!r}")
+        cls.plugin_name = name
+        PLUGINS.add(name, cls)
+        return cls
+
+    return decorator
