@@ -46,8 +46,9 @@ def report(tmp_path_factory, one_thread) -> tuple[Path, list[str]]:
 def test_report_files_and_sections(report):
     path, _ = report
     page = path.read_text()
-    for section in SECTIONS:
-        assert (f'<section id="{section}">' in page) == (section not in OPTIONAL)  # no transformer here
+    for section in SECTIONS:  # no transformer here: heads are absent, PCA curves present
+        assert (f'<section id="{section}">' in page) == (section not in OPTIONAL or section == "pca")
+    assert "Components needed per layer" in page and "k at 95%" in page
     assert "Winning tickets" in page and "magnitude" in page and "l1-structured" in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), (
         "the page must not load anything remotely"

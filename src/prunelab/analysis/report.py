@@ -56,9 +56,10 @@ SECTIONS = {
     "effective-sparsity": "Effective and neuron sparsity",
     "ensemble": "Ensembles and agreement",
     "heads": "Attention heads",
+    "pca": "Layer shrinking (PCA)",
 }
 #: Sections left out of the page when nothing was written to them (heads: only for transformers).
-OPTIONAL = {"heads"}
+OPTIONAL = {"heads", "pca"}
 
 PAGE = Template("""<!DOCTYPE html>
 <html lang="en">
@@ -251,6 +252,7 @@ def write_report(
         if ensembles:
             w.guarded("ensemble", "ensembles", lambda: r.ensembles(data_dir))
             w.guarded("heads", "head importance", lambda: r.heads(data_dir))
+            w.guarded("pca", "PCA layer shrinking", lambda: r.pca(data_dir))
         else:
             w.text("ensemble", "Skipped (ensembles=False).")
         page = w.page(title or "prunelab report: " + ", ".join(r.names))
@@ -486,6 +488,30 @@ class _Report:
             self.w.figure(
                 "heads", fig, f"heads-{name}",
                 f"|dL/d gate| per head, normalised per layer (Michel et al. 2019): {where}",
+            )  # fmt: skip
+
+    def pca(self, data_dir: str | Path | None) -> None:
+        """Explained variance of each layer's outputs at the last level (what ``prunelab shrink`` keeps)."""
+        from prunelab.compress.pca import plot_explained, rank_at, shrink_level
+        from prunelab.experiments import load_level
+        from prunelab.models import resolve_model
+
+        for name, exp in self.pairs:
+            if resolve_model(exp.spec.model).is_text:
+                continue
+            level = load_level(exp, seed=seeds_of(exp)[0])
+            result = shrink_level(level, data_dir=data_dir)
+            fractions = (0.99, 0.95, 0.9)
+            rows = []
+            for layer, curve in result.explained.items():
+                rows.append({"layer": layer, "outputs": len(curve),
+                             **{f"k at {f:.0%}": rank_at(curve, f) for f in fractions}})  # fmt: skip
+            where = f"{name}, level {level.level}, seed {level.seed}"
+            self.w.table("pca", records_table(f"Components needed per layer: {where}", rows), f"pca-{name}")
+            self.w.figure(
+                "pca", plot_explained(result, f"{name}: level {level.level}"), f"pca-{name}",
+                f"Cumulative explained variance of each layer's outputs (dots: kept at 95%): {where}; "
+                "`prunelab shrink` factorises each layer at that rank",
             )  # fmt: skip
 
     def ensembles(self, data_dir: str | Path | None) -> None:

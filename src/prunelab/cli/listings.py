@@ -50,7 +50,8 @@ def methods() -> None:
             columns,
             rows,
             note="needs: what the criterion reads besides the weights (an experiment supplies it), "
-            "and what the model must have.",
+            "and what the model must have. Not a mask, so not here: PCA layer shrinking (pca), a "
+            "post-training command: prunelab shrink RUN -o DIR.",
         )
     )
 

@@ -78,6 +78,12 @@ def choose_rank(explained: torch.Tensor, variance: float) -> int:
     return int((cumulative < variance - 1e-12).sum()) + 1
 
 
+def rank_at(cumulative: Sequence[float], variance: float) -> int:
+    """:func:`choose_rank` from a cumulative explained-variance curve."""
+    check_variance(variance)
+    return min(len(cumulative), sum(1 for c in cumulative if c < variance - 1e-12) + 1)
+
+
 def factorize(layer: nn.Module, mean: torch.Tensor, directions: torch.Tensor) -> Factorized:
     """The factorisation of ``layer`` onto the orthonormal ``directions`` (outputs x k) around ``mean``."""
     k = directions.shape[1]
@@ -153,6 +159,7 @@ def shrink_level(
     exclude: Sequence[str] = (),
     images: int = 256,
     positions: int = 10,
+    data_dir=None,
 ) -> ShrinkResult:
     """:func:`shrink` on a trained level (:func:`prunelab.load_level`; its mask applied), calibrated
     on ``images`` training images drawn with the level's seed; the output layer stays whole."""
@@ -160,7 +167,7 @@ def shrink_level(
     from prunelab.seeding import derive_seed
 
     check_variance(variance)
-    data = loaded.spec.load_data()
+    data = loaded.spec.load_data(data_dir)
     if not 1 <= images <= len(data.train):
         raise SpecError(f"--images must be in 1..{len(data.train)} (the training images), got {images}")
     model = copy.deepcopy(loaded.model)
