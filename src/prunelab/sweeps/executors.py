@@ -152,6 +152,24 @@ def _run_in_worker(task: Task, root: str, data_dir: str | None, threads: int) ->
     return {"pid": os.getpid(), "threads": torch.get_num_threads()}
 
 
+def _check_reachable(address: str) -> None:
+    """Refuse at once a cluster address that cannot be reached (Ray itself retries for minutes)."""
+    import socket
+
+    if address in ("auto", "local"):
+        return  # Ray finds (or fails to find) the local cluster itself, quickly
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise SpecError(f"--address {address!r}: write auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise SpecError(
+            f"cannot reach the Ray cluster at {address!r} ({exc.strerror or exc}); is `ray start --head` "
+            "running there, and the port open?"
+        ) from None
+
+
 #: Environment variables a Ray worker needs as the driver has them (a cluster's workers get them too).
 PASSED_ON = ("PRUNELAB_HOME", "PRUNELAB_DATA", "XDG_CACHE_HOME")
 
@@ -195,6 +213,8 @@ class RayExecutor(Executor):
 
     def check(self) -> None:
         _ray()
+        if self.address is not None:
+            _check_reachable(self.address)
 
     def _runtime_env(self) -> dict[str, Any]:
         import prunelab
