@@ -7,6 +7,7 @@ The Ray executor's tests are in test_sweep_ray.py.
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +131,38 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, cli):
     assert text.count("): shared by #") == 2 and "shared by #1, #3, #5" in text
     assert "#6" in text and "l1-structured, 0.05" in text
     assert not (tmp_path / "runs" / "trunks").exists() and not (tmp_path / "runs" / "experiments").exists()
+
+
+def test_example_sweeps_plan(tmp_path, cli):
+    examples = Path(__file__).parents[1] / "examples" / "sweeps"
+    code, out, err = cli(
+        "sweep", examples / "paper001_table2.toml", "--dry-run", "--root", tmp_path, "--threads", "1"
+    )
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "sweep: 8 experiments x 5 seed(s) [0, 1, 2, 3, 4]" in text
+    assert "trainings: 805 (0 finished already, 805 to run)" in text  # 5 trunks + 8 x 5 x 20 levels
+    assert "shared by #1, #2, #3, #4, #5, #6, #7, #8" in text
+    points = read_sweep_file(examples / "paper001_table2.toml").expand()
+    assert [p.spec.name for p in points] == [
+        "L2 S", "L1 S", "L1 US", "hybrid", "random US", "random S", "L-inf S", "fc-only L1 US"
+    ]  # fmt: skip
+    assert points[7].spec.pruning.layers == "fc-only" and points[0].spec.train.lr == 0.01
+    smoke = read_sweep_file(examples / "smoke.toml").expand()
+    assert len(smoke) == 4 and smoke[0].spec.seeds == (0, 1) and smoke[0].spec.pruning.rounds == 3
+
+
+def test_missing_data_is_shown_by_a_dry_run_and_refused_before_training(tmp_path, cli):
+    from prunelab.data import dataset_status
+
+    if dataset_status("mnist", None)[0]:
+        pytest.skip("MNIST is on this machine")
+    path = grid_file(tmp_path, 'pruning.method = ["magnitude"]\ndata = ["mnist"]')
+    code, out, _ = cli("sweep", path, "--dry-run", "--root", tmp_path / "runs")
+    assert code == 0 and "data not found here for 1 trunk(s)" in " ".join(out.split())
+    code, _, err = cli("sweep", path, "--root", tmp_path / "runs")
+    assert code == 2 and "dataset 'mnist' not found" in err
+    assert not (tmp_path / "runs" / "trunks").exists()
 
 
 @pytest.mark.parametrize(
@@ -284,3 +317,20 @@ def test_sweep_with_an_unknown_option_object(tmp_path):
         from prunelab.sweeps import EXECUTORS
 
         prunelab.sweep(BASE, {"pruning.method": ["magnitude"]}, executor=EXECUTORS.get("local")(), workers=2)
+
+
+def test_threads_follow_the_tasks_and_oversubscription_is_named(tmp_path):
+    from helpers import lock_held_elsewhere
+
+    from prunelab.sweeps.executors import RayExecutor
+    from prunelab.threads import available_cpus, other_writers
+
+    assert RayExecutor(workers=2, cpus_per_task=0.5).task_threads == 1  # a CPU share below one: 1 thread
+    assert RayExecutor(cpus_per_task=2).task_threads == 2 and RayExecutor(threads=3).task_threads == 3
+    assert RayExecutor(workers=1).oversubscription() is None
+    message = RayExecutor(workers=available_cpus() + 1).oversubscription()
+    assert "oversubscribe" in message and "--workers" in message
+    seed = tmp_path / "experiments" / "abc" / "seed-0"  # a sweep task holds one seed's lock only
+    with lock_held_elsewhere(seed):
+        assert len(other_writers(tmp_path)) == 1
+    assert other_writers(tmp_path) == []

@@ -32,7 +32,7 @@ class _Terminal(Reporter):
         from prunelab.ui import console, plain
 
         self.running[task.key] = task.label
-        if self.in_process or not self.progress:
+        if (self.in_process or not self.progress) and task.done < task.trainings:
             console.print(plain(f"start: {task.label} ({task.trainings - task.done} training(s) to run)"))
         self._draw()
 
@@ -42,7 +42,9 @@ class _Terminal(Reporter):
         self.running.pop(task.key, None)
         self.finished_trainings += task.trainings - task.done
         line = f"{outcome.status}: {task.label}"
-        if outcome.status == "done":
+        if outcome.status == "done" and task.done == task.trainings:
+            console.print(plain(f"finished earlier: {task.label}"))
+        elif outcome.status == "done":
             console.print(plain(f"{line}  [{self.finished_trainings}/{self.total} trainings]"))
         else:
             more = f" after {outcome.attempts} attempt(s)" if outcome.status == "failed" else ""

@@ -21,7 +21,7 @@ from prunelab.experiments.spec import ExperimentSpec
 from prunelab.experiments.store import Store, StoredExperiment
 from prunelab.stats import mean_std
 from prunelab.sweeps.executors import EXECUTORS, Executor, Outcome, Reporter, make_executor
-from prunelab.sweeps.grid import GridPoint, SweepFile, expand, read_sweep_file
+from prunelab.sweeps.grid import GridPoint, SweepFile, expand, read_sweep_file, short
 from prunelab.sweeps.plan import ExperimentTask, SweepPlan, Task, TrunkTask, make_plan
 from prunelab.table import Table
 
@@ -73,7 +73,7 @@ def _status(point: GridPoint, outcomes: Mapping[str, Outcome], exp) -> str:
     """done, or what failed (the first failed or skipped task of the experiment, with its seed)."""
     exp_id = point.spec.experiment_id()
     for seed in point.spec.seeds:
-        for key in (f"{exp_id} seed {seed}", f"trunk {point.spec.trunk_id()} seed {seed}"):
+        for key in (f"trunk {point.spec.trunk_id()} seed {seed}", f"{exp_id} seed {seed}"):
             outcome = outcomes.get(key)
             if outcome is not None and outcome.status != "done":
                 return f"{outcome.status} (seed {seed}: {outcome.error})"
@@ -126,9 +126,8 @@ def _levels(points: Sequence[GridPoint]) -> str:
 
 
 def _cell(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return " ".join(f"{k}={v}" for k, v in value.items())
-    return value if isinstance(value, int | float | str) else str(value)
+    """A grid value for the table: numbers and text as they are, a case by its name."""
+    return value if isinstance(value, int | float | str) else short(value)
 
 
 def sweep(
@@ -163,6 +162,7 @@ def run_plan(
 ) -> SweepResult:
     if dry_run:
         return SweepResult(plan, {})
+    plan.check_data()
     return SweepResult(plan, executor.run(plan, data_dir=data_dir, reporter=reporter))
 
 

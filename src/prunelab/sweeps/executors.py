@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import traceback
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -211,6 +212,20 @@ class RayExecutor(Executor):
         """torch threads in each task: ``threads``, else its CPU share (1 at most one CPU)."""
         return self.threads or max(1, math.floor(self.cpus))
 
+    def oversubscription(self) -> str | None:
+        """One line when a local instance's tasks would run more threads than this process has CPUs."""
+        from prunelab.threads import available_cpus
+
+        if self.address is not None:
+            return None
+        workers, cpus = self.workers or 1, available_cpus()
+        if workers * self.task_threads <= cpus:
+            return None
+        return (
+            f"{workers} workers x {self.task_threads} thread(s) oversubscribe the {cpus} CPU(s) this process "
+            f"may use, which slows every task down many times over: use --workers {max(1, cpus // self.task_threads)}"
+        )
+
     def check(self) -> None:
         _ray()
         if self.address is not None:
@@ -238,6 +253,9 @@ class RayExecutor(Executor):
             return True
         workers = self.workers or 1
         resources: dict[str, Any] = {"num_cpus": max(1, math.ceil(workers * self.cpus))}
+        message = self.oversubscription()
+        if message:
+            warnings.warn(message, stacklevel=2)
         if self.gpus:
             import torch
 

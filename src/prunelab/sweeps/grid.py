@@ -4,7 +4,9 @@ A sweep file holds two tables: ``[base]``, what a ``prunelab run --config`` file
 ``[grid]``, a list of values per field, named as in the spec (``pruning.method``, ``train.lr``; a
 TOML dotted key or a nested table are the same thing). A list may also hold tables for a nested
 spec (``pruning = [{method = "magnitude"}, {method = "magnitude", layers = "linear"}]``), each laid
-over the base's: several fields that vary together. The product of the lists is expanded into
+over the base's: several fields that vary together. ``cases`` is a list of tables of any fields
+(``{name = "fc-only L1 US", pruning = {method = "magnitude", layers = "fc-only"}}``): named
+variants, such as the columns of a paper's table. The product of the lists is expanded into
 experiments, each with the base's seeds, and every one is validated before anything trains.
 """
 
@@ -26,6 +28,8 @@ NOT_IN_GRID = {
     "seeds": 'seeds are the replicates inside each experiment; set them in [base] (e.g. seeds = "0-4")'
 }
 MAX_EXPERIMENTS = 10_000
+#: The grid key whose values are tables of any fields, laid over the base together.
+CASES = "cases"
 
 
 @dataclass(frozen=True)
@@ -41,14 +45,17 @@ class GridPoint:
 
 def _label(values: Mapping[str, Any]) -> str:
     """The grid values, short: ``magnitude, 0.01`` (a table value as ``method=magnitude layers=linear``)."""
-    return ", ".join(_short(v) for v in values.values())
+    return ", ".join(short(v) for v in values.values())
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """A grid value in a few words: a case by its name, a table as ``k=v`` pairs, a list comma-separated."""
+    if isinstance(value, Mapping) and isinstance(value.get("name"), str):
+        return value["name"]
     if isinstance(value, Mapping):
-        return " ".join(f"{k}={_short(v)}" for k, v in value.items())
+        return " ".join(f"{k}={short(v)}" for k, v in value.items())
     if isinstance(value, list | tuple):
-        return ",".join(map(_short, value))
+        return ",".join(map(short, value))
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -86,6 +93,28 @@ def check_field(key: str) -> None:
             spec = base
 
 
+def _leaves(table: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of a table's values (nested tables walked)."""
+    out = []
+    for name, value in table.items():
+        if isinstance(value, Mapping) and value:
+            out += _leaves(value, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def _check_cases(cases: list) -> None:
+    for i, case in enumerate(cases):
+        if not isinstance(case, Mapping) or not case:
+            raise SpecError(
+                f"grid key 'cases': entry {i + 1} must be a table of settings, e.g. "
+                f'{{name = "L1 US", pruning = {{method = "magnitude"}}}}; got {case!r}'
+            )
+        for key in _leaves(case):
+            check_field(key)
+
+
 def flatten(grid: Mapping[str, Any], prefix: str = "") -> dict[str, list]:
     """``{"pruning": {"method": [...]}}`` and ``{"pruning.method": [...]}`` -> ``{"pruning.method": [...]}``.
 
@@ -94,7 +123,7 @@ def flatten(grid: Mapping[str, Any], prefix: str = "") -> dict[str, list]:
     out: dict[str, list] = {}
     for name, value in grid.items():
         key = f"{prefix}{name}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and key != CASES:
             if not value:
                 raise SpecError(f"grid key {key!r} holds an empty table; give a list of values")
             out |= flatten(value, f"{key}.")
@@ -114,6 +143,9 @@ def _nested(values: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted keys -> nested tables: ``{"pruning.method": "random"}`` -> ``{"pruning": {"method": "random"}}``."""
     out: dict[str, Any] = {}
     for key, value in values.items():
+        if key == CASES:
+            out = merge(out, value)
+            continue
         *path, last = key.split(".")
         target = out
         for part in path:
@@ -147,8 +179,11 @@ def expand(base: ExperimentSpec | Mapping[str, Any] | None, grid: Mapping[str, A
             "the grid is empty; give at least one field with a list of values, "
             'e.g. "pruning.method" = ["magnitude", "random"]'
         )
-    for key in lists:
-        check_field(key)
+    for key, values in lists.items():
+        if key == CASES:
+            _check_cases(values)
+        else:
+            check_field(key)
     count = 1
     for v in lists.values():
         count *= len(v)
@@ -162,7 +197,7 @@ def expand(base: ExperimentSpec | Mapping[str, Any] | None, grid: Mapping[str, A
     for combo in itertools.product(*lists.values()):
         values = dict(zip(lists, combo, strict=True))
         settings = merge(start, _nested(values))
-        if "name" not in values:
+        if "name" not in values:  # named after the grid values (a case's own name among them)
             settings["name"] = " ".join(filter(None, [start.get("name"), _label(values)]))
         try:
             spec = build_spec(ExperimentSpec, **settings)
@@ -181,7 +216,7 @@ def expand(base: ExperimentSpec | Mapping[str, Any] | None, grid: Mapping[str, A
 
 
 def _describe(values: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+    return ", ".join(f"{k}={short(v)}" for k, v in values.items())
 
 
 @dataclass(frozen=True)

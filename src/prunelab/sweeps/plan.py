@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prunelab.data import Dataset
+from prunelab.errors import DataError
 from prunelab.experiments.runner import ExperimentRunner
 from prunelab.experiments.spec import ExperimentSpec
 from prunelab.experiments.store import Store
@@ -81,6 +83,12 @@ class SweepPlan:
     tasks: list[Task]
     root: Path
     shared: dict[str, list[int]] = field(default_factory=dict)  # trunk id -> indices of the points sharing it
+    missing_data: dict[str, str] = field(default_factory=dict)  # trunk id -> why its data is not here
+
+    def check_data(self) -> None:
+        """Refuse to run a plan whose data cannot be loaded here (a dry run shows it instead)."""
+        if self.missing_data:
+            raise DataError(next(iter(self.missing_data.values())))
 
     @property
     def trainings(self) -> int:
@@ -102,6 +110,11 @@ class SweepPlan:
             f"trainings: {self.trainings} ({self.done} finished already, {self.trainings - self.done} to run)",
             f"work: about {iterations:,} training iterations ({left:,} to run)",
         ]
+        if self.missing_data:
+            lines.append(
+                f"data not found here for {len(self.missing_data)} trunk(s), so their iterations and "
+                f"rewind points are not counted: {next(iter(self.missing_data.values())).splitlines()[0]}"
+            )
         for trunk, members in self.shared.items():
             names = ", ".join(f"#{i + 1}" for i in members)
             what = "shared by" if len(members) > 1 else "used by"
@@ -128,12 +141,21 @@ def make_plan(
     (for the iteration counts), what is finished counted."""
     store = root if isinstance(root, Store) else Store(root)
     runners: list[ExperimentRunner] = []
-    data: dict[str, object] = {}
+    data: dict[str, Dataset] = {}
+    missing: dict[str, str] = {}  # trunk id -> why its data cannot be loaded here
     for p in points:
         trunk = p.spec.trunk_id()
         runner = ExperimentRunner(p.spec, store, data_dir=data_dir, log=log, data=data.get(trunk))
-        data[trunk] = runner.data  # the experiments of one trunk read the same data
+        if trunk not in missing:
+            try:
+                data[trunk] = runner.data  # the experiments of one trunk read the same data
+            except DataError as exc:
+                missing[trunk] = str(exc)
         runners.append(runner)
+
+    def ipe(i: int) -> int:
+        return 0 if points[i].spec.trunk_id() in missing else runners[i].iterations_per_epoch()
+
     shared: dict[str, list[int]] = {}
     for i, p in enumerate(points):
         shared.setdefault(p.spec.trunk_id(), []).append(i)
@@ -143,12 +165,10 @@ def make_plan(
         seeds = list(dict.fromkeys(s for i in members for s in points[i].spec.seeds))
         for seed in seeds:
             group = [i for i in members if seed in points[i].spec.seeds]
-            first = runners[group[0]]
-            ipe = first.iterations_per_epoch()
             spec = points[group[0]].spec
-            wanted = sorted({k for i in group for k in runners[i].trunk_points()})
+            wanted = [] if trunk in missing else sorted({k for i in group for k in runners[i].trunk_points()})
             arts = [store.dense(trunk, seed), *(store.trunk_point(trunk, seed, k) for k in wanted)]
-            lengths = [spec.train.total_iterations(ipe), *wanted]
+            lengths = [spec.train.total_iterations(ipe(group[0])), *wanted]
             n, done = _count(arts)
             key = f"trunk {trunk} seed {seed}"
             tasks.append(
@@ -169,7 +189,7 @@ def make_plan(
                     arts.append(store.level(exp, seed, level))
                     arts += [store.control(exp, seed, level, c) for c in s.controls]
                 n, done = _count(arts)
-                per = s.train.total_iterations(runners[i].iterations_per_epoch())
+                per = s.train.total_iterations(ipe(i))
                 experiment_tasks.append(
                     ExperimentTask(
                         f"{exp} seed {seed}",
@@ -182,4 +202,4 @@ def make_plan(
                         iterations_left=per * (n - done),
                     )
                 )
-    return SweepPlan(list(points), tasks + experiment_tasks, store.root, shared)
+    return SweepPlan(list(points), tasks + experiment_tasks, store.root, shared, missing)
