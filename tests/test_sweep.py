@@ -290,16 +290,28 @@ def test_a_failing_task_is_retried_and_reported_while_the_others_finish(tmp_path
 def test_resuming_under_other_settings_warns(tmp_path, monkeypatch):
     from helpers import tiny
 
-    spec = tiny(train=prunelab.TrainConfig(iterations=20, batch_size=64))
+    spec = tiny(train=prunelab.TrainConfig(epochs=2, batch_size=64))
     runner = prunelab.experiments.ExperimentRunner(spec, tmp_path)
     runner.train_trunk(0)
     assert Store(tmp_path).dense(spec.trunk_id(), 0).metrics().environment["threads"] == 1
-    original = Trainer.environment
-    monkeypatch.setattr(Trainer, "environment", lambda self: original(self) | {"threads": 7})
-    with pytest.warns(
-        UserWarning, match=r"seed 0 level 1 runs under other settings than the dense trunk \(threads 1 -> 7\)"
-    ):
+    original = Artifact.save_checkpoint
+
+    def dies(self, state):
+        original(self, state)
+        raise KeyboardInterrupt  # level 1 killed after its first epoch
+
+    monkeypatch.setattr(Artifact, "save_checkpoint", dies)
+    with pytest.raises(KeyboardInterrupt):
         runner.run()
+    monkeypatch.setattr(Artifact, "save_checkpoint", original)
+    environment = Trainer.environment
+    monkeypatch.setattr(Trainer, "environment", lambda self: environment(self) | {"threads": 7})
+    with pytest.warns(UserWarning) as caught:
+        runner.run()
+    messages = [" ".join(str(w.message).split()) for w in caught]
+    assert "seed 0 level 1 runs under other settings than its first epochs (threads 1 -> 7)" in messages[0]
+    assert "seed 0 level 1 runs under other settings than the dense trunk (threads 1 -> 7)" in messages[1]
+    assert len(messages) == 2
 
 
 def test_ray_missing_names_the_extra(tmp_path, cli, monkeypatch):

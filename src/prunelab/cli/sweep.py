@@ -16,7 +16,11 @@ Opt = Optional
 
 
 def _executors_help() -> str:
-    return "Where tasks run: " + "; ".join(f"{n} ({EXECUTORS.describe(n)})" for n in EXECUTORS.names()) + "."
+    from rich.markup import escape  # help texts are rich markup: [ray] is not a tag
+
+    return escape(
+        "Where tasks run: " + "; ".join(f"{n}: {EXECUTORS.describe(n)}" for n in EXECUTORS.names()) + "."
+    )
 
 
 class _Terminal(Reporter):
@@ -85,7 +89,12 @@ class _Terminal(Reporter):
 
 
 def sweep(
-    grid: Annotated[Path, typer.Argument(help="Sweep file (TOML/YAML): [base] settings and [grid] lists.")],
+    grid: Annotated[
+        Path,
+        typer.Argument(
+            help="Sweep file (TOML/YAML): a base table of settings and a grid table of lists per field."
+        ),
+    ],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and stop.")] = False,
     executor: Annotated[str, typer.Option(help=_executors_help())] = "local",
     workers: Annotated[

@@ -110,7 +110,7 @@ class ExperimentRunner:
         self.controls = {name: CONTROLS.get(name)() for name in spec.controls}
         self.rate = spec.pruning.rate_per_round()
         self._data: Dataset | None = data
-        self._warned: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
         self._check_before_training()
 
     # set-up -------------------------------------------------------------------------------------
@@ -347,7 +347,7 @@ class ExperimentRunner:
             raise DamagedResults(art.damage_message(exc)) from None
 
     def _check_environment(self, label: str, before: object, now: dict, what: str) -> None:
-        """Warn (once per difference) when a level resumes or continues under other settings than
+        """Warn (once per difference and source) when a level resumes or continues under other settings than
         ``what`` ran with: results depend on torch's version, the device, threads and training step."""
         if not isinstance(before, dict):
             return
@@ -355,8 +355,8 @@ class ExperimentRunner:
             f"{k} {before[k]} -> {now.get(k)}" for k in RECORDED if k in before and before[k] != now.get(k)
         ]
         message = f"{', '.join(changed)}"
-        if changed and message not in self._warned:
-            self._warned.add(message)
+        if changed and (what, message) not in self._warned:
+            self._warned.add((what, message))
             warnings.warn(
                 f"{label} runs under other settings than {what} ({message}); its numbers may differ "
                 "from a run under one setting throughout",

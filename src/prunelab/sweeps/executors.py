@@ -181,7 +181,7 @@ class RayExecutor(Executor):
     ``address`` joins a running cluster (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``)."""
 
     name = "ray"
-    description = "Ray tasks on a local Ray instance (--workers) or a cluster (--address); prunelab[ray]"
+    description = "Ray tasks on a local Ray instance (--workers) or a cluster (--address); needs pip install 'prunelab[ray]'"
     options = (*Executor.options, "workers", "address", "cpus_per_task", "gpus_per_task")
 
     def __init__(
