@@ -55,4 +55,7 @@ def test_bad_ray_options_are_refused_before_anything_starts(tmp_path, cli):
     assert code == 2 and "not both" in err
     code, _, err = cli("sweep", path, "--executor", "ray", "--cpus-per-task", "0")
     assert code == 2 and "a task needs some resource" in err
+    if not torch.cuda.is_available():
+        code, _, err = cli("sweep", path, "--executor", "ray", "--gpus-per-task", "0.25", "--workers", "4")
+        assert code == 2 and "--gpus-per-task 0.25 was asked for, but this machine has no GPU" in err
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()

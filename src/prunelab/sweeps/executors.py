@@ -230,6 +230,14 @@ class RayExecutor(Executor):
         _ray()
         if self.address is not None:
             _check_reachable(self.address)
+        elif self.gpus:
+            import torch
+
+            if torch.cuda.device_count() == 0:
+                raise SpecError(
+                    f"--gpus-per-task {self.gpus:g} was asked for, but this machine has no GPU for a local "
+                    "Ray instance; leave it out, or join a cluster with GPUs (--address)"
+                )
 
     def _runtime_env(self) -> dict[str, Any]:
         import prunelab
@@ -260,8 +268,6 @@ class RayExecutor(Executor):
             import torch
 
             resources["num_gpus"] = torch.cuda.device_count()
-            if resources["num_gpus"] == 0:
-                raise SpecError(f"--gpus-per-task {self.gpus:g} was asked for, but this machine has no GPU")
         ray.init(include_dashboard=False, **resources, **common)
         return True
 
