@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterable
@@ -140,6 +142,17 @@ def _ray():
             "the ray executor needs Ray, which is not installed: pip install 'prunelab[ray]'"
         ) from None
     return ray
+
+
+def _exit_on_sigterm():
+    """Make SIGTERM exit through ``finally`` blocks (in the main thread); the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _run_in_worker(task: Task, root: str, data_dir: str | None, threads: int) -> dict[str, Any]:
@@ -275,11 +288,14 @@ class RayExecutor(Executor):
         ray = _ray()
         reporter = reporter or Reporter()
         started = self._start(ray)
+        previous = _exit_on_sigterm()  # after Ray's own handler, which it replaces
         try:
             return self._run(ray, plan, data_dir, reporter)
         finally:
             if started:
-                ray.shutdown()
+                ray.shutdown()  # also on Ctrl-C and SIGTERM: no Ray processes are left behind
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     def _run(self, ray, plan: SweepPlan, data_dir, reporter: Reporter) -> dict[str, Outcome]:
         remote = ray.remote(_run_in_worker).options(
