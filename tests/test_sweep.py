@@ -133,6 +133,21 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, cli):
     assert not (tmp_path / "runs" / "trunks").exists() and not (tmp_path / "runs" / "experiments").exists()
 
 
+def test_flags_override_the_base_never_the_grid(tmp_path, cli):
+    path = grid_file(tmp_path, 'pruning.method = ["magnitude", "random"]')
+    code, out, err = cli("sweep", path, "--dry-run", "--iterations", "5", "--seeds", "3", "--root", tmp_path)
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert (
+        "2 experiments x 1 seed(s) [3]" in text and "about 25 training iterations" in text
+    )  # 1 x 5 + 2 x 2 x 5
+    code, _, err = cli("sweep", path, "--dry-run", "--method", "random")
+    assert code == 2 and "pruning.method is varied by the grid" in err
+    cases = grid_file(tmp_path, 'cases = [{pruning = {method = "magnitude", rate = 0.3}}]', "cases.toml")
+    code, _, err = cli("sweep", cases, "--dry-run", "--rate", "0.4")
+    assert code == 2 and "pruning.rate is varied by the grid" in err
+
+
 def test_example_sweeps_plan(tmp_path, cli):
     examples = Path(__file__).parents[1] / "examples" / "sweeps"
     code, out, err = cli(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from prunelab.cli.options import DataDir, Progress, Root, Threads
+from prunelab.cli.experiments import RUN_FLAGS
+from prunelab.cli.options import DataDir, Progress, Root, Threads, with_spec_flags
 from prunelab.sweeps.executors import EXECUTORS, Outcome, Reporter
 from prunelab.sweeps.plan import Task
 
@@ -88,7 +89,9 @@ class _Terminal(Reporter):
         self.bar = None
 
 
+@with_spec_flags(RUN_FLAGS)
 def sweep(
+    values: dict[str, Any],
     grid: Annotated[
         Path,
         typer.Argument(
@@ -115,8 +118,10 @@ def sweep(
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
-    """Run a grid of experiments: the plan first, then every task (rerun the same command to resume)."""
-    from prunelab.sweeps import make_executor, make_plan, read_sweep_file, run_plan
+    """Run a grid of experiments: the plan first, then every task (rerun the same command to resume).
+
+    Spec flags (--iterations 50, --seeds 0, ...) override the file's [base], never its grid."""
+    from prunelab.sweeps import expand, make_executor, make_plan, read_sweep_file, run_plan
     from prunelab.ui import console, plain, show, warn
 
     runner = make_executor(
@@ -129,7 +134,7 @@ def sweep(
         threads=threads,
     )
     runner.check()
-    points = read_sweep_file(grid).expand()
+    points = expand(*read_sweep_file(grid).with_base(values))
     if runner.in_process:
         from prunelab.cli.experiments import _start
 

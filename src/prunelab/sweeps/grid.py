@@ -230,6 +230,22 @@ class SweepFile:
     def expand(self) -> list[GridPoint]:
         return expand(self.base, self.grid)
 
+    def with_base(self, updates: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(base, grid) with ``updates`` (nested, e.g. from flags) laid over the base; a field the
+        grid varies is refused, since the grid's values would replace it."""
+        varied = set()
+        for key, values in flatten(self.grid).items():
+            prefix = "" if key == CASES else f"{key}."
+            for v in values:
+                varied |= {prefix + k for k in _leaves(v)} if isinstance(v, Mapping) else {key}
+        clash = sorted(set(_leaves(updates)) & varied)
+        if clash:
+            raise SpecError(
+                f"{clash[0]} is varied by the grid of {self.path}; a flag can set only fields the grid "
+                "leaves alone (change the grid's list instead)"
+            )
+        return merge(self.base, updates), self.grid
+
 
 SWEEP_TABLES = ("base", "grid")
 
