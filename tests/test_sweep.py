@@ -247,6 +247,7 @@ def test_a_trunk_shared_by_three_experiments_is_trained_once_then_reported(tmp_p
     assert [r[2] for r in rows] == ["magnitude", "random", "l1-structured"]
     assert all(r[-1] == "done" and r[-2] == 1 for r in rows)
     assert rows[0][3] == pytest.approx(0.5, abs=0.01)  # final density after one round at 50%
+    assert [e.status() for e in result.experiments()] == ["done"] * 3
     again = prunelab.sweep(base, grid, root=root)  # all finished: read back, nothing trains
     assert len(calls) == 4 and again.plan.done == again.plan.trainings == 4
     # the same grid as a file: a report over the whole sweep

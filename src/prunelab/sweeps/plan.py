@@ -106,7 +106,8 @@ class SweepPlan:
         trunks = sum(isinstance(t, TrunkTask) for t in self.tasks)
         lines = [
             f"sweep: {len(self.points)} experiments x {len(seeds)} seed(s) {seeds}: "
-            f"{len(self.tasks)} tasks ({len(self.shared)} dense trunk(s) x seeds: {trunks}, experiment x seed: {len(self.tasks) - trunks})",
+            f"{len(self.tasks)} tasks ({trunks} dense trunk x seed, of {len(self.shared)} trunk(s); "
+            f"{len(self.tasks) - trunks} experiment x seed)",
             f"trainings: {self.trainings} ({self.done} finished already, {self.trainings - self.done} to run)",
             f"work: about {iterations:,} training iterations ({left:,} to run)",
         ]
