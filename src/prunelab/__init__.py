@@ -25,6 +25,14 @@ def run(spec: ExperimentSpec, root=None, *, data_dir=None):
     return ExperimentRunner(spec, root, data_dir=data_dir).run()
 
 
+def sweep(base, grid, *, executor="local", root=None, data_dir=None, dry_run=False, **options):
+    """Run a grid of experiments (see :func:`prunelab.sweeps.sweep`): ``base`` an ExperimentSpec or a
+    table of settings, ``grid`` a list of values per field (``{"pruning.method": [...]}``)."""
+    from prunelab.sweeps import sweep as run_sweep
+
+    return run_sweep(base, grid, executor=executor, root=root, data_dir=data_dir, dry_run=dry_run, **options)
+
+
 __all__ = [
     "DATASETS",
     "DATA_SOURCES",
@@ -56,5 +64,6 @@ __all__ = [
     "run",
     "set_threads",
     "sparsity_report",
+    "sweep",
     "train",
 ]

@@ -127,6 +127,17 @@ def _pairs(name: str, text: str, kind: Any = str) -> dict[str, Any]:
     return pairs
 
 
+def merge(base: Mapping[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``updates`` laid over it, nested tables merged key by key."""
+    out = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 S = TypeVar("S", bound=FrozenSpec)
 
 

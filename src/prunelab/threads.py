@@ -58,7 +58,7 @@ def other_writers(root: Path) -> list[str]:
     from prunelab.experiments.store import is_locked
 
     holders = []
-    for pattern in ("experiments/*/.lock", "trunks/*/seed-*/.lock"):
+    for pattern in ("experiments/*/.lock", "experiments/*/seed-*/.lock", "trunks/*/seed-*/.lock"):
         for lock in sorted(root.glob(pattern)) if root.is_dir() else []:
             if is_locked(lock.parent):
                 try:

@@ -227,10 +227,12 @@ def write_report(
     formats: Sequence[str] = ("png", "svg"),
     log: Callable[[str], None] = lambda msg: None,
     title: str | None = None,
+    tables: Sequence[Table] = (),
 ) -> Path:
     """Write ``out/report.html`` (self-contained) with ``out/images`` and ``out/tables``; returns its path.
 
-    ``ensembles=False`` skips what needs the dataset (ensembles and agreement). The report is
+    ``tables`` go first in the summary (a sweep's table). ``ensembles=False`` skips what needs the
+    dataset (ensembles and agreement). The report is
     written to a temporary folder that replaces ``out`` when complete; ``force`` replaces an
     earlier report only.
     """
@@ -242,6 +244,8 @@ def write_report(
     with output_folder(out, REPORT, force=force, protect=protect) as tmp:
         w = _Writer(tmp, formats, log)
         r = _Report(w, exps, series_names(exps))
+        for table in tables:
+            w.table("summary", table, "sweep")
         r.spec()
         r.tables(tolerance)
         r.plots()

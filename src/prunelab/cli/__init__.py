@@ -11,7 +11,7 @@ import warnings
 
 import typer
 
-from prunelab.cli import analysis, compress, experiments, listings
+from prunelab.cli import analysis, compress, experiments, listings, sweep
 from prunelab.errors import PrunelabError
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ COMMANDS = [
     ("report", analysis.report),
     ("compare", analysis.compare),
     ("train", experiments.train),
+    ("sweep", sweep.sweep),
     ("methods", listings.methods),
     ("treatments", listings.treatments),
     ("controls", listings.controls),

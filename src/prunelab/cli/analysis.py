@@ -55,8 +55,16 @@ def _check_figure(path: Path | None) -> None:
 
 
 def report(
-    runs: Runs,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.html, images/ and tables/.")],
+    runs: Annotated[
+        Opt[list[str]],
+        typer.Argument(help="Experiments: ids (or unique prefixes), labels or folders (or give --sweep)."),
+    ] = None,
+    out: Annotated[
+        Opt[Path], typer.Option("--out", "-o", help="Folder for report.html, images/ and tables/.")
+    ] = None,
+    sweep: Annotated[
+        Opt[Path], typer.Option(help="A sweep file: report over its experiments, with the sweep's table.")
+    ] = None,
     root: Root = None,
     force: Annotated[
         bool, typer.Option(help="Replace an earlier report in that folder (never anything else).")
@@ -70,10 +78,22 @@ def report(
     from prunelab.analysis.report import write_report
     from prunelab.ui import console, err_console
 
+    if out is None:
+        raise PrunelabError("give the report's folder with --out (-o)")
+    tables, title = [], None
+    if sweep is not None:
+        from prunelab.sweeps import sweep_experiments
+
+        exps, table = sweep_experiments(sweep, root)
+        runs, tables, title = [*(runs or []), *exps], [table], f"prunelab report: sweep {sweep.name}"
+    if not runs:
+        raise PrunelabError("give experiments to report on (ids, labels or folders), or --sweep FILE")
     path = write_report(
         runs,
         out,
         root=root,
+        tables=tables,
+        title=title,
         force=force,
         data_dir=data_dir,
         tolerance=tolerance,

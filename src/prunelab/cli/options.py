@@ -21,7 +21,7 @@ import typer
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from prunelab.spec import Flag, FrozenSpec, RegistryRef, container_of, unwrap
+from prunelab.spec import Flag, FrozenSpec, RegistryRef, container_of, merge, unwrap
 
 # options shared by commands ------------------------------------------------------------------------
 Root = Annotated[
@@ -174,17 +174,6 @@ def flag_values(flags: Iterable[SpecFlag], given: Mapping[str, Any]) -> dict[str
             target = target.setdefault(part, {})
         target.update(f.updates(value))
     return values
-
-
-def merge(base: Mapping[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``updates`` laid over it, nested tables merged key by key."""
-    out = dict(base)
-    for key, value in updates.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def with_spec_flags(flags: list[SpecFlag]) -> Callable[[Callable], Callable]:

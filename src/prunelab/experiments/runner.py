@@ -13,6 +13,7 @@ L1 push, the early-bird search), whose reports are kept in the dense level's met
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,9 @@ from prunelab.pruning import Mask, PruneContext, masked_macs, prunable_names, pr
 from prunelab.pruning.calibration import reconstruct
 from prunelab.seeding import derive_seed
 from prunelab.training import Trainer
+
+#: What each level records of its environment and a resumed level is compared on (see Trainer.environment).
+RECORDED = ("torch", "prunelab", "device", "threads", "step")
 
 
 @dataclass
@@ -100,9 +104,11 @@ class ExperimentRunner:
         progress: Callable[[str], object] | None = None,
         log: Callable[[str], None] = lambda msg: None,
         wait: bool = True,
+        data: Dataset | None = None,
     ) -> None:
         """``wait``: when another process is training a dense trunk this experiment shares, wait for
-        it (saying so through ``log``) rather than refuse. Two writers of one experiment are refused."""
+        it (saying so through ``log``) rather than refuse. Two writers of one experiment are refused.
+        ``data``: the dataset already loaded for this spec (experiments sharing a trunk share it)."""
         self.spec = spec
         self.wait = wait
         self.store = root if isinstance(root, Store) else Store(root)
@@ -115,7 +121,8 @@ class ExperimentRunner:
         self.controls = {name: CONTROLS.get(name)() for name in spec.controls}
         self.rate = spec.pruning.rate_per_round()
         self.dense_hooks = spec.dense_hooks  # fresh plug-ins for each dense training
-        self._data: Dataset | None = None
+        self._data: Dataset | None = data
+        self._warned: set[tuple[str, str]] = set()
         self._check_before_training()
 
     # set-up -------------------------------------------------------------------------------------
@@ -186,24 +193,63 @@ class ExperimentRunner:
                 self.log(f"removed {removed} temporary file(s) left by an interrupted run")
             self.store.write_spec(self.spec)
             for seed in self.spec.seeds:
-                levels, controls = self._run_seed(seed)
+                with locked(self._seed_dir(seed)):
+                    levels, controls = self._run_seed(seed)
                 result.levels[seed] = levels
                 result.controls[seed] = controls
         return result
 
-    def _finished(self) -> ExperimentResult | None:
-        """The results, if every seed, level and control branch this spec asks for is finished."""
+    def run_seed(self, seed: int) -> ExperimentResult:
+        """One replicate, beside other processes running this experiment's other seeds (a sweep's
+        tasks): only that seed's folder is locked. Finished: read back."""
+        if seed not in self.spec.seeds:
+            raise SpecError(f"seed {seed} is not one of this experiment's seeds {list(self.spec.seeds)}")
+        finished = self._finished((seed,))
+        if finished is not None:
+            return finished
+        if not self._spec_lists(seed):
+            with locked(self.directory, wait=True, on_wait=self.log):
+                self.store.write_spec(self.spec)
+        result = ExperimentResult(self.spec, self.directory)
+        with locked(self._seed_dir(seed)):
+            remove_orphans(self._seed_dir(seed))
+            result.levels[seed], result.controls[seed] = self._run_seed(seed)
+        return result
+
+    def train_trunk(self, seed: int) -> None:
+        """Only the dense trunk of ``seed`` and the trunk points this experiment's branches start from
+        (a sweep trains each shared trunk once, before the experiments that share it)."""
+        self._trunk(seed, self._initial(seed))
+
+    def _seed_dir(self, seed: int) -> Path:
+        return self.directory / f"seed-{seed}"
+
+    def _spec_lists(self, seed: int) -> bool:
+        """Whether spec.json is written and lists ``seed``."""
+        try:
+            exp = self.store.read(self.directory)
+        except PrunelabError:
+            return False
+        return seed in exp.spec.seeds
+
+    def _initial(self, seed: int) -> State:
+        return _state(self.spec.build_model(derive_seed(seed, "init")))  # with its starting weights
+
+    def _finished(self, seeds: tuple[int, ...] | None = None) -> ExperimentResult | None:
+        """The results, if every seed (of ``seeds``, default the spec's), level and control branch
+        this spec asks for is finished."""
         if not self.store.spec_path(self.spec.experiment_id()).is_file():
             return None
         try:
             exp = self.store.read(self.directory)
         except PrunelabError:
             return None  # the run rewrites a damaged spec.json under its lock
-        for seed in self.spec.seeds:
+        seeds = self.spec.seeds if seeds is None else seeds
+        for seed in seeds:
             exp.require_intact(seed)  # damaged results are named, never trained over or skipped
         rounds = self.spec.pruning.rounds
         result = ExperimentResult(self.spec, self.directory)
-        for seed in self.spec.seeds:
+        for seed in seeds:
             levels = exp.levels.get(seed, {})
             branches = {name: exp.controls.get(name, {}).get(seed, {}) for name in self.controls}
             if len(levels) != rounds + 1 or any(len(b) != rounds for b in branches.values()):
@@ -338,12 +384,16 @@ class ExperimentRunner:
         self.log(f"seed {seed} level {level}: reconstructed {len(new)} layer(s) by least squares")
         return {**previous, **{k: v.to(previous[k].dtype) for k, v in new.items()}}
 
+    def trunk_points(self) -> list[int]:
+        """The iterations of the dense training (besides 0) whose weights the branches start from."""
+        ipe = self.iterations_per_epoch()
+        return sorted({k for b in self._branches() for k in b.trunk_points(self.spec, ipe)} - {0})
+
     def _trunk(self, seed: int, init: State) -> tuple[Artifact, dict[int, State]]:
         """Dense level 0 and the trunk points the branches start from, once per model/data/training/seed."""
         trunk = self.spec.trunk_id()
-        ipe = self.iterations_per_epoch()
-        wanted = sorted({k for b in self._branches() for k in b.trunk_points(self.spec, ipe)} - {0})
-        total = self.spec.train.total_iterations(ipe)
+        wanted = self.trunk_points()
+        total = self.spec.train.total_iterations(self.iterations_per_epoch())
         for k in wanted:
             if k > total:
                 raise SpecError(
@@ -376,6 +426,23 @@ class ExperimentRunner:
         except CheckpointError as exc:
             raise DamagedResults(art.damage_message(exc)) from None
 
+    def _check_environment(self, label: str, before: object, now: dict, what: str) -> None:
+        """Warn (once per difference and source) when a level resumes or continues under other settings than
+        ``what`` ran with: results depend on torch's version, the device, threads and training step."""
+        if not isinstance(before, dict):
+            return
+        changed = [
+            f"{k} {before[k]} -> {now.get(k)}" for k in RECORDED if k in before and before[k] != now.get(k)
+        ]
+        message = f"{', '.join(changed)}"
+        if changed and (what, message) not in self._warned:
+            self._warned.add((what, message))
+            warnings.warn(
+                f"{label} runs under other settings than {what} ({message}); its numbers may differ "
+                "from a run under one setting throughout",
+                stacklevel=2,
+            )
+
     def _train(
         self,
         art: Artifact,
@@ -393,17 +460,27 @@ class ExperimentRunner:
         model.load_state_dict(start.weights)
         trainer = Trainer(model, self.data, start.config, mask=start.mask, seed=seed, hooks=hooks())
         checkpoint = art.load_checkpoint()
+        environment = {
+            k: v if isinstance(v, int | float) else str(v) for k, v in trainer.environment().items()
+        }
         if checkpoint is not None:
             trainer.load_state_dict(checkpoint)
             self.log(f"{label}: resuming at iteration {trainer.iteration}")
+            self._check_environment(label, checkpoint.get("environment"), environment, "its first epochs")
         else:
             trainer.iteration = start.iteration
+        if level > 0:
+            dense = self.store.dense(self.spec.trunk_id(), seed)
+            if dense.done:
+                self._check_environment(label, dense.metrics().environment, environment, "the dense trunk")
         art.dir.mkdir(parents=True, exist_ok=True)
         if start.mask is not None and not art.mask_path.is_file():
             start.mask.save(art.mask_path)
         with self.progress(label) if self.progress else nullcontext() as update:
             result = trainer.run(
-                on_epoch_end=lambda t: art.save_checkpoint(t.state_dict()), on_progress=update, until=until
+                on_epoch_end=lambda t: art.save_checkpoint({**t.state_dict(), "environment": environment}),
+                on_progress=update,
+                until=until,
             )
         full = result.mask if result.mask is not None else Mask.ones(trainer.model)
         weights = weight_entries(full, prunable_names(trainer.model))  # densities count the weights
