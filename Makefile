@@ -38,6 +38,7 @@ bench: $(EXTRAS)
 	$(PY) bench/compact_speed.py
 	$(PY) bench/bert_speed.py
 	$(PY) bench/reconstruct.py
+	$(PY) bench/sweep_speed.py
 	$(PY) bench/early_bird.py
 
 clean:

@@ -1,0 +1,104 @@
+"""Wall-clock time of one sweep run locally (one task after another) and on Ray with 2 workers.
+
+Prints, from one run on this machine:
+  * a sweep of 8 small experiments (LeNet-300-100, 4 methods x 2 rates, 2 levels each: the dense
+    trunk, shared by all 8, and one pruned level), each in a fresh results folder;
+  * local: in-process, one task after another, torch at its default thread count;
+  * Ray: a local instance with 2 workers, each task on 1 thread (its CPU share);
+  * the wall-clock ratio Ray / local (goal <= 0.75 on this 2-core machine), and Ray's overhead:
+    its start-up (ray.init to ready) and the scheduling cost per task (no-op tasks, in seconds).
+The largest test-accuracy difference between the two runs is printed (equal thread counts give
+identical numbers; these runs differ in threads, so float rounding may differ).
+
+    python bench/sweep_speed.py [--data digits] [--iterations 400]
+    python bench/sweep_speed.py --iterations 20   # seconds: checks it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+import prunelab
+from prunelab.experiments import ExperimentSpec, PruneSpec
+from prunelab.experiments.store import Store
+from prunelab.training import TrainConfig
+
+GRID = {"pruning.method": ["magnitude", "random", "l1-structured", "snip"], "pruning.rate": [0.2, 0.5]}
+GOAL = 0.75
+
+
+def run(executor: str, base: ExperimentSpec, **options) -> tuple[float, dict]:
+    with tempfile.TemporaryDirectory() as root:
+        start = time.perf_counter()
+        result = prunelab.sweep(base, GRID, executor=executor, root=root, **options)
+        wall = time.perf_counter() - start
+        if result.failed:
+            raise SystemExit(f"{executor}: {len(result.failed)} task(s) failed: {result.failed[0].error}")
+        store = Store(root)
+        accs = {}
+        for point in result.plan.points:
+            exp = store.read(store.experiment_dir(point.spec.experiment_id()))
+            accs[point.spec.experiment_id()] = [m.value("test_acc") for m in exp.levels[0].values()]
+    return wall, accs
+
+
+def ray_overhead(tasks: int = 50) -> tuple[float, float]:
+    import ray
+
+    start = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    startup = time.perf_counter() - start
+
+    @ray.remote(num_cpus=1)
+    def noop(i: int) -> int:
+        return i
+
+    ray.get([noop.remote(i) for i in range(4)])  # workers warm
+    start = time.perf_counter()
+    ray.get([noop.remote(i) for i in range(tasks)])
+    per_task = (time.perf_counter() - start) / tasks
+    ray.shutdown()
+    return startup, per_task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--iterations", type=int, default=400, help="training iterations per level")
+    args = parser.parse_args()
+    base = ExperimentSpec(
+        model="lenet-300-100", data=args.data,
+        train=TrainConfig(iterations=args.iterations, batch_size=60, eval_every=f"{max(1, args.iterations // 2)}it"),
+        pruning=PruneSpec(rounds=1),
+    )  # fmt: skip
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"{os.cpu_count()} CPU cores, load average {load:.2f}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    local, local_accs = run("local", base)
+    ray_wall, ray_accs = run("ray", base, workers=2)
+    diff = max(abs(a - b) for k in local_accs for a, b in zip(local_accs[k], ray_accs[k], strict=True))
+    startup, per_task = ray_overhead()
+    print(
+        f"\n8 experiments x 2 levels (1 shared dense trunk + 8 pruned levels), {args.iterations} iterations a level"
+    )
+    print(f"local (one after another, {torch.get_num_threads()} threads): {local:8.2f} s")
+    print(f"ray (2 workers x 1 thread):            {ray_wall:8.2f} s   (includes starting Ray)")
+    print(
+        f"ratio ray / local: {ray_wall / local:.2f}   goal <= {GOAL}: {'met' if ray_wall / local <= GOAL else 'not met'}"
+    )
+    print(f"largest test-accuracy difference between the two at any level: {diff:.4f} "
+          f"(they run {torch.get_num_threads()} and 1 thread(s): float rounding may differ; the tests "
+          "check bit-identical numbers at equal threads)")  # fmt: skip
+    print(f"Ray start-up {startup:.2f} s; scheduling overhead per task {1000 * per_task:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
