@@ -17,6 +17,7 @@ import argparse
 import tempfile
 
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec
+from prunelab.threads import set_threads
 from prunelab.training import TrainConfig
 
 
@@ -31,7 +32,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.5, help="fraction of the channels pruned")
     parser.add_argument("--penalty", type=float, default=1e-4, help="s of the L1 push on BatchNorm scales")
     parser.add_argument("--root", default=None, help="results root (default: a temporary folder)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs usable)")
     args = parser.parse_args()
+    set_threads(args.threads)
 
     train = TrainConfig(epochs=args.epochs, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9)
     treatment = TreatmentSpec(kind="finetune", finetune_epochs=args.finetune_epochs)

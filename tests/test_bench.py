@@ -19,7 +19,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             "evaluation / training time per epoch",
         ),
         ("infer_speed.py", ["--repeats", "1"], "compaction goal"),
-        ("early_bird.py", ["--epochs", "6", "--finetune-epochs", "1"], "iterations early-bird / slimming"),
+        (
+            "early_bird.py",
+            ["--epochs", "2", "--finetune-epochs", "1", "--threads", "1"],
+            "iterations early-bird / slimming",
+        ),
         (
             "compact_speed.py",
             ["--size", "32", "--batches", "1", "--repeats", "2"],

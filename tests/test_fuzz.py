@@ -57,11 +57,28 @@ def checked_without_training(spec, *, root, data_dir, progress, wait=True):
     Trainer(model, runner.data, spec.train, seed=0)
 
 
-# values that are invalid for every field of their kind: every number of a spec is >= 0
+# values that are invalid for every field of their kind: every number of a spec is >= 0, except
+# those whose range reaches below 0 (a log alpha threshold, a log variance), which get values far
+# below any range instead
 NUMBERS = st.sampled_from([-1, -7, -(10**12)])
 FLOATS = st.sampled_from([math.nan, math.inf, -math.inf, -1.0, -1e-9])
+SIGNED_FLOATS = st.sampled_from([math.nan, math.inf, -math.inf, -1e12])
 GARBAGE = st.text(min_size=0, max_size=30).map(lambda t: "~" + t.replace("\0", ""))
 FLAGS = [f for f in RUN_FLAGS if f.kind is not bool and f.path[-1] != "name"]
+
+
+def lower_bound(path: tuple[str, ...]) -> float | None:
+    """The ``ge``/``gt`` bound of the spec field at ``path``, or None."""
+    from prunelab.experiments import ExperimentSpec
+
+    model = ExperimentSpec
+    for part in path[:-1]:
+        model = model.model_fields[part].annotation
+    for meta in model.model_fields[path[-1]].metadata:
+        for attr in ("ge", "gt"):
+            if getattr(meta, attr, None) is not None:
+                return getattr(meta, attr)
+    return None
 
 
 @st.composite
@@ -72,7 +89,8 @@ def hostile_flags(draw):
         if flag.kind is int:
             value = draw(NUMBERS)
         elif flag.kind is float:
-            value = draw(FLOATS)
+            bound = lower_bound(tuple(flag.path))
+            value = draw(SIGNED_FLOATS if bound is not None and bound < 0 else FLOATS)
         else:
             value = draw(GARBAGE)
         args += [flag.name, value]

@@ -22,6 +22,8 @@ from prunelab.pruning.selection import (
 
 SHAPE = (1, 8, 8)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 
 def resnet(seed: int = 0):
     model = build_model("resnet20", input_shape=SHAPE, num_classes=4, seed=seed)
@@ -115,7 +117,7 @@ def test_structure_selection_from_the_command_line(cli, tmp_path):
         "--lr", "0.05", "--momentum", "0.9", "--method", "structure-selection", "--rate", "0.3",
         "--structure-selection-penalty", "0.05", "--treatment", "finetune", "--controls", "random-mask",
     ]  # fmt: skip
-    code, out, err = cli("run", *args, "--root", root, "--no-progress")
+    code, out, err = cli("run", *args, "--root", root, "--no-progress", "--threads", "1")
     assert code == 0, err
     text = " ".join((out + err).split())
     assert "learned scales |lambda| of 5 blocks" in text and text.count("removed (|lambda|") == 2

@@ -31,6 +31,8 @@ from prunelab.spec import build_spec
 from prunelab.training import TrainConfig, Trainer, TrainHook
 from prunelab.training.plugins import PLUGINS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 
 @pytest.fixture(scope="module")
 def data():
@@ -259,7 +261,7 @@ def test_slimming_and_early_bird_from_the_command_line(cli, tmp_path, monkeypatc
     common = [
         "--model", "conv2-bn", "--data", "synthetic", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.05",
         "--momentum", "0.9", "--rate", "0.5", "--treatment", "finetune", "--finetune-epochs", "1",
-        "--root", root, "--no-progress",
+        "--root", root, "--no-progress", "--threads", "1",
     ]  # fmt: skip
     code, out, err = cli("run", *common, "--method", "slimming", "--epochs", "2", "--slimming-gamma-init", "0.5", "--controls", "random-mask")  # fmt: skip
     assert code == 0, err

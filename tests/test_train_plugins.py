@@ -15,6 +15,8 @@ from prunelab.pruning import Mask
 from prunelab.training import TrainConfig, Trainer
 from prunelab.training.plugins import PLUGINS, TrainPlugin, register_plugin
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 
 @pytest.fixture(scope="module")
 def data():
@@ -143,7 +145,7 @@ def test_a_swapped_run_killed_mid_training_resumes_with_identical_numbers(data):
 @pytest.mark.parametrize(
     "model, pruning, optimizer",
     [
-        ("conv2-bn", {"method": "early-bird", "rate": 0.5, "early_bird": {"penalty": 1e-3}}, "sgd"),
+        ("small-bn", {"method": "early-bird", "rate": 0.5, "early_bird": {"penalty": 1e-3}}, "sgd"),
         (
             "lenet-300-100",
             {"method": "sparse-vd", "sparse_vd": {"kl_weight": 20.0, "kl_warmup": "1ep"}},
@@ -158,11 +160,25 @@ def test_a_method_killed_mid_dense_training_resumes_with_identical_numbers(
     from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec
     from prunelab.experiments.store import Artifact
 
+    if model == "small-bn":  # a conv net with BatchNorm much smaller than the zoo's
+        factory = tmp_path / "small_bn.py"
+        factory.write_text(
+            "from torch import nn\n\n"
+            "def make(num_classes, input_shape):\n"
+            "    return nn.Sequential(\n"
+            "        nn.Conv2d(input_shape[0], 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),\n"
+            "        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),\n"
+            "        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, num_classes))\n"
+        )
+        model = f"{factory}:make"
     spec = ExperimentSpec(
         model=model,
         data="synthetic",
         train=TrainConfig(
-            epochs=12, batch_size=64, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 1e-2
+            epochs=6 if optimizer == "sgd" else 4,
+            batch_size=64,
+            optimizer=optimizer,
+            lr=0.05 if optimizer == "sgd" else 1e-2,
         ),
         pruning=PruneSpec(**pruning),
         treatment=TreatmentSpec(kind="finetune", finetune_epochs=1),
@@ -170,13 +186,13 @@ def test_a_method_killed_mid_dense_training_resumes_with_identical_numbers(
     straight = ExperimentRunner(spec, tmp_path / "straight").run()
     saves, original = {"n": 0}, Artifact.save_checkpoint
 
-    def dies_at_the_third_checkpoint(self, state):
+    def dies_at_the_second_checkpoint(self, state):
         original(self, state)
         saves["n"] += 1
-        if saves["n"] == 3:  # mid-way through the dense training (and the early-bird search)
+        if saves["n"] == 2:  # mid-way through the dense training (and the early-bird search)
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Artifact, "save_checkpoint", dies_at_the_third_checkpoint)
+    monkeypatch.setattr(Artifact, "save_checkpoint", dies_at_the_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         ExperimentRunner(spec, tmp_path / "killed").run()
     monkeypatch.setattr(Artifact, "save_checkpoint", original)

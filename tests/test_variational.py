@@ -24,6 +24,8 @@ from prunelab.pruning.variational import (
 )
 from prunelab.training import TrainConfig, Trainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
+
 
 @pytest.fixture(scope="module")
 def data():
@@ -158,7 +160,7 @@ def test_sparse_vd_from_the_command_line(cli, tmp_path):
         "--optimizer", "adam", "--lr", "0.001", "--method", "sparse-vd", "--sparse-vd-kl-warmup", "1ep",
         "--treatment", "finetune", "--finetune-epochs", "1", "--controls", "random-mask",
     ]  # fmt: skip
-    code, out, err = cli("run", *args, "--root", root, "--no-progress")
+    code, out, err = cli("run", *args, "--root", root, "--no-progress", "--threads", "1")
     assert code == 0, err
     assert "sparse-vd keeps the weights its variational training left" in " ".join((out + err).split())
     (run,) = [p.name for p in (root / "experiments").iterdir()]
@@ -231,7 +233,7 @@ def test_bayesian_compression_end_to_end_units_removed_by_the_compaction(cli, tm
         "--bayesian-compression-kl-weight", "10", "--bayesian-compression-kl-warmup", "2ep",
         "--treatment", "finetune", "--finetune-epochs", "1", "--controls", "reinit",
     ]  # fmt: skip
-    code, _, err = cli("run", *args, "--root", root, "--no-progress")
+    code, _, err = cli("run", *args, "--root", root, "--no-progress", "--threads", "1")
     assert code == 0, err
     (run,) = [p.name for p in (root / "experiments").iterdir()]
     level = load_level(run, level=1, root=root)
