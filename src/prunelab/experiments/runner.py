@@ -37,7 +37,7 @@ from prunelab.experiments.store import (
     state_shapes,
     weight_entries,
 )
-from prunelab.experiments.treatments import treatment_for
+from prunelab.experiments.treatments import TREATMENTS, treatment_for
 from prunelab.io import remove_orphans
 from prunelab.pruning import Mask, PruneContext, masked_macs, prunable_names, prune
 from prunelab.pruning.calibration import reconstruct
@@ -134,10 +134,11 @@ class ExperimentRunner:
         for branch in self._branches():
             branch.check(self.spec)
         pruning = self.spec.pruning
-        if pruning.reconstruct and self.spec.treatment.kind != "finetune":
+        if pruning.reconstruct and not self.treatment.starts_from_previous:
+            able = [n for n, t in TREATMENTS.items() if t.starts_from_previous]
             raise SpecError(
-                f"reconstruct refits the trained weights of each level, which only treatment 'finetune' "
-                f"trains on; treatment {self.spec.treatment.kind!r} starts elsewhere"
+                f"reconstruct refits the trained weights of each level, which only treatment "
+                f"{' or '.join(map(repr, able))} trains on; treatment {self.spec.treatment.kind!r} starts elsewhere"
             )
         if pruning.reconstruct or pruning.criterion().calibrated:
             train = len(self.data.train)

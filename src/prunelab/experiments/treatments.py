@@ -6,6 +6,8 @@ One :class:`~prunelab.experiments.branches.Branch` subclass per treatment, regis
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from prunelab.experiments.branches import Branch, LevelInputs, State, register_branch
@@ -19,6 +21,8 @@ class Treatment(Branch):
     """A treatment makes each level's ticket."""
 
     kind = "treatment"
+    starts_from_previous: ClassVar[bool] = False
+    """Trains on from the previous level's final weights (what ``--reconstruct`` refits)."""
 
 
 TREATMENTS: Registry[type[Treatment]] = Registry("treatment")
@@ -51,6 +55,7 @@ class Finetune(Treatment):
 
     description = "continue training the previous level's weights, its LR schedule restarted"
     uses = ("finetune_lr", "finetune_epochs")
+    starts_from_previous = True
 
     def weights(self, inputs: LevelInputs) -> State:
         return inputs.previous
