@@ -427,13 +427,18 @@ class ExperimentRunner:
         except CheckpointError as exc:
             raise DamagedResults(art.damage_message(exc)) from None
 
-    def _check_environment(self, label: str, before: object, now: dict, what: str) -> None:
+    def _check_environment(
+        self, label: str, before: object, now: dict, what: str, expected: tuple[str, ...] = ()
+    ) -> None:
         """Warn (once per difference and source) when a level resumes or continues under other settings than
-        ``what`` ran with: results depend on torch's version, the device, threads and training step."""
+        ``what`` ran with: results depend on torch's version, the device, threads and training step.
+        ``expected`` differences are not warned about."""
         if not isinstance(before, dict):
             return
         changed = [
-            f"{k} {before[k]} -> {now.get(k)}" for k in RECORDED if k in before and before[k] != now.get(k)
+            f"{k} {before[k]} -> {now.get(k)}"
+            for k in RECORDED
+            if k in before and before[k] != now.get(k) and k not in expected
         ]
         message = f"{', '.join(changed)}"
         if changed and (what, message) not in self._warned:
@@ -473,7 +478,11 @@ class ExperimentRunner:
         if level > 0:
             dense = self.store.dense(self.spec.trunk_id(), seed)
             if dense.done:
-                self._check_environment(label, dense.metrics().environment, environment, "the dense trunk")
+                # a dense training with plug-ins (slimming, sparse VD) takes its own step kind
+                expected = ("step",) if self.dense_hooks() else ()
+                self._check_environment(
+                    label, dense.metrics().environment, environment, "the dense trunk", expected
+                )
         art.dir.mkdir(parents=True, exist_ok=True)
         if start.mask is not None and not art.mask_path.is_file():
             start.mask.save(art.mask_path)
