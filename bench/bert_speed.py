@@ -26,7 +26,6 @@ import os
 import torch
 
 from prunelab.compress import Variant, benchmark, compact
-from prunelab.compress.count import total_flops
 from prunelab.compress.latency import check_bench_settings
 from prunelab.models import count_parameters, example_input
 from prunelab.models.encoder import encoder_blocks
@@ -59,10 +58,7 @@ def variants(args: argparse.Namespace) -> tuple[list[Variant], str]:
         f"{count_parameters(dense):,} -> {count_parameters(small):,} parameters "
         f"(checked: max |compact - masked| logits = {result.max_error:.2g})"
     )
-    return [
-        Variant("dense", count_parameters(dense), total_flops(dense, shape), model=dense),
-        Variant("compact", count_parameters(small), total_flops(small, shape), model=small),
-    ], note
+    return [Variant.of("dense", dense, shape), Variant.of("compact", small, shape)], note
 
 
 def main() -> None:

@@ -24,10 +24,9 @@ import os
 import torch
 
 from prunelab.compress import Variant, benchmark
-from prunelab.compress.count import total_flops
 from prunelab.compress.pca import shrink
 from prunelab.data import load_dataset
-from prunelab.models import build_model, count_parameters
+from prunelab.models import build_model
 from prunelab.pruning import PruneContext, prune
 from prunelab.pruning.calibration import reconstruct
 from prunelab.training import TrainConfig, train
@@ -104,12 +103,12 @@ def pca_rows(name: str, data, args) -> list[tuple]:
     batches = calibration(data, args.images)
     layers = [n for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))][:-1]
     shape = tuple(info.input_shape)
-    variants = [Variant("dense", count_parameters(net), total_flops(net, shape), model=net)]
+    variants = [Variant.of("dense", net, shape)]
     accs = {"dense": accuracy(net, data.test)}
     for fraction in (0.99, 0.95, 0.9):
         small = shrink(net, batches, layers=layers, variance=fraction).model.eval()
         label = f"PCA {fraction}"
-        variants.append(Variant(label, count_parameters(small), total_flops(small, shape), model=small))
+        variants.append(Variant.of(label, small, shape))
         accs[label] = accuracy(small, data.test)
     timed = benchmark(variants, shape, [256], repeats=args.repeats, warmup=2, threads=args.threads)
     rows = []

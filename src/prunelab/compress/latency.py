@@ -130,6 +130,13 @@ class Variant:
     model: nn.Module | None = None
     build: Callable[[torch.Tensor], nn.Module] | None = None
 
+    @classmethod
+    def of(cls, name: str, model: nn.Module, input_shape: Sequence[int]) -> Variant:
+        """``model`` as it is: its parameter count and its FLOPs per example (every weight counted)."""
+        from prunelab.compress.count import total_flops
+
+        return cls(name, count_parameters(model), total_flops(model, input_shape), model=model)
+
 
 @dataclass(frozen=True)
 class Timing:
