@@ -425,11 +425,11 @@ class _Calibrated(Criterion):
             layer = n.rpartition(".")[0]
             check_layer(model.get_submodule(layer), layer, self.name)
 
-    def samples(self, model, mask, name, context):
-        """The layer's input patches in the masked model, and its alive input channels."""
+    def samples(self, masked, mask, name, context):
+        """The layer's input patches in ``masked`` (the model with ``mask`` applied, copied once per
+        scoring call), its alive input channels and its weight."""
         from prunelab.pruning.calibration import collect
 
-        masked = _masked_copy(model, mask)
         (samples,) = collect(
             [masked], name.rpartition(".")[0], _batches(context), positions=context.positions
         )
@@ -457,8 +457,9 @@ class ThiNet(_Calibrated):
 
     def scores(self, model, mask, names, context, generator) -> Scores:
         per_channel = {}
+        masked = _masked_copy(model, mask)
         for n in names:
-            samples, alive, weight = self.samples(model, mask, n, context)
+            samples, alive, weight = self.samples(masked, mask, n, context)
             parts = samples.contributions(weight)  # (S, O, C)
             g = torch.Generator().manual_seed(0)
             pick = torch.randint(0, parts.shape[1], (parts.shape[0],), generator=g)
@@ -496,8 +497,9 @@ class Lasso(_Calibrated):
 
     def scores(self, model, mask, names, context, generator) -> Scores:
         per_channel = {}
+        masked = _masked_copy(model, mask)
         for n in names:
-            samples, alive, weight = self.samples(model, mask, n, context)
+            samples, alive, weight = self.samples(masked, mask, n, context)
             parts = samples.contributions(weight)  # (S, O, C)
             z = parts.reshape(-1, parts.shape[2])
             rows = torch.randperm(len(z), generator=torch.Generator().manual_seed(0))[:LASSO_ROWS]
