@@ -5,13 +5,18 @@ Prints, from one run on this machine:
     trunk, shared by all 8, and one pruned level), each in a fresh results folder;
   * local: in-process, one task after another, torch at its default thread count;
   * Ray: a local instance with 2 workers, each task on 1 thread (its CPU share);
-  * the wall-clock ratio Ray / local (goal <= 0.75 on this 2-core machine), and Ray's overhead:
-    its start-up (ray.init to ready) and the scheduling cost per task (no-op tasks, in seconds).
+  * the wall-clock ratio Ray / local (goal <= 0.75 on this 2-core machine), beside the best ratio
+    this sweep's shape allows (the shared trunk runs alone: (trunk + 4 levels) / (trunk + 8 levels),
+    from the local run's own training times);
+  * Ray's overhead: its start-up (ray.init), a cold worker made ready (imports, data), and the
+    scheduling cost per task (no-op tasks), in seconds;
+  * with a GPU only: the same sweep with K nets sharing one GPU (--gpus-per-task 1/K) against one
+    task at a time on it (--gpu-nets K, default 4).
 The largest test-accuracy difference between the two runs is printed (equal thread counts give
 identical numbers; these runs differ in threads, so float rounding may differ).
 
-    python bench/sweep_speed.py [--data digits] [--iterations 400]
-    python bench/sweep_speed.py --iterations 20   # seconds: checks it runs
+    python bench/sweep_speed.py [--data digits] [--iterations 5000]
+    python bench/sweep_speed.py --data digits --iterations 20   # seconds: checks it runs
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ GRID = {"pruning.method": ["magnitude", "random", "l1-structured", "snip"], "pru
 GOAL = 0.75
 
 
-def run(executor: str, base: ExperimentSpec, **options) -> tuple[float, dict]:
+def run(executor: str, base: ExperimentSpec, **options) -> tuple[float, dict, list[float]]:
+    """Wall time, each experiment's test accuracies, and each training's own time (trunk first)."""
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
         result = prunelab.sweep(base, GRID, executor=executor, root=root, **options)
@@ -40,19 +46,27 @@ def run(executor: str, base: ExperimentSpec, **options) -> tuple[float, dict]:
         if result.failed:
             raise SystemExit(f"{executor}: {len(result.failed)} task(s) failed: {result.failed[0].error}")
         store = Store(root)
-        accs = {}
+        accs, trainings = {}, []
         for point in result.plan.points:
             exp = store.read(store.experiment_dir(point.spec.experiment_id()))
-            accs[point.spec.experiment_id()] = [m.value("test_acc") for m in exp.levels[0].values()]
-    return wall, accs
+            levels = exp.levels[0]
+            accs[point.spec.experiment_id()] = [m.value("test_acc") for m in levels.values()]
+            trainings += [m.wall_time for k, m in levels.items() if k > 0 or not trainings]
+    return wall, accs, trainings
 
 
-def ray_overhead(tasks: int = 50) -> tuple[float, float]:
+def ray_overhead(base: ExperimentSpec, tasks: int = 50) -> tuple[float, float, float]:
+    """Ray's start-up, a cold worker made ready for a task (imports, data), and the cost per task."""
     import ray
+
+    from prunelab.sweeps.executors import _warm_worker
 
     start = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     startup = time.perf_counter() - start
+    start = time.perf_counter()
+    ray.get([ray.remote(_warm_worker).options(num_cpus=1).remote([base], None, 1) for _ in range(2)])
+    warm = time.perf_counter() - start
 
     @ray.remote(num_cpus=1)
     def noop(i: int) -> int:
@@ -63,15 +77,16 @@ def ray_overhead(tasks: int = 50) -> tuple[float, float]:
     ray.get([noop.remote(i) for i in range(tasks)])
     per_task = (time.perf_counter() - start) / tasks
     ray.shutdown()
-    return startup, per_task
+    return startup, warm, per_task
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", default="digits")
-    parser.add_argument("--iterations", type=int, default=400, help="training iterations per level")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--iterations", type=int, default=5000, help="training iterations per level")
+    parser.add_argument("--gpu-nets", type=int, default=4, help="with a GPU: nets sharing it at once")
     args = parser.parse_args()
     base = ExperimentSpec(
         model="lenet-300-100", data=args.data,
@@ -82,10 +97,12 @@ def main() -> None:
     print(
         f"{os.cpu_count()} CPU cores, load average {load:.2f}; torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    local, local_accs = run("local", base)
-    ray_wall, ray_accs = run("ray", base, workers=2)
+    local, local_accs, trainings = run("local", base)
+    ray_wall, ray_accs, _ = run("ray", base, workers=2)
     diff = max(abs(a - b) for k in local_accs for a, b in zip(local_accs[k], ray_accs[k], strict=True))
-    startup, per_task = ray_overhead()
+    startup, warm, per_task = ray_overhead(base)
+    trunk, levels = trainings[0], trainings[1:]
+    bound = (trunk + sum(levels) / 2) / (trunk + sum(levels))
     print(
         f"\n8 experiments x 2 levels (1 shared dense trunk + 8 pruned levels), {args.iterations} iterations a level"
     )
@@ -97,7 +114,23 @@ def main() -> None:
     print(f"largest test-accuracy difference between the two at any level: {diff:.4f} "
           f"(they run {torch.get_num_threads()} and 1 thread(s): float rounding may differ; the tests "
           "check bit-identical numbers at equal threads)")  # fmt: skip
-    print(f"Ray start-up {startup:.2f} s; scheduling overhead per task {1000 * per_task:.1f} ms")
+    print(
+        f"best ratio this sweep's shape allows on 2 workers: {bound:.2f} (the trunk, {trunk:.1f} s, runs "
+        f"alone; levels {sum(levels) / len(levels):.1f} s each, local run's times)"
+    )
+    if torch.cuda.is_available():
+        k = args.gpu_nets
+        one, _, _ = run("ray", base, workers=1, gpus_per_task=1.0)
+        shared, _, _ = run("ray", base, workers=k, gpus_per_task=1.0 / k, cpus_per_task=1)
+        print(
+            f"one GPU, one task at a time: {one:.2f} s; {k} nets sharing it: {shared:.2f} s; ratio {shared / one:.2f}"
+        )
+    else:
+        print("no GPU here: the fractional-GPU comparison (--gpu-nets) was not run")
+    print(
+        f"Ray start-up {startup:.2f} s; a cold worker made ready (imports, data) {warm:.2f} s, overlapped "
+        f"with planning; scheduling overhead per task {1000 * per_task:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,14 @@ def tiny(**overrides) -> ExperimentSpec:
 
 
 @contextmanager
-def lock_held_elsewhere(directory: Path, seconds: float = 60) -> Iterator[subprocess.Popen]:
-    """Another process holding prunelab's lock on ``directory`` for up to ``seconds`` (killed on exit)."""
+def lock_held_elsewhere(
+    directory: Path, seconds: float = 60, name: str = ".lock"
+) -> Iterator[subprocess.Popen]:
+    """Another process holding prunelab's lock ``name`` on ``directory`` for up to ``seconds`` (killed on exit)."""
     code = (
         "import time; from pathlib import Path; from prunelab.experiments.store import locked\n"
-        f"with locked(Path({str(directory)!r})):\n    print('held', flush=True); time.sleep({seconds})"
+        f"with locked(Path({str(directory)!r}), name={name!r}):\n"
+        f"    print('held', flush=True); time.sleep({seconds})"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -65,6 +65,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             ],
             "PCA shrinking (no fine-tuning)",
         ),
+        (
+            "sweep_speed.py",
+            ["--data", "digits", "--iterations", "20"],
+            "best ratio this sweep's shape allows on 2 workers",
+        ),
     ],
 )
 def test_bench_script_runs(script, args, needle, tmp_path):

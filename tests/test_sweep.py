@@ -78,14 +78,16 @@ def grid_file(tmp_path, grid: str, name: str = "grid.toml", seeds: str = "0-1", 
 
 
 def numbers(root) -> dict:
-    """Every stored level's metrics without wall times: what two runs must agree on."""
+    """Every stored level's and control's metrics without wall times: what two runs must agree on."""
     out = {}
     for exp in Store(root).experiments():
-        for seed, levels in exp.levels.items():
-            for level, m in levels.items():
-                values = m.to_json()
-                values.pop("wall_time")
-                out[(exp.id, seed, level)] = values
+        branches = {None: exp.levels} | exp.controls
+        for branch, seeds in branches.items():
+            for seed, levels in seeds.items():
+                for level, m in levels.items():
+                    values = m.to_json()
+                    values.pop("wall_time")
+                    out[(exp.id, seed, level, branch)] = values
     return out
 
 
@@ -260,6 +262,66 @@ def test_a_trunk_shared_by_three_experiments_is_trained_once_then_reported(tmp_p
     page = (tmp_path / "report" / "report.html").read_text()
     assert "Sweep: 3 experiments" in page and "l1-structured" in page
     assert (tmp_path / "report" / "tables" / "table-sweep.csv").read_text().count("\n") == 4
+
+
+def test_each_control_is_a_task_after_the_levels_and_gives_the_numbers_of_one_run(tmp_path, cli):
+    from helpers import lock_held_elsewhere
+
+    from prunelab.errors import PrunelabError
+    from prunelab.experiments.runner import LEVELS, ExperimentRunner
+    from prunelab.experiments.store import ExperimentLocked
+    from prunelab.sweeps.plan import task_key
+
+    path = grid_file(tmp_path, 'pruning.method = ["magnitude", "random"]', seeds="0")
+    plan = prunelab.sweep(
+        *read_sweep_file(path).with_base({"controls": ["reinit", "random-mask"]}), dry_run=True
+    ).plan
+    trunk, rest = plan.tasks[0], plan.tasks[1:]
+    assert len(rest) == 2 * 3 and plan.trainings == 1 + 2 * 3 * 2  # per experiment: levels + 2 controls
+    for task in rest:
+        levels = task_key(task.specs[0].experiment_id(), 0, LEVELS)
+        assert task.after == (trunk.key if task.branch == LEVELS else levels)
+    args = ["sweep", path, "--controls", "reinit,random-mask", "--threads", "1"]
+    code, out, err = cli(*args, "--root", tmp_path / "sweep")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "done: magnitude seed 0 control reinit [5/13 trainings]" in text, text
+    assert "done: random seed 0 control random-mask [13/13 trainings]" in text
+    for point in plan.points:  # each experiment in one process, its branches interleaved level by level
+        ExperimentRunner(point.spec, tmp_path / "one").run()
+    assert numbers(tmp_path / "sweep") == numbers(tmp_path / "one")
+    assert len(numbers(tmp_path / "one")) == 2 * (3 + 2 * 2)
+    runner = ExperimentRunner(plan.points[0].spec, tmp_path / "fresh")
+    with pytest.raises(PrunelabError, match="level 1 .* not trained yet, and the reinit control"):
+        runner.run_seed(0, "reinit")
+    assert not (tmp_path / "fresh" / "trunks").exists()  # refused before anything trains
+    with pytest.raises(SpecError, match="branch 'nope' is not one of this experiment's"):
+        runner.run_seed(0, "nope")
+    seed_dir = Store(tmp_path / "fresh").experiment_dir(plan.points[0].spec.experiment_id()) / "seed-0"
+    with lock_held_elsewhere(seed_dir, name=".lock-reinit"):  # a control's writer elsewhere
+        runner.run_seed(0, LEVELS)  # does not stop the levels
+        with pytest.raises(ExperimentLocked, match=r"\(reinit\) is being written by pid"):
+            runner.run_seed(0, "reinit")
+        with pytest.raises(ExperimentLocked):
+            runner.run()  # the whole experiment needs every branch
+
+
+def test_a_sweep_process_loads_its_data_once(tmp_path, monkeypatch):
+    from prunelab.experiments.spec import ExperimentSpec
+    from prunelab.sweeps.executors import WORKER_DATA, DataCache, _warm_worker
+
+    loads = []
+    original = ExperimentSpec.load_data
+    monkeypatch.setattr(
+        ExperimentSpec, "load_data", lambda self, d=None: loads.append(1) or original(self, d)
+    )
+    base = BASE | {"seeds": "0", "pruning": {"rate": 0.5, "rounds": 1}}
+    result = prunelab.sweep(base, {"pruning.method": ["magnitude", "random", "l1-structured"]}, root=tmp_path)
+    assert not result.failed
+    assert len(loads) == 2  # once to plan, once for the four tasks
+    spec = result.plan.points[0].spec
+    assert _warm_worker([spec], None, 1) > 0 and DataCache.key(spec, None) in WORKER_DATA._items
+    assert len(loads) == 3
 
 
 def test_killed_sweep_resumes_with_the_same_numbers(tmp_path, monkeypatch):

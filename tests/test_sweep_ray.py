@@ -18,8 +18,11 @@ ray = pytest.importorskip("ray")
 def test_ray_gives_the_local_numbers_and_reports_a_failing_task(tmp_path, cli, one_thread):
     torch.set_num_threads(1)
     (tmp_path / "bad.py").write_text(BAD_MODEL)
-    local = prunelab.sweep(
-        BASE, {"pruning.method": ["magnitude", "random"]}, root=tmp_path / "local", threads=1
+    local = prunelab.sweep(  # the control is a task of its own, run beside the levels of the other
+        BASE | {"controls": ["reinit"]},
+        {"pruning.method": ["magnitude", "random"]},
+        root=tmp_path / "local",
+        threads=1,
     )
     assert not local.failed
     # the same grid plus a model that fails as it trains: retried, reported, the rest goes on
@@ -27,21 +30,33 @@ def test_ray_gives_the_local_numbers_and_reports_a_failing_task(tmp_path, cli, o
         tmp_path,
         f'model = ["lenet-300-100", "{tmp_path / "bad.py"}:make"]\npruning.method = ["magnitude", "random"]',
     )
-    args = ["--executor", "ray", "--workers", "2", "--cpus-per-task", "1", "--retries", "1"]
+    args = [
+        "--executor",
+        "ray",
+        "--workers",
+        "2",
+        "--cpus-per-task",
+        "1",
+        "--retries",
+        "1",
+        "--controls",
+        "reinit",
+    ]
     code, out, err = cli("sweep", path, "--root", tmp_path / "ray", *args)
     assert code == 1
     assert not ray.is_initialized()  # the instance it started is stopped
     assert numbers(tmp_path / "ray") == numbers(tmp_path / "local")  # bit-identical
-    assert len(numbers(tmp_path / "local")) == 2 * 2 * 3
+    assert len(numbers(tmp_path / "local")) == 2 * 2 * (3 + 2)
     errors = " ".join(err.split())
     assert errors.count("failed: dense trunk") == 2 and errors.count("after 2 attempt(s)") == 2  # 2 seeds
     assert "RuntimeError: boom: this model cannot train" in errors
-    assert errors.count("skipped: ") == 4  # 2 experiments x 2 seeds after the failed trunk
+    assert errors.count("skipped: ") == 2 * 2 * 2  # levels and control, 2 experiments x 2 seeds
     table = out[out.index("Sweep: 4 experiments") :]
     assert table.count("done") == 2 and table.count("failed") == 2 + 1, table  # 2 rows, the note
     stored = Store(tmp_path / "ray").experiments()
     assert {e.status() for e in stored} == {"done"} and len(stored) == 2
-    envs = {m.environment["threads"] for e in stored for lv in e.levels.values() for m in lv.values()}
+    branches = [*(e.levels for e in stored), *(c for e in stored for c in e.controls.values())]
+    envs = {m.environment["threads"] for b in branches for lv in b.values() for m in lv.values()}
     assert envs == {1}  # each task ran torch on its one CPU
 
 

@@ -93,10 +93,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def remove_orphans(directory: Path) -> int:
-    """Remove the temporary files that killed writers left below ``directory``; call it under the lock."""
+def remove_orphans(directory: Path, recursive: bool = True) -> int:
+    """Remove the temporary files that killed writers left below ``directory`` (only in it, without
+    ``recursive``); call it under the lock."""
     removed = 0
-    for tmp in directory.rglob(f".*{TMP_SUFFIX}"):
+    for tmp in (directory.rglob if recursive else directory.glob)(f".*{TMP_SUFFIX}"):
         if tmp.is_file():
             tmp.unlink(missing_ok=True)
             removed += 1

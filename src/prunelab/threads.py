@@ -58,9 +58,9 @@ def other_writers(root: Path) -> list[str]:
     from prunelab.experiments.store import is_locked
 
     holders = []
-    for pattern in ("experiments/*/.lock", "experiments/*/seed-*/.lock", "trunks/*/seed-*/.lock"):
+    for pattern in ("experiments/*/.lock", "experiments/*/seed-*/.lock*", "trunks/*/seed-*/.lock"):
         for lock in sorted(root.glob(pattern)) if root.is_dir() else []:
-            if is_locked(lock.parent):
+            if is_locked(lock.parent, lock.name):
                 try:
                     holders.append(lock.read_text().strip() or str(lock.parent))
                 except OSError:

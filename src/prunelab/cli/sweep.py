@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -25,19 +25,22 @@ def _executors_help() -> str:
 
 
 class _Terminal(Reporter):
-    """One line per task as it starts and ends; under the local executor, each training's own bar,
-    else one bar over the sweep's trainings with the tasks running now."""
+    """One line per task as it starts (in this process) and ends, under one bar over the sweep's
+    trainings that names the tasks running now (in this process, with the training's iterations)."""
 
     def __init__(self, total: int, progress: bool, in_process: bool) -> None:
         self.total, self.finished_trainings, self.progress, self.in_process = total, 0, progress, in_process
         self.running: dict[str, str] = {}
+        self.before: dict[str, int] = {}  # task key -> trainings finished when it started
+        self.now = ""  # the training running in this process, and how far it is
         self.bar = None
 
     def started(self, task: Task) -> None:
         from prunelab.ui import console, plain
 
         self.running[task.key] = task.label
-        if (self.in_process or not self.progress) and task.done < task.trainings:
+        self.before[task.key] = self.finished_trainings
+        if self.in_process and task.done < task.trainings:
             console.print(plain(f"start: {task.label} ({task.trainings - task.done} training(s) to run)"))
         self._draw()
 
@@ -45,7 +48,8 @@ class _Terminal(Reporter):
         from prunelab.ui import console, plain, warn
 
         self.running.pop(task.key, None)
-        self.finished_trainings += task.trainings - task.done
+        if outcome.status == "done":
+            self.finished_trainings = self.before.pop(task.key, 0) + task.trainings - task.done
         line = f"{outcome.status}: {task.label}"
         if outcome.status == "done" and task.done == task.trainings:
             console.print(plain(f"finished earlier: {task.label}"))
@@ -59,13 +63,25 @@ class _Terminal(Reporter):
     def _draw(self) -> None:
         if self.bar is not None:
             bar, row = self.bar
-            now = ", ".join(list(self.running.values())[:3]) + (" ..." if len(self.running) > 3 else "")
-            bar.update(row, completed=self.finished_trainings, description=f"running: {now or '-'}")
+            now = self.now or ", ".join(list(self.running.values())[:3])
+            more = " ..." if len(self.running) > 3 and not self.now else ""
+            bar.update(row, completed=self.finished_trainings, description=f"running: {now or '-'}{more}")
 
-    def training(self, label: str) -> AbstractContextManager:
-        from prunelab.ui import progress_bar
+    @contextmanager
+    def training(self, label: str):
+        """One training in this process: its iterations shown on the sweep's bar."""
+        task = next(reversed(self.running.values()), "")
 
-        return progress_bar(label, enabled=self.progress)
+        def update(done: int, total: int) -> None:
+            self.now = f"{task}: {label} {done}/{total} it"
+            self._draw()
+
+        try:
+            yield update
+        finally:
+            self.now = ""
+            self.finished_trainings += 1
+            self._draw()
 
     def log(self, message: str) -> None:
         from prunelab.ui import warn
@@ -74,8 +90,8 @@ class _Terminal(Reporter):
 
     @contextmanager
     def overall(self):
-        """The bar over all trainings (for executors that train elsewhere)."""
-        if self.in_process or not self.progress:
+        """The bar over all the sweep's trainings."""
+        if not self.progress:
             yield
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -139,16 +155,17 @@ def sweep(
         from prunelab.cli.experiments import _start
 
         _start(threads, root)
-    plan = make_plan(points, root, data_dir=data_dir, log=warn)
-    for line in plan.describe():
-        console.print(plain(line))
-    for unused in dict.fromkeys(u for p in points for u in p.spec.unused()):
-        warn(f"warning: {unused}; the setting has no effect (and makes a different experiment id)")
-    if dry_run:
-        return
-    reporter = _Terminal(plan.trainings - plan.done, progress, runner.in_process)
-    with reporter.overall():
-        result = run_plan(plan, runner, data_dir, reporter=reporter)
+    with nullcontext() if dry_run else runner.session(points, data_dir):  # workers ready while planning
+        plan = make_plan(points, root, data_dir=data_dir, log=warn)
+        for line in plan.describe():
+            console.print(plain(line))
+        for unused in dict.fromkeys(u for p in points for u in p.spec.unused()):
+            warn(f"warning: {unused}; the setting has no effect (and makes a different experiment id)")
+        if dry_run:
+            return
+        reporter = _Terminal(plan.trainings - plan.done, progress, runner.in_process)
+        with reporter.overall():
+            result = run_plan(plan, runner, data_dir, reporter=reporter)
     show(result.table())
     if result.failed:
         for outcome in result.failed:

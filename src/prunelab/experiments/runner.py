@@ -14,8 +14,8 @@ L1 push, the early-bird search), whose reports are kept in the dense level's met
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +46,9 @@ from prunelab.training import Trainer
 
 #: What each level records of its environment and a resumed level is compared on (see Trainer.environment).
 RECORDED = ("torch", "prunelab", "device", "threads", "step")
+
+#: The branch of the treatment's pruned levels (each control's branch is named by the control).
+LEVELS = "levels"
 
 
 @dataclass
@@ -104,11 +107,12 @@ class ExperimentRunner:
         progress: Callable[[str], object] | None = None,
         log: Callable[[str], None] = lambda msg: None,
         wait: bool = True,
-        data: Dataset | None = None,
+        data: Dataset | Callable[[], Dataset] | None = None,
     ) -> None:
         """``wait``: when another process is training a dense trunk this experiment shares, wait for
-        it (saying so through ``log``) rather than refuse. Two writers of one experiment are refused.
-        ``data``: the dataset already loaded for this spec (experiments sharing a trunk share it)."""
+        it (saying so through ``log``) rather than refuse. Two writers of one branch are refused.
+        ``data``: the dataset already loaded for this spec (experiments sharing a trunk share it), or
+        a function that gives it when it is first needed."""
         self.spec = spec
         self.wait = wait
         self.store = root if isinstance(root, Store) else Store(root)
@@ -121,7 +125,7 @@ class ExperimentRunner:
         self.controls = {name: CONTROLS.get(name)() for name in spec.controls}
         self.rate = spec.pruning.rate_per_round()
         self.dense_hooks = spec.dense_hooks  # fresh plug-ins for each dense training
-        self._data: Dataset | None = data
+        self._data = data
         self._warned: set[tuple[str, str]] = set()
         self._check_before_training()
 
@@ -171,7 +175,14 @@ class ExperimentRunner:
     def data(self) -> Dataset:
         if self._data is None:
             self._data = self.spec.load_data(self.data_dir)
+        elif not isinstance(self._data, Dataset):
+            self._data = self._data()
         return self._data
+
+    @property
+    def branches(self) -> list[str]:
+        """The branches of each seed: the treatment's levels, then each control's."""
+        return [LEVELS, *self.controls]
 
     def _new_model(self, seed: int, purpose: str) -> nn.Module:
         """A model initialised for ``purpose`` (no starting weights: a reinit, or an architecture to
@@ -189,22 +200,25 @@ class ExperimentRunner:
             return finished
         result = ExperimentResult(self.spec, self.directory)
         with locked(self.directory):
-            removed = remove_orphans(self.directory)
-            if removed:
-                self.log(f"removed {removed} temporary file(s) left by an interrupted run")
+            remove_orphans(self.directory, recursive=False)
             self.store.write_spec(self.spec)
             for seed in self.spec.seeds:
-                with locked(self._seed_dir(seed)):
-                    levels, controls = self._run_seed(seed)
+                with self._locked_branches(seed, self.branches):
+                    levels, controls = self._run_seed(seed, self.branches)
                 result.levels[seed] = levels
                 result.controls[seed] = controls
         return result
 
-    def run_seed(self, seed: int) -> ExperimentResult:
+    def run_seed(self, seed: int, branch: str | None = None) -> ExperimentResult:
         """One replicate, beside other processes running this experiment's other seeds (a sweep's
-        tasks): only that seed's folder is locked. Finished: read back."""
+        tasks): only that seed's branches are locked. ``branch``: only the treatment's levels
+        (:data:`LEVELS`) or one control's (its name), beside processes running the seed's other
+        branches; a control's branch starts from the levels, which must be finished. Finished: read back."""
         if seed not in self.spec.seeds:
             raise SpecError(f"seed {seed} is not one of this experiment's seeds {list(self.spec.seeds)}")
+        if branch is not None and branch not in self.branches:
+            raise SpecError(f"branch {branch!r} is not one of this experiment's {self.branches}")
+        names = self.branches if branch is None else [branch]
         finished = self._finished((seed,))
         if finished is not None:
             return finished
@@ -212,10 +226,29 @@ class ExperimentRunner:
             with locked(self.directory, wait=True, on_wait=self.log):
                 self.store.write_spec(self.spec)
         result = ExperimentResult(self.spec, self.directory)
-        with locked(self._seed_dir(seed)):
-            remove_orphans(self._seed_dir(seed))
-            result.levels[seed], result.controls[seed] = self._run_seed(seed)
+        with self._locked_branches(seed, names):
+            result.levels[seed], result.controls[seed] = self._run_seed(seed, names)
         return result
+
+    @contextmanager
+    def _locked_branches(self, seed: int, names: list[str]) -> Iterator[None]:
+        """Hold the lock of each branch in ``names`` of ``seed`` and clear what killed writers of
+        those branches left (other processes may be writing the seed's other branches)."""
+        with ExitStack() as stack:
+            removed = 0
+            for name in names:
+                stack.enter_context(locked(self._seed_dir(seed), name=f".lock-{name}"))
+                for level in range(1, self.spec.pruning.rounds + 1):
+                    removed += remove_orphans(self._artifact(seed, level, name).dir, recursive=False)
+            if removed:
+                self.log(f"seed {seed}: removed {removed} temporary file(s) left by an interrupted run")
+            yield
+
+    def _artifact(self, seed: int, level: int, branch: str) -> Artifact:
+        exp = self.spec.experiment_id()
+        if branch == LEVELS:
+            return self.store.level(exp, seed, level)
+        return self.store.control(exp, seed, level, branch)
 
     def train_trunk(self, seed: int) -> None:
         """Only the dense trunk of ``seed`` and the trunk points this experiment's branches start from
@@ -269,15 +302,24 @@ class ExperimentRunner:
             hook.initialise(model, example)
         return _state(model)
 
-    def _run_seed(self, seed: int) -> tuple[list[LevelMetrics], dict[str, list[LevelMetrics]]]:
+    def _run_seed(
+        self, seed: int, names: list[str]
+    ) -> tuple[list[LevelMetrics], dict[str, list[LevelMetrics]]]:
+        """Train the branches ``names`` of ``seed`` (the levels are read back where not among them)."""
+        rounds = self.spec.pruning.rounds
+        missing = [k for k in range(1, rounds + 1) if not self._artifact(seed, k, LEVELS).done]
+        if LEVELS not in names and missing:
+            raise PrunelabError(
+                f"seed {seed} level {missing[0]} of {self.directory} is not trained yet, and the "
+                f"{' and '.join(names)} control(s) start from its levels: run the levels first"
+            )
         init = self._initial(seed)
         dense, points = self._trunk(seed, init)
         levels = [dense.metrics()]
-        controls: dict[str, list[LevelMetrics]] = {name: [] for name in self.controls}
+        controls: dict[str, list[LevelMetrics]] = {name: [] for name in self.controls if name in names}
         previous, mask = self._stored_weights(dense), None
-        exp = self.spec.experiment_id()
-        for level in range(1, self.spec.pruning.rounds + 1):
-            art = self.store.level(exp, seed, level)
+        for level in range(1, rounds + 1):
+            art = self._artifact(seed, level, LEVELS)
             before, mask = mask, self._level_mask(art, seed, level, previous, mask, init, levels[0].plugins)
             if self.spec.pruning.reconstruct and not art.done:
                 previous = self._reconstructed(previous, before, mask, seed, level)
@@ -295,9 +337,9 @@ class ExperimentRunner:
             )
             ticket = self.treatment.start(inputs)
             levels.append(self._train(art, f"seed {seed} level {level}", ticket, seed, level))
-            for name, control in self.controls.items():
-                start = control.start(replace(inputs, ticket=ticket))
-                branch = self.store.control(exp, seed, level, name)
+            for name in controls:
+                start = self.controls[name].start(replace(inputs, ticket=ticket))
+                branch = self._artifact(seed, level, name)
                 controls[name].append(
                     self._train(branch, f"seed {seed} level {level} {name}", start, seed, level)
                 )

@@ -240,14 +240,20 @@ class ExperimentLocked(PrunelabError):
 
 @contextmanager
 def locked(
-    directory: Path, *, wait: bool = False, on_wait: Callable[[str], None] | None = None, poll: float = 0.5
+    directory: Path,
+    *,
+    wait: bool = False,
+    on_wait: Callable[[str], None] | None = None,
+    poll: float = 0.5,
+    name: str = ".lock",
 ) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory`` (released if the process dies).
+    """Hold an exclusive lock on ``directory`` (released if the process dies); ``name``, its file,
+    tells apart the locks of parts written apart (a seed's branches).
 
     If another live process holds it: with ``wait``, wait for it (telling ``on_wait`` once, naming
     the holder); else refuse, naming the holder. A read-only folder is an :class:`OutputError`.
     """
-    path = directory / ".lock"
+    path = directory / name
     try:
         directory.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")  # noqa: SIM115 - held for the lifetime of the lock
@@ -263,8 +269,9 @@ def locked(
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 if not wait:
+                    what = directory if name == ".lock" else f"{directory} ({name.removeprefix('.lock-')})"
                     raise ExperimentLocked(
-                        f"{directory} is being written by {holder}; wait for it or stop it"
+                        f"{what} is being written by {holder}; wait for it or stop it"
                     ) from None
                 if not told and on_wait is not None:
                     on_wait(f"waiting for {holder}, which is writing {directory} (--no-wait to stop instead)")
@@ -284,9 +291,9 @@ def locked(
         handle.close()
 
 
-def is_locked(directory: Path) -> bool:
-    """Whether a live process holds ``directory``'s lock now (without taking it)."""
-    path = directory / ".lock"
+def is_locked(directory: Path, name: str = ".lock") -> bool:
+    """Whether a live process holds ``directory``'s lock ``name`` now (without taking it)."""
+    path = directory / name
     if not path.is_file():
         return False
     try:

@@ -22,7 +22,7 @@ from prunelab.experiments.store import Store, StoredExperiment
 from prunelab.stats import mean_std
 from prunelab.sweeps.executors import EXECUTORS, Executor, Outcome, Reporter, make_executor
 from prunelab.sweeps.grid import GridPoint, SweepFile, expand, read_sweep_file, short
-from prunelab.sweeps.plan import ExperimentTask, SweepPlan, Task, TrunkTask, make_plan
+from prunelab.sweeps.plan import LEVELS, ExperimentTask, SweepPlan, Task, TrunkTask, make_plan, task_key
 from prunelab.table import Table
 
 __all__ = [
@@ -73,7 +73,8 @@ def _status(point: GridPoint, outcomes: Mapping[str, Outcome], exp) -> str:
     """done, or what failed (the first failed or skipped task of the experiment, with its seed)."""
     exp_id = point.spec.experiment_id()
     for seed in point.spec.seeds:
-        for key in (f"trunk {point.spec.trunk_id()} seed {seed}", f"{exp_id} seed {seed}"):
+        keys = [task_key(exp_id, seed, b) for b in (LEVELS, *point.spec.controls)]
+        for key in (f"trunk {point.spec.trunk_id()} seed {seed}", *keys):
             outcome = outcomes.get(key)
             if outcome is not None and outcome.status != "done":
                 return f"{outcome.status} (seed {seed}: {outcome.error})"
@@ -150,7 +151,10 @@ def sweep(
     runner = make_executor(executor, **executor_options)
     runner.check()
     points = expand(base, grid)
-    return run_plan(make_plan(points, root, data_dir=data_dir), runner, data_dir, dry_run, reporter)
+    if dry_run:
+        return SweepResult(make_plan(points, root, data_dir=data_dir), {})
+    with runner.session(points, data_dir):  # Ray's workers get ready while the sweep is planned
+        return run_plan(make_plan(points, root, data_dir=data_dir), runner, data_dir, reporter=reporter)
 
 
 def run_plan(

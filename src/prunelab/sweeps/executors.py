@@ -2,7 +2,7 @@
 ``ray`` (Ray tasks on a local Ray instance or a cluster, each with its declared CPUs and GPUs).
 
 Every executor runs the plan's tasks in its order's spirit: a dense trunk before the experiments
-that share it, whose tasks are skipped when it fails. A failed task is retried, then reported
+that share it, an experiment's levels before its controls; a task whose predecessor fails is skipped. A failed task is retried, then reported
 with its error and traceback (:class:`Outcome`); the others go on. All tasks write to one results
 root through the store's atomic writes and locks (on a cluster, a shared filesystem).
 """
@@ -16,14 +16,15 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from prunelab.errors import SpecError
 from prunelab.registry import Registry
-from prunelab.sweeps.plan import SweepPlan, Task
+from prunelab.sweeps.grid import GridPoint
+from prunelab.sweeps.plan import DataCache, SweepPlan, Task
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor")
 
@@ -88,6 +89,13 @@ class Executor:
     def check(self) -> None:
         """Refuse, before any planning or training, an executor that cannot start here."""
 
+    def session(
+        self, points: list[GridPoint], data_dir: str | Path | None = None
+    ) -> AbstractContextManager[None]:
+        """Where the executor may start its workers and have them ready (imports, data) while the
+        sweep is planned; :meth:`run` inside it uses them."""
+        return nullcontext()
+
     def run(
         self, plan: SweepPlan, *, data_dir: str | Path | None = None, reporter: Reporter | None = None
     ) -> dict[str, Outcome]:
@@ -96,7 +104,8 @@ class Executor:
 
 def _skipped(task: Task, outcomes: dict[str, Outcome]) -> Outcome | None:
     if task.after is not None and outcomes[task.after].status != "done":
-        return Outcome(task.key, "skipped", f"its dense trunk failed ({outcomes[task.after].error})")
+        before = outcomes[task.after]
+        return Outcome(task.key, "skipped", f"{before.key} {before.status} ({before.error})")
     return None
 
 
@@ -115,19 +124,20 @@ class LocalExecutor(Executor):
         if self.threads is not None:
             set_threads(self.threads)
         outcomes: dict[str, Outcome] = {}
+        data = DataCache()
         for task in plan.tasks:
             outcome = _skipped(task, outcomes)
             if outcome is None:
                 reporter.started(task)
-                outcome = self._attempt(task, plan.root, data_dir, reporter)
+                outcome = self._attempt(task, plan.root, data_dir, reporter, data)
             outcomes[task.key] = outcome
             reporter.finished(task, outcome)
         return outcomes
 
-    def _attempt(self, task: Task, root: Path, data_dir, reporter: Reporter) -> Outcome:
+    def _attempt(self, task: Task, root: Path, data_dir, reporter: Reporter, data: DataCache) -> Outcome:
         for attempt in range(1, self.retries + 2):
             try:
-                task.run(root, data_dir=data_dir, progress=reporter.training, log=reporter.log)
+                task.run(root, data_dir=data_dir, progress=reporter.training, log=reporter.log, data=data)
                 return Outcome(task.key, "done", attempts=attempt)
             except Exception as exc:  # a task's failure is reported; the sweep goes on
                 failure = Outcome(task.key, "failed", _error(exc), traceback.format_exc(), attempt)
@@ -155,6 +165,10 @@ def _exit_on_sigterm():
     return signal.signal(signal.SIGTERM, stop)
 
 
+#: The datasets a Ray worker process has loaded, kept for the next tasks it runs.
+WORKER_DATA = DataCache()
+
+
 def _run_in_worker(task: Task, root: str, data_dir: str | None, threads: int) -> dict[str, Any]:
     """A Ray task: the thread count set to its CPU share, then the task; what it ran on."""
     import torch
@@ -162,8 +176,25 @@ def _run_in_worker(task: Task, root: str, data_dir: str | None, threads: int) ->
     from prunelab.threads import set_threads
 
     set_threads(threads)
-    task.run(Path(root), data_dir=data_dir)
+    task.run(Path(root), data_dir=data_dir, data=WORKER_DATA)
     return {"pid": os.getpid(), "threads": torch.get_num_threads()}
+
+
+def _warm_worker(specs: list, data_dir: str | None, threads: int) -> int:
+    """Ready a Ray worker while the driver plans: torch's optimiser machinery imported (seconds,
+    once per process) and the sweep's first datasets loaded into :data:`WORKER_DATA`."""
+    import torch
+
+    from prunelab.threads import set_threads
+
+    set_threads(threads)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its first use imports torch._dynamo
+    for spec in specs:
+        try:
+            WORKER_DATA.get(spec, data_dir)
+        except Exception:  # the task that needs the data reports why it cannot load
+            break
+    return os.getpid()
 
 
 def _check_reachable(address: str) -> None:
@@ -261,17 +292,15 @@ class RayExecutor(Executor):
         env |= {k: os.environ[k] for k in PASSED_ON if k in os.environ}
         return {"env_vars": env}
 
-    def _start(self, ray) -> bool:
-        """Start or join Ray; True when this call started it (and must stop it)."""
-        if ray.is_initialized():
-            return False
+    def _start(self, ray) -> None:
+        """Start or join Ray."""
         common = {"runtime_env": self._runtime_env(), "logging_level": "ERROR", "log_to_driver": True}
         if self.address is not None:
             try:
                 ray.init(address=self.address, **common)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SpecError(f"cannot join the Ray cluster at {self.address!r}: {_error(exc)}") from None
-            return True
+            return
         workers = self.workers or 1
         resources: dict[str, Any] = {"num_cpus": max(1, math.ceil(workers * self.cpus))}
         message = self.oversubscription()
@@ -282,20 +311,45 @@ class RayExecutor(Executor):
 
             resources["num_gpus"] = torch.cuda.device_count()
         ray.init(include_dashboard=False, **resources, **common)
-        return True
 
-    def run(self, plan, *, data_dir=None, reporter=None) -> dict[str, Outcome]:
+    @contextmanager
+    def session(self, points, data_dir=None):
+        """Ray started (or joined) and each worker slot warmed with the sweep's first data, stopped
+        at the end (also on Ctrl-C and SIGTERM: no Ray processes are left behind)."""
         ray = _ray()
-        reporter = reporter or Reporter()
-        started = self._start(ray)
+        if ray.is_initialized():  # an outer session, or the caller's own Ray
+            yield
+            return
+        self._start(ray)
         previous = _exit_on_sigterm()  # after Ray's own handler, which it replaces
         try:
-            return self._run(ray, plan, data_dir, reporter)
+            self._warm(ray, points, data_dir)
+            yield
         finally:
-            if started:
-                ray.shutdown()  # also on Ctrl-C and SIGTERM: no Ray processes are left behind
+            ray.shutdown()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+    def _slots(self, ray) -> int:
+        """How many tasks can run at once: ``workers``, else what the cluster's CPUs and GPUs hold."""
+        if self.workers is not None:
+            return self.workers
+        have = ray.cluster_resources()
+        fits = [have.get(k, 0) / need for k, need in (("CPU", self.cpus), ("GPU", self.gpus)) if need]
+        return max(1, min(256, int(min(fits))))
+
+    def _warm(self, ray, points, data_dir) -> None:
+        """One warm-up task per slot (not waited for: the workers get ready while the sweep is planned)."""
+        firsts = {DataCache.key(p.spec, data_dir): p.spec for p in points}
+        specs = list(firsts.values())[: WORKER_DATA.size]
+        warm = ray.remote(_warm_worker).options(num_cpus=self.cpus, num_gpus=self.gpus)
+        data = None if data_dir is None else str(data_dir)
+        for _ in range(self._slots(ray)):
+            warm.remote(specs, data, self.task_threads)
+
+    def run(self, plan, *, data_dir=None, reporter=None) -> dict[str, Outcome]:
+        with self.session(plan.points, data_dir):
+            return self._run(_ray(), plan, data_dir, reporter or Reporter())
 
     def _run(self, ray, plan: SweepPlan, data_dir, reporter: Reporter) -> dict[str, Outcome]:
         remote = ray.remote(_run_in_worker).options(

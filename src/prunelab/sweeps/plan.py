@@ -1,7 +1,8 @@
 """A sweep's task graph, worked out before anything trains.
 
 Each shared dense trunk (model, data, training, seed) is one task, trained once with every trunk
-point (rewind iteration) its experiments start from; each (experiment, seed) is one task after it.
+point (rewind iteration) its experiments start from; each (experiment, seed) trains its pruned levels
+in one task after it, and each of its controls is one more task after those.
 Every expanded spec is checked the way ``prunelab run`` checks it (a trial round on the model)
 while the plan is made, and the plan counts what the store already holds, so a resumed sweep
 says what is left.
@@ -9,16 +10,53 @@ says what is left.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prunelab.data import Dataset
 from prunelab.errors import DataError
-from prunelab.experiments.runner import ExperimentRunner
+from prunelab.experiments.runner import LEVELS, ExperimentRunner
 from prunelab.experiments.spec import ExperimentSpec
 from prunelab.experiments.store import Store
 from prunelab.sweeps.grid import GridPoint
+
+
+class DataCache:
+    """The datasets this process has loaded, by what loading depends on (the last ``size`` kept):
+    every task a process runs on the same data reads it once (a Ray worker keeps one for its life)."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, Dataset] = OrderedDict()
+
+    @staticmethod
+    def key(spec: ExperimentSpec, data_dir: str | Path | None) -> tuple[Any, ...]:
+        """What :meth:`ExperimentSpec.load_data` reads: the model and weights give its statistics
+        and tokenizer."""
+        return (
+            spec.data,
+            spec.val_size,
+            spec.model,
+            spec.weights,
+            None if data_dir is None else str(data_dir),
+        )
+
+    def get(self, spec: ExperimentSpec, data_dir: str | Path | None = None) -> Dataset:
+        key = self.key(spec, data_dir)
+        if key in self._items:
+            self._items.move_to_end(key)
+        else:
+            self._items[key] = spec.load_data(data_dir)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return self._items[key]
+
+    def loader(self, spec: ExperimentSpec, data_dir: str | Path | None = None) -> Callable[[], Dataset]:
+        """:meth:`get` when first needed (a finished task never loads its data)."""
+        return lambda: self.get(spec, data_dir)
 
 
 @dataclass(frozen=True)
@@ -39,10 +77,21 @@ class Task:
         raise NotImplementedError
 
     def run(
-        self, root: Path, *, data_dir: str | Path | None = None, progress=None, log=lambda m: None
+        self,
+        root: Path,
+        *,
+        data_dir: str | Path | None = None,
+        progress=None,
+        log=lambda m: None,
+        data: DataCache | None = None,
     ) -> None:
-        """Train what the task holds that the store lacks (a finished task only reads back)."""
+        """Train what the task holds that the store lacks (a finished task only reads back);
+        ``data`` keeps the datasets this process loaded for the next tasks."""
         raise NotImplementedError
+
+    def _runner(self, spec: ExperimentSpec, root: Path, data_dir, progress, log, data) -> ExperimentRunner:
+        loader = (data or DataCache(size=1)).loader(spec, data_dir)
+        return ExperimentRunner(spec, root, data_dir=data_dir, progress=progress, log=log, data=loader)
 
 
 @dataclass(frozen=True)
@@ -54,25 +103,27 @@ class TrunkTask(Task):
     def label(self) -> str:
         return f"dense trunk {self.specs[0].trunk_id()} seed {self.seed}"
 
-    def run(self, root, *, data_dir=None, progress=None, log=lambda m: None) -> None:
-        data = None
+    def run(self, root, *, data_dir=None, progress=None, log=lambda m: None, data=None) -> None:
+        data = data or DataCache(size=1)  # the specs of one trunk read the same data
         for spec in self.specs:
-            runner = ExperimentRunner(spec, root, data_dir=data_dir, progress=progress, log=log, data=data)
-            runner.train_trunk(self.seed)
-            data = runner.data
+            self._runner(spec, root, data_dir, progress, log, data).train_trunk(self.seed)
 
 
 @dataclass(frozen=True)
 class ExperimentTask(Task):
-    """One experiment's pruned levels and control branches for one seed, after its trunk."""
+    """One branch of one experiment for one seed: its pruned levels (after its trunk), or one of
+    its controls (after those levels)."""
+
+    branch: str = LEVELS
 
     @property
     def label(self) -> str:
-        return f"{self.specs[0].label()} seed {self.seed}"
+        control = "" if self.branch == LEVELS else f" control {self.branch}"
+        return f"{self.specs[0].label()} seed {self.seed}{control}"
 
-    def run(self, root, *, data_dir=None, progress=None, log=lambda m: None) -> None:
-        runner = ExperimentRunner(self.specs[0], root, data_dir=data_dir, progress=progress, log=log)
-        runner.run_seed(self.seed)
+    def run(self, root, *, data_dir=None, progress=None, log=lambda m: None, data=None) -> None:
+        runner = self._runner(self.specs[0], root, data_dir, progress, log, data)
+        runner.run_seed(self.seed, self.branch)
 
 
 @dataclass
@@ -107,7 +158,7 @@ class SweepPlan:
         lines = [
             f"sweep: {len(self.points)} experiments x {len(seeds)} seed(s) {seeds}: "
             f"{len(self.tasks)} tasks ({trunks} dense trunk x seed, of {len(self.shared)} trunk(s); "
-            f"{len(self.tasks) - trunks} experiment x seed)",
+            f"{len(self.tasks) - trunks} experiment x seed x branch)",
             f"trainings: {self.trainings} ({self.done} finished already, {self.trainings - self.done} to run)",
             f"work: about {iterations:,} training iterations ({left:,} to run)",
         ]
@@ -124,6 +175,11 @@ class SweepPlan:
             lines.append(f"#{i + 1} {p.spec.experiment_id()}  {p.label()}")
         lines.append(f"results: {self.root}")
         return lines
+
+
+def task_key(experiment: str, seed: int, branch: str = LEVELS) -> str:
+    """The key of an experiment's task for one seed and branch (its levels, or a control)."""
+    return f"{experiment} seed {seed}" + ("" if branch == LEVELS else f" {branch}")
 
 
 def _count(arts) -> tuple[int, int]:
@@ -185,22 +241,25 @@ def make_plan(
             )
             for i in group:
                 s, exp = points[i].spec, points[i].spec.experiment_id()
-                arts = []
-                for level in range(1, s.pruning.rounds + 1):
-                    arts.append(store.level(exp, seed, level))
-                    arts += [store.control(exp, seed, level, c) for c in s.controls]
-                n, done = _count(arts)
                 per = s.train.total_iterations(ipe(i))
-                experiment_tasks.append(
-                    ExperimentTask(
-                        f"{exp} seed {seed}",
-                        seed,
-                        (s,),
-                        after=key,
-                        trainings=n,
-                        done=done,
-                        iterations=per * n,
-                        iterations_left=per * (n - done),
+                levels = task_key(exp, seed, LEVELS)
+                for branch in (LEVELS, *s.controls):
+                    arts = [
+                        store.level(exp, seed, k) if branch == LEVELS else store.control(exp, seed, k, branch)
+                        for k in range(1, s.pruning.rounds + 1)
+                    ]
+                    n, done = _count(arts)
+                    experiment_tasks.append(
+                        ExperimentTask(
+                            task_key(exp, seed, branch),
+                            seed,
+                            (s,),
+                            after=key if branch == LEVELS else levels,
+                            trainings=n,
+                            done=done,
+                            iterations=per * n,
+                            iterations_left=per * (n - done),
+                            branch=branch,
+                        )
                     )
-                )
     return SweepPlan(list(points), tasks + experiment_tasks, store.root, shared, missing)
