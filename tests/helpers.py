@@ -44,6 +44,35 @@ def lock_held_elsewhere(
         holder.wait()
 
 
+def random_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` in eval mode with BatchNorm statistics and affine parameters that are not the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return model.eval()
+
+
+def selection_run(tmp_path: Path, depths: tuple[int, int], rate: float) -> list[str]:
+    """``prunelab run`` flags: structure selection for one epoch on the synthetic task, on a tiny
+    prunelab ResNet (widths 4 and 8, ``depths`` blocks) from a factory file written to ``tmp_path``."""
+    factory = tmp_path / "tiny_resnet.py"
+    factory.write_text(
+        "from prunelab.models.resnet import ResNet\n\n"
+        "def make(num_classes, input_shape):\n"
+        f"    return ResNet((4, 8), {depths}, input_shape[0], num_classes)\n"
+    )
+    return [
+        "--model", f"{factory}:make", "--data", "synthetic", "--epochs", "1", "--batch-size", "64",
+        "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--method", "structure-selection",
+        "--rate", str(rate), "--structure-selection-penalty", "0.05", "--treatment", "finetune",
+    ]  # fmt: skip
+
+
 def assert_same_outputs(small: nn.Module, masked: nn.Module, shape, batch: int = 3) -> None:
     """``small`` computes what ``masked`` does, on inputs where the outputs differ from each other."""
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(7))

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import random_norms, selection_run
 
 from prunelab.compress import compact
 from prunelab.errors import SpecError
@@ -26,16 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is
 
 
 def resnet(seed: int = 0):
-    model = build_model("resnet20", input_shape=SHAPE, num_classes=4, seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # BatchNorm statistics and affine parameters that are not the identity
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return model.eval()
+    return random_norms(build_model("resnet20", input_shape=SHAPE, num_classes=4, seed=seed), seed + 1)
 
 
 def test_the_residual_blocks_of_a_resnet():
@@ -99,24 +91,14 @@ def test_the_smallest_scales_go_and_a_removed_block_is_its_shortcut():
         torch.testing.assert_close(masked.layer1[1](inputs["x"]), F.relu(inputs["x"]))  # identity shortcut
         result = compact(model, mask, torch.zeros(1, *SHAPE))
         torch.testing.assert_close(result.model(x), out, atol=1e-5, rtol=1e-5)
-    assert result.removed["layer1.1.conv1"] == 15  # every channel but the one each layer keeps
+    assert result.removed_blocks == ("layer1.1", "layer2.2") and not any(result.removed.values())
     with pytest.raises(SpecError, match="reported scales for"):
         prune(model, None, PruneSpec(method="structure-selection"), context=PruneContext(reports={}))
 
 
 def test_structure_selection_from_the_command_line(cli, tmp_path):
     root = tmp_path / "runs"
-    factory = tmp_path / "tiny_resnet.py"
-    factory.write_text(
-        "from prunelab.models.resnet import ResNet\n\n"
-        "def make(num_classes, input_shape):\n"
-        "    return ResNet((4, 8), (3, 2), input_shape[0], num_classes)\n"
-    )
-    args = [
-        "--model", f"{factory}:make", "--data", "synthetic", "--epochs", "1", "--batch-size", "64", "--optimizer", "sgd",
-        "--lr", "0.05", "--momentum", "0.9", "--method", "structure-selection", "--rate", "0.3",
-        "--structure-selection-penalty", "0.05", "--treatment", "finetune", "--controls", "random-mask",
-    ]  # fmt: skip
+    args = [*selection_run(tmp_path, (3, 2), 0.3), "--controls", "random-mask"]
     code, out, err = cli("run", *args, "--root", root, "--no-progress", "--threads", "1")
     assert code == 0, err
     text = " ".join((out + err).split())

@@ -39,6 +39,11 @@ def _numbers(text: str, kind: type, what: str) -> list:
     return values
 
 
+def _blocks(result) -> str:
+    """The residual blocks a compaction replaced by their shortcut, for a table or a line."""
+    return ", ".join(result.removed_blocks) or "none"
+
+
 def export(
     run: Run,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must be new or empty).")],
@@ -88,6 +93,7 @@ def export(
             sparsity_report(item.loaded.model, item.loaded.mask).total_kept,
         ),
         ("parameters after removal", small),
+        ("residual blocks removed", _blocks(item.result)),
         ("units removed", sum(item.result.removed.values())),
         ("dead units kept (exactness)", sum(item.result.kept_dead.values())),
         ("max |compact - masked| output", item.result.max_error),
@@ -179,7 +185,7 @@ def count(
     from prunelab.compress.count import count as count_model
     from prunelab.compress.level import compact_level
     from prunelab.table import Table
-    from prunelab.ui import show
+    from prunelab.ui import console, show
 
     item = compact_level(run, level, seed=seed, control=control, root=root, exact=not approximate)
     report = count_model(item.loaded.model, item.input_shape, item.loaded.mask, item.result.model)
@@ -189,6 +195,8 @@ def count(
     ]
     title = f"{item.loaded.experiment.id} level {item.loaded.level} (per example; FLOPs = 2 x MACs)"
     show(Table(title, ["", "dense", "masked (non-zero)", "compact", "compact / dense"], rows))
+    if item.result.removed_blocks:
+        console.print(f"residual blocks removed: {_blocks(item.result)}")
     if per_layer:
         columns = ["layer", "params", "masked", "compact", "FLOPs", "masked FLOPs", "compact FLOPs"]
         show(Table("", columns, report.layer_rows()))

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.compress.blocks import ShortcutBlock
 from prunelab.compress.encoder import save_pretrained
 from prunelab.compress.graph import NORM_TYPES, CompactResult
 from prunelab.errors import CheckpointError, PrunelabError
@@ -32,6 +33,7 @@ from prunelab.io import (
 from prunelab.models.build import example_input
 from prunelab.models.encoder import is_encoder, set_head_counts
 from prunelab.models.source import resolve_model
+from prunelab.pruning.selection import shortcut_attribute
 
 FORMAT = "prunelab-compact"
 VERSION = 1
@@ -97,6 +99,7 @@ def export_compact(
         "input_shape": list(input_shape),
         "layers": result.plan,
         "kept_channels": result.kept_channels,
+        "removed_blocks": list(result.removed_blocks),
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "source": source or {},
         "torch": torch.__version__,
@@ -203,6 +206,8 @@ def _rebuild(old: nn.Module, spec: dict[str, Any], name: str) -> nn.Module:
         from prunelab.compress.pca import Factorized
 
         return Factorized.like(old, int(spec["rank"]))
+    if spec.get("type") == "ShortcutBlock" and shortcut_attribute(old) == spec.get("shortcut"):
+        return ShortcutBlock.of(old, name)  # a removed residual block: its shortcut alone
     if spec.get("type") != type(old).__name__:
         raise CheckpointError(
             f"plan says layer {name!r} is a {spec.get('type')}, the model has {type(old).__name__}"

@@ -16,6 +16,8 @@ A channel is removed when the mask makes it
 
 Removals cascade (a unit whose live inputs are all removed is dead in turn), every layer keeps at
 least one unit, and every compaction is checked against the masked model on random inputs.
+Before any channel goes, a residual block whose whole branch the mask zeroes is replaced by its
+shortcut (:mod:`prunelab.compress.blocks`), so removed blocks leave the architecture.
 
 Depthwise convs (``groups == in_channels == out_channels``, MobileNet's) couple their input and
 output channel: channel ``c`` goes from the conv feeding it, from the depthwise conv itself and
@@ -49,6 +51,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prunelab.compress.blocks import ShortcutBlock, remove_blocks
 from prunelab.errors import PrunelabError
 from prunelab.pruning.mask import Mask
 
@@ -72,6 +75,9 @@ class CompactResult:
     """Producer layer -> dead units kept because folding their constant would not be exact."""
     max_error: float = 0.0
     """Largest |compact - masked| output difference seen on the check inputs."""
+    removed_blocks: tuple[str, ...] = ()
+    """Residual blocks whose whole branch the mask zeroes, replaced by their shortcut
+    (:class:`prunelab.compress.blocks.ShortcutBlock`)."""
 
 
 @dataclass
@@ -168,6 +174,7 @@ def compact(
     reference = copy.deepcopy(model).eval()
     mask.apply(reference)
     net = copy.deepcopy(reference)
+    blocks = remove_blocks(net)  # first whole residual blocks, then channels of what is left
     modules = {name: m for name, m in net.named_modules() if isinstance(m, LAYER_TYPES)}
     graph = _trace(net, example_input)
     groups = _groups(graph, net)
@@ -238,7 +245,7 @@ def compact(
             graph.get_pruning_group(group.root, pruner.prune_out_channels, idxs).prune()
     net.eval()
     error = _check(net, reference, example_input, generator, check_batch, exact, kept)
-    return CompactResult(net, layer_plan(net), kept, dropped, kept_dead, error)
+    return CompactResult(net, layer_plan(net), kept, dropped, kept_dead, error, blocks)
 
 
 def _dead(space: _Space, rows: dict[str, torch.Tensor], size: int) -> torch.Tensor:
@@ -668,7 +675,12 @@ def _first_difference(
     out: list[tuple[str, torch.Tensor, int]],
     kept: dict[str, list[int]],
 ) -> str:
-    """``"the kept outputs of layer 'x' are the first to differ; "``, or ``""`` if none can be blamed."""
+    """``"the kept outputs of layer 'x' are the first to differ; "``, or ``""`` if none can be blamed.
+
+    Layers of residual blocks the compaction removed run in ``ref`` only: they are passed over.
+    """
+    present = {name for name, _, _ in out}
+    ref = [r for r in ref if r[0] in present]
     for (name, r, dim), (other, o, _) in zip(ref, out, strict=False):
         if name != other:
             return f"layer {other!r} runs where the masked model runs {name!r}; "
@@ -686,7 +698,8 @@ def layer_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Constructor shapes of every reshapeable layer: enough to rebuild the architecture.
 
     Convs with ``groups != 1`` (depthwise ones, the only grouped convs compaction accepts) also
-    record ``groups``, which compaction changes for them.
+    record ``groups``, which compaction changes for them. A residual block replaced by its
+    shortcut is ``{"type": "ShortcutBlock"}``, before its shortcut's layers.
     """
     from prunelab.compress.pca import Factorized
 
@@ -694,6 +707,9 @@ def layer_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
     for name, m in model.named_modules():
         if isinstance(m, Factorized):  # a PCA-shrunk layer (prunelab.compress.pca); its parts follow
             plan[name] = {"type": "Factorized", "rank": m.rank}
+            continue
+        if isinstance(m, ShortcutBlock):  # a removed residual block; its shortcut's layers follow
+            plan[name] = {"type": "ShortcutBlock", "shortcut": m.attribute}
             continue
         if isinstance(m, nn.Linear):
             spec = {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}

@@ -12,8 +12,11 @@ masked, so the branch outputs exactly 0 and the block computes ``relu(shortcut(x
 
 A residual block is a module with a ``shortcut`` (prunelab's ResNets) or ``downsample`` attribute
 (torchvision's) and BatchNorms named ``bn1``, ``bn2``, ...; its residual branch is its own
-``convK``/``bnK`` children. Masks remove the block's function; the compaction then cuts its channels
-to the one per layer it always keeps (removing the block from the architecture is not done).
+``convK``/``bnK`` children. Masks remove the block's function; the compaction
+(:mod:`prunelab.compress.blocks`) then removes the block from the architecture, replacing it by its
+shortcut followed by the block's final ReLU, so ``prunelab export`` / ``count`` / ``bench`` measure
+a shallower network (a block whose forward is not known to end in that ReLU only has its channels
+cut to the one per layer the compaction always keeps).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from prunelab.pruning.methods import METHODS, Method
 from prunelab.spec import FrozenSpec
 from prunelab.training.plugins import TrainPlugin, register_plugin
 
-__all__ = ["ResidualBlock", "StructureSelection", "residual_blocks", "select_blocks"]
+__all__ = ["ResidualBlock", "StructureSelection", "residual_blocks", "select_blocks", "shortcut_attribute"]
 
 SCALE = "block_scale"
 _NUMBERED = re.compile(r"^(conv|bn)(\d+)$")
@@ -50,11 +53,17 @@ class ResidualBlock:
     last_norm: str
 
 
+def shortcut_attribute(module: nn.Module) -> str | None:
+    """The attribute that holds a residual block's shortcut, ``shortcut`` (prunelab's ResNets) or
+    ``downsample`` (torchvision's; ``None`` there is the identity), or ``None`` for other modules."""
+    return next((a for a in ("shortcut", "downsample") if hasattr(module, a)), None)
+
+
 def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
     """The residual blocks of ``model`` in module order (see the module docstring for what counts)."""
     out = []
     for name, module in model.named_modules():
-        if not (hasattr(module, "shortcut") or hasattr(module, "downsample")):
+        if shortcut_attribute(module) is None:
             continue
         numbered = {n: m for n, m in module.named_children() if _NUMBERED.match(n)}
         norms = sorted(
