@@ -305,6 +305,46 @@ def test_slimming_and_early_bird_from_the_command_line(cli, tmp_path, monkeypatc
         assert "Traceback" not in err
 
 
+def test_multi_pass_slimming_keeps_the_push_on_while_each_level_retrains(tmp_path, monkeypatch):
+    built = []
+    original = Trainer.__init__
+
+    def records(self, model, data, cfg, **kw):
+        built.append([type(h).__name__ for h in kw.get("hooks") or ()])
+        original(self, model, data, cfg, **kw)
+
+    monkeypatch.setattr(Trainer, "__init__", records)
+
+    def run(multi_pass: bool, root):
+        spec = ExperimentSpec(
+            model="conv2-bn", data="synthetic", seeds=(0,), controls=("random-mask",),
+            train=TrainConfig(epochs=1, batch_size=64, optimizer="sgd", lr=0.05),
+            pruning=PruneSpec(method="slimming", rate=0.25, rounds=2, slimming={"penalty": 0.05, "multi_pass": multi_pass}),
+            treatment={"kind": "finetune", "finetune_epochs": 1},
+        )  # fmt: skip
+        built.clear()
+        ExperimentRunner(spec, root).run()
+        return spec, [list(b) for b in built]
+
+    single, hooks = run(False, tmp_path / "single")
+    assert hooks == [["SlimmingL1"]] + [[]] * 4  # the dense training only; 2 levels + 2 controls plain
+    multi, hooks = run(True, tmp_path / "multi")
+    assert hooks == [["SlimmingL1"]] * 5  # every level and control retrains under the push
+    assert single.trunk_id() == multi.trunk_id()  # the dense training is the same: shared
+    from prunelab.experiments import load_level
+
+    def gamma_l1(spec, root, level):
+        state = load_level(spec.experiment_id(), level=level, root=root).model.state_dict()
+        return sum(float(state[k].abs().sum()) for k in ("bn1.weight", "bn2.weight"))
+
+    # the push shrinks the kept scales while level 1 retrains (same start, same mask, same batches)
+    assert gamma_l1(multi, tmp_path / "multi", 1) < gamma_l1(single, tmp_path / "single", 1) - 1e-3
+    # and the next round's threshold ranks those pushed scales: another quarter of the channels goes
+    level2 = load_level(multi.experiment_id(), level=2, root=tmp_path / "multi")
+    alive = sum(int(level2.mask[k].reshape(64, -1).any(1).sum()) for k in ("conv1.weight", "conv2.weight"))
+    assert alive == 128 - 32 - 24
+
+
 def test_the_readme_commands_are_valid_specs(monkeypatch):
     """The README's examples of these methods parse into the specs they describe (nothing trains)."""
     import re

@@ -125,6 +125,7 @@ class ExperimentRunner:
         self.controls = {name: CONTROLS.get(name)() for name in spec.controls}
         self.rate = spec.pruning.rate_per_round()
         self.dense_hooks = spec.dense_hooks  # fresh plug-ins for each dense training
+        self.level_hooks = spec.level_hooks  # and for each pruned level's and control's
         self._data = data
         self._warned: set[tuple[str, str]] = set()
         self._check_before_training()
@@ -157,7 +158,7 @@ class ExperimentRunner:
         info = self.spec.data_info
         _check_accepts(model, self.spec)
         example = _example(info.input_shape, 1, torch.Generator().manual_seed(0))
-        for hook in self.dense_hooks():
+        for hook in [*self.dense_hooks(), *self.level_hooks()]:
             hook.check(model, example)
         g = torch.Generator().manual_seed(0)  # the trial scores a random batch of the right shape
         probe = (
@@ -336,12 +337,21 @@ class ExperimentRunner:
                 flops_ratio=self._flops_ratio(mask),
             )
             ticket = self.treatment.start(inputs)
-            levels.append(self._train(art, f"seed {seed} level {level}", ticket, seed, level))
+            levels.append(
+                self._train(art, f"seed {seed} level {level}", ticket, seed, level, hooks=self.level_hooks)
+            )
             for name in controls:
                 start = self.controls[name].start(replace(inputs, ticket=ticket))
                 branch = self._artifact(seed, level, name)
                 controls[name].append(
-                    self._train(branch, f"seed {seed} level {level} {name}", start, seed, level)
+                    self._train(
+                        branch,
+                        f"seed {seed} level {level} {name}",
+                        start,
+                        seed,
+                        level,
+                        hooks=self.level_hooks,
+                    )
                 )
             previous = self._stored_weights(art)
         return levels, controls
@@ -521,7 +531,7 @@ class ExperimentRunner:
             dense = self.store.dense(self.spec.trunk_id(), seed)
             if dense.done:
                 # a dense training with plug-ins (slimming, sparse VD) takes its own step kind
-                expected = ("step",) if self.dense_hooks() else ()
+                expected = ("step",) if self.dense_hooks() or self.level_hooks() else ()
                 self._check_environment(
                     label, dense.metrics().environment, environment, "the dense trunk", expected
                 )

@@ -276,6 +276,10 @@ class ExperimentSpec(TrunkSpec):
         training (network slimming's L1 push, the early-bird search), else none."""
         return self.pruning.criterion().dense_hooks(self.pruning)
 
+    def level_hooks(self) -> list:
+        """The training plug-ins every pruned level and control retrains with (usually none)."""
+        return self.pruning.criterion().level_hooks(self.pruning)
+
     def trunk_identity(self) -> dict[str, Any]:
         """What the dense level-0 training depends on: shared by every method and treatment that
         trains it plainly; a method whose plug-ins join the dense training has its own trunk."""

@@ -81,6 +81,12 @@ class Criterion(ABC):
         the :class:`~prunelab.pruning.PruneSpec`. Default: none."""
         return []
 
+    def level_hooks(self, spec) -> list:
+        """Training hooks each pruned level, and each control beside it, retrains with (network
+        slimming's multi-pass scheme keeps its L1 push on); ``spec`` as for :meth:`dense_hooks`.
+        Default: none."""
+        return []
+
     @abstractmethod
     def scores(
         self,

@@ -227,6 +227,11 @@ class SlimmingSettings(FrozenSpec):
     min_channels: int = Field(
         1, ge=1, description="channels every layer keeps, whatever the global threshold says"
     )
+    multi_pass: bool = Field(
+        False,
+        description="keep the L1 push on while each level retrains: with rounds > 1, Liu et al.'s "
+        "multi-pass scheme (train sparse, prune, retrain sparse, prune, ...)",
+    )
 
 
 class EarlyBirdSettings(FrozenSpec):
@@ -265,6 +270,7 @@ class SlimmingL1(TrainPlugin):
     description = "network slimming's L1 push s*sign(gamma) on BatchNorm scales (Liu et al. 2017)"
     needs = "a BatchNorm right after each conv/linear layer whose channels it prunes"
     Settings = SlimmingSettings
+    not_training = ("multi_pass",)  # which trainings it joins, not what it does to one
 
     def __init__(self, settings: FrozenSpec | None = None) -> None:
         super().__init__(settings)
@@ -493,6 +499,9 @@ class Slimming(_ScaleCriterion):
 
     def dense_hooks(self, spec) -> list[TrainPlugin]:
         return [SlimmingL1(self.settings)]
+
+    def level_hooks(self, spec) -> list[TrainPlugin]:
+        return [SlimmingL1(self.settings)] if self.settings.multi_pass else []
 
 
 @CRITERIA.register("early_bird")

@@ -35,6 +35,8 @@ class TrainPlugin(TrainHook):
     description: ClassVar[str] = ""
     needs: ClassVar[str] = ""
     Settings: ClassVar[type[FrozenSpec] | None] = None
+    not_training: ClassVar[tuple[str, ...]] = ()
+    """Settings that do not change the training the plug-in joins (left out of :meth:`identity`)."""
 
     def __init__(self, settings: FrozenSpec | None = None) -> None:
         if settings is None and self.Settings is not None:
@@ -48,7 +50,7 @@ class TrainPlugin(TrainHook):
     def identity(self) -> dict[str, Any]:
         """The plug-in's name and non-default settings (JSON values)."""
         values = {} if self.settings is None else self.settings.non_default()
-        return {"plugin": self.name, **values}
+        return {"plugin": self.name, **{k: v for k, v in values.items() if k not in self.not_training}}
 
     def __repr__(self) -> str:
         return (
