@@ -292,7 +292,7 @@ def test_each_control_is_a_task_after_the_levels_and_gives_the_numbers_of_one_ru
     assert numbers(tmp_path / "sweep") == numbers(tmp_path / "one")
     assert len(numbers(tmp_path / "one")) == 2 * (3 + 2 * 2)
     runner = ExperimentRunner(plan.points[0].spec, tmp_path / "fresh")
-    with pytest.raises(PrunelabError, match="level 1 .* not trained yet, and the reinit control"):
+    with pytest.raises(PrunelabError, match=r"level 1 .* not trained yet, and the reinit control"):
         runner.run_seed(0, "reinit")
     assert not (tmp_path / "fresh" / "trunks").exists()  # refused before anything trains
     with pytest.raises(SpecError, match="branch 'nope' is not one of this experiment's"):
