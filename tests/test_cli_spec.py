@@ -58,6 +58,7 @@ SAMPLES = {
     "pruning.slimming.penalty": ("0.001", 0.001),
     "pruning.slimming.gamma_init": ("0.5", 0.5),
     "pruning.slimming.min_channels": ("2", 2),
+    "pruning.slimming.multi_pass": (None, True),  # a switch: --slimming-multi-pass
     "pruning.early_bird.penalty": ("0.001", 0.001),
     "pruning.early_bird.queue": ("4", 4),
     "pruning.early_bird.distance": ("0.05", 0.05),
