@@ -144,92 +144,93 @@ class StructureSelectionSettings(FrozenSpec):
     )
 
 
-class BlockScales:
-    """One scalar ``block_scale`` per residual block, multiplying its branch's last BatchNorm."""
+@dataclass(frozen=True)
+class _Site:
+    """Where learned scales live: a parameter ``name`` of module ``owner`` (shape ``size``), each
+    multiplying ``per`` consecutive output channels of the BatchNorm ``norm`` (all of them: 0)."""
 
-    def __init__(self, model: nn.Module, method: str) -> None:
-        self.blocks = require_blocks(model, method)
-
-    def install(self, model: nn.Module) -> list:
-        handles = []
-        for block in self.blocks:
-            module = model.get_submodule(block.name)
-            module.register_parameter(
-                SCALE, nn.Parameter(torch.ones((), device=next(module.parameters()).device))
-            )
-            norm = model.get_submodule(block.last_norm)
-            handles.append(
-                norm.register_forward_hook(lambda m, args, out, module=module: out * getattr(module, SCALE))
-            )
-        return handles
-
-    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        return [getattr(model.get_submodule(block.name), SCALE) for block in self.blocks]
-
-    @torch.no_grad()
-    def fold(self, model: nn.Module) -> dict[str, float]:
-        """Fold each scale into its BatchNorm, drop the parameters; the scales by block."""
-        found = {}
-        for block in self.blocks:
-            module = model.get_submodule(block.name)
-            scale = getattr(module, SCALE).detach()
-            _fold_into(model.get_submodule(block.last_norm), scale)
-            found[block.name] = float(scale)
-            del module._parameters[SCALE]
-        return found
+    owner: str
+    name: str
+    norm: str
+    size: tuple[int, ...]
+    per: int = 0
 
 
-class GroupScales:
-    """A ``group_scale`` vector on each grouped conv, one per group, multiplying that group's channels
-    of the BatchNorm after the conv."""
+class _Scales:
+    """Learned scales on BatchNorm outputs, at the :attr:`sites` a subclass finds: installed as
+    parameters and forward hooks, and folded into the BatchNorms at the end."""
 
-    def __init__(self, model: nn.Module, method: str) -> None:
-        self.convs = require_grouped_convs(model, method)
+    sites: list[_Site]
 
     def install(self, model: nn.Module) -> list:
         handles = []
-        for found in self.convs:
-            conv = model.get_submodule(found.conv)
-            conv.register_parameter(
-                GROUP_SCALE, nn.Parameter(torch.ones(found.groups, device=conv.weight.device))
-            )
+        for site in self.sites:
+            owner = model.get_submodule(site.owner)
+            device = next(owner.parameters()).device
+            owner.register_parameter(site.name, nn.Parameter(torch.ones(site.size, device=device)))
             handles.append(
-                model.get_submodule(found.norm).register_forward_hook(
-                    lambda m, args, out, conv=conv, per=found.out_per_group: (
-                        out * _per_channel(getattr(conv, GROUP_SCALE), per, out.dim())
+                model.get_submodule(site.norm).register_forward_hook(
+                    lambda m, args, out, owner=owner, site=site: (
+                        out * _per_channel(getattr(owner, site.name), site.per, out.dim())
                     )
                 )
             )
         return handles
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        return [getattr(model.get_submodule(found.conv), GROUP_SCALE) for found in self.convs]
+        return [getattr(model.get_submodule(site.owner), site.name) for site in self.sites]
 
     @torch.no_grad()
     def fold(self, model: nn.Module) -> dict[str, float]:
-        """Fold each group's scale into its channels of the BatchNorm, drop the parameters; the scales
-        by group (``conv[g]``)."""
-        out = {}
-        for found in self.convs:
-            conv = model.get_submodule(found.conv)
-            scale = getattr(conv, GROUP_SCALE).detach()
-            _fold_into(model.get_submodule(found.norm), scale.repeat_interleave(found.out_per_group))
-            out.update({found.unit(g): float(s) for g, s in enumerate(scale)})
-            del conv._parameters[GROUP_SCALE]
-        return out
+        """Fold each scale into its BatchNorm (``bn(x) * s`` is a BatchNorm with ``gamma * s`` and
+        ``beta * s``), drop the parameters; the scales by :meth:`names`."""
+        found = {}
+        for site in self.sites:
+            owner = model.get_submodule(site.owner)
+            scale = getattr(owner, site.name).detach()
+            norm = model.get_submodule(site.norm)
+            factor = _per_channel(scale, site.per, 2)
+            norm.weight.mul_(factor)
+            norm.bias.mul_(factor)
+            found.update(zip(self.names(site), scale.reshape(-1).tolist(), strict=True))
+            del owner._parameters[site.name]
+        return found
+
+    def names(self, site: _Site) -> list[str]:
+        """The report names of one site's scales."""
+        raise NotImplementedError
+
+
+class BlockScales(_Scales):
+    """One scalar ``block_scale`` per residual block, multiplying its branch's last BatchNorm."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        self.blocks = require_blocks(model, method)
+        self.sites = [_Site(block.name, SCALE, block.last_norm, ()) for block in self.blocks]
+
+    def names(self, site: _Site) -> list[str]:
+        return [site.owner]
+
+
+class GroupScales(_Scales):
+    """A ``group_scale`` vector on each grouped conv, one per group, multiplying that group's channels
+    of the BatchNorm after the conv (reported as ``conv[g]``)."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        self.convs = require_grouped_convs(model, method)
+        self.sites = [_Site(c.conv, GROUP_SCALE, c.norm, (c.groups,), c.out_per_group) for c in self.convs]
+
+    def names(self, site: _Site) -> list[str]:
+        (conv,) = [c for c in self.convs if c.conv == site.owner]
+        return [conv.unit(g) for g in range(conv.groups)]
 
 
 def _per_channel(scale: torch.Tensor, per: int, dim: int) -> torch.Tensor:
-    """One scale per group as one per channel, shaped to broadcast over an output of ``dim`` dims."""
+    """One scale per group as one per channel, shaped to broadcast over an output of ``dim`` dims
+    (a scalar as it is)."""
+    if not per:
+        return scale
     return scale.repeat_interleave(per).reshape(-1, *([1] * (dim - 2)))
-
-
-@torch.no_grad()
-def _fold_into(norm: nn.Module, scale: torch.Tensor) -> None:
-    """``bn(x) * scale`` (one scale, or one per channel) is a BatchNorm with ``gamma * scale`` and
-    ``beta * scale``: make it so."""
-    norm.weight.mul_(scale.detach())
-    norm.bias.mul_(scale.detach())
 
 
 UNITS = {"blocks": BlockScales, "groups": GroupScales}
