@@ -19,7 +19,12 @@ from prunelab.models import build_model, count_parameters
 from prunelab.models.vision import import_torchvision
 from prunelab.pruning import Mask, PruneContext, PruneSpec, prune
 from prunelab.pruning.groups import grouped_convs, select_groups
-from prunelab.pruning.selection import GROUP_SCALE, StructureSelection, StructureSelectionSettings
+from prunelab.pruning.selection import (
+    GROUP_SCALE,
+    StructureSelection,
+    StructureSelectionSettings,
+    residual_blocks,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -178,9 +183,15 @@ def test_grouped_convs_not_pruned_by_whole_groups_are_refused():
     mask = Mask(entries)
     with pytest.raises(PrunelabError, match=r"layer 'layer3.0.conv2': grouped convolutions \(groups=4"):
         compact(model, mask, torch.zeros(1, *SHAPE))
-    # an unpruned ResNeXt compacts as it is
+    # an unpruned ResNeXt compacts as it is, and whole blocks leave it with their grouped conv
     result = compact(model, None, torch.zeros(1, *SHAPE))
     assert result.removed_groups == {} and count_parameters(result.model) == count_parameters(model)
+    scales = {b.name: 0.01 if b.name == "layer2.0" else 1.0 for b in residual_blocks(model)}
+    context = PruneContext(reports={"structure-selection": {"scales": scales}})
+    mask = prune(model, None, PruneSpec(method="structure-selection", rate=0.25), context=context)
+    result = compact(model, mask, torch.zeros(1, *SHAPE))
+    assert result.removed_blocks == ("layer2.0",) and result.removed_groups == {}
+    assert_same_outputs(result.model, mask.apply(copy.deepcopy(model)).eval(), SHAPE)
 
 
 FACTORY = """\
