@@ -31,8 +31,11 @@ feeding conv's mask says about that channel; a channel the depthwise conv still 
 even when the feeding conv's filter for it is pruned (a constant through a zero-padded depthwise
 conv is not constant at the border). Masks need not choose consistent filters for coupled
 layers: the result always computes what the masked model computes. A depthwise conv fed by the
-model input keeps every channel. Other grouped convs (``1 < groups``, not depthwise, channel
-multipliers included) are refused by name.
+model input keeps every channel. The grouped conv of a ResNeXt bottleneck (torchvision's
+``Bottleneck.conv2``) whose mask keeps or prunes each group whole loses its zero groups before
+(:mod:`prunelab.compress.groups`: fewer groups, and the channels of the convs around it that only
+those groups used); then every channel it reads or writes stays. Other grouped convs
+(``1 < groups``, not depthwise, channel multipliers included) are refused by name.
 
 What cannot be compacted fails with a :class:`PrunelabError` naming the layer: a layer with
 parameters that is not Linear/Conv/BatchNorm, a model that cannot be traced (the layer the trace
@@ -720,7 +723,7 @@ def _first_difference(
 def layer_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Constructor shapes of every reshapeable layer: enough to rebuild the architecture.
 
-    Convs with ``groups != 1`` (depthwise ones, the only grouped convs compaction accepts) also
+    Convs with ``groups != 1`` (depthwise ones, and ResNeXt bottlenecks' grouped convs) also
     record ``groups``, which compaction changes for them. A residual block replaced by its
     shortcut is ``{"type": "ShortcutBlock"}``, before its shortcut's layers.
     """
@@ -738,7 +741,7 @@ def layer_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
             spec = {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
         elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             spec = {"in_channels": m.in_channels, "out_channels": m.out_channels, "bias": m.bias is not None}
-            if m.groups != 1:  # a compacted depthwise conv has as many groups as channels left
+            if m.groups != 1:  # depthwise: as many groups as channels left; ResNeXt: the groups left
                 spec["groups"] = m.groups
         elif isinstance(m, NORM_TYPES):
             spec = {"num_features": m.num_features}
