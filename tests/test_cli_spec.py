@@ -65,6 +65,7 @@ SAMPLES = {
     "pruning.early_bird.min_channels": ("2", 2),
     "pruning.early_bird.bf16": (None, True),  # a switch: --early-bird-bf16
     "pruning.structure_selection.penalty": ("0.001", 0.001),
+    "pruning.structure_selection.unit": ("groups", "groups"),
     "pruning.bayesian_compression.kl_weight": ("0.5", 0.5),
     "pruning.bayesian_compression.kl_warmup": ("2ep", "2ep"),
     "pruning.bayesian_compression.threshold": ("-2", -2.0),

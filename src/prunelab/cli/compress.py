@@ -44,6 +44,13 @@ def _blocks(result) -> str:
     return ", ".join(result.removed_blocks) or "none"
 
 
+def _groups(result) -> str:
+    """The groups a compaction removed from grouped convs, for a table or a line."""
+    return (
+        "; ".join(f"{conv} {', '.join(map(str, g))}" for conv, g in result.removed_groups.items()) or "none"
+    )
+
+
 def export(
     run: Run,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must be new or empty).")],
@@ -94,6 +101,7 @@ def export(
         ),
         ("parameters after removal", small),
         ("residual blocks removed", _blocks(item.result)),
+        ("conv groups removed", _groups(item.result)),
         ("units removed", sum(item.result.removed.values())),
         ("dead units kept (exactness)", sum(item.result.kept_dead.values())),
         ("max |compact - masked| output", item.result.max_error),
@@ -197,6 +205,8 @@ def count(
     show(Table(title, ["", "dense", "masked (non-zero)", "compact", "compact / dense"], rows))
     if item.result.removed_blocks:
         console.print(f"residual blocks removed: {_blocks(item.result)}")
+    if item.result.removed_groups:
+        console.print(f"conv groups removed: {_groups(item.result)}")
     if per_layer:
         columns = ["layer", "params", "masked", "compact", "FLOPs", "masked FLOPs", "compact FLOPs"]
         show(Table("", columns, report.layer_rows()))

@@ -1,8 +1,9 @@
 """Compression and deployment: physically smaller models, true counts, sparse execution, latency, export.
 
 * :func:`compact` removes the units a mask leaves dead or unused (Torch-Pruning's dependency graph
-  behind our own interface), and residual blocks whose whole branch it zeroes
-  (:mod:`prunelab.compress.blocks`), and checks the result against the masked model;
+  behind our own interface), residual blocks whose whole branch it zeroes
+  (:mod:`prunelab.compress.blocks`) and the groups it zeroes of ResNeXt's grouped convs
+  (:mod:`prunelab.compress.groups`), and checks the result against the masked model;
 * :func:`count` and :func:`removal_table` give parameters and operator-level FLOPs (MACs = FLOPs/2)
   of dense, masked and compacted models;
 * :func:`sparsify` runs unstructured masks with CSR layers where that is measured to be faster;

@@ -100,6 +100,7 @@ def export_compact(
         "layers": result.plan,
         "kept_channels": result.kept_channels,
         "removed_blocks": list(result.removed_blocks),
+        "removed_groups": {conv: list(groups) for conv, groups in result.removed_groups.items()},
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "source": source or {},
         "torch": torch.__version__,

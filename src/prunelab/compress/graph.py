@@ -31,8 +31,11 @@ feeding conv's mask says about that channel; a channel the depthwise conv still 
 even when the feeding conv's filter for it is pruned (a constant through a zero-padded depthwise
 conv is not constant at the border). Masks need not choose consistent filters for coupled
 layers: the result always computes what the masked model computes. A depthwise conv fed by the
-model input keeps every channel. Other grouped convs (``1 < groups``, not depthwise, channel
-multipliers included) are refused by name.
+model input keeps every channel. The grouped conv of a ResNeXt bottleneck (torchvision's
+``Bottleneck.conv2``) whose mask keeps or prunes each group whole loses its zero groups before
+(:mod:`prunelab.compress.groups`: fewer groups, and the channels of the convs around it that only
+those groups used); then every channel it reads or writes stays. Other grouped convs
+(``1 < groups``, not depthwise, channel multipliers included) are refused by name.
 
 What cannot be compacted fails with a :class:`PrunelabError` naming the layer: a layer with
 parameters that is not Linear/Conv/BatchNorm, a model that cannot be traced (the layer the trace
@@ -52,6 +55,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.compress.blocks import ShortcutBlock, remove_blocks
+from prunelab.compress.groups import bottleneck_convs, remove_groups, whole_groups
 from prunelab.errors import PrunelabError
 from prunelab.pruning.mask import Mask
 
@@ -78,6 +82,8 @@ class CompactResult:
     removed_blocks: tuple[str, ...] = ()
     """Residual blocks whose whole branch the mask zeroes, replaced by their shortcut
     (:class:`prunelab.compress.blocks.ShortcutBlock`)."""
+    removed_groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Grouped conv -> the groups the mask zeroes, removed from it (:mod:`prunelab.compress.groups`)."""
 
 
 @dataclass
@@ -170,11 +176,13 @@ def compact(
         return compact_encoder(model, mask, example_input, check_batch=check_batch, seed=seed)
     mask = mask if mask is not None else Mask.from_model_zeros(model)
     mask.check_fits(model)
-    _check_supported(model)
+    _check_supported(model, mask)
     reference = copy.deepcopy(model).eval()
     mask.apply(reference)
     net = copy.deepcopy(reference)
-    blocks = remove_blocks(net)  # first whole residual blocks, then channels of what is left
+    blocks = remove_blocks(net)  # first whole residual blocks, then whole groups, then channels
+    cut = remove_groups(net, mask)
+    mask = cut.mask
     modules = {name: m for name, m in net.named_modules() if isinstance(m, LAYER_TYPES)}
     graph = _trace(net, example_input)
     groups = _groups(graph, net)
@@ -243,9 +251,12 @@ def compact(
             pruner = graph.get_pruner_of_module(group.root)
             idxs = [int(i) for i in gone.nonzero().flatten()]
             graph.get_pruning_group(group.root, pruner.prune_out_channels, idxs).prune()
+    for layer, original in cut.kept.items():  # channels the group removal kept, numbered as before it
+        kept[layer] = [original[i] for i in kept.get(layer, range(len(original)))]
+        dropped[layer] = dropped.get(layer, 0) + cut.removed[layer]
     net.eval()
     error = _check(net, reference, example_input, generator, check_batch, exact, kept)
-    return CompactResult(net, layer_plan(net), kept, dropped, kept_dead, error, blocks)
+    return CompactResult(net, layer_plan(net), kept, dropped, kept_dead, error, blocks, cut.groups)
 
 
 def _dead(space: _Space, rows: dict[str, torch.Tensor], size: int) -> torch.Tensor:
@@ -253,6 +264,13 @@ def _dead(space: _Space, rows: dict[str, torch.Tensor], size: int) -> torch.Tens
     if not space.producers:
         return torch.zeros(size, dtype=torch.bool)
     return ~torch.stack([p.any(rows[p.layer], size) for p in space.producers]).any(0)
+
+
+def _grouped(module: nn.Module) -> bool:
+    """A grouped conv that is not depthwise (``groups > 1``)."""
+    return (
+        isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups > 1 and not _depthwise(module)
+    )
 
 
 def _depthwise(module: nn.Module) -> bool:
@@ -265,15 +283,20 @@ def _depthwise(module: nn.Module) -> bool:
 
 
 # checks and tracing ---------------------------------------------------------------------------
-def _check_supported(model: nn.Module) -> None:
+def _check_supported(model: nn.Module, mask: Mask) -> None:
     """Refuse, by name, a layer whose parameters compaction cannot reshape."""
+    bottlenecks = {found.conv for found in bottleneck_convs(model)}
     for name, module in model.named_modules():
         conv = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
         if conv and module.groups != 1 and not _depthwise(module):
+            if name in bottlenecks and whole_groups(mask, name, module):
+                continue  # ResNeXt's: whole groups go (prunelab.compress.groups), the rest stays
             raise PrunelabError(
                 f"cannot compact layer {name!r}: grouped convolutions (groups={module.groups}, "
                 f"{module.in_channels} -> {module.out_channels} channels) are not supported; only "
-                "depthwise ones (groups == in_channels == out_channels) are"
+                "depthwise ones (groups == in_channels == out_channels) are, and the grouped conv2 of "
+                "torchvision's Bottleneck (ResNeXt) when its mask keeps or prunes each group whole "
+                "(structure selection with unit 'groups')"
             )
         if list(module.parameters(recurse=False)) and not isinstance(module, SUPPORTED_TYPES):
             raise PrunelabError(
@@ -449,6 +472,8 @@ def _groups(graph: tp.DependencyGraph, net: nn.Module) -> list[_Group]:
             frozen = any(_fed_by_input(graph, m) for m in depthwise)
         else:
             spaces, frozen = [_Space([p for _, p in producers], [c for _, c in consumers])], False
+        # a grouped conv's channels stay: its groups were cut already (prunelab.compress.groups)
+        frozen = frozen or any(_grouped(m) for m, _ in producers + consumers)
         groups.append(_Group(g[0].dep.target.module, len(g[0].idxs), spaces, frozen))
     return groups
 
@@ -523,8 +548,9 @@ def _unit_keep(mask: Mask, layer: str, module: nn.Module) -> _Layer:
     key = f"{layer}.weight" if layer else "weight"
     keep = mask[key].cpu() if key in mask else torch.ones(module.weight.shape, dtype=torch.bool)
     keep = keep.flatten(2).any(2) if keep.dim() > 2 else keep
-    if _depthwise(module):  # output channel c reads input channel c only
-        keep = torch.diag(keep[:, 0])
+    groups = getattr(module, "groups", 1)
+    if groups > 1:  # a group's outputs read its inputs only (depthwise: output c reads input c)
+        keep = torch.block_diag(*keep.to(torch.uint8).split(keep.shape[0] // groups)).bool()
     return _Layer(
         keep, torch.zeros(keep.shape[0], dtype=torch.bool), torch.zeros(keep.shape[1], dtype=torch.bool)
     )
@@ -697,7 +723,7 @@ def _first_difference(
 def layer_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Constructor shapes of every reshapeable layer: enough to rebuild the architecture.
 
-    Convs with ``groups != 1`` (depthwise ones, the only grouped convs compaction accepts) also
+    Convs with ``groups != 1`` (depthwise ones, and ResNeXt bottlenecks' grouped convs) also
     record ``groups``, which compaction changes for them. A residual block replaced by its
     shortcut is ``{"type": "ShortcutBlock"}``, before its shortcut's layers.
     """
@@ -715,7 +741,7 @@ def layer_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
             spec = {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
         elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             spec = {"in_channels": m.in_channels, "out_channels": m.out_channels, "bias": m.bias is not None}
-            if m.groups != 1:  # a compacted depthwise conv has as many groups as channels left
+            if m.groups != 1:  # depthwise: as many groups as channels left; ResNeXt: the groups left
                 spec["groups"] = m.groups
         elif isinstance(m, NORM_TYPES):
             spec = {"num_features": m.num_features}
