@@ -224,7 +224,7 @@ def test_group_selection_from_the_command_line(cli, tmp_path):
     code, out, err = cli("run", *args)
     assert code == 0, err
     text = " ".join((out + err).split())
-    assert "learned scales |lambda| of 8" in text and text.count(") removed") == 2  # one note per conv
+    assert "learned scales |lambda| of 8 groups" in text and text.count(") removed") == 2  # one note per conv
     (run,) = [p.name for p in (root / "experiments").iterdir()]
     loaded = load_level(run, root=root)
     gone = {

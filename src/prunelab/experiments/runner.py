@@ -564,5 +564,6 @@ def report_text(report: dict) -> str:
     scales = report.get("scales")
     if isinstance(scales, dict) and scales:
         values = [abs(float(v)) for v in scales.values()]
-        return f"learned scales |lambda| of {len(values)} blocks from {min(values):.3g} to {max(values):.3g}"
+        unit = report.get("unit", "blocks")
+        return f"learned scales |lambda| of {len(values)} {unit} from {min(values):.3g} to {max(values):.3g}"
     return ", ".join(f"{k}={v}" for k, v in report.items())

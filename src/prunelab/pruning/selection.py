@@ -280,7 +280,7 @@ class StructureSelection(TrainPlugin):
         return model, None
 
     def report(self) -> dict[str, Any]:
-        return {"scales": dict(self.scales)} if self.scales else {}
+        return {"scales": dict(self.scales), "unit": self.settings.unit} if self.scales else {}
 
 
 @CRITERIA.register("structure_selection")
