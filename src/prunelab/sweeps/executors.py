@@ -197,6 +197,21 @@ def _warm_worker(specs: list, data_dir: str | None, threads: int) -> int:
     return os.getpid()
 
 
+@contextmanager
+def _environment(values: dict[str, str]):
+    """``os.environ`` with ``values`` set, restored afterwards (this process's torch is unaffected)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _check_reachable(address: str) -> None:
     """Refuse at once a cluster address that cannot be reached (Ray itself retries for minutes)."""
     import socket
@@ -283,21 +298,21 @@ class RayExecutor(Executor):
                     "Ray instance; leave it out, or join a cluster with GPUs (--address)"
                 )
 
-    def _runtime_env(self) -> dict[str, Any]:
+    def _worker_env(self) -> dict[str, str]:
+        """What the workers' environment needs: prunelab importable, torch at the task's threads."""
         import prunelab
 
         here = str(Path(prunelab.__file__).resolve().parents[1])
         paths = [here, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "OMP_NUM_THREADS": str(self.task_threads)}
-        env |= {k: os.environ[k] for k in PASSED_ON if k in os.environ}
-        return {"env_vars": env}
+        return env | {k: os.environ[k] for k in PASSED_ON if k in os.environ}
 
     def _start(self, ray) -> None:
         """Start or join Ray."""
-        common = {"runtime_env": self._runtime_env(), "logging_level": "ERROR", "log_to_driver": True}
+        common = {"logging_level": "ERROR", "log_to_driver": True}
         if self.address is not None:
-            try:
-                ray.init(address=self.address, **common)
+            try:  # a cluster's workers get the environment as Ray's runtime_env
+                ray.init(address=self.address, runtime_env={"env_vars": self._worker_env()}, **common)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SpecError(f"cannot join the Ray cluster at {self.address!r}: {_error(exc)}") from None
             return
@@ -310,7 +325,10 @@ class RayExecutor(Executor):
             import torch
 
             resources["num_gpus"] = torch.cuda.device_count()
-        ray.init(include_dashboard=False, **resources, **common)
+        # A local instance's workers inherit the environment Ray starts in: no runtime_env, so the
+        # workers Ray starts at once serve the tasks (a runtime_env would start others, later).
+        with _environment(self._worker_env()):
+            ray.init(include_dashboard=False, **resources, **common)
 
     @contextmanager
     def session(self, points, data_dir=None):
