@@ -27,13 +27,12 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from prunelab.errors import SpecError
 from prunelab.pruning.criteria import CRITERIA
 from prunelab.pruning.methods import METHODS, Method
 from prunelab.pruning.variational import SparseVD, SparseVDCriterion, kl_approximation
 from prunelab.spec import FrozenSpec
 from prunelab.training.config import parse_duration
-from prunelab.training.plugins import TrainPlugin, register_plugin
+from prunelab.training.plugins import register_plugin
 
 __all__ = ["BayesianCompression", "GroupConv2d", "GroupLinear"]
 
@@ -179,13 +178,7 @@ class BayesianCompressionCriterion(SparseVDCriterion):
     """Bayesian compression: the weights of the units its training kept (log alpha_z <= threshold)."""
 
     Settings = BayesianCompressionSettings
-
-    def dense_hooks(self, spec) -> list[TrainPlugin]:
-        if spec.rounds != 1:
-            raise SpecError(
-                f"method {spec.method!r} learns its mask in one training: use rounds 1 (got {spec.rounds})"
-            )
-        return [BayesianCompression(self.settings, layers=spec.layers, exclude=spec.exclude)]
+    plugin = BayesianCompression
 
 
 METHODS.add(

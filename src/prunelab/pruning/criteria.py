@@ -431,16 +431,29 @@ class _Calibrated(Criterion):
             layer = n.rpartition(".")[0]
             check_layer(model.get_submodule(layer), layer, self.name)
 
-    def samples(self, masked, mask, name, context):
-        """The layer's input patches in ``masked`` (the model with ``mask`` applied, copied once per
-        scoring call), its alive input channels and its weight."""
+    def scores(self, model, mask, names, context, generator) -> Scores:
+        """Each layer's input patches in the masked model (copied once per call), taken apart into
+        every input channel's contribution to each output, scored by :meth:`channel_scores`."""
         from prunelab.pruning.calibration import collect
 
-        (samples,) = collect(
-            [masked], name.rpartition(".")[0], _batches(context), positions=context.positions
-        )
-        alive = mask[name].reshape(mask[name].shape[0], mask[name].shape[1], -1).any(2).any(0)
-        return samples, alive, dict(masked.named_parameters())[name].detach()
+        masked = _masked_copy(model, mask)
+        params = dict(masked.named_parameters())
+        per_channel = {}
+        for n in names:
+            (samples,) = collect(
+                [masked], n.rpartition(".")[0], _batches(context), positions=context.positions
+            )
+            alive = mask[n].reshape(mask[n].shape[0], mask[n].shape[1], -1).any(2).any(0)
+            parts = samples.contributions(params[n].detach())  # (S, O, C)
+            per_channel[n] = self.channel_scores(parts, alive, n, context)
+        return _channel_scores(model, names, per_channel)
+
+    @abstractmethod
+    def channel_scores(
+        self, parts: torch.Tensor, alive: torch.Tensor, name: str, context: PruneContext
+    ) -> torch.Tensor:
+        """Per input channel of layer ``name``, from ``parts`` (samples, outputs, channels) and the
+        channels still ``alive``: higher is kept longer."""
 
 
 def _masked_copy(model: nn.Module, mask: Mask) -> nn.Module:
@@ -461,17 +474,11 @@ class ThiNet(_Calibrated):
 
     name = "thinet"
 
-    def scores(self, model, mask, names, context, generator) -> Scores:
-        per_channel = {}
-        masked = _masked_copy(model, mask)
-        for n in names:
-            samples, alive, weight = self.samples(masked, mask, n, context)
-            parts = samples.contributions(weight)  # (S, O, C)
-            g = torch.Generator().manual_seed(0)
-            pick = torch.randint(0, parts.shape[1], (parts.shape[0],), generator=g)
-            x = parts[torch.arange(parts.shape[0]), pick]  # (S, C): one output entry per sample
-            per_channel[n] = greedy_order(x, alive)
-        return _channel_scores(model, names, per_channel)
+    def channel_scores(self, parts, alive, name, context) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        pick = torch.randint(0, parts.shape[1], (parts.shape[0],), generator=g)
+        x = parts[torch.arange(parts.shape[0]), pick]  # (S, C): one output entry per sample
+        return greedy_order(x, alive)
 
 
 def greedy_order(x: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
@@ -501,18 +508,12 @@ class Lasso(_Calibrated):
     name = "lasso"
     wants_counts = True
 
-    def scores(self, model, mask, names, context, generator) -> Scores:
-        per_channel = {}
-        masked = _masked_copy(model, mask)
-        for n in names:
-            samples, alive, weight = self.samples(masked, mask, n, context)
-            parts = samples.contributions(weight)  # (S, O, C)
-            z = parts.reshape(-1, parts.shape[2])
-            rows = torch.randperm(len(z), generator=torch.Generator().manual_seed(0))[:LASSO_ROWS]
-            z = z[rows.sort().values]
-            keep = int(alive.sum()) - int((context.counts or {}).get(n, 0))
-            per_channel[n] = lasso_select(z, alive, keep)
-        return _channel_scores(model, names, per_channel)
+    def channel_scores(self, parts, alive, name, context) -> torch.Tensor:
+        z = parts.reshape(-1, parts.shape[2])
+        rows = torch.randperm(len(z), generator=torch.Generator().manual_seed(0))[:LASSO_ROWS]
+        z = z[rows.sort().values]
+        keep = int(alive.sum()) - int((context.counts or {}).get(name, 0))
+        return lasso_select(z, alive, keep)
 
 
 LASSO_ROWS = 4096  # sampled (entry, output) rows of the regression: bounded memory and time

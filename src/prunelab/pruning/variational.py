@@ -263,13 +263,14 @@ class SparseVDCriterion(Criterion):
     """Sparse variational dropout: the weights its training leaves (log alpha <= 3), nothing else ranked."""
 
     Settings = SparseVDSettings
+    plugin: ClassVar[type[TrainPlugin]] = SparseVD  # the training that learns the mask
 
     def dense_hooks(self, spec) -> list[TrainPlugin]:
         if spec.rounds != 1:
             raise SpecError(
                 f"method {spec.method!r} learns its mask in one training: use rounds 1 (got {spec.rounds})"
             )
-        return [SparseVD(self.settings, layers=spec.layers, exclude=spec.exclude)]
+        return [self.plugin(self.settings, layers=spec.layers, exclude=spec.exclude)]
 
     def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
         """The non-zero weights of the layers the variational training covered (after it, the pruned
