@@ -27,7 +27,7 @@ from prunelab.models.weights import file_hash, parse_weights
 from prunelab.pruning import CRITERIA, PruneSpec
 from prunelab.spec import Flag, FrozenSpec, Text, build_spec, registered, resolved
 from prunelab.training import TrainConfig
-from prunelab.training.config import parse_duration
+from prunelab.training.config import Duration
 
 __all__ = [
     "ExperimentSpec",
@@ -70,7 +70,7 @@ class TreatmentSpec(FrozenSpec):
     kind: Annotated[
         registered(_treatments, "prunelab treatments"), Flag("treatment", parse=_treatment_text)
     ] = Field("rewind", description="what each pruned level trains from (rewind:500it rewinds to step 500)")
-    rewind_to: str = Field("0it", description="rewind point for `rewind`, e.g. 500it or 1ep")
+    rewind_to: Duration = Field("0it", description="rewind point for `rewind`, e.g. 500it or 1ep")
     finetune_lr: float | None = Field(
         None, gt=0, description="learning rate of `finetune` (default: the training lr)"
     )
@@ -82,12 +82,6 @@ class TreatmentSpec(FrozenSpec):
     @classmethod
     def _text(cls, value: Any) -> Any:
         return _treatment_text(value) if isinstance(value, str) else value
-
-    @field_validator("rewind_to")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        parse_duration(v, 1)
-        return v
 
     @classmethod
     def parse(cls, text: str) -> TreatmentSpec:

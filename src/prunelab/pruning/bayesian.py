@@ -24,14 +24,14 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from prunelab.pruning.criteria import CRITERIA
 from prunelab.pruning.methods import METHODS, Method
 from prunelab.pruning.variational import SparseVD, SparseVDCriterion, kl_approximation
 from prunelab.spec import FrozenSpec
-from prunelab.training.config import parse_duration
+from prunelab.training.config import Duration
 from prunelab.training.plugins import register_plugin
 
 __all__ = ["BayesianCompression", "GroupConv2d", "GroupLinear"]
@@ -135,7 +135,9 @@ class BayesianCompressionSettings(FrozenSpec):
     kl_weight: float = Field(
         1.0, ge=0, le=100, description="weight of the KL term (1: the variational bound)"
     )
-    kl_warmup: str = Field("0it", description="the KL weight rises linearly from 0 over this long (e.g. 2ep)")
+    kl_warmup: Duration = Field(
+        "0it", description="the KL weight rises linearly from 0 over this long (e.g. 2ep)"
+    )
     threshold: float = Field(
         -3.0,
         ge=-8,
@@ -145,12 +147,6 @@ class BayesianCompressionSettings(FrozenSpec):
     log_sigma2_init: float = Field(
         -9.0, ge=-20, le=0, description="initial log variance of weights and scales"
     )
-
-    @field_validator("kl_warmup")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        parse_duration(v, 1)
-        return v
 
 
 @register_plugin("bayesian-compression")

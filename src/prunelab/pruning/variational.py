@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from prunelab.errors import SpecError
@@ -37,7 +37,7 @@ from prunelab.pruning.layers import describe, select_layers
 from prunelab.pruning.mask import Mask
 from prunelab.pruning.methods import METHODS, Method
 from prunelab.spec import FrozenSpec
-from prunelab.training.config import parse_duration
+from prunelab.training.config import Duration, parse_duration
 from prunelab.training.plugins import TrainPlugin, register_plugin
 
 if TYPE_CHECKING:
@@ -153,19 +153,13 @@ class SparseVDSettings(FrozenSpec):
     kl_weight: float = Field(
         1.0, ge=0, le=100, description="weight of the KL term (1: the variational bound)"
     )
-    kl_warmup: str = Field(
+    kl_warmup: Duration = Field(
         "0it", description="the KL weight rises linearly from 0 over this long (e.g. 2ep, 500it)"
     )
     threshold: float = Field(
         3.0, ge=-8, le=8, description="weights with log alpha above this are pruned (Molchanov et al.: 3)"
     )
     log_sigma2_init: float = Field(-10.0, ge=-20, le=0, description="initial log sigma^2 of every weight")
-
-    @field_validator("kl_warmup")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        parse_duration(v, 1)
-        return v
 
 
 @register_plugin("sparse-vd")

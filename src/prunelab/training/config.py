@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from prunelab.spec import FrozenSpec, registered
 
@@ -24,6 +24,15 @@ def parse_duration(text: str | int, iterations_per_epoch: int) -> int:
         )
     value, unit = int(match.group(1)), match.group(2)
     return value * iterations_per_epoch if unit == "ep" else value
+
+
+def _check_duration(text: str) -> str:
+    parse_duration(text, 1)
+    return text
+
+
+#: A spec field holding a duration ('3ep', '500it'), checked when the spec is built.
+Duration = Annotated[str, AfterValidator(_check_duration)]
 
 
 def _optimizers():
