@@ -22,7 +22,7 @@ demo: $(STAMP)
 EXTRAS := $(VENV)/.installed-extras
 $(EXTRAS): $(STAMP)
 	# torch pinned to the installed release, so pip takes the torchvision built for it
-	$(PIP) -e '.[dev,vision,timm,nlp,onnx,ray]' "torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
+	$(PIP) -e '.[dev,vision,timm,nlp,onnx,ray,compare]' "torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
 	touch $(EXTRAS)
 
 test: $(EXTRAS)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from prunelab.compress.count import count, layer_flops
-from prunelab.compress.graph import compact
+from prunelab.compress.compact import compact
 from prunelab.errors import SpecError
 from prunelab.models import build_model, example_input
 from prunelab.models.encoder import encoder_blocks

@@ -274,7 +274,7 @@ def shrink(
     from prunelab.analysis.plots import figure_format, write_figure
     from prunelab.compress.count import total_flops
     from prunelab.compress.export import check_target, export_compact
-    from prunelab.compress.graph import CompactResult, layer_plan
+    from prunelab.compress.compact import CompactResult, layer_plan
     from prunelab.compress.pca import check_variance, plot_explained, shrink_level
     from prunelab.experiments import load_level
     from prunelab.experiments.store import results_root

@@ -1,9 +1,9 @@
 """Compression and deployment: physically smaller models, true counts, sparse execution, latency, export.
 
-* :func:`compact` removes the units a mask leaves dead or unused (Torch-Pruning's dependency graph
-  behind our own interface), residual blocks whose whole branch it zeroes
-  (:mod:`prunelab.compress.blocks`) and the groups it zeroes of ResNeXt's grouped convs
-  (:mod:`prunelab.compress.groups`), and checks the result against the masked model;
+* :func:`compact` removes the units of coupled groups (:mod:`prunelab.coupling`: channels, heads,
+  groups of grouped convs) that a mask leaves unread or dead, from every layer they belong to, and
+  residual blocks whose whole branch it zeroes (:mod:`prunelab.compress.blocks`), and checks the
+  result against the masked model in eval and in train mode;
 * :func:`count` and :func:`removal_table` give parameters and operator-level FLOPs (MACs = FLOPs/2)
   of dense, masked and compacted models;
 * :func:`sparsify` runs unstructured masks with CSR layers where that is measured to be faster;
@@ -22,7 +22,7 @@ from prunelab.compress.count import (
     removal_table,
 )
 from prunelab.compress.export import export_compact, export_onnx, load_compact
-from prunelab.compress.graph import CompactResult, compact, layer_plan
+from prunelab.compress.compact import CompactResult, compact, layer_plan
 from prunelab.compress.latency import (
     BenchResult,
     Timing,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from prunelab.compress.graph import compact
+from prunelab.compress.compact import compact
 from prunelab.models import build_model, count_parameters, example_input
 from prunelab.models.encoder import eager_attention
 from prunelab.pruning import Mask, prune, sparsity_report

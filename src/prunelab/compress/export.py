@@ -20,7 +20,9 @@ from torch import nn
 
 from prunelab.compress.blocks import ShortcutBlock
 from prunelab.compress.encoder import save_pretrained
-from prunelab.compress.graph import NORM_TYPES, CompactResult
+from prunelab.compress.compact import NORM_TYPES, CompactResult
+from prunelab.compress.resize import set_attributes
+from prunelab.coupling.attention import SWAPPED
 from prunelab.errors import CheckpointError, PrunelabError
 from prunelab.io import (
     OutputKind,
@@ -36,7 +38,8 @@ from prunelab.models.source import resolve_model
 from prunelab.pruning.selection import shortcut_attribute
 
 FORMAT = "prunelab-compact"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)  # version 1: every layer rebuilt fresh from its constructor shapes
 WEIGHTS = "model.safetensors"
 PLAN = "plan.json"
 ONNX = "model.onnx"
@@ -101,6 +104,7 @@ def export_compact(
         "kept_channels": result.kept_channels,
         "removed_blocks": list(result.removed_blocks),
         "removed_groups": {conv: list(groups) for conv, groups in result.removed_groups.items()},
+        "removed_heads": {attention: list(heads) for attention, heads in result.removed_heads.items()},
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "source": source or {},
         "torch": torch.__version__,
@@ -140,8 +144,8 @@ def read_plan(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory} holds no {PLAN}: not a `prunelab export` folder") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{directory / PLAN} is not valid JSON ({exc})") from None
-    if not isinstance(plan, dict) or plan.get("format") != FORMAT or plan.get("version") != VERSION:
-        raise CheckpointError(f"{directory / PLAN} is not a {FORMAT} plan of version {VERSION}")
+    if not isinstance(plan, dict) or plan.get("format") != FORMAT or plan.get("version") not in READABLE:
+        raise CheckpointError(f"{directory / PLAN} is not a {FORMAT} plan of version {' or '.join(map(str, READABLE))}")
     return plan
 
 
@@ -165,9 +169,13 @@ def load_compact(directory: str | Path) -> nn.Module:
                 image_size=plan.get("image_size"),
                 data=plan.get("data"),
             )
-            for name, spec in plan["layers"].items():
-                model.set_submodule(name, _rebuild(model.get_submodule(name), spec, name))
-    except (KeyError, AttributeError, TypeError) as exc:
+            if plan["version"] == 1:
+                for name, spec in plan["layers"].items():
+                    model.set_submodule(name, _rebuild(model.get_submodule(name), spec, name))
+            else:
+                _apply_plan(model, plan["layers"])
+                _fit_tensors(model, state)
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory / PLAN} does not describe a buildable model: {exc}") from None
     try:
         model.load_state_dict(state, strict=True, assign=True)
@@ -199,6 +207,44 @@ def _check_fingerprint(directory: Path, plan: dict[str, Any]) -> None:
             f"now {now}); the architecture is rebuilt from the current code",
             stacklevel=3,
         )
+
+
+def _apply_plan(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+    """Version 2: swap in the modules compaction swapped in, and set every recorded size attribute
+    (outermost first, so a swapped module's children are reached through it)."""
+    for name in sorted(layers, key=lambda n: (n.count(".") if n else -1, n)):
+        spec = layers[name]
+        old = model.get_submodule(name)
+        kind = spec.get("type")
+        if kind in ("Factorized", "ShortcutBlock"):
+            model.set_submodule(name, _rebuild(old, spec, name))
+            continue
+        if spec.get("swap"):
+            if kind not in SWAPPED:
+                raise CheckpointError(f"plan swaps layer {name!r} for an unknown module {kind!r}")
+            new = SWAPPED[kind].of(old)
+            set_attributes(new, spec.get("attrs", {}))
+            model.set_submodule(name, new)
+            continue
+        if kind != type(old).__name__:
+            raise CheckpointError(f"plan says layer {name!r} is a {kind}, the model has {type(old).__name__}")
+        set_attributes(old, spec.get("attrs", {}))
+
+
+def _fit_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give every parameter and buffer the shape the saved weights have (empty, on the model's
+    device), so ``load_state_dict(assign=True)`` takes them."""
+    for name, tensor in state.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        current = getattr(owner, attr, None)
+        if not isinstance(current, torch.Tensor) or tuple(current.shape) == tuple(tensor.shape):
+            continue
+        empty = torch.empty(tensor.shape, dtype=current.dtype, device=current.device)
+        if attr in owner._parameters:
+            owner._parameters[attr] = nn.Parameter(empty, requires_grad=current.requires_grad)
+        elif attr in owner._buffers:
+            owner._buffers[attr] = empty
 
 
 def _rebuild(old: nn.Module, spec: dict[str, Any], name: str) -> nn.Module:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from prunelab.compress.count import nonzero_flops
-from prunelab.compress.graph import compact
+from prunelab.compress.compact import compact
 from prunelab.compress.level import level_input_shape
 from prunelab.compress.sparse import sparsify
 from prunelab.errors import PrunelabError, SpecError

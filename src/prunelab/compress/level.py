@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunelab.compress.graph import CompactResult, compact
+from prunelab.compress.compact import CompactResult, compact
 from prunelab.experiments import LoadedLevel, load_level
 from prunelab.models import example_input
 

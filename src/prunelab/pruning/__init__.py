@@ -5,7 +5,7 @@ registry (:data:`CRITERIA`, :data:`STRUCTURES`, :data:`SCOPES`, :data:`METHODS`,
 method is one class or record plus one registration.
 """
 
-from prunelab.pruning import bayesian, selection, slimming, variational  # methods, before PruneSpec
+from prunelab.pruning import bayesian, coupled, selection, slimming, variational  # methods, before PruneSpec
 from prunelab.pruning.context import PruneContext
 from prunelab.pruning.criteria import CRITERIA, Criterion
 from prunelab.pruning.densities import DISTRIBUTIONS, layer_densities, random_mask
@@ -43,6 +43,7 @@ __all__ = [
     "SparsityReport",
     "Structure",
     "bayesian",
+    "coupled",
     "density_after",
     "from_torch_prune",
     "head_importance",

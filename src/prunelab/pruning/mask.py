@@ -140,11 +140,16 @@ class Mask:
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> nn.Module:
-        """Zero the pruned weights of ``model`` in place (after checking the mask fits)."""
+        """Zero the pruned weights of ``model`` in place (after checking the mask fits); a
+        LayerNorm whose channels the mask prunes then normalises over the kept ones
+        (:mod:`prunelab.pruning.norms`)."""
+        from prunelab.pruning import norms
+
         self.check_fits(model)
         params = dict(model.named_parameters())
         for name, m in self.items():
             params[name].mul_(m.to(params[name].device, params[name].dtype))
+        norms.install(model, self)
         return model
 
     def shuffled(self, generator: torch.Generator | None = None) -> Mask:

@@ -86,8 +86,8 @@ METHODS.add(
     "l1-filter",
     Method(
         "magnitude",
-        "filters by L1 norm (Li et al. 2017)",
-        "structured-output",
+        "filters by L1 norm (Li et al. 2017), with every layer sharing their channels",
+        "channels",
         "l1",
         True,
     ),

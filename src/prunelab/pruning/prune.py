@@ -29,7 +29,7 @@ from prunelab.pruning.methods import METHODS, Method
 from prunelab.pruning.schedule import check_rate
 from prunelab.pruning.scope import SCOPES, Scope
 from prunelab.pruning.spec import PruneSpec
-from prunelab.pruning.structure import SIGNED_UNIT_NORMS, STRUCTURES, UNIT_NORMS, Structure, UnitNorm, Units
+from prunelab.pruning.structure import SIGNED_UNIT_NORMS, STRUCTURES, UNIT_NORMS, Structure, Units
 from prunelab.spec import build_spec
 
 
@@ -48,6 +48,7 @@ def prune(
     *,
     context: PruneContext | None = None,
     generator: torch.Generator | None = None,
+    example: torch.Tensor | None = None,
     **keywords: Any,
 ) -> Mask:
     """A new mask pruning ``spec.rate_per_round()`` of the remaining elements of each scope pool.
@@ -63,7 +64,9 @@ def prune(
 
     Instead of a spec, keywords: ``prune(model, mask, fraction=0.2, method="snip", scope="global",
     synflow={"rounds": 10}, ...)`` (``fraction`` is this call's rate; the rest are PruneSpec fields).
-    Every input is checked before any scoring.
+    The coupled structures (``channels``, ``heads``, ...; see :mod:`prunelab.pruning.coupled`)
+    trace the model on ``example`` (one batch it accepts), else on one made from ``context``'s
+    batches or input shape. Every input is checked before any scoring.
     """
     if spec is None:
         spec = spec_from_keywords(**keywords)
@@ -78,7 +81,8 @@ def prune(
         return criterion.select(model, mask, spec, context, generator)
     struct = STRUCTURES.get(spec.structure_name())
     _check_structure(method, METHODS.get(method), criterion, spec.structure_name(), struct)
-    norm = UNIT_NORMS.get(METHODS.get(method).unit_norm)
+    norm = METHODS.get(method).unit_norm
+    UNIT_NORMS.get(norm)
     mask = Mask.ones(model) if mask is None else mask
     mask.check_fits(model)
     chosen = [layer for layer in select_layers(model, spec.layers, spec.exclude) if layer.param in mask]
@@ -86,9 +90,11 @@ def prune(
         raise SpecError(f"the mask covers none of the selected layers; its entries: {mask.names()[:8]}")
     rates = _layer_rates(model, chosen, fraction, spec.layer_rates, spec.output_rate_factor)
     groups = {layer.param: _conv_groups(model, layer) for layer in chosen}
-    units = struct.units(model, chosen, groups, spec.structure_name())
-    pools = _pools(units, spec.scope, SCOPES.get(spec.scope), rates, fraction)
     context = context if context is not None else PruneContext()
+    if getattr(struct, "needs_trace", False) and example is None:
+        example = _example(model, mask, context)
+    units = struct.units(model, chosen, groups, spec.structure_name(), example)
+    pools = _pools(units, spec.scope, SCOPES.get(spec.scope), rates, fraction)
     if criterion.layerwise and any(len(pool.layers) > 1 for pool in pools):
         raise SpecError(
             f"method {method!r} ranks units within each layer only, so scope must be 'layerwise', got {spec.scope!r}"
@@ -98,8 +104,21 @@ def prune(
     criterion.check(model, names, context)
 
     keep = {n: m.clone() for n, m in mask.items()}
-    _run(model, keep, pools, criterion, norm, names, context, generator, method)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    _run(model, keep, pools, criterion, norm, names, context, generator, method, shapes)
     return Mask(keep)
+
+
+def _example(model: nn.Module, mask: Mask, context: PruneContext) -> torch.Tensor | None:
+    """One batch to trace the model on: the context's first batch, else one of its input shape."""
+    from prunelab.models.build import example_input
+
+    if context.batches:
+        x = context.batches[0][0]
+        return x[:1]
+    if context.input_shape is not None:
+        return example_input(model, context.input_shape, 1, generator=torch.Generator().manual_seed(0))
+    return None
 
 
 def spec_from_keywords(*, fraction: float, **values: Any) -> PruneSpec:
@@ -229,12 +248,12 @@ def _drop_lowest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch
 
 def _alive(pool: _Pool, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Alive flags of the pool's elements (a unit is alive while any of its weights is)."""
-    return torch.cat([m.units(keep).any(dim=1) for m in pool.layers])
+    return torch.cat([m.alive(keep) for m in pool.layers])
 
 
 def _protected(pool: _Pool, alive: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Flags of the elements kept whatever their score: each member's ``min_keep`` best alive ones."""
-    flags = torch.zeros_like(alive)
+    flags = torch.cat([m.protected() for m in pool.layers]).to(alive.device)
     offset = 0
     for m in pool.layers:
         if m.min_keep:
@@ -249,17 +268,13 @@ def _element_scores(
     pool: _Pool,
     keep: Mapping[str, torch.Tensor],
     scores: Mapping[str, torch.Tensor],
-    norm: UnitNorm,
+    norm: str,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Scores of the pool's elements in float64: the weight's own, or its unit's norm."""
-    values = []
-    for m in pool.layers:
-        rows = m.units(keep)
-        device = rows.device
-        s = m.units({p.layer.param: scores[p.layer.param].to(device, torch.float64) for p in m.parts})
-        values.append(s[:, 0] if m.axis is None else norm(s, rows, generator).to(device, torch.float64))
-    return torch.cat(values)
+    values = [m.scores(keep, scores, norm, generator) for m in pool.layers]
+    device = values[0].device
+    return torch.cat([v.to(device) for v in values])
 
 
 def _run(
@@ -267,11 +282,12 @@ def _run(
     keep: dict[str, torch.Tensor],
     pools: list[_Pool],
     criterion: Criterion,
-    norm: UnitNorm,
+    norm: str,
     names: list[str],
     context: PruneContext,
     generator: torch.Generator | None,
     method: str,
+    shapes: Mapping[str, tuple[int, ...]],
 ) -> None:
     """Prune ``keep`` in place; iterative criteria approach each pool's goal exponentially."""
     start = [int(_alive(pool, keep).sum()) for pool in pools]
@@ -315,15 +331,13 @@ def _run(
                 survivors = _drop_lowest(values, alive & ~protected, count) | protected
                 offset = 0
                 for m in pool.layers:
-                    part = survivors[offset : offset + m.count]
-                    for p in m.parts:
-                        keep[p.layer.param] = keep[p.layer.param] & p.expand(part)
+                    m.apply(keep, survivors[offset : offset + m.count], shapes)
                     offset += m.count
             removed[i] += due[i]
     for pool, capped in zip(pools, short, strict=True):
         if capped:
             warnings.warn(
-                f"every block keeps at least one unit, so fewer were pruned than the rate asks among "
+                f"every group keeps at least one unit, so fewer were pruned than the rate asks among "
                 f"{describe([m.layer for m in pool.layers])[:200]}",
                 stacklevel=3,
             )

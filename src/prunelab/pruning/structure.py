@@ -85,6 +85,29 @@ class Units:
         """(elements, weights per element) of ``tensors`` (weight-shaped, by parameter name)."""
         return torch.cat([p.units(tensors[p.layer.param]) for p in self.parts], dim=1)
 
+    # what prunelab.prune asks of every kind of units (GroupUnits answers the same)
+    def alive(self, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per element: is any of its weights still kept?"""
+        return self.units(keep).any(dim=1)
+
+    def protected(self) -> torch.Tensor:
+        """Per element: kept whatever its score (none here; ``min_keep`` is applied by the caller)."""
+        return torch.zeros(self.count, dtype=torch.bool)
+
+    def scores(self, keep, scores: Mapping[str, torch.Tensor], norm: str, generator) -> torch.Tensor:
+        """Per element, float64: the weight's own score, or its unit's norm."""
+        rows = self.units(keep)
+        device = rows.device
+        s = self.units({p.layer.param: scores[p.layer.param].to(device, torch.float64) for p in self.parts})
+        if self.axis is None:
+            return s[:, 0]
+        return UNIT_NORMS.get(norm)(s, rows, generator).to(device, torch.float64)
+
+    def apply(self, keep: dict[str, torch.Tensor], survivors: torch.Tensor, shapes) -> None:
+        """Prune the elements ``survivors`` leaves out."""
+        for p in self.parts:
+            keep[p.layer.param] = keep[p.layer.param] & p.expand(survivors)
+
 
 @dataclass(frozen=True)
 class Structure:
@@ -112,7 +135,12 @@ class Structure:
         return self.structured and not self.fully_structured
 
     def units(
-        self, model: nn.Module, chosen: Sequence[LayerInfo], conv_groups: Mapping[str, int], name: str
+        self,
+        model: nn.Module,
+        chosen: Sequence[LayerInfo],
+        conv_groups: Mapping[str, int],
+        name: str,
+        example: torch.Tensor | None = None,
     ) -> list[Units]:
         """What each chosen layer puts into its pool: its weights or its units along the axis."""
         return [
@@ -121,61 +149,15 @@ class Structure:
         ]
 
 
-@dataclass(frozen=True)
-class EncoderStructure(Structure):
-    """Units spanning several layers of each transformer encoder block (see
-    :mod:`prunelab.models.encoder`): attention heads, FFN neurons, or both. Chosen layers outside
-    them are not pruned; a block whose anchor (the layer the unit's output goes through) is not
-    chosen keeps all its units. Each kind of unit is pooled apart (``global`` ranks all heads
-    together, and all FFN neurons together). Every block keeps at least one unit of each kind, so
-    a forward pass stays defined."""
-
-    kinds: tuple[str, ...] = ()  # of :data:`prunelab.models.encoder.UNIT_KINDS`
-
-    @property
-    def structured(self) -> bool:
-        return True
-
-    @property
-    def mixed(self) -> bool:
-        return False
-
-    def units(self, model, chosen, conv_groups, name) -> list[Units]:
-        from prunelab.models.encoder import encoder_blocks
-
-        by_param = {layer.param: layer for layer in chosen}
-        out, anchors = [], []
-        for block in encoder_blocks(model, f"structure {name!r}"):
-            for kind in self.kinds:
-                parts = block.parts(kind)
-                anchors.append(parts[-1][0].removesuffix(".weight"))
-                if parts[-1][0] in by_param:
-                    members = tuple(
-                        Part(by_param[p], axis, 1, size) for p, axis, size in parts if p in by_param
-                    )
-                    out.append(Units(by_param[parts[-1][0]], members, min_keep=1, kind=kind))
-        if not out:
-            raise SpecError(
-                f"structure {name!r} prunes units through the layers {anchors[:4]}, which the "
-                f"layer selection leaves out (selected: {describe(chosen)[:300]})"
-            )
-        return out
-
-
 STRUCTURES: Registry[Structure] = Registry("structure")
 STRUCTURES.add("unstructured", Structure(None, None, "single weights"))
 STRUCTURES.add("structured-input", Structure(1, 1, "whole input channels / input neurons (dim 1)"))
 STRUCTURES.add("structured-output", Structure(0, 0, "whole filters / output neurons (dim 0)"))
+# Paper 001's per-layer structures (torch.nn.utils.prune's ln_structured on each layer on its own);
+# the coupled ones (channels, heads, ffn, ...) are in prunelab.pruning.coupled.
 # Paper 001's hybrid: conv layers structured along the input axis, linear layers unstructured.
 STRUCTURES.add("hybrid", Structure(1, None, "conv: whole input channels; linear: single weights"))
 STRUCTURES.add("hybrid-output", Structure(0, None, "conv: whole filters; linear: single weights"))
-for _name, _kinds, _what in [
-    ("heads", ("heads",), "transformer attention heads (Q/K/V rows + output-projection columns)"),
-    ("ffn", ("ffn",), "transformer FFN neurons (first layer's row + second layer's column)"),
-    ("heads+ffn", ("heads", "ffn"), "transformer heads and FFN neurons, each kind pooled apart"),
-]:
-    STRUCTURES.add(_name, EncoderStructure(None, None, _what, _kinds))
-
 
 UnitNorm = Callable[[torch.Tensor, torch.Tensor, "torch.Generator | None"], torch.Tensor]
 """(scores of shape (units, weights per unit), alive of the same shape, generator) -> unit scores."""

@@ -1,0 +1,192 @@
+"""Structured pruning by coupled groups: a unit leaves every layer that writes or reads it.
+
+Structures ``channels``, ``heads``, ``ffn``, ``heads+ffn`` and ``groups`` prune units of the
+groups :func:`prunelab.coupling.discover` finds by tracing the model: a channel shared by a
+residual add leaves every conv writing the sum, its BatchNorms and every conv reading it; an
+attention head leaves the query/key/value rows and the output projection's columns; a hidden
+width of a transformer leaves the embeddings, every LayerNorm and every projection. The mask so
+chosen zeroes every member of a pruned unit, so the masked model computes what the compacted one
+does (:func:`prunelab.compress.compact` removes exactly those units).
+
+A group is pruned when the layer that writes its channels (its first conv/linear writer) is among
+the selected layers (``layers``, ``exclude``); its readers follow it. Scopes, rates and
+``layer_rates`` see each group as that layer: ``layerwise`` is one pool per group, ``global`` one
+over all groups (of one kind: heads and channels are pooled apart). A unit's score is its unit norm
+over the scores of every conv/linear weight in the group (the writers' rows, the readers'
+columns): ``l1`` sums them, as Torch-Pruning's group importance does. Units the trace froze (the
+classes of the output layer, channels an op without a rule touches) are never pruned, and every
+group keeps at least one unit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunelab.coupling import Group, Groups, discover
+from prunelab.errors import SpecError
+from prunelab.pruning.layers import LayerInfo, describe, prunable_layers
+from prunelab.pruning.structure import STRUCTURES, Structure
+
+#: Per unit norm: (reduce one position's scores and alive flags to a value, combine positions into
+#: units: "sum"/"amax"/"amin", finish the per-unit values). The same norms as UNIT_NORMS, for units
+#: whose weights lie in several tensors.
+Reduction = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str, Callable[[torch.Tensor], torch.Tensor]]
+GROUP_REDUCTIONS: dict[str, Reduction] = {
+    "l1": (lambda v, a: (v.abs() * a).sum(1), "sum", lambda x: x),
+    "l2": (lambda v, a: (v.pow(2) * a).sum(1), "sum", torch.sqrt),
+    "linf": (lambda v, a: (v.abs() * a).amax(1), "amax", lambda x: x),
+    "lninf": (lambda v, a: v.abs().masked_fill(~a, math.inf).amin(1), "amin", lambda x: x),
+    "abs-sum": (lambda v, a: (v * a).sum(1), "sum", torch.abs),
+}
+
+
+@dataclass(frozen=True)
+class GroupUnits:
+    """The units of one coupled group, as :func:`prunelab.prune` pools and ranks them."""
+
+    layer: LayerInfo
+    group: Group
+    kind: str
+    min_keep: int = 1
+
+    axis = 0
+
+    @property
+    def count(self) -> int:
+        return self.group.count
+
+    def scored(self, keep: Mapping[str, torch.Tensor]) -> list:
+        return [m for m in self.group.params() if m.tensor in keep and m.tensor.endswith("weight")]
+
+    def alive(self, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per unit: some position of it in a scored weight is still kept, and it is not frozen."""
+        flags = torch.zeros(self.count, dtype=torch.bool)
+        for m in self.scored(keep):
+            entry = keep[m.tensor]
+            kept = entry.movedim(m.dim, 0).reshape(entry.shape[m.dim], -1).any(1).cpu()
+            flags |= torch.zeros(self.count, dtype=torch.long).index_add_(0, m.units, kept.long()) > 0
+        return flags & self.group.free()
+
+    def protected(self) -> torch.Tensor:
+        return torch.zeros(self.count, dtype=torch.bool)
+
+    def scores(self, keep, scores: Mapping[str, torch.Tensor], norm: str, generator) -> torch.Tensor:
+        """Per unit: the norm of its scores over every scored member (float64)."""
+        if norm == "random":
+            return torch.rand(self.count, generator=generator, dtype=torch.float64)
+        reduce, combine, finish = GROUP_REDUCTIONS[norm]
+        fill = {"sum": 0.0, "amax": -math.inf, "amin": math.inf}[combine]
+        total = torch.full((self.count,), fill, dtype=torch.float64)
+        for m in self.scored(keep):
+            if m.tensor not in scores:
+                continue
+            values = scores[m.tensor].detach().to("cpu", torch.float64)
+            alive = keep[m.tensor].cpu()
+            size = values.shape[m.dim]
+            per = reduce(values.movedim(m.dim, 0).reshape(size, -1), alive.movedim(m.dim, 0).reshape(size, -1))
+            if combine == "sum":
+                total.index_add_(0, m.units, per)
+            else:
+                total.scatter_reduce_(0, m.units, per, reduce=combine)
+        return finish(total)
+
+    def apply(self, keep: dict[str, torch.Tensor], survivors: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Prune the units ``survivors`` leaves out from every member (frozen units stay)."""
+        flags = survivors | ~self.group.free()
+        for name, pattern in self.group.mask_entries(flags, shapes).items():
+            pattern = pattern.to(keep[name].device) if name in keep else pattern
+            keep[name] = keep[name] & pattern if name in keep else pattern.clone()
+
+
+@dataclass(frozen=True)
+class CoupledStructure(Structure):
+    """Units of the coupled groups of ``kinds`` (see the module docstring)."""
+
+    kinds: tuple[str, ...] = ("channels",)
+    needs_trace: bool = True
+
+    @property
+    def structured(self) -> bool:
+        return True
+
+    @property
+    def fully_structured(self) -> bool:
+        return True
+
+    @property
+    def mixed(self) -> bool:
+        return False
+
+    def units(self, model, chosen, conv_groups, name, example=None) -> list[GroupUnits]:
+        if example is None:
+            raise SpecError(
+                f"structure {name!r} traces the model to find the layers that share channels: give an "
+                "example input (prune(..., example=x), or context=PruneContext(input_shape=(C, H, W)))"
+            )
+        groups = discover(model, example)
+        return units_of(model, groups, chosen, self.kinds, name)
+
+
+def group_kind(group: Group, modules: Mapping[str, nn.Module]) -> str:
+    """``heads``, ``ffn`` (a transformer FFN's neurons: one Linear writes them, one reads them,
+    nothing normalises them) or ``channels``."""
+    if group.kind == "heads":
+        return "heads"
+    params = group.params()
+    layers = {m.module for m in params if m.tensor.endswith("weight")}
+    linear = all(isinstance(modules.get(n), nn.Linear) for n in layers)
+    writes = [m for m in params if "write" in m.roles and m.tensor.endswith("weight")]
+    reads = [m for m in params if "read" in m.roles]
+    if linear and len(writes) == 1 and len(reads) == 1 and all(m.roles <= {"read", "write"} for m in params):
+        return "ffn"
+    return "channels"
+
+
+def units_of(
+    model: nn.Module, groups: Groups, chosen: Sequence[LayerInfo], kinds: Sequence[str], name: str
+) -> list[GroupUnits]:
+    """The prunable groups of ``kinds`` whose writing layer is among ``chosen``, each represented by
+    that layer."""
+    modules = dict(model.named_modules())
+    by_param = {layer.param: layer for layer in chosen}
+    every = {layer.param: layer for layer in prunable_layers(model)}
+    out = []
+    for group in groups.prunable():
+        kind = group_kind(group, modules)
+        wanted = kind in kinds or ("channels" in kinds and kind == "ffn" and "ffn" not in kinds)
+        if not wanted:
+            continue
+        layer = _representative(group, every)
+        if layer is None or layer.param not in by_param:
+            continue
+        out.append(GroupUnits(layer, group, kind))
+    if not out:
+        raise SpecError(
+            f"structure {name!r} finds no group of {' or '.join(kinds)} to prune among the selected layers "
+            f"({describe(chosen)[:300]}); prunelab groups MODEL lists the groups"
+        )
+    return out
+
+
+def _representative(group: Group, layers: Mapping[str, LayerInfo]) -> LayerInfo | None:
+    """The layer a group stands for: its first conv/linear writer, else its first conv/linear member."""
+    for role in ("write", None):
+        for m in group.params():
+            if m.tensor in layers and (role is None or role in m.roles):
+                return layers[m.tensor]
+    return None
+
+
+for _name, _kinds, _what in [
+    ("channels", ("channels",), "whole channels of coupled groups: every layer writing or reading one loses it"),
+    ("heads", ("heads",), "attention heads: their query/key/value rows and output-projection columns"),
+    ("ffn", ("ffn",), "transformer FFN neurons: the first layer's row and the second layer's column"),
+    ("heads+ffn", ("heads", "ffn"), "attention heads and FFN neurons, each kind pooled apart"),
+    ("groups", ("channels", "heads"), "every coupled group: channels and attention heads, each kind pooled apart"),
+]:
+    STRUCTURES.add(_name, CoupledStructure(0, 0, _what, _kinds))
