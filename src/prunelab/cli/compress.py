@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from prunelab.cli.options import Root
+from prunelab.cli.options import DataDir, Device, Root, Threads
 from prunelab.errors import SpecError
 
 Run = Annotated[str, typer.Argument(help="Experiment id (or unique prefix), label, or folder.")]
@@ -39,6 +39,15 @@ def _numbers(text: str, kind: type, what: str) -> list:
     return values
 
 
+def _device(name: str) -> str:
+    """``auto`` as the device it stands for here (cuda when there is a GPU)."""
+    if name != "auto":
+        return name
+    from prunelab.training.device import resolve_device
+
+    return resolve_device(name).type
+
+
 def _blocks(result) -> str:
     """The residual blocks a compaction replaced by their shortcut, for a table or a line."""
     return ", ".join(result.removed_blocks) or "none"
@@ -58,6 +67,8 @@ def export(
     seed: Seed = None,
     control: Control = None,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
     force: Annotated[
         bool, typer.Option(help="Replace an earlier export in that folder (never anything else).")
     ] = False,
@@ -121,11 +132,17 @@ def bench(
     seed: Seed = None,
     control: Control = None,
     root: Root = None,
+    data_dir: DataDir = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,16,64,256",
     repeats: Annotated[int, typer.Option(help="Timed repetitions per variant and batch size.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 3,
-    threads: Annotated[int, typer.Option(help="CPU threads, pinned while timing.")] = 1,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="CPU threads torch runs while timing (pinned; the latencies are per thread count)."
+        ),
+    ] = 1,
+    device: Device = "cpu",
     sparse: Annotated[
         bool, typer.Option(help="Include the CSR version (layers swapped where faster).")
     ] = True,
@@ -166,7 +183,7 @@ def bench(
         repeats=repeats,
         warmup=warmup,
         threads=threads,
-        device=device,
+        device=_device(device),
         sparse=sparse,
         tokens=tokens,
     )
@@ -186,6 +203,8 @@ def count(
     seed: Seed = None,
     control: Control = None,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
     per_layer: Annotated[bool, typer.Option(help="Also print one row per layer.")] = False,
     approximate: Approximate = False,
 ) -> None:
@@ -227,6 +246,7 @@ def removal_table(
     layers: Annotated[
         str, typer.Option(help="all, conv-only or fc-only (output layer never pruned).")
     ] = "all",
+    threads: Threads = None,
 ) -> None:
     """Paper 003 Fig. 2: parameters left by masking against parameters left after real removal."""
     from prunelab.compress.count import removal_table as make_table
@@ -268,6 +288,8 @@ def shrink(
         typer.Option(help="Explained-variance curves per layer (.png/.svg/.pdf)."),
     ] = None,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
     force: Annotated[bool, typer.Option(help="Replace an earlier export in that folder.")] = False,
 ) -> None:
     """PCA layer shrinking (Zhang et al.): each layer a rank-k factorisation fitted to its outputs."""
@@ -290,7 +312,12 @@ def shrink(
         figure_format(plot)
     loaded = load_level(run, level, seed=seed, root=root)
     result = shrink_level(
-        loaded, variance=variance, layers=layers, exclude=tuple(exclude or ()), images=images
+        loaded,
+        variance=variance,
+        layers=layers,
+        exclude=tuple(exclude or ()),
+        images=images,
+        data_dir=data_dir,
     )
     shape = tuple(loaded.spec.data_info.input_shape)
     export_compact(
@@ -312,7 +339,7 @@ def shrink(
         )
     show(Table(f"{loaded.experiment.id} level {loaded.level}: PCA at {variance:.0%} explained variance -> {out}",
                ["layer", "outputs", "rank kept", "explained %", "note"], rows))  # fmt: skip
-    data = loaded.spec.load_data()
+    data = loaded.spec.load_data(data_dir)
     dense = loaded.model.eval()
     summary = [
         ("parameters", count_parameters(dense), count_parameters(result.model)),

@@ -15,15 +15,66 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
+from typer.core import TyperCommand, TyperGroup
 
 from prunelab.spec import Flag, FrozenSpec, RegistryRef, container_of, merge, unwrap
 
+
+# commands ------------------------------------------------------------------------------------------
+class _FlagsShowNoType:
+    """A flag takes no value, so its help shows no type label (typer's ``<bool>``), --help included."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_FlagsShowNoType, TyperCommand):
+    """A prunelab command."""
+
+
+class Group(_FlagsShowNoType, TyperGroup):
+    """A group of prunelab commands (``data``)."""
+
+
 # options shared by commands ------------------------------------------------------------------------
+# Defined here once, each with what it does, and given to every command that can use it: --root to
+# the commands reading or writing results, --data-dir and --threads to those that load data or build
+# models, --device to those that train or time models.
+
+
+def _data_dir_callback(ctx: typer.Context, value: Path | None) -> Path | None:
+    """--data-dir counts for every dataset lookup of the command (a model's vocabulary trained on
+    the data's text too), until the command ends."""
+    if value is not None:
+        from prunelab.cache import search_data_in
+
+        ctx.call_on_close(search_data_in(value))
+    return value
+
+
+def _threads_callback(value: int | None) -> int | None:
+    if value is not None:
+        from prunelab.threads import set_threads
+
+        set_threads(value)
+    return value
+
+
 Root = Annotated[
     Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10
     typer.Option("--root", help="Results folder (else $PRUNELAB_HOME, else ~/.prunelab/runs)."),
@@ -31,18 +82,25 @@ Root = Annotated[
 DataDir = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
-        "--data-dir", help="Folder holding the dataset files (else $PRUNELAB_DATA, the cache, ...)."
+        "--data-dir",
+        help="Folder holding the dataset files, searched first (else $PRUNELAB_DATA, the cache, ...).",
+        callback=_data_dir_callback,
     ),
 ]
-Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 Threads = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
         "--threads",
         min=1,
         help="CPU threads for torch (default: the CPUs this process may use, from affinity and cgroup limits).",
+        callback=_threads_callback,
     ),
 ]
+Device = Annotated[
+    Literal["auto", "cpu", "cuda"],
+    typer.Option("--device", help="Where models run: auto (a CUDA GPU when there is one), cpu or cuda."),
+]
+Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 Config = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option("--config", help="TOML/YAML spec file; flags given override it."),
@@ -174,6 +232,18 @@ def flag_values(flags: Iterable[SpecFlag], given: Mapping[str, Any]) -> dict[str
             target = target.setdefault(part, {})
         target.update(f.updates(value))
     return values
+
+
+def spec_command(flags: Callable[[], list[SpecFlag]]) -> Callable[[Callable], Callable]:
+    """Mark a command as taking the spec flags ``flags()`` (see :func:`with_spec_flags`), added when
+    the command is built: not when its module is imported, so listing the commands never reads the
+    specs and registries."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.spec_flags_from = flags  # type: ignore[attr-defined]
+        return fn
+
+    return mark
 
 
 def with_spec_flags(flags: list[SpecFlag]) -> Callable[[Callable], Callable]:
