@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from pydantic import BaseModel
@@ -96,9 +96,24 @@ Threads = Annotated[
         callback=_threads_callback,
     ),
 ]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _device_callback(value: str) -> str:
+    if value not in DEVICES:
+        from prunelab.errors import SpecError
+
+        raise SpecError(f"--device {value!r}: use {', '.join(DEVICES)}")
+    return value
+
+
 Device = Annotated[
-    Literal["auto", "cpu", "cuda"],
-    typer.Option("--device", help="Where models run: auto (a CUDA GPU when there is one), cpu or cuda."),
+    str,
+    typer.Option(
+        "--device",
+        help="Where models run: auto (a CUDA GPU when there is one), cpu or cuda.",
+        callback=_device_callback,
+    ),
 ]
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 Config = Annotated[
