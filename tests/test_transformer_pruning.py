@@ -361,3 +361,28 @@ def test_pruned_heads_stay_zero_with_zero_adam_state_through_training():
         for value in trainer.optimizer.state[params[name]].values():
             if isinstance(value, torch.Tensor) and value.shape == keep.shape:
                 assert bool((value[~keep] == 0).all()), name
+
+
+def test_heads_mask_takes_any_integer_index_and_refuses_the_rest():
+    """Issue 28: NumPy and 0-d tensor integers are indices; a bool, a lone number or a float is one
+    SpecError naming it; an empty list prunes no head."""
+    import numpy as np
+
+    from prunelab.pruning import heads_mask
+
+    net = tiny()
+    want = heads_mask(net, {0: [1, 3], 2: [0]})
+    same = heads_mask(net, {np.int64(0): [np.int32(1), torch.tensor(3)], torch.tensor(2): (0,), 1: []})
+    assert all(torch.equal(want[n], same[n]) for n in want.names())
+    assert pruned_heads(net, heads_mask(net, {0: []})) == [set(), set(), set()]
+    for heads, says in [
+        ({True: [0]}, r"block True is not an index"),
+        ({0: 1}, r"the heads of block 0 must be a list of head indices, as \[0, 2\], not 1"),
+        ({0: [True]}, r"block 0: head True is not an index"),
+        ({0: [1.0]}, r"block 0: head 1\.0 is not an index"),
+        ({0: [torch.tensor([1, 2])]}, r"block 0: head tensor\(\[1, 2\]\) is not an index"),
+        ({0: "12"}, r"must be a list of head indices"),
+        ([0, 1], r"heads must map block indices"),
+    ]:
+        with pytest.raises(SpecError, match=says):
+            heads_mask(net, heads)

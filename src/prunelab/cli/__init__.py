@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = _UserCodeLines()
     logger = logging.getLogger("prunelab")
     logger.addHandler(handler)
-    level, logger.level = logger.level, logging.INFO
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not an assignment: it clears the loggers' level caches
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

@@ -317,7 +317,7 @@ def call_factory(text: str, factory: object, num_classes: int, input_shape: Inpu
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     offered = {"num_classes": num_classes, "input_shape": tuple(input_shape)}
     kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
-    _announce(f"building model {text}: calling {text.rpartition(':')[2]}({_arguments(kwargs)}), your code")
+    announce(f"building model {text}: calling {text.rpartition(':')[2]}({_arguments(kwargs)}), your code")
     try:
         model = factory(**kwargs)
     except Exception as exc:
@@ -345,7 +345,7 @@ def _arguments(kwargs: dict) -> str:
 _announced: set[str] = set()
 
 
-def _announce(line: str) -> None:
+def announce(line: str) -> None:
     """Log ``line`` once per process (a run builds its model many times)."""
     if line not in _announced:
         _announced.add(line)
@@ -395,7 +395,7 @@ class FileSource(ModelSource):
             raise SpecError(f"model {self.text!r}: {self.path} cannot be imported as Python")
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
-        _announce(f"building model {self.text}: importing {self.path}, your code")
+        announce(f"building model {self.text}: importing {self.path}, your code")
         try:
             spec.loader.exec_module(module)
         except BaseException as exc:
@@ -440,7 +440,7 @@ class ModuleSource(ModelSource):
 
     def _module(self):
         if self.module_name not in sys.modules:
-            _announce(f"building model {self.text}: importing module {self.module_name}, your code")
+            announce(f"building model {self.text}: importing module {self.module_name}, your code")
         try:
             return importlib.import_module(self.module_name)
         except BaseException as exc:
