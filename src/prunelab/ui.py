@@ -80,15 +80,22 @@ def render(table: Table, width: int | None = None) -> RichTable | Group:
 
 
 def _share(least: list[int], most: list[int], room: int) -> list[int]:
-    """Column widths: each at least its longest word, the room left shared in proportion to what each
-    column needs to show its cells on one line; all of ``most`` when it fits."""
+    """Column widths within ``room``: each column at most ``most`` (its cells on one line) and at least
+    ``least`` (its longest word); the widest columns give way first, down to a common cap, so that
+    short columns keep their cells whole."""
     if sum(most) <= room:
         return most
-    spare, wants = room - sum(least), [m - w for m, w in zip(most, least, strict=True)]
-    total = sum(wants)
-    widths = [w + (spare * want // total if total else 0) for w, want in zip(least, wants, strict=True)]
-    for i in sorted(range(len(widths)), key=lambda i: wants[i], reverse=True)[: room - sum(widths)]:
-        widths[i] += 1  # the rounding's remainder, to the columns that want most
+    low, high = 0, max(most)
+    while low < high:  # the largest cap that fits
+        cap = (low + high + 1) // 2
+        if sum(max(w, min(m, cap)) for w, m in zip(least, most, strict=True)) <= room:
+            low = cap
+        else:
+            high = cap - 1
+    widths = [max(w, min(m, low)) for w, m in zip(least, most, strict=True)]
+    for i in sorted(range(len(widths)), key=lambda i: most[i] - widths[i]):
+        if sum(widths) < room and widths[i] < most[i]:
+            widths[i] += 1  # what the cap's rounding left: first to the columns nearest to one line
     return widths
 
 

@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperCommand
 from typer.models import CommandInfo, ParameterInfo
 
+import prunelab.ui  # noqa: F401 - its consoles made now follow $COLUMNS at each print, not as met mid-run
 from prunelab.cli.options import Command, Group
 from prunelab.errors import PrunelabError
 

@@ -15,14 +15,13 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 from typer.core import TyperCommand, TyperGroup
 
-from prunelab.spec import Flag, FrozenSpec, RegistryRef, container_of, merge, unwrap
+if TYPE_CHECKING:  # the spec machinery (pydantic) is imported when a command with spec flags is built
+    from prunelab.spec import FrozenSpec, RegistryRef
 
 
 # commands ------------------------------------------------------------------------------------------
@@ -152,6 +151,9 @@ def _kebab(name: str) -> str:
 
 
 def _default_text(info) -> str:
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
     value = info.default_factory() if info.default_factory is not None else info.default
     if value is None or value is PydanticUndefined:
         return ""
@@ -196,6 +198,8 @@ def spec_flags(
 
 
 def _walk(spec, path, prefix, out, only, skip) -> None:
+    from prunelab.spec import Flag, FrozenSpec, RegistryRef, container_of, unwrap
+
     for name, info in spec.model_fields.items():
         here = (*path, name)
         if (not path and only is not None and name not in only) or ".".join(here) in skip:
@@ -310,7 +314,7 @@ def _metavar(f: SpecFlag) -> str:
 
 def spec_from(cls: type[FrozenSpec], config: Path | None, values: Mapping[str, Any], reader) -> FrozenSpec:
     """A ``cls`` from a config file (read by ``reader``) with the flag values laid over it."""
-    from prunelab.spec import build_spec
+    from prunelab.spec import build_spec, merge
 
     base = reader(config) if config is not None else {}
     return build_spec(cls, **merge(base, values))
