@@ -41,6 +41,20 @@ def invoke(capsys, group: str, args: list) -> int:
     return code
 
 
+def exit_0_or_one_message(capsys, group: str, code: int, context: object) -> None:
+    """A command given damaged files either works (exit 0) or says what is wrong in one message
+    (exit 2), never a traceback; tallied under ``group``."""
+    out = capsys.readouterr()
+    tally = TALLY.setdefault(group, {"invocations": 0, "tracebacks": 0, "exit 2": 0})
+    tally["invocations"] += 1
+    tally["exit 2"] += code == 2
+    if "Traceback" in out.out + out.err or code not in (0, 2):
+        tally["tracebacks"] += 1
+    assert "Traceback" not in out.out + out.err and code in (0, 2), (context, out.err[-2000:])
+    if code == 2:
+        assert out.err.count("error:") == 1, out.err
+
+
 @pytest.fixture(scope="module", autouse=True)
 def report_figures():
     yield
@@ -256,16 +270,7 @@ def test_corrupt_results_never_give_a_traceback(capsys, monkeypatch, tmp_path, s
     target.write_bytes(data.draw(corruption(target.read_bytes())))
     command = data.draw(st.sampled_from(CORRUPT_COMMANDS))
     args = [str(a) for a in [*command(ident, tmp_path / "out"), "--root", copy]]
-    code = main(args)
-    out = capsys.readouterr()
-    tally = TALLY.setdefault("corrupt files", {"invocations": 0, "tracebacks": 0, "exit 2": 0})
-    tally["invocations"] += 1
-    tally["exit 2"] += code == 2
-    if "Traceback" in out.out + out.err or code not in (0, 2):
-        tally["tracebacks"] += 1
-    assert "Traceback" not in out.out + out.err and code in (0, 2), (target, args, out.err[-2000:])
-    if code == 2:
-        assert out.err.count("error:") == 1, out.err
+    exit_0_or_one_message(capsys, "corrupt files", main(args), (target, args))
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
 
 
@@ -388,12 +393,4 @@ def test_hostile_hf_folders_never_give_a_traceback(capsys, tmp_path, hf_folder, 
             target.write_bytes(data.draw(corruption(target.read_bytes())))
     args = ["train", "--model", f"hf:{folder}", "--weights", "hf:DEFAULT", "--data", "synthetic-sentiment"]
     code = main([*args, "--iterations", "1", "--batch-size", "8", "--no-progress"])
-    out = capsys.readouterr()
-    tally = TALLY.setdefault("hf folders", {"invocations": 0, "tracebacks": 0, "exit 2": 0})
-    tally["invocations"] += 1
-    tally["exit 2"] += code == 2
-    if "Traceback" in out.out + out.err or code not in (0, 2):
-        tally["tracebacks"] += 1
-    assert "Traceback" not in out.out + out.err and code in (0, 2), (kind, out.err[-2000:])
-    if code == 2:
-        assert out.err.count("error:") == 1, out.err
+    exit_0_or_one_message(capsys, "hf folders", code, kind)

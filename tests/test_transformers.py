@@ -67,16 +67,23 @@ def test_padding_is_cut_per_batch_without_changing_the_logits():
         torch.testing.assert_close(net(short), net(long))
 
 
-def test_an_hf_folder_loads_with_its_weights(tmp_path):
+def save_bert(folder, num_labels: int):
+    """A 1-layer BERT (hidden 32, 2 heads) with bert-tiny's tokenizer, saved to ``folder`` as
+    save_pretrained writes it; returns the model."""
     tok = resolve_model("bert-tiny").tokenizer(DATA)
     config = transformers.BertConfig(
         vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=3,
+        intermediate_size=64, num_labels=num_labels,
     )  # fmt: skip
     saved = transformers.BertForSequenceClassification(config)
-    folder = tmp_path / "my-bert"
     saved.save_pretrained(folder)
     tok.tokenizer.save_pretrained(folder)
+    return saved
+
+
+def test_an_hf_folder_loads_with_its_weights(tmp_path):
+    folder = tmp_path / "my-bert"
+    saved = save_bert(folder, 3)
     notes = []
     spec = ExperimentSpec(model=f"hf:{folder}", weights="hf:DEFAULT", data=DATA)
     net = spec.build_model(0, notes=notes)
@@ -184,16 +191,8 @@ def test_head_importance_is_the_gate_gradient_checked_by_finite_differences():
 
 @pytest.fixture
 def hf_folder(tmp_path):
-    """A save_pretrained folder of a 1-layer BERT (hidden 32, 2 heads) with its tokenizer."""
-    tok = resolve_model("bert-tiny").tokenizer(DATA)
-    config = transformers.BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=2,
-    )  # fmt: skip
-    folder = tmp_path / "bert"
-    transformers.BertForSequenceClassification(config).save_pretrained(folder)
-    tok.tokenizer.save_pretrained(folder)
-    return folder
+    save_bert(tmp_path / "bert", 2)
+    return tmp_path / "bert"
 
 
 def test_a_damaged_hf_folder_is_one_message_naming_the_file_or_field(cli, hf_folder):

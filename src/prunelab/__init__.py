@@ -25,7 +25,7 @@ _EXPORTS = {
     ),
     **dict.fromkeys(("MODELS", "SOURCES", "build_model", "resolve_model"), "prunelab.models"),
     **dict.fromkeys(
-        ("Mask", "PruneSpec", "from_torch_prune", "prune", "random_mask", "sparsity_report"),
+        ("Mask", "PruneSpec", "from_torch_prune", "heads_mask", "prune", "random_mask", "sparsity_report"),
         "prunelab.pruning",
     ),
     "set_threads": "prunelab.threads",
@@ -86,6 +86,7 @@ __all__ = [
     "build_model",
     "evaluate",
     "from_torch_prune",
+    "heads_mask",
     "load",
     "load_compact",
     "load_dataset",
