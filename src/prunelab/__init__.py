@@ -37,9 +37,15 @@ _EXPORTS = {
 
 def __getattr__(name: str) -> Any:
     source = "load_level" if name == "load" else name  # prunelab.load is load_level
-    if source not in _EXPORTS:
-        raise AttributeError(f"module 'prunelab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[source]), source)
+    if source in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[source]), source)
+    else:  # a sub-package, as `import prunelab` once imported them all: prunelab.compress.compact
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'prunelab' has no attribute {name!r}") from None
     globals()[name] = value
     return value
 
