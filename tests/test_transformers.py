@@ -212,6 +212,9 @@ def test_a_damaged_hf_folder_is_one_message_naming_the_file_or_field(cli, hf_fol
     text = " ".join(err.split())
     assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
     assert f"{hf_folder / 'config.json'}: hidden_size 32 is not a multiple of num_attention_heads 3" in text
+    (hf_folder / "config.json").write_text(json.dumps(config | {"vocab_size": 10**9}))
+    code, _, err = cli(*args)
+    assert code == 2 and "make a model of about 32,000," in " ".join(err.split()) and "GiB" in err
     (hf_folder / "config.json").write_text(json.dumps(config))
     weights = hf_folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-64])

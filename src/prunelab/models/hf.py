@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,6 +37,28 @@ from prunelab.models.vision import import_transformers
 #: The files a tokenizer is saved as (``tokenizer.save_pretrained``): one of them must be in an
 #: ``hf:`` folder, else transformers builds a tokenizer of special tokens only and every word is unknown.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _encoder_parameters(config) -> int:
+    """About how many parameters a BERT-like encoder of ``config`` holds: its embeddings (tokens,
+    positions, token types) and per layer the attention's four projections and the FFN's two."""
+
+    def size(name: str, default: int = 0) -> int:
+        value = getattr(config, name, default)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+    hidden = size("hidden_size")
+    ffn = size("intermediate_size", 4 * hidden)
+    rows = size("vocab_size") + size("max_position_embeddings") + size("type_vocab_size")
+    return rows * hidden + size("num_hidden_layers") * (4 * hidden * hidden + 2 * hidden * ffn)
+
+
+def _memory() -> int:
+    """This machine's memory in bytes (0 when it cannot be told)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _reason(exc: BaseException) -> str:
@@ -154,6 +177,14 @@ class HFSource(LibrarySource, TextModelSource):
             raise SpecError(
                 f"{where}: hidden_size {sizes['hidden_size']} is not a multiple of num_attention_heads "
                 f"{sizes['num_attention_heads']} (each head gets hidden_size / num_attention_heads dimensions)"
+            )
+        params, memory = _encoder_parameters(config), _memory()
+        if memory and 4 * params > memory:
+            shown = ", ".join(f"{k} {getattr(config, k, None)!r}" for k in ("vocab_size", "hidden_size",
+                              "intermediate_size", "num_hidden_layers", "max_position_embeddings"))  # fmt: skip
+            raise SpecError(
+                f"{where}: its sizes ({shown}) make a model of about {params:,} parameters, "
+                f"{4 * params / 2**30:,.0f} GiB as float32: more than this machine's {memory / 2**30:.0f} GiB"
             )
 
     def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
