@@ -51,6 +51,40 @@ def _groups(result) -> str:
     )
 
 
+def _choice_rows(choices) -> list[tuple]:
+    """One row per layer :func:`~prunelab.compress.sparse.sparsify` decided on."""
+    return [
+        (
+            c.layer,
+            round(100 * c.sparsity, 1),
+            c.dense_ms,
+            c.sparse_ms,
+            c.format or "",
+            c.speedup,
+            "sparse" if c.used else "dense",
+        )
+        for c in choices
+    ]
+
+
+def _cell(choice) -> str:
+    """A layer's decision at one batch size, for the bench table."""
+    if choice.sparse_ms is None:
+        return "dense (not tried)"
+    speedup = f"{choice.speedup:.2f}x" if choice.speedup else "?"
+    return f"{choice.format} {speedup}" if choice.used else f"dense ({choice.format} {speedup})"
+
+
+CHOICE_COLUMNS = ["layer", "zeros %", "dense ms", "best sparse ms", "format", "speed-up", "runs"]
+
+
+def _fallback_line() -> str | None:
+    """The one line saying sparse layers run on MKL because the kernel could not be built, if so."""
+    from prunelab.compress.native import fallback_message
+
+    return fallback_message()
+
+
 def export(
     run: Run,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must be new or empty).")],
@@ -59,25 +93,47 @@ def export(
     control: Control = None,
     root: Root = None,
     force: Annotated[
-        bool, typer.Option(help="Replace an earlier export in that folder (never anything else).")
+        bool,
+        typer.Option(
+            help="Replace an earlier export in that folder (never anything else); with --sparse, "
+            "write the dense model of a level that has no unstructured sparsity."
+        ),
     ] = False,
     onnx: Annotated[bool, typer.Option(help="Also write model.onnx (pip install prunelab[onnx]).")] = False,
     approximate: Approximate = False,
+    sparse: Annotated[
+        bool,
+        typer.Option(
+            help="Also run unstructured zeros sparse: each layer whose sparse format times faster than "
+            "dense (at --batch-size, --threads) is stored sparse and load_compact runs it so."
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(help="With --sparse: the batch size the formats are timed at.", min=1, max=65536)
+    ] = 1,
+    threads: Annotated[
+        int, typer.Option(help="With --sparse: CPU threads while timing.", min=1, max=1024)
+    ] = 1,
 ) -> None:
     """Write the physically compacted model: safetensors weights + JSON plan (load_compact)."""
     from prunelab.compress.export import check_target, export_compact, read_plan, require_onnx
-    from prunelab.compress.level import compact_level
+    from prunelab.compress.level import compact_level, sparsify_level
     from prunelab.experiments.store import results_root
     from prunelab.models import count_parameters
     from prunelab.pruning import sparsity_report
     from prunelab.table import Table
-    from prunelab.ui import console, show
+    from prunelab.ui import console, plain, show
 
     protect = [results_root(root)]
     check_target(out, force, protect)  # refuse before any work
+    if onnx and sparse:
+        raise SpecError(
+            "--onnx and --sparse cannot be combined: ONNX has no place for prunelab's sparse layers"
+        )
     if onnx:
         require_onnx()
     item = compact_level(run, level, seed=seed, control=control, root=root, exact=not approximate)
+    fast = sparsify_level(item, batch_size=batch_size, threads=threads, force=force) if sparse else None
     export_compact(
         item.result,
         out,
@@ -90,6 +146,7 @@ def export(
         force=force,
         onnx=onnx,
         source=item.source(),
+        sparse=fast,
     )
     dense = count_parameters(item.loaded.model)
     small = count_parameters(item.result.model)
@@ -106,7 +163,20 @@ def export(
         ("dead units kept (exactness)", sum(item.result.kept_dead.values())),
         ("max |compact - masked| output", item.result.max_error),
     ]
+    if fast is not None:
+        rows += [
+            (f"layers run sparse (timed at batch {batch_size}, {threads} thread(s))", f"{len(fast.used)} of {len(fast.choices)}"),
+            ("max |sparse - compact| output", fast.max_error),
+        ]  # fmt: skip
     show(Table(f"{item.loaded.experiment.id} level {item.loaded.level} -> {out}", ["", "value"], rows))
+    if fast is not None:
+        show(Table("sparse layers", CHOICE_COLUMNS, _choice_rows(fast.choices)))
+        if line := _fallback_line():
+            console.print(plain(line))
+    elif sparse:
+        console.print(
+            plain("no unstructured sparsity to run sparse: the dense (compacted) model was written (--force)")
+        )
     hf = read_plan(out).get("save_pretrained")
     if hf:
         console.print(hf)
@@ -127,7 +197,11 @@ def bench(
     threads: Annotated[int, typer.Option(help="CPU threads, pinned while timing.")] = 1,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     sparse: Annotated[
-        bool, typer.Option(help="Include the CSR version (layers swapped where faster).")
+        bool,
+        typer.Option(
+            help="Include the sparse version (compacted, then each layer in its fastest sparse format "
+            "where that beats dense at each batch size) and say which layers run sparse."
+        ),
     ] = True,
     tokens: Annotated[
         Optional[int],  # noqa: UP045
@@ -149,7 +223,7 @@ def bench(
     from prunelab.experiments.store import find_experiment
     from prunelab.io import atomic_write_json
     from prunelab.table import Table
-    from prunelab.ui import console, show
+    from prunelab.ui import console, plain, show
 
     sizes = _numbers(batch_sizes, int, "--batch-sizes")
     plot_path = None if no_plot else plot or Path(f"prunelab-bench-{run[:12]}.png")
@@ -173,6 +247,30 @@ def bench(
     title = f"{exp.id}: latency on {result.device} ({result.threads} thread(s), {repeats} repeats)"
     show(Table(title, list(result.COLUMNS), result.rows()))
     console.print("speed-up = dense latency / latency; FLOP ratio = dense FLOPs / non-zero FLOPs")
+    for label in dict.fromkeys(label for label, _ in result.sparse_choices):
+        by_batch = {b: cs for (lb, b), cs in result.sparse_choices.items() if lb == label}
+        layers = {c.layer: c.sparsity for cs in by_batch.values() for c in cs if c.sparse_ms is not None}
+        cells = {(b, c.layer): _cell(c) for b, cs in by_batch.items() for c in cs}
+        rows = [
+            (name, round(100 * z, 1), *(cells.get((b, name), "") for b in by_batch))
+            for name, z in layers.items()
+        ]
+        summary = "; ".join(
+            f"batch {b}: {sum(c.used for c in cs)} of {len(cs)} layers sparse" for b, cs in by_batch.items()
+        )
+        show(
+            Table(
+                f"level {label}, the sparse version ({summary})",
+                ["layer", "zeros %", *(f"batch {b}" for b in by_batch)],
+                rows,
+            )
+        )
+    if result.sparse_choices:
+        console.print(
+            "each cell: the fastest sparse format and its speed-up over the dense layer; dense where none is faster"
+        )
+    if sparse and (line := _fallback_line()):
+        console.print(plain(line))
     if plot_path is not None:
         path = plot_latency(result, plot or Path(f"prunelab-bench-{exp.id}.png"), title)
         console.print(f"plot: {path}")

@@ -25,7 +25,7 @@ from torch import nn
 from prunelab.compress.count import nonzero_flops
 from prunelab.compress.graph import compact
 from prunelab.compress.level import level_input_shape
-from prunelab.compress.sparse import sparsify
+from prunelab.compress.sparse import LayerChoice, sparsify
 from prunelab.errors import PrunelabError, SpecError
 from prunelab.experiments import load_level
 from prunelab.models import count_parameters, example_input
@@ -129,6 +129,7 @@ class Variant:
     flops: int
     model: nn.Module | None = None
     build: Callable[[torch.Tensor], nn.Module] | None = None
+    choices: dict[int, list[LayerChoice]] | None = None  # a sparse builder's decisions, by batch size
 
     @classmethod
     def of(cls, name: str, model: nn.Module, input_shape: Sequence[int]) -> Variant:
@@ -157,6 +158,7 @@ class BenchResult:
     device: str = "cpu"
     threads: int = 1
     repeats: int = 0
+    sparse_choices: dict[tuple[str, int], list[LayerChoice]] = field(default_factory=dict)
 
     def find(self, label: str, variant: str, batch_size: int) -> Timing | None:
         for t in self.timings:
@@ -198,6 +200,11 @@ class BenchResult:
                 asdict(t) | {"speedup": self.speedup(t), "flop_ratio": self.flop_ratio(t)}
                 for t in self.timings
             ],
+            "sparse_layers": [
+                {"level": label, "batch_size": batch, **asdict(c)}
+                for (label, batch), choices in self.sparse_choices.items()
+                for c in choices
+            ],
         }
 
 
@@ -237,6 +244,8 @@ def benchmark(
                 if model is None:
                     raise PrunelabError(f"variant {v.name!r} has neither a model nor a builder")
                 models[v.name] = model.to(device).eval()
+                if v.choices is not None and batch in v.choices:
+                    result.sparse_choices[(label, batch)] = v.choices[batch]
             samples = time_interleaved(models, x, repeats=repeats, warmup=warmup, rewarm=rewarm)
             for v in variants:
                 s = samples[v.name]
@@ -255,10 +264,13 @@ def standard_variants(
     sparse: bool = True,
     sparse_repeats: int = 10,
 ) -> list[Variant]:
-    """dense / masked / compact / sparse versions of a masked model (sparse chosen per batch size).
+    """dense / masked / compact / sparse versions of a masked model.
 
-    ``dense`` is the unpruned network (same architecture, no zeros); default: ``model`` with its
-    zeros refilled from a normal draw, which times the same as the trained dense network.
+    ``sparse`` is the compacted model with each layer swapped for its fastest sparse format where
+    that beats dense, decided anew at every batch size (its decisions are kept in the variant's
+    ``choices``). ``dense`` is the unpruned network (same architecture, no zeros); default:
+    ``model`` with its zeros refilled from a normal draw, which times the same as the trained dense
+    network.
     """
     masked = copy.deepcopy(model).eval()
     mask.apply(masked)
@@ -279,15 +291,23 @@ def standard_variants(
         Variant("compact", count_parameters(small), flops(small), model=small),
     ]
     if sparse:
-        variants.append(
-            Variant(
-                "sparse",
-                kept,
-                flops(masked, mask),
-                build=lambda x: sparsify(masked, x, mask, repeats=sparse_repeats).model,
-            )
-        )
+        variants.append(sparse_variant(small, kept, flops(masked, mask), repeats=sparse_repeats))
     return variants
+
+
+def sparse_variant(
+    model: nn.Module, params: int, flops: int, *, repeats: int = 10, name: str = "sparse"
+) -> Variant:
+    """``model`` (its zeros as the mask) made sparse at each batch size it is timed at, the
+    decisions kept in the variant's ``choices``."""
+    choices: dict[int, list[LayerChoice]] = {}
+
+    def build(x: torch.Tensor) -> nn.Module:
+        result = sparsify(model, x, repeats=repeats)
+        choices[x.shape[0]] = result.choices
+        return result.model
+
+    return Variant(name, params, flops, build=build, choices=choices)
 
 
 def check_bench_settings(
