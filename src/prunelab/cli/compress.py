@@ -78,13 +78,6 @@ def _cell(choice) -> str:
 CHOICE_COLUMNS = ["layer", "zeros %", "dense ms", "best sparse ms", "format", "speed-up", "runs"]
 
 
-def _fallback_line() -> str | None:
-    """The one line saying sparse layers run on MKL because the kernel could not be built, if so."""
-    from prunelab.compress.native import fallback_message
-
-    return fallback_message()
-
-
 def export(
     run: Run,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must be new or empty).")],
@@ -171,8 +164,6 @@ def export(
     show(Table(f"{item.loaded.experiment.id} level {item.loaded.level} -> {out}", ["", "value"], rows))
     if fast is not None:
         show(Table("sparse layers", CHOICE_COLUMNS, _choice_rows(fast.choices)))
-        if line := _fallback_line():
-            console.print(plain(line))
     elif sparse:
         console.print(
             plain("no unstructured sparsity to run sparse: the dense (compacted) model was written (--force)")
@@ -223,7 +214,7 @@ def bench(
     from prunelab.experiments.store import find_experiment
     from prunelab.io import atomic_write_json
     from prunelab.table import Table
-    from prunelab.ui import console, plain, show
+    from prunelab.ui import console, show
 
     sizes = _numbers(batch_sizes, int, "--batch-sizes")
     plot_path = None if no_plot else plot or Path(f"prunelab-bench-{run[:12]}.png")
@@ -269,8 +260,6 @@ def bench(
         console.print(
             "each cell: the fastest sparse format and its speed-up over the dense layer; dense where none is faster"
         )
-    if sparse and (line := _fallback_line()):
-        console.print(plain(line))
     if plot_path is not None:
         path = plot_latency(result, plot or Path(f"prunelab-bench-{exp.id}.png"), title)
         console.print(f"plot: {path}")

@@ -133,7 +133,7 @@ def export_compact(
         if sparse is not None:
             save_tensors(tmp / SPARSE_WEIGHTS, tensors, metadata={"format": FORMAT})
         atomic_write_json(tmp / PLAN, plan)
-        _check_round_trip(model, tmp, input_shape)
+        _check_round_trip(model, tmp, input_shape, result.model)
         if text:
             plan["save_pretrained"] = save_pretrained(result.model, tmp / HF, resolve_model(model), data)
             atomic_write_json(tmp / PLAN, plan)
@@ -143,9 +143,11 @@ def export_compact(
 
 
 @torch.no_grad()
-def _check_round_trip(model: nn.Module, folder: Path, input_shape: Sequence[int]) -> None:
+def _check_round_trip(model: nn.Module, folder: Path, input_shape: Sequence[int], dense: nn.Module) -> None:
+    """``folder`` loads back as ``model`` computes (``dense``: its dense form, which says what input
+    it takes: a model whose layers all run sparse has no parameters left)."""
     loaded = load_compact(folder)
-    x = example_input(model, input_shape, 2, generator=torch.Generator().manual_seed(0))
+    x = example_input(dense, input_shape, 2, generator=torch.Generator().manual_seed(0))
     was = model.training
     model.eval()
     try:

@@ -250,8 +250,10 @@ class SparseConv2d(nn.Module):
 
 
 def fits(pattern: Pattern) -> list[str]:
-    """The formats that can hold ``pattern`` and run here (only ``mkl`` without the kernel)."""
+    """The formats that can hold ``pattern`` and run here (only ``mkl`` without the kernel, said once)."""
     kernel = native.sparse_kernel() is not None
+    if not kernel:
+        native.warn_fallback()
     return [name for name, fmt in FORMATS.items() if fmt.fits(pattern) and (kernel or fmt.code is None)]
 
 
