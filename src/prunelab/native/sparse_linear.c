@@ -270,6 +270,34 @@ static __m512i columns16(const sparse_t *L, const void *index, int32_t k, __mmas
 }
 #endif
 
+#ifdef __AVX512F__
+/* N:M at half density (2:4, 4:8, 8:16): 16 slots cover 32 consecutive inputs, so they are picked
+ * from two registers of x by one permute instead of a gather */
+static float dot_nm_half(const sparse_t *L, int64_t i, const float *x) {
+    const int32_t start = L->indptr[i], len = L->indptr[i + 1] - start;
+    const float *val = L->values + start;
+    const uint8_t *off = (const uint8_t *)L->index + start;
+    const int shift = __builtin_ctz(L->nm_n);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i base = _mm512_slli_epi32(_mm512_srli_epi32(lane, shift), shift + 1); /* (l / N) * M */
+    const int64_t cols = L->cols;
+    __m512 a = _mm512_setzero_ps(), c = _mm512_setzero_ps();
+    for (int32_t k = 0; k < len; k += 16) {
+        const __mmask16 m = first(len - k);
+        const int64_t c0 = 2 * (int64_t)k, left = cols - c0;
+        const __m512 lo = _mm512_maskz_loadu_ps(first((int32_t)min64(left, 16)), x + c0);
+        const __m512 hi = _mm512_maskz_loadu_ps(left > 16 ? first((int32_t)min64(left - 16, 16)) : 0, x + c0 + 16);
+        const __m512i idx = _mm512_add_epi32(base, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, off + k)));
+        const __m512 picked = _mm512_permutex2var_ps(lo, idx, hi);
+        if (k & 16)
+            c = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, val + k), picked, c);
+        else
+            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, val + k), picked, a);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a, c));
+}
+#endif
+
 static float dot_gather(const sparse_t *L, int64_t i, const float *x, int32_t *dec) {
     const int32_t start = L->indptr[i], len = L->indptr[i + 1] - start;
     const float *val = L->values + start;
@@ -277,6 +305,7 @@ static float dot_gather(const sparse_t *L, int64_t i, const float *x, int32_t *d
     const void *index = (const char *)L->index + width * (size_t)start;
 #ifdef __AVX512F__
     (void)dec;
+    if (L->format == NM && 2 * L->nm_n == L->nm_m && L->nm_n <= 16) return dot_nm_half(L, i, x);
     __m512 a = _mm512_setzero_ps(), c = _mm512_setzero_ps();
     int32_t k = 0;
     for (; k + 32 <= len; k += 32) {
