@@ -256,11 +256,12 @@ def test_without_the_kernel_sparse_layers_run_mkl_and_gradients_always_do(monkey
     torch.testing.assert_close(x.grad, layer.weight.detach().sum(0).expand(6, 40))
 
 
-def test_copies_and_moves_get_their_own_kernel_view(kernel):
+@pytest.mark.parametrize("fmt", ["csr16", "mkl"])
+def test_copies_and_moves_get_their_own_kernel_view(kernel, fmt):
     import copy
 
     w = weight(30, 50, 0.1)
-    layer = SparseLinear(w, torch.randn(30), format="csr16")
+    layer = SparseLinear(w, torch.randn(30), format=fmt)
     x = torch.randn(9, 50)
     with torch.no_grad():
         before = layer(x)
@@ -268,6 +269,7 @@ def test_copies_and_moves_get_their_own_kernel_view(kernel):
         del layer
         check(twin(x), before)
         check(twin.to("cpu")(x), before)
+        check(copy.deepcopy(nn.Sequential(twin))(x), before)  # a model holding one copies too
 
 
 def test_sparsify_times_every_format_and_keeps_outputs():

@@ -244,11 +244,11 @@ class NM(SparseFormat):
 
 
 @_register
-class MKL(SparseFormat):
-    """torch.sparse CSR (int32 indices) through MKL: the fallback, and the kernel's oracle."""
+class MKL(CSR32):
+    """torch.sparse CSR (int32 indices) through MKL: the fallback, and the kernel's oracle. Kept as
+    its three arrays; the torch sparse tensor is made from them on use (it cannot be copied)."""
 
     name, code = "mkl", None
-    formula = "4*nnz + 4*nnz + 4*(rows+1)"
 
-    def nbytes(self, p: Pattern) -> int:
-        return 8 * p.nnz + 4 * (p.rows + 1)
+    def fits(self, p: Pattern) -> bool:
+        return True

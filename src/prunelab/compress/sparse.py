@@ -90,11 +90,8 @@ class SparseLinear(nn.Module):
         if fmt.code is not None and native.sparse_kernel() is None:
             native.warn_fallback()
             fmt = FORMATS.get(name := "mkl")
-        if fmt.code is None:
-            self.register_buffer("weight", pattern.csr(), persistent=False)
-        else:
-            for key, tensor in fmt.pack(pattern).items():
-                self.register_buffer(key, tensor.contiguous(), persistent=False)
+        for key, tensor in fmt.pack(pattern).items():
+            self.register_buffer(key, tensor.contiguous(), persistent=False)
         return name
 
     @property
@@ -104,8 +101,6 @@ class SparseLinear(nn.Module):
 
     def pattern(self) -> Pattern:
         """The weight in CSR form (what an export stores)."""
-        if not self.native:
-            return Pattern.of(self.weight.cpu())
         packed = {k: getattr(self, k).cpu() for k in ("indptr", "index", "values", "nm") if hasattr(self, k)}
         return FORMATS.get(self.format).unpack(packed, self.out_features, self.in_features)
 
@@ -155,7 +150,7 @@ class SparseLinear(nn.Module):
             return cached[1]
         indptr, index, values, bias = arrays
         desc = None
-        usable = values is not None and values.dtype is torch.float32 and values.is_cpu and index.is_cpu
+        usable = self.native and values.dtype is torch.float32 and values.is_cpu and index.is_cpu
         if usable and (bias is None or (bias.dtype is torch.float32 and bias.is_cpu)):
             n, m = (int(v) for v in self.nm) if "nm" in b else (0, 0)
             desc = native.Packed(
@@ -166,9 +161,7 @@ class SparseLinear(nn.Module):
         return desc
 
     def csr_weight(self) -> torch.Tensor:
-        """The weight as a torch sparse CSR tensor (the MKL path), built once for a native format."""
-        if not self.native:
-            return self.weight
+        """The weight as a torch sparse CSR tensor (the MKL path), built once (and after moves)."""
         device = self.values.device
         if self._csr_cache is None or self._csr_cache.device != device:
             self._csr_cache = self.pattern().csr().to(device)
