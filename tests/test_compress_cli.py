@@ -16,21 +16,26 @@ from prunelab.training import TrainConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    """LeNet-300-100 on synthetic data, two rounds of structured-output pruning (a second or two)."""
-    root = tmp_path_factory.mktemp("runs")
+def trained(root, pruning: PruneSpec) -> tuple[str, object]:
+    """LeNet-300-100 on synthetic data, pruned as ``pruning`` says (a second or two)."""
     spec = ExperimentSpec(
         model="lenet-300-100",
         data="synthetic",
         train=TrainConfig(epochs=1, batch_size=64),
-        pruning=PruneSpec(
-            method="l1-structured", structure="structured-output", rate=0.5, rounds=2, exclude=("fc3",)
-        ),
+        pruning=pruning,
         seeds=(0,),
     )
     ExperimentRunner(spec, root).run()
     return spec.experiment_id(), root
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """Two rounds of structured-output pruning."""
+    pruning = PruneSpec(
+        method="l1-structured", structure="structured-output", rate=0.5, rounds=2, exclude=("fc3",)
+    )
+    return trained(tmp_path_factory.mktemp("runs"), pruning)
 
 
 def test_export_writes_a_loadable_compact_model(cli, experiment, tmp_path):
@@ -123,17 +128,10 @@ def test_export_onnx_without_the_package_exits_2_before_any_work(cli, experiment
 
 @pytest.fixture(scope="module")
 def unstructured(tmp_path_factory):
-    """LeNet-300-100 on synthetic data, two rounds of 80% magnitude pruning: 96% of the weights zero."""
-    root = tmp_path_factory.mktemp("runs-unstructured")
-    spec = ExperimentSpec(
-        model="lenet-300-100",
-        data="synthetic",
-        train=TrainConfig(epochs=1, batch_size=64),
-        pruning=PruneSpec(method="magnitude", rate=0.8, rounds=2),
-        seeds=(0,),
+    """Two rounds of 80% magnitude pruning: 96% of the weights zero."""
+    return trained(
+        tmp_path_factory.mktemp("runs-unstructured"), PruneSpec(method="magnitude", rate=0.8, rounds=2)
     )
-    ExperimentRunner(spec, root).run()
-    return spec.experiment_id(), root
 
 
 def test_sparse_export_runs_the_layers_sparse_that_timed_faster(cli, unstructured, tmp_path):

@@ -117,46 +117,47 @@ def _indptr(p: Pattern) -> torch.Tensor:
     return p.crow.to(torch.int32)
 
 
+class _CSR(SparseFormat):
+    """CSR: int32 row pointers, ``width``-byte column indices, values."""
+
+    width = 4
+
+    def pack(self, p: Pattern) -> dict[str, torch.Tensor]:
+        col = p.col if self.width == 4 else torch.where(p.col >= 32768, p.col - 65536, p.col)  # uint16 bits
+        return {
+            "indptr": _indptr(p),
+            "index": col.to(torch.int32 if self.width == 4 else torch.int16),
+            "values": p.values,
+        }
+
+    def unpack(self, packed: dict[str, torch.Tensor], rows: int, cols: int) -> Pattern:
+        col = packed["index"].to(torch.int64) & (2 ** (8 * self.width) - 1)
+        return Pattern.from_arrays(rows, cols, packed["indptr"], col, packed["values"])
+
+    def nbytes(self, p: Pattern) -> int:
+        return (4 + self.width) * p.nnz + 4 * (p.rows + 1)
+
+
 @_register
-class CSR16(SparseFormat):
+class CSR16(_CSR):
     """CSR with uint16 column indices: 6 bytes per kept weight (inputs up to 65,536)."""
 
-    name, code = "csr16", 0
+    name, code, width = "csr16", 0, 2
     formula = "4*nnz + 2*nnz + 4*(rows+1)"
 
     def fits(self, p: Pattern) -> bool:
         return p.cols <= 65536
 
-    def pack(self, p: Pattern) -> dict[str, torch.Tensor]:
-        wrapped = torch.where(p.col >= 32768, p.col - 65536, p.col)  # uint16 bits in an int16
-        return {"indptr": _indptr(p), "index": wrapped.to(torch.int16), "values": p.values}
-
-    def unpack(self, packed: dict[str, torch.Tensor], rows: int, cols: int) -> Pattern:
-        col = packed["index"].to(torch.int64) & 0xFFFF
-        return Pattern.from_arrays(rows, cols, packed["indptr"], col, packed["values"])
-
-    def nbytes(self, p: Pattern) -> int:
-        return 6 * p.nnz + 4 * (p.rows + 1)
-
 
 @_register
-class CSR32(SparseFormat):
+class CSR32(_CSR):
     """CSR with int32 column indices: 8 bytes per kept weight (any width; used past 65,536 inputs)."""
 
-    name, code = "csr32", 1
+    name, code, width = "csr32", 1, 4
     formula = "4*nnz + 4*nnz + 4*(rows+1)"
 
     def fits(self, p: Pattern) -> bool:
         return p.cols > 65536  # narrower: csr16 does the same work from fewer bytes
-
-    def pack(self, p: Pattern) -> dict[str, torch.Tensor]:
-        return {"indptr": _indptr(p), "index": p.col.to(torch.int32), "values": p.values}
-
-    def unpack(self, packed: dict[str, torch.Tensor], rows: int, cols: int) -> Pattern:
-        return Pattern.from_arrays(rows, cols, packed["indptr"], packed["index"], packed["values"])
-
-    def nbytes(self, p: Pattern) -> int:
-        return 8 * p.nnz + 4 * (p.rows + 1)
 
 
 @_register
