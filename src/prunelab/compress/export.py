@@ -119,7 +119,7 @@ def export_compact(
         "source": source or {},
         "torch": torch.__version__,
     }
-    model = result.model if sparse is None else sparse.model
+    net = result.model if sparse is None else sparse.model
     if sparse is not None:
         layers, tensors = sparse_state(sparse.model)
         plan["sparse"] = {
@@ -129,11 +129,11 @@ def export_compact(
             "layers": layers,
         }
     with output_folder(directory, EXPORT, force=force, protect=protect) as tmp:
-        save_tensors(tmp / WEIGHTS, model.state_dict(), metadata={"format": FORMAT})
+        save_tensors(tmp / WEIGHTS, net.state_dict(), metadata={"format": FORMAT})
         if sparse is not None:
             save_tensors(tmp / SPARSE_WEIGHTS, tensors, metadata={"format": FORMAT})
         atomic_write_json(tmp / PLAN, plan)
-        _check_round_trip(model, tmp, input_shape, result.model)
+        _check_round_trip(net, tmp, input_shape, result.model)
         if text:
             plan["save_pretrained"] = save_pretrained(result.model, tmp / HF, resolve_model(model), data)
             atomic_write_json(tmp / PLAN, plan)
