@@ -190,9 +190,11 @@ static void run_rows(const sparse_t *L, int64_t i0, int64_t i1, const float *xt,
 
 /* ---- transpositions: dst[c * ldd + r] = src[r * lds + c] for r < nr, c < nc ---- */
 #ifdef __AVX512F__
-static void transpose16(const float *src, int64_t lds, float *dst, int64_t ldd) {
+/* One block of up to 16 x 16: rows r < nr (columns c < nc of them) in, columns c < nc out. */
+static void transpose16(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t nr, int64_t nc) {
+    const __mmask16 cols = (__mmask16)((1u << nc) - 1), rows = (__mmask16)((1u << nr) - 1);
     __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
+    for (int i = 0; i < 16; i++) r[i] = i < nr ? _mm512_maskz_loadu_ps(cols, src + i * lds) : _mm512_setzero_ps();
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
@@ -212,7 +214,7 @@ static void transpose16(const float *src, int64_t lds, float *dst, int64_t ldd) 
         r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
         r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
     }
-    for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + i * ldd, r[i]);
+    for (int i = 0; i < nc; i++) _mm512_mask_storeu_ps(dst + i * ldd, rows, r[i]);
 }
 #endif
 
@@ -221,13 +223,11 @@ static void transpose(const float *src, int64_t lds, float *dst, int64_t ldd, in
         for (int64_t c0 = 0; c0 < nc; c0 += 16) {
             const int64_t r1 = min64(r0 + 16, nr), c1 = min64(c0 + 16, nc);
 #ifdef __AVX512F__
-            if (r1 - r0 == 16 && c1 - c0 == 16) {
-                transpose16(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd);
-                continue;
-            }
-#endif
+            transpose16(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd, r1 - r0, c1 - c0);
+#else
             for (int64_t c = c0; c < c1; c++)
                 for (int64_t r = r0; r < r1; r++) dst[c * ldd + r] = src[r * lds + c];
+#endif
         }
 }
 
