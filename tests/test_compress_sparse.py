@@ -112,6 +112,33 @@ def test_every_format_equals_the_dense_layer_with_zeros(kernel, shape, bias):
                 check(out, expected)
 
 
+@pytest.mark.parametrize("isa", ["avx2", "portable"])
+def test_the_avx2_and_portable_builds_equal_the_dense_layer(kernel, monkeypatch, isa):
+    """The same source built for CPUs without AVX-512 (AVX2 gathers; plain C and SSE2 elsewhere)."""
+    from prunelab import native
+
+    if isa == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this CPU has no AVX2")
+    flags = ["-O3", "-shared", "-fPIC", *(["-mavx2", "-mfma"] if isa == "avx2" else [])]
+    monkeypatch.setattr(native, "_flag_sets", lambda wide=False: [[*flags, "-fopenmp"], flags])
+    _clear()
+    try:
+        assert sparse_native.sparse_kernel() is not None, sparse_native.fallback_message()
+        g = torch.Generator().manual_seed(4)
+        for shape in ("13x37, empty rows", "2:4, 18x37", "4:8, 9x75", "40x129, 95% zeros"):
+            w = SHAPES[shape]()
+            b = torch.randn(w.shape[0], generator=g)
+            for name in fits(Pattern.of(w)):
+                layer = SparseLinear(w, b, format=name)
+                for n in (1, 9, 70):
+                    x = torch.randn(n, w.shape[1], generator=g)
+                    for t in (1, 2):
+                        with threads(t), torch.no_grad():
+                            check(layer(x), reference(x, w, b))
+    finally:
+        _clear()
+
+
 def test_kernel_equals_torch_sparse_at_bert_sizes_and_large_batches(kernel):
     """The oracle: torch's CSR product (MKL), at a BERT FFN shape, 1 and 2 threads."""
     w = weight(768, 300, 0.1)
