@@ -23,6 +23,7 @@ sparse repetitions interleaved, see prunelab.compress.latency):
     at batch 1; BERT-base at 90%, batch 1: >= 3x.
 
     python bench/sparse_speed.py [--threads 1,2] [--repeats 15] [--bert-repeats 5] [--no-bert]
+                                 [--sparsities 90%,95%] [--batches 1,64] [--bert-batches 1]
     python bench/sparse_speed.py --quick   # small sizes: checks that it runs
 """
 
@@ -245,11 +246,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed repetitions per layer variant")
     parser.add_argument("--bert-repeats", type=int, default=5, help="timed repetitions per BERT model")
     parser.add_argument("--no-bert", action="store_true", help="skip the end-to-end BERT-base part")
+    parser.add_argument("--sparsities", default=",".join(SPARSITIES), help="per-layer zeros: shares or N:M")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="per-layer batch sizes")
+    parser.add_argument("--bert-batches", default="1,8", help="end-to-end batch sizes (sequences)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (checks it runs)")
     args = parser.parse_args()
-    threads = [int(t) for t in args.threads.split(",") if t.strip()]
-    shapes, batches, sparsities = SHAPES, BATCHES, SPARSITIES
-    bert_shape = dict(layers=12, hidden=768, ffn=3072, tokens=128, batches=(1, 8))
+    try:
+        threads = [int(t) for t in args.threads.split(",") if t.strip()]
+        batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
+        bert_batches = tuple(int(b) for b in args.bert_batches.split(",") if b.strip())
+    except ValueError:
+        parser.error("--threads, --batches and --bert-batches take comma-separated integers")
+    sparsities = tuple(k.strip() for k in args.sparsities.split(",") if k.strip())
+    bad = [k for k in sparsities if not (k.endswith("%") or ":" in k)]
+    if bad:
+        parser.error(f"--sparsities takes shares such as 90% or N:M such as 2:4, got {bad}")
+    shapes = SHAPES
+    bert_shape = dict(layers=12, hidden=768, ffn=3072, tokens=128, batches=bert_batches)
     if args.quick:
         shapes, batches, sparsities = ((96, 80),), (1, 8), ("90%", "2:4")
         bert_shape = dict(layers=2, hidden=128, ffn=256, tokens=16, batches=(1,))
