@@ -51,33 +51,6 @@ def _groups(result) -> str:
     )
 
 
-def _choice_rows(choices) -> list[tuple]:
-    """One row per layer :func:`~prunelab.compress.sparse.sparsify` decided on."""
-    return [
-        (
-            c.layer,
-            round(100 * c.sparsity, 1),
-            c.dense_ms,
-            c.sparse_ms,
-            c.format or "",
-            c.speedup,
-            "sparse" if c.used else "dense",
-        )
-        for c in choices
-    ]
-
-
-def _cell(choice) -> str:
-    """A layer's decision at one batch size, for the bench table."""
-    if choice.sparse_ms is None:
-        return "dense (not tried)"
-    speedup = f"{choice.speedup:.2f}x" if choice.speedup else "?"
-    return f"{choice.format} {speedup}" if choice.used else f"dense ({choice.format} {speedup})"
-
-
-CHOICE_COLUMNS = ["layer", "zeros %", "dense ms", "best sparse ms", "format", "speed-up", "runs"]
-
-
 def export(
     run: Run,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must be new or empty).")],
@@ -163,7 +136,7 @@ def export(
         ]  # fmt: skip
     show(Table(f"{item.loaded.experiment.id} level {item.loaded.level} -> {out}", ["", "value"], rows))
     if fast is not None:
-        show(Table("sparse layers", CHOICE_COLUMNS, _choice_rows(fast.choices)))
+        show(Table("sparse layers", list(fast.COLUMNS), fast.rows()))
     elif sparse:
         console.print(
             plain("no unstructured sparsity to run sparse: the dense (compacted) model was written (--force)")
@@ -238,24 +211,8 @@ def bench(
     title = f"{exp.id}: latency on {result.device} ({result.threads} thread(s), {repeats} repeats)"
     show(Table(title, list(result.COLUMNS), result.rows()))
     console.print("speed-up = dense latency / latency; FLOP ratio = dense FLOPs / non-zero FLOPs")
-    for label in dict.fromkeys(label for label, _ in result.sparse_choices):
-        by_batch = {b: cs for (lb, b), cs in result.sparse_choices.items() if lb == label}
-        layers = {c.layer: c.sparsity for cs in by_batch.values() for c in cs if c.sparse_ms is not None}
-        cells = {(b, c.layer): _cell(c) for b, cs in by_batch.items() for c in cs}
-        rows = [
-            (name, round(100 * z, 1), *(cells.get((b, name), "") for b in by_batch))
-            for name, z in layers.items()
-        ]
-        summary = "; ".join(
-            f"batch {b}: {sum(c.used for c in cs)} of {len(cs)} layers sparse" for b, cs in by_batch.items()
-        )
-        show(
-            Table(
-                f"level {label}, the sparse version ({summary})",
-                ["layer", "zeros %", *(f"batch {b}" for b in by_batch)],
-                rows,
-            )
-        )
+    for table_title, columns, rows in result.sparse_tables():
+        show(Table(table_title, columns, rows))
     if result.sparse_choices:
         console.print(
             "each cell: the fastest sparse format and its speed-up over the dense layer; dense where none is faster"

@@ -191,6 +191,26 @@ class BenchResult:
 
     COLUMNS = ("level", "variant", "batch", "median ms", "p90 ms", "speed-up", "FLOP ratio", "parameters")
 
+    def sparse_tables(self) -> list[tuple[str, list[str], list[tuple]]]:
+        """Per level, a title, columns and one row per layer tried sparse: its zeros and, per batch
+        size, the format that ran and its speed-up over the dense layer (or dense)."""
+        tables = []
+        for label in dict.fromkeys(label for label, _ in self.sparse_choices):
+            by_batch = {b: cs for (lb, b), cs in self.sparse_choices.items() if lb == label}
+            zeros = {c.layer: c.sparsity for cs in by_batch.values() for c in cs if c.sparse_ms is not None}
+            cells = {(b, c.layer): c.summary() for b, cs in by_batch.items() for c in cs}
+            rows = [
+                (name, round(100 * z, 1), *(cells.get((b, name), "") for b in by_batch))
+                for name, z in zeros.items()
+            ]
+            summary = "; ".join(
+                f"batch {b}: {sum(c.used for c in cs)} of {len(cs)} layers sparse"
+                for b, cs in by_batch.items()
+            )
+            columns = ["layer", "zeros %", *(f"batch {b}" for b in by_batch)]
+            tables.append((f"level {label}, the sparse version ({summary})", columns, rows))
+        return tables
+
     def to_json(self) -> dict:
         return {
             "device": self.device,

@@ -310,6 +310,13 @@ class LayerChoice:
     def speedup(self) -> float | None:
         return self.dense_ms / self.sparse_ms if self.dense_ms and self.sparse_ms else None
 
+    def summary(self) -> str:
+        """The decision in a few words: the format that runs and its speed-up, or dense."""
+        if self.sparse_ms is None:
+            return "dense (not tried)"
+        speedup = f"{self.speedup:.2f}x" if self.speedup else "?"
+        return f"{self.format} {speedup}" if self.used else f"dense ({self.format} {speedup})"
+
 
 @dataclass
 class SparseResult:
@@ -322,6 +329,16 @@ class SparseResult:
     @property
     def used(self) -> list[str]:
         return [c.layer for c in self.choices if c.used]
+
+    COLUMNS = ("layer", "zeros %", "dense ms", "best sparse ms", "format", "speed-up", "runs")
+
+    def rows(self) -> list[tuple]:
+        """One row per layer decided on (see COLUMNS)."""
+        return [
+            (c.layer, round(100 * c.sparsity, 1), c.dense_ms, c.sparse_ms, c.format or "", c.speedup,
+             "sparse" if c.used else "dense")
+            for c in self.choices
+        ]  # fmt: skip
 
 
 def _time_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
