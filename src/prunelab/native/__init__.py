@@ -39,15 +39,17 @@ def _flag_sets(wide: bool = False) -> list[list[str]]:
     the cache key, so a cache shared by machines of another CPU builds their own library. First
     with ``-fopenmp`` where torch runs on GNU OpenMP: the kernels' parallel loops then share torch's
     libgomp (already loaded, same soname) and thread count rather than start a second pool. Then
-    without: a compiler lacking OpenMP ignores the pragmas, and the loops run on one thread.
+    without: a compiler lacking OpenMP ignores the pragmas, and the loops run on one thread. A
+    compiler that does not know AVX-512 gets the AVX2 flags next.
     """
     capability = torch.backends.cpu.get_cpu_capability()
     simd = capability in ("AVX2", "AVX512")
     base = ["-O3", "-shared", "-fPIC", *(["-mavx2", "-mfma"] if simd else [])]
+    bases = [base]
     if wide and capability == "AVX512":
-        base += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
+        bases.insert(0, [*base, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"])
     openmp = sys.platform.startswith("linux") and torch.backends.openmp.is_available()
-    return [[*base, "-fopenmp"], base] if openmp else [base]
+    return [flags for b in bases for flags in ([[*b, "-fopenmp"], b] if openmp else [b])]
 
 
 def _build(name: str, compiler: str, flags: list[str]) -> Path:
