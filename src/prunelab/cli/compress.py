@@ -70,25 +70,47 @@ def export(
     data_dir: DataDir = None,
     threads: Threads = None,
     force: Annotated[
-        bool, typer.Option(help="Replace an earlier export in that folder (never anything else).")
+        bool,
+        typer.Option(
+            help="Replace an earlier export in that folder (never anything else); with --sparse, "
+            "write the dense model of a level that has no unstructured sparsity."
+        ),
     ] = False,
     onnx: Annotated[bool, typer.Option(help="Also write model.onnx (pip install prunelab[onnx]).")] = False,
     approximate: Approximate = False,
+    sparse: Annotated[
+        bool,
+        typer.Option(
+            help="Also run unstructured zeros sparse: each layer whose sparse format times faster than "
+            "dense (at --batch-size, --threads) is stored sparse and load_compact runs it so."
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(help="With --sparse: the batch size the formats are timed at.", min=1, max=65536)
+    ] = 1,
+    threads: Annotated[
+        int, typer.Option(help="With --sparse: CPU threads while timing.", min=1, max=1024)
+    ] = 1,
 ) -> None:
     """Write the physically compacted model: safetensors weights + JSON plan (load_compact)."""
     from prunelab.compress.export import check_target, export_compact, read_plan, require_onnx
-    from prunelab.compress.level import compact_level
+    from prunelab.compress.level import compact_level, sparsify_level
     from prunelab.experiments.store import results_root
     from prunelab.models import count_parameters
     from prunelab.pruning import sparsity_report
     from prunelab.table import Table
-    from prunelab.ui import console, show
+    from prunelab.ui import console, plain, show
 
     protect = [results_root(root)]
     check_target(out, force, protect)  # refuse before any work
+    if onnx and sparse:
+        raise SpecError(
+            "--onnx and --sparse cannot be combined: ONNX has no place for prunelab's sparse layers"
+        )
     if onnx:
         require_onnx()
     item = compact_level(run, level, seed=seed, control=control, root=root, exact=not approximate)
+    fast = sparsify_level(item, batch_size=batch_size, threads=threads, force=force) if sparse else None
     export_compact(
         item.result,
         out,
@@ -101,6 +123,7 @@ def export(
         force=force,
         onnx=onnx,
         source=item.source(),
+        sparse=fast,
     )
     dense = count_parameters(item.loaded.model)
     small = count_parameters(item.result.model)
@@ -117,7 +140,18 @@ def export(
         ("dead units kept (exactness)", sum(item.result.kept_dead.values())),
         ("max |compact - masked| output", item.result.max_error),
     ]
+    if fast is not None:
+        rows += [
+            (f"layers run sparse (timed at batch {batch_size}, {threads} thread(s))", f"{len(fast.used)} of {len(fast.choices)}"),
+            ("max |sparse - compact| output", fast.max_error),
+        ]  # fmt: skip
     show(Table(f"{item.loaded.experiment.id} level {item.loaded.level} -> {out}", ["", "value"], rows))
+    if fast is not None:
+        show(Table("sparse layers", list(fast.COLUMNS), fast.rows()))
+    elif sparse:
+        console.print(
+            plain("no unstructured sparsity to run sparse: the dense (compacted) model was written (--force)")
+        )
     hf = read_plan(out).get("save_pretrained")
     if hf:
         console.print(hf)
@@ -144,7 +178,11 @@ def bench(
     ] = 1,
     device: Device = "cpu",
     sparse: Annotated[
-        bool, typer.Option(help="Include the CSR version (layers swapped where faster).")
+        bool,
+        typer.Option(
+            help="Include the sparse version (compacted, then each layer in its fastest sparse format "
+            "where that beats dense at each batch size) and say which layers run sparse."
+        ),
     ] = True,
     tokens: Annotated[
         Optional[int],  # noqa: UP045
@@ -190,6 +228,12 @@ def bench(
     title = f"{exp.id}: latency on {result.device} ({result.threads} thread(s), {repeats} repeats)"
     show(Table(title, list(result.COLUMNS), result.rows()))
     console.print("speed-up = dense latency / latency; FLOP ratio = dense FLOPs / non-zero FLOPs")
+    for table_title, columns, rows in result.sparse_tables():
+        show(Table(table_title, columns, rows))
+    if result.sparse_choices:
+        console.print(
+            "each cell: the fastest sparse format and its speed-up over the dense layer; dense where none is faster"
+        )
     if plot_path is not None:
         path = plot_latency(result, plot or Path(f"prunelab-bench-{exp.id}.png"), title)
         console.print(f"plot: {path}")
