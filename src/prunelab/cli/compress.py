@@ -82,17 +82,16 @@ def export(
         bool,
         typer.Option(
             help="Also run unstructured zeros sparse: each layer whose sparse format times faster than "
-            "dense (at --batch-size, --threads) is stored sparse and load_compact runs it so."
+            "dense (at --batch-size, --threads, default 1) is stored sparse and load_compact runs it so."
         ),
     ] = False,
     batch_size: Annotated[
         int, typer.Option(help="With --sparse: the batch size the formats are timed at.", min=1, max=65536)
     ] = 1,
-    threads: Annotated[
-        int, typer.Option(help="With --sparse: CPU threads while timing.", min=1, max=1024)
-    ] = 1,
 ) -> None:
-    """Write the physically compacted model: safetensors weights + JSON plan (load_compact)."""
+    """Write the physically compacted model: safetensors weights + JSON plan (load_compact).
+
+    With --sparse, the formats are timed at --threads (default 1)."""
     from prunelab.compress.export import check_target, export_compact, read_plan, require_onnx
     from prunelab.compress.level import compact_level, sparsify_level
     from prunelab.experiments.store import results_root
@@ -110,7 +109,7 @@ def export(
     if onnx:
         require_onnx()
     item = compact_level(run, level, seed=seed, control=control, root=root, exact=not approximate)
-    fast = sparsify_level(item, batch_size=batch_size, threads=threads, force=force) if sparse else None
+    fast = sparsify_level(item, batch_size=batch_size, threads=threads or 1, force=force) if sparse else None
     export_compact(
         item.result,
         out,
@@ -142,7 +141,7 @@ def export(
     ]
     if fast is not None:
         rows += [
-            (f"layers run sparse (timed at batch {batch_size}, {threads} thread(s))", f"{len(fast.used)} of {len(fast.choices)}"),
+            (f"layers run sparse (timed at batch {batch_size}, {threads or 1} thread(s))", f"{len(fast.used)} of {len(fast.choices)}"),
             ("max |sparse - compact| output", fast.max_error),
         ]  # fmt: skip
     show(Table(f"{item.loaded.experiment.id} level {item.loaded.level} -> {out}", ["", "value"], rows))
