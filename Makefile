@@ -40,6 +40,8 @@ bench: $(EXTRAS)
 	$(PY) bench/reconstruct.py
 	$(PY) bench/sweep_speed.py
 	$(PY) bench/early_bird.py
+	$(PY) bench/cli_speed.py
+	$(PY) bench/sparse_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -24,7 +24,6 @@ import os
 import torch
 
 from prunelab.compress import (
-    SparseLinear,
     Variant,
     benchmark,
     compact,
@@ -84,10 +83,7 @@ def csr(threads: int, repeats: int) -> float:
     with pinned(threads):  # decide per layer under the same conditions as the measurement
         sparse = sparsify(masked, x, mask, repeats=20)
     kept = sparsity_report(masked, mask).total_kept
-    mkl = sparsify(masked, x, mask, repeats=1, force=True).model  # every layer CSR, run by MKL
-    for layer in mkl.modules():
-        if isinstance(layer, SparseLinear):
-            layer.native = False
+    mkl = sparsify(masked, x, mask, repeats=1, force=True, formats=("mkl",)).model  # every layer, MKL
     variants = [
         Variant("dense", count_parameters(dense), flops(dense, shape), model=dense),
         Variant("masked", kept, flops(masked, shape, mask), model=masked),
@@ -98,15 +94,17 @@ def csr(threads: int, repeats: int) -> float:
     print(f"\nLeNet-300-100 at {mask.sparsity():.1%} sparsity, batch {batch}")
     for c in sparse.choices:
         timing = (
-            f"dense {c.dense_ms:.3f} ms, CSR {c.sparse_ms:.3f} ms" if c.dense_ms is not None else "not tried"
+            f"dense {c.dense_ms:.3f} ms, {c.format} {c.sparse_ms:.3f} ms"
+            if c.sparse_ms is not None
+            else "not tried"
         )
-        print(f"  {c.layer}: sparsity {c.sparsity:.1%}, {timing} -> {'CSR' if c.used else 'dense'}")
+        print(f"  {c.layer}: sparsity {c.sparsity:.1%}, {timing} -> {c.format if c.used else 'dense'}")
     for t in result.timings:
         print(
             f"{t.variant:8} median {t.median_ms:.3f} ms  p90 {t.p90_ms:.3f} ms  speed-up {result.speedup(t):.2f}"
         )
     speedup = result.speedup(result.find("", "sparse", batch))
-    kernel = "prunelab's kernel" if native.csr_kernel() is not None else "MKL (no C compiler found)"
+    kernel = "prunelab's kernel" if native.sparse_kernel() is not None else "MKL (no C compiler found)"
     print(f"CSR speed-up over dense at batch {batch}: {speedup:.2f}x with {kernel} (goal >= 3)")
     return speedup
 

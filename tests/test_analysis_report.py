@@ -91,7 +91,8 @@ def test_report_refuses_a_folder_that_is_not_empty(report, tmp_path):
     result = cli.invoke(app, [*args, "--force"])
     assert result.exit_code == 0, result.output
     assert (earlier / "report.html").is_file() and (out / "keep.txt").read_text() == "mine"
-    assert "Skipped" in (earlier / "report.html").read_text() and not list(earlier.glob("images/*.svg"))
+    left_out = "Left out: ensembles and agreement: it loads the dataset, and ensembles=False"
+    assert left_out in (earlier / "report.html").read_text() and not list(earlier.glob("images/*.svg"))
     assert sorted(p.name for p in out.iterdir()) == ["earlier", "keep.txt"]  # no temporary left
 
 
@@ -152,3 +153,42 @@ def test_report_in_a_headless_browser(report, tmp_path):
     assert run.returncode == 0 and shot.stat().st_size > 20000, run.stderr[-2000:]
     img = matplotlib.image.imread(shot)
     assert img.shape[:2] == (2400, 1280) and img.std() > 0.05
+
+
+def test_report_reads_summary_then_plots_then_tables_and_says_what_it_left_out(report):
+    """Issue 28: the plots people look at first come before the long tables; a section that cannot
+    apply (attention heads of an MLP) is not computed, and one line says why."""
+    page = report[0].read_text()
+    starts = [page.index(f'<section id="{s}">') for s in ("summary", "plots", "tables", "spec")]
+    assert starts == sorted(starts)
+    assert page.index('id="left-out"') < starts[0]
+    assert (
+        "Left out: attention heads: no experiment is a transformer with attention heads (lenet-300-100)"
+        in page
+    )
+    assert '<section id="heads">' not in page and "Head importance" not in page
+
+
+def test_report_logs_one_line_for_a_left_out_section(report, tmp_path):
+    _, runs = report
+    lines: list[str] = []
+    write_report(runs[:1], tmp_path / "one", formats=("png",), log=lines.append)
+    assert (
+        "head importance: left out (no experiment is a transformer with attention heads (lenet-300-100))"
+        in lines
+    )
+    assert "ensembles: left out (ensembles need at least two experiments)" in lines
+    assert not any(line.startswith("head importance…") for line in lines)
+
+
+def test_the_learning_curves_title_fits_inside_the_figure(report):
+    from prunelab.analysis.plots import plot_learning_curves
+    from prunelab.experiments import Store
+
+    exp = Store(Path(report[1][0]).parents[1]).read(Path(report[1][0]))
+    name = "demo: lenet-300-100 IMP + rewinding on fashion-mnist, with a long label"
+    fig = plot_learning_curves(exp, name)
+    fig.canvas.draw()
+    box = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, (box, fig.bbox)
+    assert name.split()[-1] in fig.axes[0].get_title()

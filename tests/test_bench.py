@@ -70,6 +70,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             ["--data", "digits", "--iterations", "20"],
             "best ratio this sweep's shape allows on 2 workers",
         ),
+        ("cli_speed.py", ["--repeats", "1"], "the goal of 0.5 s"),
     ],
 )
 def test_bench_script_runs(script, args, needle, tmp_path):

@@ -182,7 +182,8 @@ def test_no_length_means_one_epoch_and_keeps_the_old_ids(monkeypatch):
 def test_train_flags_are_the_trunk_spec_fields():
     flags = {".".join(f.path) for f in spec_flags(TrunkSpec)}
     assert flags == {p for p in SAMPLES if p.split(".")[0] in TrunkSpec.model_fields}
-    params = {p.name for p in typer.main.get_command(app).commands["train"].params}
+    group = typer.main.get_command(app)
+    params = {p.name for p in group.get_command(typer.Context(group), "train").params}
     assert {"seed", "mask", "out", "lr", "val_size", "eval_every", "init"} <= params
 
 

@@ -116,3 +116,63 @@ def test_onnx_without_the_package_says_how_to_get_it(tmp_path):
             onnx=True,
         )
     assert not (tmp_path / "out").exists()
+
+
+def structured_then_sparse(name: str, shape, exclude: str):
+    """Half the units of every layer but ``exclude`` removed, then 80% of the rest's weights zeroed."""
+    model = build_model(name, input_shape=shape, seed=0).eval()
+    mask = prune(
+        model, None, fraction=0.5, method="l1-structured", structure="structured-output", exclude=[exclude]
+    )
+    mask = prune(model, mask, fraction=0.8, method="magnitude")
+    return compact(model, mask, torch.zeros(1, *shape))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "exclude"), [("lenet-300-100", (1, 28, 28), "fc3"), ("lenet5", (1, 28, 28), "fc3")]
+)
+def test_sparse_export_loads_with_the_sparse_layers_in_place(tmp_path, name, shape, exclude):
+    """Structure removed by compaction, the unstructured rest run sparse: both survive the round trip."""
+    from prunelab.compress import SparseConv2d, SparseLinear, sparsify
+    from prunelab.compress.sparse import sparse_layers
+
+    result = structured_then_sparse(name, shape, exclude)
+    x = torch.randn(3, *shape)
+    fast = sparsify(result.model, x, repeats=1, force=True)  # every layer sparse, whatever the timing
+    out = export_compact(result, tmp_path / "out", model=name, num_classes=10, input_shape=shape, sparse=fast)
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "plan.json", "sparse.safetensors"]
+    plan = json.loads((out / "plan.json").read_text())
+    assert set(plan["sparse"]["layers"]) == set(fast.used) and plan["sparse"]["batch_size"] == 3
+    assert plan["layers"]["fc1"]["out_features"] in (150, 60)  # compaction's plan is kept as it was
+    loaded = load_compact(out)
+    assert set(sparse_layers(loaded)) == set(fast.used)
+    for layer in fast.used:
+        module = loaded.get_submodule(layer)
+        assert isinstance(module, (SparseLinear, SparseConv2d))
+        assert module.format == fast.model.get_submodule(layer).format
+    assert not any(k.startswith("fc1.") for k in load_tensors_keys(out / "model.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), result.model(x), rtol=1e-5, atol=1e-5)
+    sparse = out / "sparse.safetensors"
+    sparse.write_bytes(sparse.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"sparse\.safetensors is not a readable safetensors"):
+        load_compact(out)
+
+
+def load_tensors_keys(path):
+    from prunelab.io import load_tensors
+
+    return list(load_tensors(path))
+
+
+def test_sparse_and_onnx_are_not_combined(tmp_path):
+    from prunelab.compress import sparsify
+
+    result = structured_then_sparse("lenet-300-100", (1, 28, 28), "fc3")
+    fast = sparsify(result.model, torch.randn(2, 1, 28, 28), repeats=1, force=True)
+    with pytest.raises(PrunelabError, match="--onnx and --sparse cannot be combined"):
+        export_compact(
+            result, tmp_path / "out", model="lenet-300-100", num_classes=10, input_shape=(1, 28, 28),
+            onnx=True, sparse=fast,
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -404,7 +404,10 @@ def _drop(key):
             _replace(x_train=np.zeros((0, 5, 6), np.uint8), y_train=np.zeros(0, np.int64)),
             "x_train .* no images",
         ),
-        (_replace(y_train=np.zeros(10, np.float32)), r"y_train .* dtype float32; expected integer"),
+        (
+            _replace(y_train=np.full(10, 0.5, np.float32)),
+            r"y_train in .*, index 0: bad label 0.5, not an integer",
+        ),
         (_replace(y_train=np.zeros(9, np.int64)), r"y_train .* 9 labels but x_train has 10"),
         (_replace(y_test=np.array([0, -1, 0, 0])), r"y_test .* negative"),
         (_replace(y_train=np.zeros((10, 2), np.int64)), r"y_train .* shape \(10, 2\)"),

@@ -41,6 +41,20 @@ def invoke(capsys, group: str, args: list) -> int:
     return code
 
 
+def exit_0_or_one_message(capsys, group: str, code: int, context: object) -> None:
+    """A command given damaged files either works (exit 0) or says what is wrong in one message
+    (exit 2), never a traceback; tallied under ``group``."""
+    out = capsys.readouterr()
+    tally = TALLY.setdefault(group, {"invocations": 0, "tracebacks": 0, "exit 2": 0})
+    tally["invocations"] += 1
+    tally["exit 2"] += code == 2
+    if "Traceback" in out.out + out.err or code not in (0, 2):
+        tally["tracebacks"] += 1
+    assert "Traceback" not in out.out + out.err and code in (0, 2), (context, out.err[-2000:])
+    if code == 2:
+        assert out.err.count("error:") == 1, out.err
+
+
 @pytest.fixture(scope="module", autouse=True)
 def report_figures():
     yield
@@ -256,14 +270,127 @@ def test_corrupt_results_never_give_a_traceback(capsys, monkeypatch, tmp_path, s
     target.write_bytes(data.draw(corruption(target.read_bytes())))
     command = data.draw(st.sampled_from(CORRUPT_COMMANDS))
     args = [str(a) for a in [*command(ident, tmp_path / "out"), "--root", copy]]
-    code = main(args)
-    out = capsys.readouterr()
-    tally = TALLY.setdefault("corrupt files", {"invocations": 0, "tracebacks": 0, "exit 2": 0})
-    tally["invocations"] += 1
-    tally["exit 2"] += code == 2
-    if "Traceback" in out.out + out.err or code not in (0, 2):
-        tally["tracebacks"] += 1
-    assert "Traceback" not in out.out + out.err and code in (0, 2), (target, args, out.err[-2000:])
-    if code == 2:
-        assert out.err.count("error:") == 1, out.err
+    exit_0_or_one_message(capsys, "corrupt files", main(args), (target, args))
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+# labels (issue 28): huge, negative, non-finite, non-integer and gapped labels in every file form --
+LABELS = st.one_of(
+    st.integers(-(10**30), 10**30),
+    st.sampled_from([-1, 10**9, 2**63, math.nan, math.inf, -math.inf, 0.5, 2.5, 1e300]),
+    st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False),  # flush-to-zero may be on
+)
+
+
+def write_labels(tmp_path, form: str, labels: list) -> str:
+    """``labels`` (the training ones; test gets 0 and 1) in a data file of ``form``; its --data text."""
+    import json
+
+    import numpy as np
+
+    n = len(labels)
+    if form == "npz":
+        path = tmp_path / "d.npz"
+        as_array = np.array(labels, dtype=np.float64 if any(isinstance(v, float) for v in labels) else object)
+        if as_array.dtype == object:  # Python integers of any size: int64 where they fit, else float
+            as_array = np.array([float(v) if abs(v) >= 2**63 else v for v in labels])
+        np.savez(
+            path,
+            x_train=np.zeros((n, 4, 4), np.uint8),
+            y_train=as_array,
+            x_test=np.zeros((2, 4, 4), np.uint8),
+            y_test=np.array([0, 1]),
+        )
+        return f"npz:{path}"
+    rows = [(f"t{i}", v, "train") for i, v in enumerate(labels)] + [("a", 0, "test"), ("b", 1, "test")]
+    if form == "jsonl":
+        path = tmp_path / "d.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "label": v, "split": s}) + "\n" for t, v, s in rows))
+    else:
+        path = tmp_path / "d.csv"
+        path.write_text("text,label,split\n" + "".join(f"{t},{v!r},{s}\n" for t, v, s in rows))
+    return f"{form}:{path}"
+
+
+@settings(max_examples=40 * SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(form=st.sampled_from(["npz", "jsonl", "csv"]), labels=st.lists(LABELS, min_size=2, max_size=8))
+def test_hostile_labels_load_as_0_to_k_or_give_one_message(capsys, tmp_path, form, labels):
+    """Any labels: the data loads with every class 0..K-1 present (K no more than the examples), or
+    fails with one message naming the file, in a fraction of a second, never a traceback or a head of
+    10^9 classes."""
+    import time
+
+    from prunelab.data import load_dataset, resolve_dataset, texts_of
+    from prunelab.errors import DataError
+
+    resolve_dataset.cache_clear()
+    data = write_labels(tmp_path, form, labels)
+    start = time.perf_counter()
+    try:
+        if form == "npz":
+            y = load_dataset(data, val_size=0).train.y
+            k = resolve_dataset(data).info.num_classes
+        else:
+            texts = texts_of(data)
+            y, k = texts.train_labels, len(texts.label_names)
+    except DataError as exc:
+        assert str(tmp_path) in str(exc) and "\n" not in str(exc), exc
+    else:
+        assert k <= len(labels) + 2 and set(range(k)) == {*y.tolist(), 0, 1} | set(range(min(k, 2))), (
+            k,
+            labels,
+        )
+    tally = TALLY.setdefault("labels", {"invocations": 0, "slowest (s)": 0})
+    tally["invocations"] += 1
+    tally["slowest (s)"] = max(tally["slowest (s)"], round(time.perf_counter() - start, 3))
+
+
+# Hugging Face folders (issue 28): any file of a good save_pretrained folder damaged or removed ------
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    from prunelab.models import resolve_model
+
+    tok = resolve_model("bert-tiny").tokenizer("synthetic-sentiment")
+    config = transformers.BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=2,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("hf") / "bert"
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    tok.tokenizer.save_pretrained(folder)
+    return folder
+
+
+CONFIG_VALUES = st.sampled_from([0, -1, 3, 7, 10**9, 1.5, None, "x", [], True])
+CONFIG_FIELDS = st.sampled_from(
+    ["hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size",
+     "max_position_embeddings", "model_type", "type_vocab_size"]
+)  # fmt: skip
+
+
+@settings(max_examples=30 * SCALE, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_hostile_hf_folders_never_give_a_traceback(capsys, tmp_path, hf_folder, data):
+    """A damaged config (a field of a bad value), weights or tokenizer file, or one removed: `train`
+    either works (exit 0) or says what is wrong in one message (exit 2)."""
+    import json
+
+    folder = tmp_path / "bert"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(hf_folder, folder)
+    files = sorted(p.name for p in folder.iterdir())
+    kind = data.draw(st.sampled_from(["config field", "corrupt", "remove"]))
+    if kind == "config field":
+        config = json.loads((folder / "config.json").read_text())
+        config[data.draw(CONFIG_FIELDS)] = data.draw(CONFIG_VALUES)
+        (folder / "config.json").write_text(json.dumps(config))
+    else:
+        target = folder / data.draw(st.sampled_from(files))
+        if kind == "remove":
+            target.unlink()
+        else:
+            target.write_bytes(data.draw(corruption(target.read_bytes())))
+    args = ["train", "--model", f"hf:{folder}", "--weights", "hf:DEFAULT", "--data", "synthetic-sentiment"]
+    code = main([*args, "--iterations", "1", "--batch-size", "8", "--no-progress"])
+    exit_0_or_one_message(capsys, "hf folders", code, kind)

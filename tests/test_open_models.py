@@ -165,6 +165,35 @@ def test_a_file_that_does_not_import_is_named(cli, tmp_path):
     )
 
 
+@pytest.mark.parametrize("model", ["FILE:leave", "sys:exit", "builtins:exit"])
+def test_a_factory_that_exits_is_named_and_exit_2(cli, tmp_path, model):
+    """Issue 28: user code ending with sys.exit(0) (or exit()) while building the model is one
+    message naming the factory, exit status 2, never a silent exit 0; what is being built is said
+    first, so that a factory that hangs is visibly the user's code."""
+    file = tmp_path / "quits.py"
+    file.write_text("import sys\n\ndef leave(num_classes):\n    sys.exit(0)\n")
+    model = model.replace("FILE", str(file))
+    root = tmp_path / "runs"
+    code, _, err = cli("run", "--model", model, "--data", "synthetic", "--iterations", "2", "--root", root)
+    text = " ".join(err.split())
+    code_shown = "0" if model.endswith("leave") else "None"
+    assert (
+        code == 2 and f"the factory {model} exited (SystemExit {code_shown}) before returning a model" in text
+    )
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert f"building model {model}: calling" in text and text.index("building model") < text.index("error:")
+    assert not (root / "experiments").exists()
+
+
+def test_a_file_that_exits_while_imported_is_named(cli, tmp_path):
+    file = tmp_path / "exits.py"
+    file.write_text("raise SystemExit(3)\n")
+    code, _, err = cli("train", "--model", f"{file}:make", "--data", "synthetic")
+    assert code == 2 and f"the file {file} exited (SystemExit 3) while being imported" in " ".join(
+        err.split()
+    )
+
+
 def test_an_unknown_model_lists_names_and_forms():
     with pytest.raises(
         UnknownNameError, match=r"Did you mean 'lenet5'.*torchvision:NAME, timm:NAME, FILE\.py:FACTORY"

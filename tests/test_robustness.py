@@ -275,8 +275,8 @@ def test_options_that_would_be_ignored_are_refused(copy, capsys, tmp_path):
         (["stability", ident, "--seed", "1"], "give --plot FILE"),
         (["stability", ident, "--layer", "fc9"], "give --plot FILE"),
         (["bench", ident, "--plot", tmp_path / "p"], "ending in .png"),
-        (["bench", ident, "--device", "tpu"], "'cpu' or 'cuda'"),
-        (["bench", ident, "--device", ""], "'cpu' or 'cuda'"),
+        (["bench", ident, "--device", "tpu"], "use auto, cpu, cuda"),
+        (["bench", ident, "--device", ""], "use auto, cpu, cuda"),
         (["bench", ident, "--batch-sizes", "0,1000000000"], "batch sizes must be in 1..65,536"),
     ]:
         code, _, err = cli(capsys, *args, "--root", root)

@@ -109,3 +109,30 @@ def test_load_level_names_what_exists(stored):
         load_level(result.spec.experiment_id(), 1, control="random-mask", root=root)
     lv = load_level(result.spec.experiment_id(), 1, control="reinit", root=root)
     assert lv.metrics == result.controls[0]["reinit"][0] and lv.mask.density() == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("part", ["trunk weights", "level mask", "control weights"])
+def test_a_finished_run_checks_the_files_it_stands_for(stored, tmp_path, capsys, part):
+    """Issue 28: `prunelab run` of a finished experiment whose files are damaged names the damaged
+    file and exits 2, as show and export do, instead of reporting it done."""
+    import shutil
+
+    root, result = stored
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    store, spec = Store(copy), result.spec
+    target = {
+        "trunk weights": store.dense(spec.trunk_id(), 0).dir / "weights.safetensors",
+        "level mask": store.level(spec.experiment_id(), 0, 1).mask_path,
+        "control weights": store.control(spec.experiment_id(), 0, 1, "reinit").dir / "weights.safetensors",
+    }[part]
+    target.write_bytes(target.read_bytes()[:-100])  # truncated
+    with pytest.raises(CheckpointError, match="is not a readable safetensors file") as err:
+        ExperimentRunner(spec, copy).run()
+    assert str(target) in str(err.value) and "remove" in str(err.value)
+    args = ["run", "--model", "lenet-300-100", "--data", "synthetic", "--epochs", "1", "--batch-size", "64"]
+    args += ["--rate", "0.5", "--rounds", "1", "--controls", "reinit", "--no-progress", "--root", str(copy)]
+    code = main(args)
+    out = capsys.readouterr()
+    assert f"experiment {spec.experiment_id()}" in out.out  # the same experiment, from the command line
+    assert code == 2 and str(target) in "".join(out.err.split()) and "(done)" not in out.out

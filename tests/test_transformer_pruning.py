@@ -310,6 +310,45 @@ def test_head_and_ffn_pruning_end_to_end_through_the_cli(cli, tmp_path):
     assert code == 2 and "ONNX export of text models" in err
 
 
+def test_unstructured_bert_runs_its_encoder_linears_sparse_after_export(cli, tmp_path):
+    """A magnitude-pruned bert-tiny exported with --sparse loads with SparseLinear in the encoder
+    (wherever timing chose it) and gives the pruned model's logits; hf/ stays a dense folder."""
+    from prunelab.compress import SparseLinear, load_compact, sparsify
+    from prunelab.compress.export import export_compact
+    from prunelab.compress.level import compact_level
+    from prunelab.compress.sparse import sparse_layers
+
+    root = tmp_path / "runs"
+    code, out, err = cli("run", "--model", "bert-tiny", "--data", "synthetic-sentiment", "--iterations", "10",
+                         "--batch-size", "32", "--eval-every", "10it", "--treatment", "finetune", "--root", root,
+                         "--no-progress", "--method", "magnitude", "--rate", "0.9", "--rounds", "1",
+                         "--exclude", "model.classifier")  # fmt: skip
+    assert code == 0, err
+    (run,) = [p.name for p in (root / "experiments").iterdir()]
+    code, out, err = cli(
+        "export", run, "--root", root, "-o", tmp_path / "sparse", "--sparse", "--batch-size", 4
+    )
+    assert code == 0 and "sparse layers" in out, err
+    item = compact_level(run, root=root)
+    loaded = load_compact(tmp_path / "sparse")
+    x = item.loaded.spec.load_data().test.x[:4]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), item.loaded.model.eval()(x), rtol=1e-5, atol=1e-5)
+    assert (tmp_path / "sparse" / "hf" / "config.json").is_file()
+    # every encoder linear forced sparse: the same round trip, independent of the timing
+    fast = sparsify(item.result.model, x, repeats=1, force=True, min_sparsity=0.5)
+    assert any(".encoder.layer." in name for name in fast.used)
+    export_compact(
+        item.result, tmp_path / "forced", model="bert-tiny", num_classes=2, input_shape=item.input_shape,
+        data=item.loaded.spec.data, sparse=fast,
+    )  # fmt: skip
+    again = load_compact(tmp_path / "forced")
+    assert set(sparse_layers(again)) == set(fast.used)
+    assert all(isinstance(again.get_submodule(n), SparseLinear) for n in fast.used)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), item.loaded.model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_heads_and_ffn_together_pool_each_kind_apart():
     net = tiny()
     mask = prune(net, None, fraction=0.5, method="l1-structured", structure="heads+ffn", scope="global")
@@ -361,3 +400,28 @@ def test_pruned_heads_stay_zero_with_zero_adam_state_through_training():
         for value in trainer.optimizer.state[params[name]].values():
             if isinstance(value, torch.Tensor) and value.shape == keep.shape:
                 assert bool((value[~keep] == 0).all()), name
+
+
+def test_heads_mask_takes_any_integer_index_and_refuses_the_rest():
+    """Issue 28: NumPy and 0-d tensor integers are indices; a bool, a lone number or a float is one
+    SpecError naming it; an empty list prunes no head."""
+    import numpy as np
+
+    from prunelab.pruning import heads_mask
+
+    net = tiny()
+    want = heads_mask(net, {0: [1, 3], 2: [0]})
+    same = heads_mask(net, {np.int64(0): [np.int32(1), torch.tensor(3)], torch.tensor(2): (0,), 1: []})
+    assert all(torch.equal(want[n], same[n]) for n in want.names())
+    assert pruned_heads(net, heads_mask(net, {0: []})) == [set(), set(), set()]
+    for heads, says in [
+        ({True: [0]}, r"block True is not an index"),
+        ({0: 1}, r"the heads of block 0 must be a list of head indices, as \[0, 2\], not 1"),
+        ({0: [True]}, r"block 0: head True is not an index"),
+        ({0: [1.0]}, r"block 0: head 1\.0 is not an index"),
+        ({0: [torch.tensor([1, 2])]}, r"block 0: head tensor\(\[1, 2\]\) is not an index"),
+        ({0: "12"}, r"must be a list of head indices"),
+        ([0, 1], r"heads must map block indices"),
+    ]:
+        with pytest.raises(SpecError, match=says):
+            heads_mask(net, heads)

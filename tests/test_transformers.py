@@ -1,6 +1,8 @@
 """Transformers (issue 13, first part): hf: and bert-tiny models on text data, pruned unstructured
 through the runner and the CLI, with their bad-input errors."""
 
+import re
+
 import pytest
 import torch
 from helpers import run_example
@@ -65,16 +67,23 @@ def test_padding_is_cut_per_batch_without_changing_the_logits():
         torch.testing.assert_close(net(short), net(long))
 
 
-def test_an_hf_folder_loads_with_its_weights(tmp_path):
+def save_bert(folder, num_labels: int):
+    """A 1-layer BERT (hidden 32, 2 heads) with bert-tiny's tokenizer, saved to ``folder`` as
+    save_pretrained writes it; returns the model."""
     tok = resolve_model("bert-tiny").tokenizer(DATA)
     config = transformers.BertConfig(
         vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=3,
+        intermediate_size=64, num_labels=num_labels,
     )  # fmt: skip
     saved = transformers.BertForSequenceClassification(config)
-    folder = tmp_path / "my-bert"
     saved.save_pretrained(folder)
     tok.tokenizer.save_pretrained(folder)
+    return saved
+
+
+def test_an_hf_folder_loads_with_its_weights(tmp_path):
+    folder = tmp_path / "my-bert"
+    saved = save_bert(folder, 3)
     notes = []
     spec = ExperimentSpec(model=f"hf:{folder}", weights="hf:DEFAULT", data=DATA)
     net = spec.build_model(0, notes=notes)
@@ -178,3 +187,42 @@ def test_head_importance_is_the_gate_gradient_checked_by_finite_differences():
     torch.testing.assert_close(plain, gated)
     with pytest.raises(SpecError, match="needs a transformer encoder"):
         head_importance(build_model("lenet5"), [batch])
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    save_bert(tmp_path / "bert", 2)
+    return tmp_path / "bert"
+
+
+def test_a_damaged_hf_folder_is_one_message_naming_the_file_or_field(cli, hf_folder):
+    """Issue 28: corrupt weights, a hidden size that is no multiple of the head count, a folder
+    without a tokenizer: each one message (exit 2) naming the file or field; the tokenizer used is said."""
+    args = ["train", "--model", f"hf:{hf_folder}", "--weights", "hf:DEFAULT", "--data", DATA]
+    args += ["--iterations", "1", "--batch-size", "8", "--no-progress"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    said = rf"hf:{re.escape(str(hf_folder))}: tokenizer \w+ from {re.escape(str(hf_folder / 'tokenizer.json'))}, \d+ tokens"
+    assert re.search(said, " ".join(err.split())), err
+    import json
+
+    config = json.loads((hf_folder / "config.json").read_text())
+    (hf_folder / "config.json").write_text(json.dumps(config | {"num_attention_heads": 3}))
+    code, _, err = cli(*args)
+    text = " ".join(err.split())
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert f"{hf_folder / 'config.json'}: hidden_size 32 is not a multiple of num_attention_heads 3" in text
+    (hf_folder / "config.json").write_text(json.dumps(config | {"vocab_size": 10**9}))
+    code, _, err = cli(*args)
+    assert code == 2 and "make a model of about 32,000," in " ".join(err.split()) and "GiB" in err
+    (hf_folder / "config.json").write_text(json.dumps(config))
+    weights = hf_folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    code, _, err = cli(*args)
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert f"{weights} is not a readable safetensors file" in " ".join(err.split())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (hf_folder / name).unlink()
+    code, _, err = cli(*args)
+    text = " ".join(err.split())
+    assert code == 2 and f"{hf_folder} holds no tokenizer" in text and "tokenizer.save_pretrained(" in text

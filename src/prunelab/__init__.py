@@ -4,18 +4,57 @@ Masks live beside a plain ``nn.Module`` (its ``state_dict`` stays standard); dat
 tensors; models, datasets, optimizers and schedules are registered by name.
 """
 
-from prunelab.compress import load_compact
-from prunelab.data import DATA_SOURCES, DATASETS, Dataset, load_dataset, resolve_dataset
-from prunelab.errors import PrunelabError
-from prunelab.experiments import ExperimentSpec, Store, TreatmentSpec, TrunkSpec, load_level
-from prunelab.models import MODELS, SOURCES, build_model, resolve_model
-from prunelab.pruning import Mask, PruneSpec, from_torch_prune, prune, random_mask, sparsity_report
-from prunelab.threads import set_threads
-from prunelab.training import TrainConfig, Trainer, TrainHook, TrainResult, evaluate, train
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prunelab.experiments import ExperimentSpec
+
+#: Where each public name lives. Imported on first use, so that ``import prunelab`` (and the command
+#: line's help and listings) does not import torch.
+_EXPORTS = {
+    "load_compact": "prunelab.compress",
+    **dict.fromkeys(
+        ("DATA_SOURCES", "DATASETS", "Dataset", "load_dataset", "resolve_dataset"), "prunelab.data"
+    ),
+    "PrunelabError": "prunelab.errors",
+    **dict.fromkeys(
+        ("ExperimentSpec", "Store", "TreatmentSpec", "TrunkSpec", "load_level"), "prunelab.experiments"
+    ),
+    **dict.fromkeys(("MODELS", "SOURCES", "build_model", "resolve_model"), "prunelab.models"),
+    **dict.fromkeys(
+        ("Mask", "PruneSpec", "from_torch_prune", "heads_mask", "prune", "random_mask", "sparsity_report"),
+        "prunelab.pruning",
+    ),
+    "set_threads": "prunelab.threads",
+    **dict.fromkeys(
+        ("TrainConfig", "Trainer", "TrainHook", "TrainResult", "evaluate", "train"), "prunelab.training"
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    source = "load_level" if name == "load" else name  # prunelab.load is load_level
+    if source in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[source]), source)
+    else:  # a sub-package, as `import prunelab` once imported them all: prunelab.compress.compact
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'prunelab' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
 
 __version__ = "0.1.0"
-
-load = load_level
 
 
 def run(spec: ExperimentSpec, root=None, *, data_dir=None):
@@ -53,6 +92,7 @@ __all__ = [
     "build_model",
     "evaluate",
     "from_torch_prune",
+    "heads_mask",
     "load",
     "load_compact",
     "load_dataset",

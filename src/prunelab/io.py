@@ -156,6 +156,31 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def check_tensors_file(path: str | os.PathLike) -> None:
+    """Check a safetensors file without reading its tensors: its header reads, and the file is as
+    long as the header says; a missing, truncated or foreign file raises :class:`CheckpointError`
+    (what :func:`load_tensors` would raise), at the cost of reading the header."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < length <= size - 8:
+                raise ValueError(f"{size} bytes cannot hold a header")
+            header = json.loads(f.read(length))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        expected = 8 + length + max(ends, default=0)
+        if expected != size:
+            raise ValueError(f"{size} bytes where its header describes {expected}")
+    except FileNotFoundError:
+        raise CheckpointError(f"no such file: {path}") from None
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or of another format"
+        ) from None
+
+
 def load_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a torch file with ``weights_only=True``: plain tensors only, never code."""
     try:

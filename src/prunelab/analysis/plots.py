@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,17 @@ def new_figure(width: float = 6.4, height: float = 4.2) -> Figure:
     fig = Figure(figsize=(width, height), layout="tight")
     FigureCanvasAgg(fig)
     return fig
+
+
+def set_title(ax, text: str, **kw) -> None:
+    """``ax.set_title`` wrapped to the figure's width, so that a long experiment name is never cut off
+    at the figure's edges (the tight layout then makes room for its lines)."""
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+
+    points = FontProperties(size=kw.get("fontsize", rcParams["axes.titlesize"])).get_size_in_points()
+    chars = max(16, int(0.8 * ax.figure.get_figwidth() * 72 / (0.6 * points)))
+    ax.set_title(textwrap.fill(text, chars), **kw)
 
 
 def render(fig: Figure, formats: Sequence[str] = ("png", "svg"), dpi: int = 110) -> dict[str, bytes]:
@@ -229,7 +241,7 @@ def plot_learning_curves(
         )
     ax.set_xlabel("iteration")
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(f"Learning curves per level: {name}, seed {seed}")
+    set_title(ax, f"Learning curves per level: {name}, seed {seed}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return fig
@@ -282,7 +294,7 @@ def plot_mask(weight: torch.Tensor, mask: torch.Tensor, title: str, max_units: i
     ax = fig.add_subplot()
     ax.imshow(img, interpolation="nearest", aspect="equal" if conv else "auto")
     keep = mask.bool()
-    ax.set_title(f"{title}{note}: {float(keep.float().mean()):.1%} kept", fontsize=9)
+    set_title(ax, f"{title}{note}: {float(keep.float().mean()):.1%} kept", fontsize=9)
     if conv:
         kh, kw = weight.shape[2], int(np.prod(weight.shape[3:])) if weight.dim() > 3 else 1
         ax.set_xlabel("output channel")
@@ -402,7 +414,7 @@ def plot_trajectories(traj, title: str, color: str = "#1f77b4") -> Figure:
     )
     ax.set_xlabel("level (layer density)")
     ax.set_ylabel("final weight value")
-    ax.set_title(f"{title}: {len(traj.values)} weights of {traj.layer} (x = pruned next)", fontsize=9)
+    set_title(ax, f"{title}: {len(traj.values)} weights of {traj.layer} (x = pruned next)", fontsize=9)
     ax.grid(True, alpha=0.3)
     return fig
 
@@ -428,7 +440,7 @@ def plot_agreement(names: Sequence[str], agreement: torch.Tensor | np.ndarray, t
                 color="white" if a[i, j] < 0.8 else "black",
             )
     fig.colorbar(im, ax=ax, shrink=0.8, label="agreement")
-    ax.set_title(title or "Prediction agreement")
+    set_title(ax, title or "Prediction agreement")
     return fig
 
 

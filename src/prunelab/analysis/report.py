@@ -2,7 +2,9 @@
 
 The HTML embeds every picture as base64 PNG and carries its own CSS, so it opens offline from a
 single file; ``images/`` holds PNG and SVG copies and ``tables/`` the CSVs. Each section has an
-id (spec, summary, tables, plots, similarity, masks, stability, effective-sparsity, ensemble).
+id (summary, plots, tables, spec, similarity, ...): the summary first, then the plots people look
+at first, then the long tables. A section that cannot apply to these experiments (attention heads
+of an MLP) is not computed; one line at the top says why it is left out.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ from prunelab.pruning.layers import prunable_layers
 from prunelab.table import Table, records_table
 
 SECTIONS = {
-    "spec": "Experiments",
     "summary": "Summary",
-    "tables": "Tables",
     "plots": "Accuracy and learning",
+    "tables": "Tables",
+    "spec": "Experiments",
     "similarity": "Mask similarity",
     "masks": "Mask pictures",
     "stability": "Weight stability",
@@ -104,6 +106,7 @@ class _Writer:
     def __init__(self, out: Path, formats: Sequence[str], log: Callable[[str], None]) -> None:
         self.out, self.formats, self.log = out, formats, log
         self.sections: dict[str, list[str]] = {k: [] for k in SECTIONS}
+        self.skipped: dict[str, str] = {}  # section -> why it does not apply
         self.names: set[str] = set()
 
     def _stem(self, name: str) -> str:
@@ -143,9 +146,14 @@ class _Writer:
             f"<figcaption>{html.escape(caption)} ({' · '.join(links)})</figcaption></figure>"
         )
 
-    def guarded(self, section: str, what: str, fn: Callable[[], None]) -> None:
-        """Run one part; a user-level problem (e.g. a dataset that is not there) becomes a note."""
-        self.log(what)
+    def guarded(self, section: str, what: str, fn: Callable[[], None], skip: str | None = None) -> None:
+        """Run one part; a user-level problem (e.g. a dataset that is not there) becomes a note.
+        ``skip``: why the part does not apply here; then it is left out, saying so in one line."""
+        if skip is not None:
+            self.skipped[section] = skip
+            self.log(f"{what}: left out ({skip})")
+            return
+        self.log(f"{what}…")
         try:
             fn()
         except CheckpointError:
@@ -154,9 +162,15 @@ class _Writer:
             self.text(section, f"{what}: not available: {exc}", "error")
 
     def page(self, title: str) -> str:
-        shown = {k: parts for k, parts in self.sections.items() if parts or k not in OPTIONAL}
+        shown = {
+            k: parts
+            for k, parts in self.sections.items()
+            if k not in self.skipped and (parts or k not in OPTIONAL)
+        }
         nav = " ".join(f'<a href="#{k}">{html.escape(SECTIONS[k])}</a>' for k in shown)
-        body = "\n".join(
+        left_out = "; ".join(f"{SECTIONS[k].lower()}: {why}" for k, why in self.skipped.items())
+        body = f'<p class="note" id="left-out">Left out: {html.escape(left_out)}.</p>\n' if left_out else ""
+        body += "\n".join(
             f'<section id="{k}"><h2>{html.escape(SECTIONS[k])}</h2>\n'
             + "\n".join(parts or ["<p>–</p>"])
             + "</section>"
@@ -253,12 +267,10 @@ def write_report(
         w.guarded("similarity", "mask similarity", r.similarity)
         w.guarded("masks", "mask pictures", r.masks)
         w.guarded("stability", "weight stability", r.stability)
-        if ensembles:
-            w.guarded("ensemble", "ensembles", lambda: r.ensembles(data_dir))
-            w.guarded("heads", "head importance", lambda: r.heads(data_dir))
-            w.guarded("pca", "PCA layer shrinking", lambda: r.pca(data_dir))
-        else:
-            w.text("ensemble", "Skipped (ensembles=False).")
+        data = None if ensembles else "it loads the dataset, and ensembles=False (--no-ensembles)"
+        w.guarded("ensemble", "ensembles", lambda: r.ensembles(data_dir), data or r.ensembles_apply())
+        w.guarded("heads", "head importance", lambda: r.heads(data_dir), data or r.heads_apply())
+        w.guarded("pca", "PCA layer shrinking", lambda: r.pca(data_dir), data or r.pca_apply())
         page = w.page(title or "prunelab report: " + ", ".join(r.names))
         atomic_write_bytes(tmp / "report.html", page.encode())
     return Path(out) / "report.html"
@@ -475,6 +487,28 @@ class _Report:
                 f"Final weight values per level in {traj.layer}, seed {seeds_of(exp)[0]}: {name} (paper 001 Figs. 6, 7)",
             )
 
+    def _text_models(self) -> list[bool]:
+        from prunelab.models import resolve_model
+
+        return [resolve_model(e.spec.model).is_text for e in self.exps]
+
+    def ensembles_apply(self) -> str | None:
+        """Why ensembles do not apply here, or None."""
+        return "ensembles need at least two experiments" if len(self.exps) < 2 else None
+
+    def heads_apply(self) -> str | None:
+        """Why head importance does not apply here (no transformer among the experiments), or None."""
+        if any(self._text_models()):
+            return None
+        models = ", ".join(dict.fromkeys(e.spec.model for e in self.exps))
+        return f"no experiment is a transformer with attention heads ({models})"
+
+    def pca_apply(self) -> str | None:
+        """Why PCA layer shrinking does not apply here (only transformers), or None."""
+        if all(self._text_models()):
+            return "PCA layer shrinking factorises image models' layers; these experiments are transformers"
+        return None
+
     def heads(self, data_dir: str | Path | None) -> None:
         """Head importance (Michel et al. 2019) at the last level of each transformer experiment."""
         from prunelab.analysis.heads import importance_table, level_head_importance, plot_head_importance
@@ -520,9 +554,6 @@ class _Report:
 
     def ensembles(self, data_dir: str | Path | None) -> None:
         w, exps, names = self.w, self.exps, self.names
-        if len(exps) < 2:
-            w.text("ensemble", "Ensembles need at least two experiments.")
-            return
         predict = Predictions(data_dir)
         rows = ensemble_table(exps, predictions=predict)
         title = "Test accuracy per pruning level: members and the ensemble of all (mean over common seeds)"

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from prunelab.cli.options import Root
+from prunelab.cli.options import DataDir, Root, Threads
 from prunelab.errors import PrunelabError, SpecError
 
 Runs = Annotated[list[str], typer.Argument(help="Experiments: ids (or unique prefixes), labels or folders.")]
@@ -69,14 +69,15 @@ def report(
     force: Annotated[
         bool, typer.Option(help="Replace an earlier report in that folder (never anything else).")
     ] = False,
-    data_dir: Annotated[Opt[Path], typer.Option(help="Dataset folder (for ensembles).")] = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
     tolerance: Annotated[float, typer.Option(help="Winning ticket: within this of dense accuracy.")] = 0.005,
     ensembles: Annotated[bool, typer.Option(help="Ensembles and agreement (loads the dataset).")] = True,
     svg: Annotated[bool, typer.Option(help="SVG copies of the figures beside the PNGs.")] = True,
 ) -> None:
     """Write one self-contained HTML report (specs, tables, plots, analyses) with images and CSVs."""
     from prunelab.analysis.report import write_report
-    from prunelab.ui import console, err_console
+    from prunelab.ui import console, err_console, plain
 
     if out is None:
         raise PrunelabError("give the report's folder with --out (-o)")
@@ -99,7 +100,7 @@ def report(
         tolerance=tolerance,
         ensembles=ensembles,
         formats=("png", "svg") if svg else ("png",),
-        log=lambda msg: err_console.print(f"[dim]{msg}…[/]"),
+        log=lambda msg: err_console.print(plain(msg), style="dim"),
     )
     console.print(f"report written to {path}")
 
@@ -107,6 +108,7 @@ def report(
 def compare(
     runs: Runs,
     root: Root = None,
+    threads: Threads = None,
     metric: Annotated[str, typer.Option(help="test_acc, val_acc, train_acc, test_loss, ...")] = "test_acc",
     table: Annotated[
         str, typer.Option(help="accuracy, learning, layers, params, winning or all.")
@@ -146,6 +148,8 @@ def similarity(
         list[str], typer.Argument(help="One experiment (across its levels) or two (between them).")
     ],
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
     seeds: Annotated[Opt[str], typer.Option(help="Seeds, e.g. 0-2 (default: all with results).")] = None,
     reference: Annotated[
         str, typer.Option(help="One experiment: compare each level with 'previous' or a level number.")
@@ -198,6 +202,8 @@ def effective(
     level: Annotated[Opt[int], typer.Option(help="Level (default: the last finished).")] = None,
     seed: Annotated[Opt[int], typer.Option(help="Seed (default: the first).")] = None,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
 ) -> None:
     """Explicit and effective sparsity per layer, and neuron sparsity, of one trained level."""
     from prunelab.analysis.effective import effective_sparsity, neuron_sparsity
@@ -232,6 +238,8 @@ def effective(
 def stability(
     runs: Runs,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
     layer: Annotated[
         Opt[str], typer.Option(help="Plot this layer's weight trajectories (with --plot).")
     ] = None,
@@ -273,7 +281,8 @@ def ensemble_cmd(
     density: Annotated[Opt[float], typer.Option(help="Each member's level closest to this density.")] = None,
     seeds: Annotated[Opt[str], typer.Option(help="Seeds, e.g. 0-2 (default: all common ones).")] = None,
     root: Root = None,
-    data_dir: Annotated[Opt[Path], typer.Option(help="Dataset folder.")] = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
     plot: Annotated[Opt[Path], typer.Option(help="Save the agreement heatmap (.png/.svg).")] = None,
 ) -> None:
     """Ensemble of subnetworks (averaged probabilities) beside each member, and their agreement.
@@ -314,6 +323,8 @@ def mask_plot(
     level: Annotated[Opt[int], typer.Option(help="Level (default: the last finished).")] = None,
     seed: Annotated[Opt[int], typer.Option(help="Seed (default: the first).")] = None,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
 ) -> None:
     """Picture of a layer's mask and masked weights (red positive, blue negative, grey pruned)."""
     from prunelab.analysis import plots
@@ -340,6 +351,8 @@ def heads(
     ] = 10,
     plot: Annotated[Opt[Path], typer.Option(help="Heatmap path (.png/.svg/.pdf).")] = None,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
 ) -> None:
     """Attention-head importance of a transformer level (Michel et al. 2019): |dL/d gate| per head."""
     from prunelab.analysis.heads import importance_table, level_head_importance, plot_head_importance
@@ -347,7 +360,7 @@ def heads(
 
     _check_figure(plot)
     lv = load_level(run, level, seed=seed, root=root)
-    importance, used = level_head_importance(lv, batches)
+    importance, used = level_head_importance(lv, batches, data_dir)
     where = f"{lv.experiment.id} seed {lv.seed} level {lv.level}, {used} validation batches"
     _print(importance_table(importance, f"Head importance (per-layer normalised): {where}"))
     if plot is not None:
@@ -372,6 +385,8 @@ def sensitivity(
         Opt[Path], typer.Option(help="Figure path (.png/.svg/.pdf), like Li et al.'s Fig. 2.")
     ] = None,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
 ) -> None:
     """Each layer pruned alone at 10..90% of its units, accuracy without retraining (Li et al. 2017)."""
     from prunelab.analysis.sensitivity import level_sensitivity, plot_sensitivity

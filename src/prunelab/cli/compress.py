@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from prunelab.cli.options import Root
+from prunelab.cli.options import DataDir, Device, Root, Threads
 from prunelab.errors import SpecError
 
 Run = Annotated[str, typer.Argument(help="Experiment id (or unique prefix), label, or folder.")]
@@ -39,6 +39,15 @@ def _numbers(text: str, kind: type, what: str) -> list:
     return values
 
 
+def _device(name: str) -> str:
+    """``auto`` as the device it stands for here (cuda when there is a GPU)."""
+    if name != "auto":
+        return name
+    from prunelab.training.device import resolve_device
+
+    return resolve_device(name).type
+
+
 def _blocks(result) -> str:
     """The residual blocks a compaction replaced by their shortcut, for a table or a line."""
     return ", ".join(result.removed_blocks) or "none"
@@ -58,26 +67,49 @@ def export(
     seed: Seed = None,
     control: Control = None,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
     force: Annotated[
-        bool, typer.Option(help="Replace an earlier export in that folder (never anything else).")
+        bool,
+        typer.Option(
+            help="Replace an earlier export in that folder (never anything else); with --sparse, "
+            "write the dense model of a level that has no unstructured sparsity."
+        ),
     ] = False,
     onnx: Annotated[bool, typer.Option(help="Also write model.onnx (pip install prunelab[onnx]).")] = False,
     approximate: Approximate = False,
+    sparse: Annotated[
+        bool,
+        typer.Option(
+            help="Also run unstructured zeros sparse: each layer whose sparse format times faster than "
+            "dense (at --batch-size, --threads, default 1) is stored sparse and load_compact runs it so."
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(help="With --sparse: the batch size the formats are timed at.", min=1, max=65536)
+    ] = 1,
 ) -> None:
-    """Write the physically compacted model: safetensors weights + JSON plan (load_compact)."""
+    """Write the physically compacted model: safetensors weights + JSON plan (load_compact).
+
+    With --sparse, the formats are timed at --threads (default 1)."""
     from prunelab.compress.export import check_target, export_compact, read_plan, require_onnx
-    from prunelab.compress.level import compact_level
+    from prunelab.compress.level import compact_level, sparsify_level
     from prunelab.experiments.store import results_root
     from prunelab.models import count_parameters
     from prunelab.pruning import sparsity_report
     from prunelab.table import Table
-    from prunelab.ui import console, show
+    from prunelab.ui import console, plain, show
 
     protect = [results_root(root)]
     check_target(out, force, protect)  # refuse before any work
+    if onnx and sparse:
+        raise SpecError(
+            "--onnx and --sparse cannot be combined: ONNX has no place for prunelab's sparse layers"
+        )
     if onnx:
         require_onnx()
     item = compact_level(run, level, seed=seed, control=control, root=root, exact=not approximate)
+    fast = sparsify_level(item, batch_size=batch_size, threads=threads or 1, force=force) if sparse else None
     export_compact(
         item.result,
         out,
@@ -90,6 +122,7 @@ def export(
         force=force,
         onnx=onnx,
         source=item.source(),
+        sparse=fast,
     )
     dense = count_parameters(item.loaded.model)
     small = count_parameters(item.result.model)
@@ -106,7 +139,18 @@ def export(
         ("dead units kept (exactness)", sum(item.result.kept_dead.values())),
         ("max |compact - masked| output", item.result.max_error),
     ]
+    if fast is not None:
+        rows += [
+            (f"layers run sparse (timed at batch {batch_size}, {threads or 1} thread(s))", f"{len(fast.used)} of {len(fast.choices)}"),
+            ("max |sparse - compact| output", fast.max_error),
+        ]  # fmt: skip
     show(Table(f"{item.loaded.experiment.id} level {item.loaded.level} -> {out}", ["", "value"], rows))
+    if fast is not None:
+        show(Table("sparse layers", list(fast.COLUMNS), fast.rows()))
+    elif sparse:
+        console.print(
+            plain("no unstructured sparsity to run sparse: the dense (compacted) model was written (--force)")
+        )
     hf = read_plan(out).get("save_pretrained")
     if hf:
         console.print(hf)
@@ -121,13 +165,23 @@ def bench(
     seed: Seed = None,
     control: Control = None,
     root: Root = None,
+    data_dir: DataDir = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,16,64,256",
     repeats: Annotated[int, typer.Option(help="Timed repetitions per variant and batch size.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 3,
-    threads: Annotated[int, typer.Option(help="CPU threads, pinned while timing.")] = 1,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="CPU threads torch runs while timing (pinned; the latencies are per thread count)."
+        ),
+    ] = 1,
+    device: Device = "cpu",
     sparse: Annotated[
-        bool, typer.Option(help="Include the CSR version (layers swapped where faster).")
+        bool,
+        typer.Option(
+            help="Include the sparse version (compacted, then each layer in its fastest sparse format "
+            "where that beats dense at each batch size) and say which layers run sparse."
+        ),
     ] = True,
     tokens: Annotated[
         Optional[int],  # noqa: UP045
@@ -166,13 +220,19 @@ def bench(
         repeats=repeats,
         warmup=warmup,
         threads=threads,
-        device=device,
+        device=_device(device),
         sparse=sparse,
         tokens=tokens,
     )
     title = f"{exp.id}: latency on {result.device} ({result.threads} thread(s), {repeats} repeats)"
     show(Table(title, list(result.COLUMNS), result.rows()))
     console.print("speed-up = dense latency / latency; FLOP ratio = dense FLOPs / non-zero FLOPs")
+    for table_title, columns, rows in result.sparse_tables():
+        show(Table(table_title, columns, rows))
+    if result.sparse_choices:
+        console.print(
+            "each cell: the fastest sparse format and its speed-up over the dense layer; dense where none is faster"
+        )
     if plot_path is not None:
         path = plot_latency(result, plot or Path(f"prunelab-bench-{exp.id}.png"), title)
         console.print(f"plot: {path}")
@@ -186,6 +246,8 @@ def count(
     seed: Seed = None,
     control: Control = None,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
     per_layer: Annotated[bool, typer.Option(help="Also print one row per layer.")] = False,
     approximate: Approximate = False,
 ) -> None:
@@ -227,6 +289,7 @@ def removal_table(
     layers: Annotated[
         str, typer.Option(help="all, conv-only or fc-only (output layer never pruned).")
     ] = "all",
+    threads: Threads = None,
 ) -> None:
     """Paper 003 Fig. 2: parameters left by masking against parameters left after real removal."""
     from prunelab.compress.count import removal_table as make_table
@@ -268,6 +331,8 @@ def shrink(
         typer.Option(help="Explained-variance curves per layer (.png/.svg/.pdf)."),
     ] = None,
     root: Root = None,
+    data_dir: DataDir = None,
+    threads: Threads = None,
     force: Annotated[bool, typer.Option(help="Replace an earlier export in that folder.")] = False,
 ) -> None:
     """PCA layer shrinking (Zhang et al.): each layer a rank-k factorisation fitted to its outputs."""
@@ -290,7 +355,12 @@ def shrink(
         figure_format(plot)
     loaded = load_level(run, level, seed=seed, root=root)
     result = shrink_level(
-        loaded, variance=variance, layers=layers, exclude=tuple(exclude or ()), images=images
+        loaded,
+        variance=variance,
+        layers=layers,
+        exclude=tuple(exclude or ()),
+        images=images,
+        data_dir=data_dir,
     )
     shape = tuple(loaded.spec.data_info.input_shape)
     export_compact(
@@ -312,7 +382,7 @@ def shrink(
         )
     show(Table(f"{loaded.experiment.id} level {loaded.level}: PCA at {variance:.0%} explained variance -> {out}",
                ["layer", "outputs", "rank kept", "explained %", "note"], rows))  # fmt: skip
-    data = loaded.spec.load_data()
+    data = loaded.spec.load_data(data_dir)
     dense = loaded.model.eval()
     summary = [
         ("parameters", count_parameters(dense), count_parameters(result.model)),

@@ -6,6 +6,7 @@ and :class:`~prunelab.experiments.TrunkSpec` (see :mod:`prunelab.cli.options`).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -14,17 +15,38 @@ import typer
 from prunelab.cli.options import (
     Config,
     DataDir,
+    Device,
     Progress,
     Root,
+    SpecFlag,
     Threads,
+    spec_command,
     spec_flags,
     spec_from,
-    with_spec_flags,
 )
-from prunelab.experiments.spec import ExperimentSpec, TrunkSpec, read_spec_file
 
-RUN_FLAGS = spec_flags(ExperimentSpec)
-TRAIN_FLAGS = spec_flags(TrunkSpec)
+
+@functools.cache
+def run_flags() -> list[SpecFlag]:
+    """The flags of ``run`` (and ``sweep``): every field of an ExperimentSpec."""
+    from prunelab.experiments.spec import ExperimentSpec
+
+    return spec_flags(ExperimentSpec)
+
+
+@functools.cache
+def train_flags() -> list[SpecFlag]:
+    """The flags of ``train``: every field of a TrunkSpec."""
+    from prunelab.experiments.spec import TrunkSpec
+
+    return spec_flags(TrunkSpec)
+
+
+def __getattr__(name: str) -> Any:  # RUN_FLAGS and TRAIN_FLAGS, built on first use
+    flags = {"RUN_FLAGS": run_flags, "TRAIN_FLAGS": train_flags}.get(name)
+    if flags is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return flags()
 
 
 def _start(threads: int | None, root: Path | None = None) -> None:
@@ -52,6 +74,7 @@ def demo(
     rounds: Annotated[int, typer.Option(help="Pruning rounds (12 reaches ~7% of the hidden weights).")] = 12,
     epochs: Annotated[int, typer.Option(help="Training epochs per level.")] = 3,
     threads: Threads = None,
+    device: Device = "auto",
     progress: Progress = True,
 ) -> None:
     """The lottery-ticket demo: LeNet-300-100 IMP with rewinding on Fashion-MNIST, vs random reinit."""
@@ -67,10 +90,11 @@ def demo(
             "Get it with `apt-get install dataset-fashion-mnist` or `prunelab data get fashion-mnist`."
         )
         data = "digits"
-    _run_experiment(demo_spec(data, rounds, epochs), root=root, data_dir=data_dir, progress=progress)
+    spec = demo_spec(data, rounds, epochs, device=device)
+    _run_experiment(spec, root=root, data_dir=data_dir, progress=progress)
 
 
-@with_spec_flags(RUN_FLAGS)
+@spec_command(run_flags)
 def run(
     values: dict[str, Any],
     config: Config = None,
@@ -83,6 +107,8 @@ def run(
     progress: Progress = True,
 ) -> None:
     """Run a pruning experiment (resumable: rerun the same command to continue)."""
+    from prunelab.experiments.spec import ExperimentSpec, read_spec_file
+
     spec = spec_from(ExperimentSpec, config, values, read_spec_file)
     _start(threads, root)
     _warn_unused(spec.unused())
@@ -90,7 +116,7 @@ def run(
 
 
 def _run_experiment(
-    spec: ExperimentSpec, *, root: Path | None, data_dir: Path | None, progress: bool, wait: bool = True
+    spec, *, root: Path | None, data_dir: Path | None, progress: bool, wait: bool = True
 ) -> None:
     from prunelab.experiments import ExperimentRunner
     from prunelab.experiments.store import Store
@@ -179,7 +205,7 @@ def _show(exp, tolerance: float = 0.005) -> None:
     console.print(plain(f"results: {exp.directory}"))
 
 
-@with_spec_flags(TRAIN_FLAGS)
+@spec_command(train_flags)
 def train(
     values: dict[str, Any],
     config: Config = None,
@@ -198,18 +224,20 @@ def train(
         bool, typer.Option(help="Replace an earlier training output in --out (never anything else).")
     ] = False,
     data_dir: DataDir = None,
+    root: Root = None,
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
     """Train a dense model, or a masked one with --mask, and print its metrics."""
     from prunelab.experiments.single import check_output, train_once
+    from prunelab.experiments.spec import TrunkSpec, read_spec_file
     from prunelab.experiments.store import results_root
     from prunelab.ui import console, plain, progress_bar
     from prunelab.ui import show as show_table
 
     spec = spec_from(TrunkSpec, config, values, read_spec_file)
     _warn_unused(spec.train.unused())
-    protect = [results_root(None)]
+    protect = [results_root(root)]
     if out is not None:
         check_output(out, force=force, protect=protect)
     _start(threads)

@@ -2,6 +2,8 @@
 
 Each listing is read from its registry (names, descriptions, what each entry needs), so a method,
 treatment, control, model or dataset registered in code appears here without editing this file.
+Those that need no model are kept between runs (:mod:`prunelab.cli.cached`): read back while
+prunelab's code and the folders searched are unchanged, they answer without importing torch.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from typing import Annotated
 
 import typer
 
-from prunelab.cli.options import DataDir
+from prunelab.cli.cached import listing
+from prunelab.cli.options import Command, DataDir, Group
 
 NEED_WORDS = {"batches": "data", "initial_state": "initial weights", "input_shape": "input shape"}
 
-data_app = typer.Typer(help="Datasets: where they are, and how to get them.", no_args_is_help=True)
+data_app = typer.Typer(
+    name="data", cls=Group, help="Datasets: where they are, and how to get them.", no_args_is_help=True
+)
 
 
 def _settings_text(spec_cls, fields=None) -> str:
@@ -30,9 +35,12 @@ def _settings_text(spec_cls, fields=None) -> str:
 
 def methods() -> None:
     """List the pruning methods: criterion, grouping, what each needs, its settings."""
+    _show(listing("methods", lambda: ([_methods_table()], []), "prunelab.pruning"))
+
+
+def _methods_table():
     from prunelab.pruning import CRITERIA, METHODS
     from prunelab.table import Table
-    from prunelab.ui import show
 
     rows = []
     for name, m in METHODS.items():
@@ -44,43 +52,46 @@ def methods() -> None:
         settings = _settings_text(criterion.Settings) if criterion.Settings else "–"
         rows.append([name, METHODS.describe(name), structure, ", ".join(needs) or "–", settings])
     columns = ["method", "description", "structure", "needs", "settings"]
-    show(
-        Table(
-            "Pruning methods (--method); --structure overrides the grouping, --scope picks the pools",
-            columns,
-            rows,
-            note="needs: what the criterion reads besides the weights (an experiment supplies it), "
-            "and what the model must have. Not a mask, so not here: PCA layer shrinking (pca), a "
-            "post-training command: prunelab shrink RUN -o DIR.",
-        )
+    return Table(
+        "Pruning methods (--method); --structure overrides the grouping, --scope picks the pools",
+        columns,
+        rows,
+        note="needs: what the criterion reads besides the weights (an experiment supplies it), "
+        "and what the model must have. Not a mask, so not here: PCA layer shrinking (pca), a "
+        "post-training command: prunelab shrink RUN -o DIR.",
     )
 
 
-def _branches(registry, title: str) -> None:
-    from prunelab.experiments import TreatmentSpec
-    from prunelab.table import Table
+def _show(tables) -> None:
     from prunelab.ui import show
 
+    for table in tables:
+        show(table)
+
+
+def _branches(kind: str, title: str):
+    from prunelab.experiments import CONTROLS, TREATMENTS, TreatmentSpec
+    from prunelab.table import Table
+
+    registry = {"treatments": TREATMENTS, "controls": CONTROLS}[kind]
     rows = []
     for name, cls in registry.items():
         needs = ["structured masks"] if cls.requires_structured else []
         settings = _settings_text(TreatmentSpec, cls.uses) if cls.uses else "–"
         rows.append([name, registry.describe(name), ", ".join(needs) or "–", settings])
-    show(Table(title, ["name", "description", "needs", "settings"], rows))
+    return Table(title, ["name", "description", "needs", "settings"], rows)
 
 
 def treatments() -> None:
     """List the weight treatments: what each pruned level trains from."""
-    from prunelab.experiments import TREATMENTS
-
-    _branches(TREATMENTS, "Treatments (--treatment): what each pruned level starts from")
+    title = "Treatments (--treatment): what each pruned level starts from"
+    _show(listing("treatments", lambda: ([_branches("treatments", title)], []), "prunelab.experiments"))
 
 
 def controls() -> None:
     """List the control branches that can be trained beside every level."""
-    from prunelab.experiments import CONTROLS
-
-    _branches(CONTROLS, "Controls (--controls a,b): trained beside every pruned level")
+    title = "Controls (--controls a,b): trained beside every pruned level"
+    _show(listing("controls", lambda: ([_branches("controls", title)], []), "prunelab.experiments"))
 
 
 def models(
@@ -109,23 +120,40 @@ def models(
     show(Table("Other models (--model FORM; --weights FILE or SOURCE:NAME)", ["form", "what it is"], forms))
 
 
-@data_app.command("list")
+@data_app.command("list", cls=Command)
 def data_list(data_dir: DataDir = None) -> None:
     """Show each dataset with where it was found, or how to get it."""
-    from prunelab.data import DATA_SOURCES, DATASETS, dataset_status
+    import os
+
+    from prunelab.cache import cache_base, data_search_dirs
+
+    inputs = {
+        "data_dir": None if data_dir is None else str(data_dir.expanduser().absolute()),
+        "searched": [str(p) for p in data_search_dirs()],
+        "PRUNELAB_DATA": os.environ.get("PRUNELAB_DATA", ""),
+        "cache": str(cache_base()),
+    }
+    _show(listing("data-list", lambda: _data_tables(data_dir), "prunelab.data", inputs))
+
+
+def _data_tables(data_dir: Path | None):
+    """The datasets' table and the data sources' forms, and the folders searched."""
+    from prunelab.data import DATA_SOURCES, DATASETS, candidate_dirs, dataset_status
     from prunelab.table import Table
-    from prunelab.ui import show
 
     rows = []
     for name in DATASETS.names():
         found, where = dataset_status(name, data_dir)
         rows.append([name, DATASETS.describe(name), "found" if found else "missing", where])
-    show(Table("Datasets", ["dataset", "description", "status", "where / how to get it"], rows))
     forms = [[cls.usage, DATA_SOURCES.describe(key)] for key, cls in DATA_SOURCES.items()]
-    show(Table("Your own data (--data FORM)", ["form", "what it is"], forms))
+    folders = [d for name in DATASETS.names() for d in candidate_dirs(name, data_dir)]
+    return [
+        Table("Datasets", ["dataset", "description", "status", "where / how to get it"], rows),
+        Table("Your own data (--data FORM)", ["form", "what it is"], forms),
+    ], folders
 
 
-@data_app.command("get")
+@data_app.command("get", cls=Command)
 def data_get(
     name: Annotated[str, typer.Argument(help="Dataset to download (mnist, fashion-mnist, cifar10).")],
     dest: Annotated[

@@ -15,15 +15,65 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
+from typer.core import TyperCommand, TyperGroup
 
-from prunelab.spec import Flag, FrozenSpec, RegistryRef, container_of, merge, unwrap
+if TYPE_CHECKING:  # the spec machinery (pydantic) is imported when a command with spec flags is built
+    from prunelab.spec import FrozenSpec, RegistryRef
+
+
+# commands ------------------------------------------------------------------------------------------
+class _FlagsShowNoType:
+    """A flag takes no value, so its help shows no type label (typer's ``<bool>``), --help included."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_FlagsShowNoType, TyperCommand):
+    """A prunelab command."""
+
+
+class Group(_FlagsShowNoType, TyperGroup):
+    """A group of prunelab commands (``data``)."""
+
 
 # options shared by commands ------------------------------------------------------------------------
+# Defined here once, each with what it does, and given to every command that can use it: --root to
+# the commands reading or writing results, --data-dir and --threads to those that load data or build
+# models, --device to those that train or time models.
+
+
+def _data_dir_callback(ctx: typer.Context, value: Path | None) -> Path | None:
+    """--data-dir counts for every dataset lookup of the command (a model's vocabulary trained on
+    the data's text too), until the command ends."""
+    if value is not None:
+        from prunelab.cache import search_data_in
+
+        ctx.call_on_close(search_data_in(value))
+    return value
+
+
+def _threads_callback(value: int | None) -> int | None:
+    if value is not None:
+        from prunelab.threads import set_threads
+
+        set_threads(value)
+    return value
+
+
 Root = Annotated[
     Optional[Path],  # noqa: UP045 - typer needs Optional here on Python 3.10
     typer.Option("--root", help="Results folder (else $PRUNELAB_HOME, else ~/.prunelab/runs)."),
@@ -31,18 +81,40 @@ Root = Annotated[
 DataDir = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
-        "--data-dir", help="Folder holding the dataset files (else $PRUNELAB_DATA, the cache, ...)."
+        "--data-dir",
+        help="Folder holding the dataset files, searched first (else $PRUNELAB_DATA, the cache, ...).",
+        callback=_data_dir_callback,
     ),
 ]
-Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 Threads = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(
         "--threads",
         min=1,
         help="CPU threads for torch (default: the CPUs this process may use, from affinity and cgroup limits).",
+        callback=_threads_callback,
     ),
 ]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _device_callback(value: str) -> str:
+    if value not in DEVICES:
+        from prunelab.errors import SpecError
+
+        raise SpecError(f"--device {value!r}: use {', '.join(DEVICES)}")
+    return value
+
+
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where models run: auto (a CUDA GPU when there is one), cpu or cuda.",
+        callback=_device_callback,
+    ),
+]
+Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 Config = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option("--config", help="TOML/YAML spec file; flags given override it."),
@@ -79,6 +151,9 @@ def _kebab(name: str) -> str:
 
 
 def _default_text(info) -> str:
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
     value = info.default_factory() if info.default_factory is not None else info.default
     if value is None or value is PydanticUndefined:
         return ""
@@ -123,6 +198,8 @@ def spec_flags(
 
 
 def _walk(spec, path, prefix, out, only, skip) -> None:
+    from prunelab.spec import Flag, FrozenSpec, RegistryRef, container_of, unwrap
+
     for name, info in spec.model_fields.items():
         here = (*path, name)
         if (not path and only is not None and name not in only) or ".".join(here) in skip:
@@ -176,6 +253,18 @@ def flag_values(flags: Iterable[SpecFlag], given: Mapping[str, Any]) -> dict[str
     return values
 
 
+def spec_command(flags: Callable[[], list[SpecFlag]]) -> Callable[[Callable], Callable]:
+    """Mark a command as taking the spec flags ``flags()`` (see :func:`with_spec_flags`), added when
+    the command is built: not when its module is imported, so listing the commands never reads the
+    specs and registries."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.spec_flags_from = flags  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
 def with_spec_flags(flags: list[SpecFlag]) -> Callable[[Callable], Callable]:
     """Add ``flags`` to a typer command; the command receives them as ``values``, the nested
     spec values of the flags the user gave (see :func:`flag_values`)."""
@@ -225,7 +314,7 @@ def _metavar(f: SpecFlag) -> str:
 
 def spec_from(cls: type[FrozenSpec], config: Path | None, values: Mapping[str, Any], reader) -> FrozenSpec:
     """A ``cls`` from a config file (read by ``reader``) with the flag values laid over it."""
-    from prunelab.spec import build_spec
+    from prunelab.spec import build_spec, merge
 
     base = reader(config) if config is not None else {}
     return build_spec(cls, **merge(base, values))

@@ -6,7 +6,9 @@
   result against the masked model in eval and in train mode;
 * :func:`count` and :func:`removal_table` give parameters and operator-level FLOPs (MACs = FLOPs/2)
   of dense, masked and compacted models;
-* :func:`sparsify` runs unstructured masks with CSR layers where that is measured to be faster;
+* :func:`sparsify` runs unstructured masks with sparse layers (:class:`SparseLinear`,
+  :class:`SparseConv2d`; prunelab's kernel in the formats of :mod:`prunelab.compress.formats`) where
+  that is measured to be faster;
 * :func:`benchmark` / :func:`bench_level` time all versions over batch sizes, :func:`plot_latency`
   draws paper 003's Figs. 6 and 7;
 * :func:`export_compact` / :func:`load_compact` save and load a compacted model without pickle.
@@ -23,6 +25,7 @@ from prunelab.compress.count import (
 )
 from prunelab.compress.export import export_compact, export_onnx, load_compact
 from prunelab.compress.compact import CompactResult, compact, layer_plan
+from prunelab.compress.formats import FORMATS, Pattern
 from prunelab.compress.latency import (
     BenchResult,
     Timing,
@@ -42,14 +45,17 @@ from prunelab.compress.sparse import (
     SparseResult,
     semi_structured_support,
     sparsify,
+    unstructured_sparsity,
 )
 
 __all__ = [
+    "FORMATS",
     "BenchResult",
     "CompactLevel",
     "CompactResult",
     "CountReport",
     "LayerCount",
+    "Pattern",
     "RemovalRow",
     "SemiStructuredLinear",
     "SparseConv2d",
@@ -75,4 +81,5 @@ __all__ = [
     "sparsify",
     "standard_variants",
     "time_interleaved",
+    "unstructured_sparsity",
 ]

@@ -3,6 +3,10 @@
 The plan names the registered model and its build arguments, then every reshaped layer's new
 constructor shapes: :func:`load_compact` builds the model on the meta device (no memory, no
 initialisation), swaps in layers of the planned shapes and assigns the safetensors weights.
+A sparse export (``sparse=``, from :func:`~prunelab.compress.sparse.sparsify`) adds the plan's
+``sparse`` section (each sparse layer's type, format and shape, and the batch size and threads its
+format was timed at) and ``sparse.safetensors`` (their CSR arrays and biases): those layers are
+packed again at load and run sparse, the rest come from ``model.safetensors`` as usual.
 Nothing on disk is executed, and an export never leaves a half-written folder behind.
 """
 
@@ -22,6 +26,7 @@ from prunelab.compress.blocks import ShortcutBlock
 from prunelab.compress.encoder import save_pretrained
 from prunelab.compress.compact import NORM_TYPES, CompactResult
 from prunelab.compress.resize import set_attributes
+from prunelab.compress.sparse import SparseResult, install_sparse, sparse_state
 from prunelab.coupling.attention import SWAPPED
 from prunelab.errors import CheckpointError, PrunelabError
 from prunelab.io import (
@@ -41,12 +46,13 @@ FORMAT = "prunelab-compact"
 VERSION = 2
 READABLE = (1, 2)  # version 1: every layer rebuilt fresh from its constructor shapes
 WEIGHTS = "model.safetensors"
+SPARSE_WEIGHTS = "sparse.safetensors"
 PLAN = "plan.json"
 ONNX = "model.onnx"
 HF = "hf"
 
 
-EXPORT = OutputKind("export", PLAN, (PLAN, WEIGHTS, ONNX, HF))
+EXPORT = OutputKind("export", PLAN, (PLAN, WEIGHTS, SPARSE_WEIGHTS, ONNX, HF))
 
 
 def check_target(directory: str | Path, force: bool = False, protect: Sequence[Path] = ()) -> Path:
@@ -68,6 +74,7 @@ def export_compact(
     protect: Sequence[Path] = (),
     image_size: int | None = None,
     data: str | None = None,
+    sparse: SparseResult | None = None,
 ) -> Path:
     """Write ``result`` to ``directory`` (weights, plan, optionally ONNX), checked by loading it back.
 
@@ -79,11 +86,18 @@ def export_compact(
     factory, whose file hash the plan records), ``image_size`` its input resizing, ``data`` the
     dataset (a text model's tokenizer comes from it). A transformer whose blocks all keep the same
     shapes is also written as a ``save_pretrained`` folder, ``hf/``, that transformers loads (see
-    :func:`prunelab.compress.encoder.save_pretrained`). Files are written to a temporary sibling
-    folder that replaces ``directory`` only once complete.
+    :func:`prunelab.compress.encoder.save_pretrained`). ``sparse``: ``result.model`` with sparse
+    layers swapped in (:func:`~prunelab.compress.sparse.sparsify`), written as described above
+    (``hf/`` and the parameter count stay those of the dense compacted model). Files are written to
+    a temporary sibling folder that replaces ``directory`` only once complete.
     """
     directory = check_target(directory, force, protect)
     text = is_encoder(result.model)
+    if onnx and sparse is not None:
+        raise PrunelabError(
+            "--onnx and --sparse cannot be combined: ONNX has no place for prunelab's sparse layers; "
+            "export the ONNX model without --sparse"
+        )
     if onnx and text:
         raise PrunelabError(
             "ONNX export of text models is not supported (their forward cuts padding per batch); "
@@ -109,10 +123,21 @@ def export_compact(
         "source": source or {},
         "torch": torch.__version__,
     }
+    net = result.model if sparse is None else sparse.model
+    if sparse is not None:
+        layers, tensors = sparse_state(sparse.model)
+        plan["sparse"] = {
+            "file": SPARSE_WEIGHTS,
+            "batch_size": sparse.batch_size,
+            "threads": sparse.threads,
+            "layers": layers,
+        }
     with output_folder(directory, EXPORT, force=force, protect=protect) as tmp:
-        save_tensors(tmp / WEIGHTS, result.model.state_dict(), metadata={"format": FORMAT})
+        save_tensors(tmp / WEIGHTS, net.state_dict(), metadata={"format": FORMAT})
+        if sparse is not None:
+            save_tensors(tmp / SPARSE_WEIGHTS, tensors, metadata={"format": FORMAT})
         atomic_write_json(tmp / PLAN, plan)
-        _check_round_trip(result.model, tmp, input_shape)
+        _check_round_trip(net, tmp, input_shape, result.model)
         if text:
             plan["save_pretrained"] = save_pretrained(result.model, tmp / HF, resolve_model(model), data)
             atomic_write_json(tmp / PLAN, plan)
@@ -122,9 +147,11 @@ def export_compact(
 
 
 @torch.no_grad()
-def _check_round_trip(model: nn.Module, folder: Path, input_shape: Sequence[int]) -> None:
+def _check_round_trip(model: nn.Module, folder: Path, input_shape: Sequence[int], dense: nn.Module) -> None:
+    """``folder`` loads back as ``model`` computes (``dense``: its dense form, which says what input
+    it takes: a model whose layers all run sparse has no parameters left)."""
     loaded = load_compact(folder)
-    x = example_input(model, input_shape, 2, generator=torch.Generator().manual_seed(0))
+    x = example_input(dense, input_shape, 2, generator=torch.Generator().manual_seed(0))
     was = model.training
     model.eval()
     try:
@@ -177,6 +204,8 @@ def load_compact(directory: str | Path) -> nn.Module:
                 _fit_tensors(model, state)
     except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory / PLAN} does not describe a buildable model: {exc}") from None
+    if plan.get("sparse"):
+        _load_sparse(directory, plan["sparse"], model)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
@@ -188,6 +217,17 @@ def load_compact(directory: str | Path) -> nn.Module:
     if is_encoder(model):
         set_head_counts(model)
     return model.eval()
+
+
+def _load_sparse(directory: Path, section: dict[str, Any], model: nn.Module) -> None:
+    """Swap in the sparse layers of a sparse export, packed in their recorded formats."""
+    try:
+        file = directory / Path(str(section["file"])).name  # a name in the folder, never a path out of it
+        install_sparse(model, section["layers"], load_tensors(file))
+    except (KeyError, AttributeError, TypeError, ValueError, RuntimeError, PrunelabError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{directory / PLAN}: its sparse layers cannot be rebuilt ({exc})") from None
 
 
 def _check_fingerprint(directory: Path, plan: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 from prunelab.compress.count import nonzero_flops
 from prunelab.compress.compact import compact
 from prunelab.compress.level import level_input_shape
-from prunelab.compress.sparse import sparsify
+from prunelab.compress.sparse import LayerChoice, sparsify
 from prunelab.errors import PrunelabError, SpecError
 from prunelab.experiments import load_level
 from prunelab.models import count_parameters, example_input
@@ -129,6 +129,7 @@ class Variant:
     flops: int
     model: nn.Module | None = None
     build: Callable[[torch.Tensor], nn.Module] | None = None
+    choices: dict[int, list[LayerChoice]] | None = None  # a sparse builder's decisions, by batch size
 
     @classmethod
     def of(cls, name: str, model: nn.Module, input_shape: Sequence[int]) -> Variant:
@@ -157,6 +158,7 @@ class BenchResult:
     device: str = "cpu"
     threads: int = 1
     repeats: int = 0
+    sparse_choices: dict[tuple[str, int], list[LayerChoice]] = field(default_factory=dict)
 
     def find(self, label: str, variant: str, batch_size: int) -> Timing | None:
         for t in self.timings:
@@ -189,6 +191,26 @@ class BenchResult:
 
     COLUMNS = ("level", "variant", "batch", "median ms", "p90 ms", "speed-up", "FLOP ratio", "parameters")
 
+    def sparse_tables(self) -> list[tuple[str, list[str], list[tuple]]]:
+        """Per level, a title, columns and one row per layer tried sparse: its zeros and, per batch
+        size, the format that ran and its speed-up over the dense layer (or dense)."""
+        tables = []
+        for label in dict.fromkeys(label for label, _ in self.sparse_choices):
+            by_batch = {b: cs for (lb, b), cs in self.sparse_choices.items() if lb == label}
+            zeros = {c.layer: c.sparsity for cs in by_batch.values() for c in cs if c.sparse_ms is not None}
+            cells = {(b, c.layer): c.summary() for b, cs in by_batch.items() for c in cs}
+            rows = [
+                (name, round(100 * z, 1), *(cells.get((b, name), "") for b in by_batch))
+                for name, z in zeros.items()
+            ]
+            summary = "; ".join(
+                f"batch {b}: {sum(c.used for c in cs)} of {len(cs)} layers sparse"
+                for b, cs in by_batch.items()
+            )
+            columns = ["layer", "zeros %", *(f"batch {b}" for b in by_batch)]
+            tables.append((f"level {label}, the sparse version ({summary})", columns, rows))
+        return tables
+
     def to_json(self) -> dict:
         return {
             "device": self.device,
@@ -197,6 +219,11 @@ class BenchResult:
             "timings": [
                 asdict(t) | {"speedup": self.speedup(t), "flop_ratio": self.flop_ratio(t)}
                 for t in self.timings
+            ],
+            "sparse_layers": [
+                {"level": label, "batch_size": batch, **asdict(c)}
+                for (label, batch), choices in self.sparse_choices.items()
+                for c in choices
             ],
         }
 
@@ -237,6 +264,8 @@ def benchmark(
                 if model is None:
                     raise PrunelabError(f"variant {v.name!r} has neither a model nor a builder")
                 models[v.name] = model.to(device).eval()
+                if v.choices is not None and batch in v.choices:
+                    result.sparse_choices[(label, batch)] = v.choices[batch]
             samples = time_interleaved(models, x, repeats=repeats, warmup=warmup, rewarm=rewarm)
             for v in variants:
                 s = samples[v.name]
@@ -255,10 +284,13 @@ def standard_variants(
     sparse: bool = True,
     sparse_repeats: int = 10,
 ) -> list[Variant]:
-    """dense / masked / compact / sparse versions of a masked model (sparse chosen per batch size).
+    """dense / masked / compact / sparse versions of a masked model.
 
-    ``dense`` is the unpruned network (same architecture, no zeros); default: ``model`` with its
-    zeros refilled from a normal draw, which times the same as the trained dense network.
+    ``sparse`` is the compacted model with each layer swapped for its fastest sparse format where
+    that beats dense, decided anew at every batch size (its decisions are kept in the variant's
+    ``choices``). ``dense`` is the unpruned network (same architecture, no zeros); default:
+    ``model`` with its zeros refilled from a normal draw, which times the same as the trained dense
+    network.
     """
     masked = copy.deepcopy(model).eval()
     mask.apply(masked)
@@ -279,15 +311,23 @@ def standard_variants(
         Variant("compact", count_parameters(small), flops(small), model=small),
     ]
     if sparse:
-        variants.append(
-            Variant(
-                "sparse",
-                kept,
-                flops(masked, mask),
-                build=lambda x: sparsify(masked, x, mask, repeats=sparse_repeats).model,
-            )
-        )
+        variants.append(sparse_variant(small, kept, flops(masked, mask), repeats=sparse_repeats))
     return variants
+
+
+def sparse_variant(
+    model: nn.Module, params: int, flops: int, *, repeats: int = 10, name: str = "sparse"
+) -> Variant:
+    """``model`` (its zeros as the mask) made sparse at each batch size it is timed at, the
+    decisions kept in the variant's ``choices``."""
+    choices: dict[int, list[LayerChoice]] = {}
+
+    def build(x: torch.Tensor) -> nn.Module:
+        result = sparsify(model, x, repeats=repeats)
+        choices[x.shape[0]] = result.choices
+        return result.model
+
+    return Variant(name, params, flops, build=build, choices=choices)
 
 
 def check_bench_settings(

@@ -49,6 +49,7 @@ __all__ = [
     "register_source",
     "resolve_dataset",
     "split_indices",
+    "split_options",
 ]
 
 #: Seed of the train/validation permutation: fixed, so every experiment sees the same split
@@ -198,6 +199,30 @@ def register_source(prefix: str):
         return cls
 
     return decorator
+
+
+#: What the value of a data-source option stands for, in messages (``csv:PATH#text=COLUMN``).
+OPTION_VALUES = {"text": "COLUMN", "label": "COLUMN", "classes": "K"}
+
+
+def split_options(argument: str, allowed: Sequence[str], usage: str) -> tuple[str, dict[str, str]]:
+    """(path, options) of a data source's ``PATH#key=value,...`` (split on the last ``#``), the keys
+    among ``allowed``; no ``=`` after the ``#``: it is all path."""
+    path, sep, tail = argument.rpartition("#")
+    if not allowed or not sep or "=" not in tail:
+        return argument, {}
+    form = usage + "#" + ",".join(f"{k}={OPTION_VALUES.get(k, 'VALUE')}" for k in allowed)
+    options: dict[str, str] = {}
+    for item in tail.split(","):
+        key, eq, value = (s.strip() for s in item.partition("="))
+        if not eq or key not in allowed or not value:
+            raise SpecError(
+                f"{usage}: bad option {item.strip()!r} after '#' in {argument!r}; expected {form}"
+            )
+        if key in options:
+            raise SpecError(f"{usage}: option {key!r} given twice in {argument!r}; expected {form}")
+        options[key] = value
+    return path, options
 
 
 @functools.lru_cache(maxsize=32)

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunelab.data.base import DatasetInfo, DatasetLoader, RawData, register_source
+from prunelab.data.base import DatasetInfo, DatasetLoader, RawData, register_source, split_options
+from prunelab.data.labels import CLASSES_OPTION, LabelPart, check_labels, classes_option
 from prunelab.data.locate import cache_root, find_data, missing_message, short_how
 from prunelab.errors import CheckpointError, DataError, OutputError, SpecError
 from prunelab.io import load_tensors, save_tensors, user_path
@@ -96,12 +97,18 @@ class SourceLoader(DatasetLoader):
     #: The registered prefix and the form shown in listings and errors.
     prefix: str = ""
     usage: str = ""
+    #: Keys accepted after a final ``#`` (``PATH#classes=K``); none: all is path.
+    options_allowed: tuple[str, ...] = ()
 
     def __init__(self, argument: str) -> None:
         if not str(argument).strip():
             raise SpecError(f"{self.prefix}: needs a path after the colon, as in {self.usage}")
         self.argument = str(argument)
-        self.path = user_path(self.argument).absolute()
+        path, self.options = split_options(self.argument, self.options_allowed, self.usage)
+        if not path.strip():
+            raise SpecError(f"{self.prefix}: needs a path after the colon, as in {self.usage}")
+        self.classes = classes_option(self.options, self.usage)
+        self.path = user_path(path).absolute()
         self.name = f"{self.prefix}:{self.argument}"
 
     def __repr__(self) -> str:
@@ -469,13 +476,16 @@ class NpzSource(SourceLoader):
 
     - ``x_*``: images shaped (N, H, W) (one channel), (N, C, H, W) or (N, H, W, C) with C = 1 or 3
       (channels last when the last axis is 1 or 3 and axis 1 is not); uint8 (0..255) or float in [0, 1].
-    - ``y_*``: integer labels 0..K-1, shaped (N,) or (N, 1); there are K = 1 + the largest label classes.
+    - ``y_*``: integer labels 0..K-1 (integer or whole float arrays), shaped (N,) or (N, 1); there are
+      K = 1 + the largest label classes, and each must occur, unless ``npz:PATH#classes=K`` says K
+      classes are meant (see :mod:`prunelab.data.labels`).
     - Read without pickle; the validation set is held out of the training set (10% by default).
       The fingerprint hashes the file's bytes.
     """
 
     prefix = "npz"
     usage = "npz:PATH"
+    options_allowed = (CLASSES_OPTION,)
 
     def fingerprint(self) -> str:
         if "_fingerprint" not in self.__dict__:
@@ -499,14 +509,17 @@ class NpzSource(SourceLoader):
                 f"{self.path}: x_train images are {tuple(x_train.shape[1:])} (C, H, W) but x_test ones are "
                 f"{tuple(x_test.shape[1:])}; both must have one shape"
             )
-        y_train = _npz_labels(self.path, "y_train", arrays["y_train"], len(x_train), "x_train")
-        y_test = _npz_labels(self.path, "y_test", arrays["y_test"], len(x_test), "x_test")
-        return RawData(x_train, y_train, x_test, y_test, str(self.path))
+        parts = [
+            _npz_labels(self.path, key, arrays[key], len(x), x_key)
+            for key, x, x_key in (("y_train", x_train, "x_train"), ("y_test", x_test, "x_test"))
+        ]
+        (y_train, y_test), _ = check_labels(parts, self.classes, data=self.name)
+        return RawData(x_train, torch.from_numpy(y_train), x_test, torch.from_numpy(y_test), str(self.path))
 
     def make_info(self, raw: RawData) -> DatasetInfo:
         mean, std = channel_stats(raw.x_train)
         shape = tuple(int(d) for d in raw.x_train.shape[1:])
-        classes = int(max(int(raw.y_train.max()), int(raw.y_test.max()))) + 1
+        classes = self.classes or int(max(int(raw.y_train.max()), int(raw.y_test.max()))) + 1
         return DatasetInfo(
             name=self.name,
             input_shape=shape,  # type: ignore[arg-type]
@@ -584,23 +597,14 @@ def _npz_images(path: Path, key: str, a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def _npz_labels(path: Path, key: str, a: np.ndarray, n: int, x_key: str) -> torch.Tensor:
-    """Labels of one split as int64 (N,)."""
+def _npz_labels(path: Path, key: str, a: np.ndarray, n: int, x_key: str) -> LabelPart:
+    """Labels of one split, shaped (N,), for :func:`~prunelab.data.labels.check_labels`."""
     if a.ndim == 2 and a.shape[1] == 1:
         a = a[:, 0]
     if a.ndim != 1:
         raise DataError(f"array {key} in {path} has shape {a.shape}; expected integer labels shaped (N,)")
-    if not np.issubdtype(a.dtype, np.integer):
-        raise DataError(
-            f"array {key} in {path} has dtype {a.dtype}; expected integer class labels 0..K-1 "
-            f"(e.g. y.astype(numpy.int64))"
-        )
     if len(a) != n:
         raise DataError(
             f"array {key} in {path} has {len(a)} labels but {x_key} has {n} images; expected one each"
         )
-    if len(a) and int(a.min()) < 0:
-        raise DataError(
-            f"array {key} in {path} holds negative labels (down to {int(a.min())}); expected 0..K-1"
-        )
-    return torch.from_numpy(a.astype(np.int64))
+    return LabelPart(f"array {key} in {path}", a)

@@ -1,6 +1,6 @@
 """Where dataset files are searched for, in order, and what to tell the user when they are not found.
 
-Order (first hit wins): the explicit ``data_dir``, ``$PRUNELAB_DATA``, the prunelab cache, then
+Order (first hit wins): the explicit ``data_dir``, a command's ``--data-dir``, ``$PRUNELAB_DATA``, the prunelab cache, then
 system folders (the Debian package of Fashion-MNIST). Each user-given root may hold the files
 directly, in ``<root>/<name>``, or in the torchvision layout below it.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prunelab.cache import cache_base
+from prunelab.cache import cache_base, data_search_dirs
 from prunelab.data.base import DATASETS, DatasetLoader
 
 ENV_VAR = "PRUNELAB_DATA"
@@ -27,8 +27,10 @@ def cache_dir(name: str) -> Path:
 
 
 def user_roots(data_dir: Path | None) -> list[Path]:
-    """The explicit ``data_dir`` and the folders of ``$PRUNELAB_DATA`` (``os.pathsep``-separated)."""
+    """The explicit ``data_dir``, a command line's ``--data-dir`` (:func:`prunelab.cache.search_data_in`)
+    and the folders of ``$PRUNELAB_DATA`` (``os.pathsep``-separated)."""
     roots = [Path(data_dir).expanduser()] if data_dir is not None else []
+    roots += [p for p in data_search_dirs() if p not in roots]
     env = os.environ.get(ENV_VAR, "")
     roots += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
     return roots

@@ -38,7 +38,9 @@ from prunelab.data.base import (
     register_loader,
     register_source,
     resolve_dataset,
+    split_options,
 )
+from prunelab.data.labels import CLASSES_OPTION, LabelPart, check_labels, classes_option, label_number
 from prunelab.errors import CheckpointError, DataError, OutputError, SpecError
 from prunelab.io import load_tensors, save_tensors, user_path
 
@@ -291,72 +293,67 @@ class _Part:
 
 
 _INTEGER = re.compile(r"[+-]?\d+")
+#: A number that is not written as an integer (1.5, 1e9, nan, inf): a label read as a number, so
+#: that NaN or 2.5 is refused rather than taken for a class name.
+_NUMBER = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf(inity)?)", re.IGNORECASE)
 
 
 def _label_value(value: Any, part: _Part, i: int) -> int | str:
-    """A raw label as an int (integers, written as such) or a name; DataError when missing."""
+    """A raw label as an int (numbers, checked by :func:`~prunelab.data.labels.label_number`) or a
+    class name; DataError when missing, or a number that is no label."""
     row = f"{part.where}, {part.unit} {part.rows[i]}"
     if value is None or (isinstance(value, str) and not value.strip()):
         raise DataError(f"{row} has no label; every example needs one")
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if value.is_integer():
-            return int(value)
-        return repr(value)
+    if isinstance(value, int | float):
+        return label_number(value, row)
     if isinstance(value, str):
         value = value.strip()
-        return int(value) if _INTEGER.fullmatch(value) else value
+        if _INTEGER.fullmatch(value):
+            return label_number(int(value), row)
+        return label_number(float(value), row) if _NUMBER.fullmatch(value) else value
     raise DataError(f"{row} has the label {value!r}; expected an integer or a class name")
 
 
 def _resolve_labels(
-    parts: dict[str, _Part], names: Sequence[str] | None = None
+    parts: dict[str, _Part], names: Sequence[str] | None = None, classes: int | None = None, data: str = ""
 ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     """int64 labels per split, and the class names.
 
     With ``names`` (fixed classes) every label must be an integer 0..len(names)-1. Otherwise, when all
-    labels are integers they are used as they are (they must cover 0..K-1), else each is a class name
-    and the sorted unique names give the labels 0..K-1.
+    labels are integers they are used as they are (checked by :func:`~prunelab.data.labels.check_labels`:
+    they must cover 0..K-1 unless ``classes`` says K), else each is a class name and the sorted
+    unique names give the labels 0..K-1.
     """
     values = {
         key: [_label_value(v, part, i) for i, v in enumerate(part.labels)] for key, part in parts.items()
     }
     every = [v for vs in values.values() for v in vs]
     if names is None and not all(isinstance(v, int) for v in every):
+        if classes is not None:
+            raise DataError(
+                f"{CLASSES_OPTION}={classes} counts integer labels, but those of "
+                f"{'; '.join(dict.fromkeys(p.where for p in parts.values()))} are class names; drop the option"
+            )
         label_names = tuple(sorted({str(v) for v in every}))
         index = {name: i for i, name in enumerate(label_names)}
         labels = {
             key: torch.tensor([index[str(v)] for v in vs], dtype=torch.int64) for key, vs in values.items()
         }
         return labels, label_names
-    if names is not None:
-        expected = f"integer labels 0..{len(names) - 1} ({', '.join(names)})"
-        k = len(names)
-    else:
-        expected = "integer labels 0..K-1, or class names"
-        k = max(every) + 1 if every else 0  # type: ignore[operator]
-    for key, vs in values.items():
-        for i, v in enumerate(vs):
-            if not isinstance(v, int) or not 0 <= v < k:
-                part = parts[key]
-                raise DataError(
-                    f"{part.where}, {part.unit} {part.rows[i]}: bad label {v!r}; expected {expected}"
-                )
-    if names is None:
-        missing = sorted(set(range(k)) - set(every))
-        if missing:
-            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
-            where = "; ".join(dict.fromkeys(p.where for p in parts.values()))
-            raise DataError(
-                f"integer labels must be 0..K-1, but those of {where} range over {min(every)}..{k - 1} and "
-                f"{shown} never occur{'s' if len(missing) == 1 else ''}; renumber them from 0 (e.g. star "
-                f"ratings 1..5: subtract 1), or use class names"
-            )
-        names = tuple(str(i) for i in range(k))
-    return {key: torch.tensor(vs, dtype=torch.int64) for key, vs in values.items()}, tuple(names)
+    keys = list(values)
+    checked, k = check_labels(
+        [
+            LabelPart(parts[key].where, values[key], lambda i, p=parts[key]: f"{p.unit} {p.rows[i]}")
+            for key in keys
+        ],
+        len(names) if names is not None else classes,
+        data=data,
+        names=names or (),
+    )
+    labels = {key: torch.from_numpy(a) for key, a in zip(keys, checked, strict=True)}
+    return labels, tuple(names) if names is not None else tuple(str(i) for i in range(k))
 
 
 def _pick_column(
@@ -381,8 +378,14 @@ def _pick_column(
     )
 
 
-def _texts_from_parts(parts: dict[str, _Part], source: str, names: Sequence[str] | None = None) -> Texts:
-    labels, label_names = _resolve_labels(parts, names)
+def _texts_from_parts(
+    parts: dict[str, _Part],
+    source: str,
+    names: Sequence[str] | None = None,
+    classes: int | None = None,
+    data: str = "",
+) -> Texts:
+    labels, label_names = _resolve_labels(parts, names, classes, data)
     val = parts.get("val")
     return Texts(
         train_text=parts["train"].texts,
@@ -412,25 +415,6 @@ def _text_value(value: Any, part_where: str, unit: str, row: int) -> str:
 
 
 # --- file sources ---------------------------------------------------------------------------------
-
-
-def _split_options(argument: str, allowed: Sequence[str], usage: str) -> tuple[str, dict[str, str]]:
-    """(path, options) of ``PATH#key=value,...`` (split on the last ``#``); no ``=`` after it: all path."""
-    path, sep, tail = argument.rpartition("#")
-    if not allowed or not sep or "=" not in tail:
-        return argument, {}
-    form = f"{usage}#{','.join(f'{k}=COLUMN' for k in allowed)}"
-    options: dict[str, str] = {}
-    for item in tail.split(","):
-        key, eq, value = (s.strip() for s in item.partition("="))
-        if not eq or key not in allowed or not value:
-            raise SpecError(
-                f"{usage}: bad option {item.strip()!r} after '#' in {argument!r}; expected {form}"
-            )
-        if key in options:
-            raise SpecError(f"{usage}: option {key!r} given twice in {argument!r}; expected {form}")
-        options[key] = value
-    return path, options
 
 
 def _read_bytes(path: Path, what: str) -> bytes:
@@ -486,9 +470,14 @@ def _read_jsonl(path: Path, data: bytes) -> tuple[list[str], list[tuple[int, dic
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # a JSONDecodeError, or an integer of more digits than Python reads
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
             raise DataError(
-                f"{path}, line {line_no} is not valid JSON ({exc.msg}); expected one object per line"
+                f"{path}, line {line_no} is not valid JSON ({reason}); expected one object per line"
+            ) from None
+        except RecursionError:
+            raise DataError(
+                f"{path}, line {line_no} nests JSON too deeply to be read; expected one flat object per line"
             ) from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}, line {line_no} holds {type(obj).__name__}, not a JSON object")
@@ -513,7 +502,8 @@ class TextSource(TextLoader):
 
     def __init__(self, argument: str) -> None:
         argument = str(argument)
-        path, self.options = _split_options(argument, self.options_allowed, self.usage)
+        path, self.options = split_options(argument, self.options_allowed, self.usage)
+        self.classes = classes_option(self.options, self.usage)
         if not path.strip():
             raise SpecError(f"{self.prefix}: needs a path after the colon, as in {self.usage}")
         self.argument = argument
@@ -673,7 +663,7 @@ class Sst2Source(TextSource):
 class _TableSource(TextSource):
     """A folder holding train/test (optional val) files, or one file with a split column."""
 
-    options_allowed = ("text", "label")
+    options_allowed = ("text", "label", CLASSES_OPTION)
     suffix: ClassVar[str] = ""
 
     def read_table(self, path: Path, data: bytes) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
@@ -727,7 +717,7 @@ class _TableSource(TextSource):
                 key: self._part(path, *self.read_table(path, data)) for key, (path, data) in contents.items()
             }
         _check_parts(parts)
-        return _texts_from_parts(parts, str(self.path))
+        return _texts_from_parts(parts, str(self.path), classes=self.classes, data=self.name)
 
     def _columns(self, where: str, columns: Sequence[str]) -> tuple[str, str]:
         text_col = _pick_column(columns, self.options.get("text"), TEXT_COLUMNS, "text", where, self.usage)
@@ -777,8 +767,10 @@ class CsvSource(_TableSource):
     - A header row names the columns: the text is the first of ``text, sentence, review, content``,
       the label the first of ``label, labels, target``; ``csv:PATH#text=COLUMN,label=COLUMN`` names
       them (split on the last ``#``). Standard CSV quoting (Python's ``csv`` module), UTF-8.
-    - Labels: when all are integers they are the classes as they are (they must cover 0..K-1);
-      otherwise each value is a class name, and the sorted names are the classes 0..K-1.
+    - Labels: when all are integers they are the classes as they are (they must cover 0..K-1, unless
+      ``#classes=K`` says K classes are meant); otherwise each value is a class name, and the sorted
+      names are the classes 0..K-1. A number that is no label (2.5, NaN, -1, 1e9 for a few examples)
+      is an error naming its line (see :mod:`prunelab.data.labels`).
     - Splits: the test set is test.csv (or the rows whose ``split`` is ``test``); the validation
       set is val.csv (rows ``val``/``validation``) when there is one, else 10% held out of train.
     - Empty texts are allowed; a missing label is an error. The fingerprint hashes the files.
@@ -827,14 +819,14 @@ class HfDiskSource(TextSource):
     - The test set is ``test``, unless it is missing or all its labels are -1 (GLUE hides them):
       then ``validation`` is. With a labelled ``test`` and a ``validation``, the latter is the
       validation set; else the validation set is 10% held out of train.
-    - Columns as for ``csv:PATH`` (``hf-disk:DIR#text=COLUMN,label=COLUMN``); a ``ClassLabel``
-      label column gives the class names. Needs the nlp extra (``datasets``). The fingerprint
+    - Columns as for ``csv:PATH`` (``hf-disk:DIR#text=COLUMN,label=COLUMN``, ``#classes=K``); a
+      ``ClassLabel`` label column gives the class names. Needs the nlp extra (``datasets``). The fingerprint
       hashes every file in DIR.
     """
 
     prefix = "hf-disk"
     usage = "hf-disk:DIR"
-    options_allowed = ("text", "label")
+    options_allowed = ("text", "label", CLASSES_OPTION)
 
     def how_to_get(self) -> str:
         return (
@@ -928,7 +920,12 @@ class HfDiskSource(TextSource):
             labels = column(split, label_col)
             parts[key] = _Part(where, "example", texts, labels, list(range(len(texts))))
         _check_parts(parts)
-        return _texts_from_parts(parts, str(self.path), names)
+        if names is not None and self.classes not in (None, len(names)):
+            raise DataError(
+                f"{self.path}: its label column names {len(names)} classes ({', '.join(names[:5])}"
+                f"{', ...' if len(names) > 5 else ''}), not {CLASSES_OPTION}={self.classes}; drop the option"
+            )
+        return _texts_from_parts(parts, str(self.path), names, self.classes, self.name)
 
 
 # --- synthetic-sentiment --------------------------------------------------------------------------

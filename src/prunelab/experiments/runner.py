@@ -272,7 +272,8 @@ class ExperimentRunner:
 
     def _finished(self, seeds: tuple[int, ...] | None = None) -> ExperimentResult | None:
         """The results, if every seed (of ``seeds``, default the spec's), level and control branch
-        this spec asks for is finished."""
+        this spec asks for is finished; their metrics, weights and masks are checked as ``show`` and
+        ``export`` read them, a damaged file named (:class:`DamagedResults`), never reported done."""
         if not self.store.spec_path(self.spec.experiment_id()).is_file():
             return None
         try:
@@ -293,6 +294,8 @@ class ExperimentRunner:
             result.controls[seed] = {
                 name: [b[k] for k in range(1, rounds + 1)] for name, b in branches.items()
             }
+        for seed in seeds:  # reported as done only when every file it stands for can be read
+            exp.check_files(seed)
         return result
 
     def _initial(self, seed: int) -> State:

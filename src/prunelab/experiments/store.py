@@ -40,6 +40,7 @@ from prunelab.experiments.spec import ExperimentSpec
 from prunelab.io import (
     atomic_write_json,
     check_folder_path,
+    check_tensors_file,
     load_tensors,
     save_tensors,
     save_torch,
@@ -203,6 +204,13 @@ class Artifact:
                     f"{path} does not hold this architecture's weights (entries {wrong[:4]} differ)"
                 )
         return weights
+
+    def check_files(self) -> None:
+        """Check the files a finished artifact holds (weights, and its mask when it has one) without
+        loading them; a damaged one raises :class:`CheckpointError` naming it."""
+        check_tensors_file(self.dir / "weights.safetensors")
+        if self.mask_path.is_file():
+            check_tensors_file(self.mask_path)
 
     def damage_message(self, exc: BaseException) -> str:
         """What is wrong with this artifact and which folder to remove to recompute it."""
@@ -494,6 +502,22 @@ class StoredExperiment:
     @property
     def id(self) -> str:
         return self.directory.name
+
+    def check_files(self, seed: int) -> None:
+        """Check every file the finished levels and controls of ``seed`` rely on (the dense trunk's
+        weights, each level's weights and mask), as :meth:`weights` and :meth:`mask` would read them;
+        the first damaged one raises :class:`DamagedResults` naming it and the folder to remove."""
+        arts = [self.artifact(seed, level) for level in sorted(self.levels.get(seed, {}))]
+        arts += [
+            self.artifact(seed, level, name)
+            for name, seeds in self.controls.items()
+            for level in sorted(seeds.get(seed, {}))
+        ]
+        for art in arts:
+            try:
+                art.check_files()
+            except CheckpointError as exc:
+                raise DamagedResults(f"experiment {self.id}: {art.damage_message(exc)}") from None
 
     def require_intact(self, seed: int | None = None) -> None:
         """Refuse to summarise an experiment (or one seed of it) with damaged results, naming them."""

@@ -9,6 +9,9 @@ and cached (:func:`prunelab.data.load_dataset`).
 * ``hf:PATH_OR_NAME``: the architecture of a ``save_pretrained`` folder or a hub-cached model
   (``AutoModelForSequenceClassification``, ``num_labels`` from the data), seeded random weights;
   ``--weights hf:DEFAULT`` starts from the folder's own weights (a head of another size replaced).
+  The folder is checked before anything is built: a config whose sizes do not fit (a hidden size
+  that is no multiple of the head count, a vocabulary smaller than the tokenizer's), weights that
+  cannot be read, a folder without a tokenizer are each one message naming the file or field.
 * ``bert-tiny``: a 2-layer BERT (hidden 128, 2 heads, FFN 512) with a WordPiece vocabulary trained
   with ``tokenizers`` on the dataset's training text, so a real transformer trains offline in minutes.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,11 +28,44 @@ import torch
 from torch import nn
 
 from prunelab.cache import cache_base
-from prunelab.errors import SpecError
-from prunelab.io import atomic_path
+from prunelab.errors import CheckpointError, SpecError
+from prunelab.io import atomic_path, check_tensors_file
 from prunelab.models.registry import InputShape
-from prunelab.models.source import LibrarySource, ModelSource, register_source
+from prunelab.models.source import LibrarySource, ModelSource, announce, register_source
 from prunelab.models.vision import import_transformers
+
+#: The files a tokenizer is saved as (``tokenizer.save_pretrained``): one of them must be in an
+#: ``hf:`` folder, else transformers builds a tokenizer of special tokens only and every word is unknown.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _encoder_parameters(config) -> int:
+    """About how many parameters a BERT-like encoder of ``config`` holds: its embeddings (tokens,
+    positions, token types) and per layer the attention's four projections and the FFN's two."""
+
+    def size(name: str, default: int = 0) -> int:
+        value = getattr(config, name, default)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+    hidden = size("hidden_size")
+    ffn = size("intermediate_size", 4 * hidden)
+    rows = size("vocab_size") + size("max_position_embeddings") + size("type_vocab_size")
+    return rows * hidden + size("num_hidden_layers") * (4 * hidden * hidden + 2 * hidden * ffn)
+
+
+def _memory() -> int:
+    """This machine's memory in bytes (0 when it cannot be told)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception from a library, with its type."""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
 
 #: Model types whose encoder layout prunelab knows (attention Q/K/V/output, FFN in/out).
 SUPPORTED_TYPES = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra")
@@ -96,15 +133,25 @@ class HFSource(LibrarySource, TextModelSource):
     usage = "hf:PATH_OR_NAME"
     description = "a Hugging Face sequence classifier (save_pretrained folder or hub cache; pip install 'prunelab[nlp]')"
 
+    @property
+    def folder(self) -> Path | None:
+        """The ``save_pretrained`` folder, or None for a hub name."""
+        path = Path(self.name).expanduser()
+        return path if path.is_dir() else None
+
+    def _file(self, name: str) -> str:
+        """How messages name one of the model's files."""
+        return str(self.folder / name) if self.folder is not None else f"{name} of {self.name}"
+
     def _config(self, num_classes: int | None = None):
         t = import_transformers()
         try:
             config = t.AutoConfig.from_pretrained(
                 self.name, **({"num_labels": num_classes} if num_classes else {})
             )
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # OSError, ValueError, JSON errors, ... for a missing or foreign file
             raise SpecError(
-                f"model {self.text!r}: no model configuration found ({str(exc).splitlines()[0][:200]}); give a "
+                f"model {self.text!r}: no model configuration found ({_reason(exc)}); give a "
                 "folder written by save_pretrained (config.json, tokenizer files, weights), or run once online "
                 "so the hub cache ($HF_HOME/hub) holds it"
             ) from None
@@ -113,7 +160,32 @@ class HFSource(LibrarySource, TextModelSource):
                 f"model {self.text!r} is a {config.model_type!r} model; prunelab supports the encoder layouts of "
                 f"{', '.join(SUPPORTED_TYPES)}"
             )
+        self._check_sizes(config)
         return config
+
+    def _check_sizes(self, config) -> None:
+        """The config's sizes that the architecture needs: positive whole numbers, the hidden size a
+        multiple of the head count (each head gets hidden_size / num_attention_heads dimensions)."""
+        where = self._file("config.json")
+        sizes = {}
+        for field in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size"):
+            value = getattr(config, field, None)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpecError(f"{where}: {field} is {value!r}; it must be a whole number >= 1")
+            sizes[field] = value
+        if sizes["hidden_size"] % sizes["num_attention_heads"]:
+            raise SpecError(
+                f"{where}: hidden_size {sizes['hidden_size']} is not a multiple of num_attention_heads "
+                f"{sizes['num_attention_heads']} (each head gets hidden_size / num_attention_heads dimensions)"
+            )
+        params, memory = _encoder_parameters(config), _memory()
+        if memory and 4 * params > memory:
+            shown = ", ".join(f"{k} {getattr(config, k, None)!r}" for k in ("vocab_size", "hidden_size",
+                              "intermediate_size", "num_hidden_layers", "max_position_embeddings"))  # fmt: skip
+            raise SpecError(
+                f"{where}: its sizes ({shown}) make a model of about {params:,} parameters, "
+                f"{4 * params / 2**30:,.0f} GiB as float32: more than this machine's {memory / 2**30:.0f} GiB"
+            )
 
     def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
         max_length = input_shape[0]
@@ -123,27 +195,56 @@ class HFSource(LibrarySource, TextModelSource):
             raise SpecError(
                 f"model {self.text!r} takes at most {config.max_position_embeddings} tokens, the data {max_length}"
             )
-        model = t.AutoModelForSequenceClassification.from_config(config)
-        return TextClassifier(model, self.tokenizer(data).pad_id)
+        tok = self.tokenizer(data)
+        if tok.vocab_size > config.vocab_size:
+            raise SpecError(
+                f"{self._file('config.json')}: vocab_size {config.vocab_size} is smaller than its tokenizer's "
+                f"{tok.vocab_size} tokens ({tok.origin}); the config and tokenizer must come from one model"
+            )
+        try:
+            model = t.AutoModelForSequenceClassification.from_config(config)
+        except Exception as exc:  # the library's own checks of the configuration
+            raise SpecError(f"{self._file('config.json')} does not build a model: {_reason(exc)}") from None
+        return TextClassifier(model, tok.pad_id)
 
     def tokenizer(self, data: str | None) -> HFTokenizer:
         t = import_transformers()
-        try:
-            return HFTokenizer(t.AutoTokenizer.from_pretrained(self.name), self.text)
-        except (OSError, ValueError) as exc:
+        folder = self.folder
+        if folder is not None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
             raise SpecError(
-                f"model {self.text!r}: no tokenizer found ({str(exc).splitlines()[0][:200]})"
-            ) from None
+                f"model {self.text!r}: {folder} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+                f"model's tokenizer beside its config with tokenizer.save_pretrained({str(folder)!r})"
+            )
+        try:
+            tok = HFTokenizer(t.AutoTokenizer.from_pretrained(self.name), self.text)
+        except SpecError:
+            raise
+        except Exception as exc:  # OSError, ValueError, the tokenizers library's own errors
+            raise SpecError(f"model {self.text!r}: no tokenizer found ({_reason(exc)})") from None
+        found = next(
+            (name for name in TOKENIZER_FILES if folder is not None and (folder / name).is_file()), None
+        )
+        where = f"{folder / found}" if found else f"the hub cache of {self.name}"
+        announce(
+            f"{self.text}: tokenizer {type(tok.tokenizer).__name__} from {where}, {tok.vocab_size:,} tokens"
+        )
+        return tok
 
     def pretrained(self, name: str, num_classes: int, input_shape: InputShape):
         if name != "DEFAULT":
             raise SpecError(f"hf models have one set of weights, hf:DEFAULT (the folder's own), not {name!r}")
         t = import_transformers()
+        if self.folder is not None:
+            for file in sorted(self.folder.glob("*.safetensors")):
+                try:
+                    check_tensors_file(file)
+                except CheckpointError as exc:
+                    raise SpecError(f"model {self.text!r}: its weights cannot be loaded: {exc}") from None
         try:
             model = t.AutoModelForSequenceClassification.from_pretrained(self.name)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # OSError, ValueError, SafetensorError, torch's unpickling errors, ...
             raise SpecError(
-                f"model {self.text!r}: its weights cannot be loaded ({str(exc).splitlines()[0][:200]})"
+                f"model {self.text!r}: its weights cannot be loaded from {self.folder or self.name} ({_reason(exc)})"
             ) from None
         state = {f"model.{k}": v for k, v in model.state_dict().items()}
         return state, None, f"of {self.text}"

@@ -18,6 +18,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import logging
 import re
 import sys
 from abc import ABC, abstractmethod
@@ -31,6 +32,10 @@ from prunelab.io import content_hash, user_path
 from prunelab.models.registry import MODELS, InputShape
 from prunelab.models.vision import import_timm, import_torchvision
 from prunelab.registry import Registry
+
+#: Says, before user code runs (a factory, a module imported), what is being built, so that a factory
+#: that hangs is visibly the user's code; the command line shows this logger's INFO lines.
+log = logging.getLogger("prunelab.models")
 
 
 class ModelSource(ABC):
@@ -299,7 +304,10 @@ class TimmSource(LibrarySource):
 
 # ---------------------------------------------------------------------------------------------
 def call_factory(text: str, factory: object, num_classes: int, input_shape: InputShape) -> nn.Module:
-    """Call a user factory with the arguments its signature takes; it must return an ``nn.Module``."""
+    """Call a user factory with the arguments its signature takes; it must return an ``nn.Module``.
+
+    The factory is the user's code: an exception it raises, or an exit (``sys.exit``, ``exit()``: a
+    ``SystemExit`` or another ``BaseException`` but Ctrl-C) is one SpecError naming it."""
     if not callable(factory):
         raise SpecError(f"model {text!r}: {factory!r} is not callable")
     try:
@@ -309,13 +317,39 @@ def call_factory(text: str, factory: object, num_classes: int, input_shape: Inpu
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     offered = {"num_classes": num_classes, "input_shape": tuple(input_shape)}
     kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
+    announce(f"building model {text}: calling {text.rpartition(':')[2]}({_arguments(kwargs)}), your code")
     try:
         model = factory(**kwargs)
     except Exception as exc:
         raise SpecError(f"model {text!r}: the factory raised {type(exc).__name__}: {exc}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit and the like: the user's code ended, not prunelab
+        raise SpecError(f"the factory {text} {_exited(exc)} before returning a model") from None
     if not isinstance(model, nn.Module):
         raise SpecError(f"model {text!r}: the factory returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _exited(exc: BaseException) -> str:
+    """``exited (SystemExit 0)``: how user code ended without an ordinary exception."""
+    if isinstance(exc, SystemExit):
+        return f"exited (SystemExit {exc.code})"
+    return f"exited ({type(exc).__name__}{f' {exc}' if str(exc) else ''})"
+
+
+def _arguments(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+_announced: set[str] = set()
+
+
+def announce(line: str) -> None:
+    """Log ``line`` once per process (a run builds its model many times)."""
+    if line not in _announced:
+        _announced.add(line)
+        log.info(line)
 
 
 def _attribute(text: str, module, attr: str, where: str) -> object:
@@ -361,12 +395,15 @@ class FileSource(ModelSource):
             raise SpecError(f"model {self.text!r}: {self.path} cannot be imported as Python")
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
+        announce(f"building model {self.text}: importing {self.path}, your code")
         try:
             spec.loader.exec_module(module)
         except BaseException as exc:
             del sys.modules[key]
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            if not isinstance(exc, Exception):
+                raise SpecError(f"the file {self.path} {_exited(exc)} while being imported") from None
             raise SpecError(
                 f"model {self.text!r}: importing {self.path} failed: {type(exc).__name__}: {exc}"
             ) from None
@@ -402,11 +439,17 @@ class ModuleSource(ModelSource):
         return bool(_DOTTED.match(text)) and text.partition(":")[0] not in SOURCES  # hf:bert is not a module
 
     def _module(self):
+        if self.module_name not in sys.modules:
+            announce(f"building model {self.text}: importing module {self.module_name}, your code")
         try:
             return importlib.import_module(self.module_name)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            if not isinstance(exc, Exception):
+                raise SpecError(
+                    f"the module {self.module_name} {_exited(exc)} while being imported"
+                ) from None
             raise SpecError(
                 f"model {self.text!r}: importing module {self.module_name!r} failed: {type(exc).__name__}: {exc}"
             ) from None

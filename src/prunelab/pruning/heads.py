@@ -10,8 +10,10 @@ model is replaced. The ``head-importance`` criterion and ``prunelab heads`` both
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,21 +83,50 @@ def head_importance(
     return total.detach()
 
 
+def _index(value: object, what: str) -> int:
+    """An integral index (a Python, NumPy or 0-d tensor integer), else a SpecError naming ``value``:
+    a bool is no index (``True`` would mean head 1), nor is a float, a string or a list."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 and not (
+            value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool
+        ):
+            return int(value.item())
+    elif not isinstance(value, bool | np.bool_):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise SpecError(f"{what} {value!r} is not an index: give an integer (not a bool, float or string)")
+
+
 def heads_mask(model: nn.Module, heads: Mapping[int, Iterable[int]], mask: Mask | None = None) -> Mask:
     """A mask pruning the named heads, ``{block index: [head indices]}`` (as Hugging Face's old
     ``prune_heads`` took them): their query/key/value rows and output-projection columns. ``mask``
-    (default dense) is copied, not modified. Refuses a block or head that does not exist, and a
-    block asked to lose every head it has left (compaction keeps one head per block)."""
+    (default dense) is copied, not modified. Indices are integers of any kind (Python, NumPy, 0-d
+    tensors); an empty list prunes no head. Refuses a block or head that does not exist, an index that
+    is not an integer (a bool, a float), and a block asked to lose every head it has left (compaction
+    keeps one head per block)."""
     blocks = encoder_blocks(model, "heads_mask")
     mask = Mask.ones(model) if mask is None else mask
     mask.check_fits(model)
     keep = {n: m.clone() for n, m in mask.items()}
-    for index, chosen in heads.items():
-        if not isinstance(index, int) or not 0 <= index < len(blocks):
-            raise SpecError(f"block {index!r} does not exist: the model has blocks 0..{len(blocks) - 1}")
+    if not isinstance(heads, Mapping):
+        raise SpecError(
+            f"heads must map block indices to lists of head indices, as {{0: [1, 3]}}, not {heads!r}"
+        )
+    for key, listed in heads.items():
+        index = _index(key, "block")
+        if not 0 <= index < len(blocks):
+            raise SpecError(f"block {key!r} does not exist: the model has blocks 0..{len(blocks) - 1}")
+        if isinstance(listed, str | bytes) or not isinstance(listed, Iterable):
+            raise SpecError(
+                f"the heads of block {index} must be a list of head indices, as [0, 2], not {listed!r}"
+            )
         block = blocks[index]
-        chosen = sorted(set(chosen))
-        bad = [h for h in chosen if not isinstance(h, int) or not 0 <= h < block.heads]
+        chosen = sorted({_index(h, f"block {index}: head") for h in listed})
+        if not chosen:
+            continue  # an empty list: no head of this block
+        bad = [h for h in chosen if not 0 <= h < block.heads]
         if bad:
             raise SpecError(f"block {index} has heads 0..{block.heads - 1}; there is no head {bad[0]!r}")
         parts = block.head_parts()
