@@ -84,8 +84,13 @@ def trained_like(net) -> None:
         for module in net.modules():
             for name, p in module.named_parameters(recurse=False):
                 if p.numel() > 1 and bool((p == p.reshape(-1)[0]).all()):
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.02 + (1.0 if name == "weight" and p.dim() == 1 else 0.0))
-            if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)):
+                    p.copy_(
+                        torch.randn(p.shape, generator=g) * 0.02
+                        + (1.0 if name == "weight" and p.dim() == 1 else 0.0)
+                    )
+            if isinstance(
+                module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)
+            ):
                 if getattr(module, "weight", None) is not None:
                     module.weight.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
                 if getattr(module, "bias", None) is not None:
@@ -156,9 +161,12 @@ def peer(net, x) -> dict:
         pruner.step()
         with torch.no_grad():
             net(x)
-    except Exception as exc:  # noqa: BLE001 - the peer's failure is a result
+    except Exception as exc:
         return {"tp": f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"}
-    return {"tp_ratio": sum(p.numel() for p in net.parameters()) / params, "tp_s": time.perf_counter() - start}
+    return {
+        "tp_ratio": sum(p.numel() for p in net.parameters()) / params,
+        "tp_s": time.perf_counter() - start,
+    }
 
 
 def table(rows: list[dict]) -> str:
@@ -171,7 +179,9 @@ def table(rows: list[dict]) -> str:
                 f"{r['seconds']:>7.1f}  {r.get('tp', '')[:60]}"
             )
         else:
-            lines.append(f"{r['model']:<46} {r.get('params', 0) / 1e6:>7.1f}M {'-':>6} {tp:>6} {'':>7} {'':>7}  {r.get('error') or r.get('skipped')}")
+            lines.append(
+                f"{r['model']:<46} {r.get('params', 0) / 1e6:>7.1f}M {'-':>6} {tp:>6} {'':>7} {'':>7}  {r.get('error') or r.get('skipped')}"
+            )
     return "\n".join(lines)
 
 
@@ -186,7 +196,11 @@ def main() -> None:
         print(json.dumps(one(args.one)))
         return
     path = Path(args.results)
-    done = {json.loads(line)["model"]: json.loads(line) for line in path.read_text().splitlines()} if path.exists() else {}
+    done = (
+        {json.loads(line)["model"]: json.loads(line) for line in path.read_text().splitlines()}
+        if path.exists()
+        else {}
+    )
     wanted = args.only.split(",") if args.only else names()
     wanted = [w if ":" in w else f"torchvision:{w}" for w in wanted]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -197,7 +211,11 @@ def main() -> None:
             proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
                                   timeout=args.timeout, env=env)  # fmt: skip
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-            row = json.loads(lines[-1]) if lines else {"model": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+            row = (
+                json.loads(lines[-1])
+                if lines
+                else {"model": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+            )
         except subprocess.TimeoutExpired:
             row = {"model": name, "error": f"timed out after {args.timeout:.0f} s"}
         done[name] = row

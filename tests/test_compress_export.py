@@ -35,7 +35,7 @@ def test_round_trip_rebuilds_the_compact_architecture(tmp_path):
     out = export_compact(result, tmp_path / "out", model="resnet20", num_classes=10, input_shape=(3, 16, 16))
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "plan.json"]
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["model"] == "resnet20" and plan["layers"]["layer1.0.conv1"]["out_channels"] == 8
+    assert plan["model"] == "resnet20" and plan["layers"]["layer1.0.conv1"]["attrs"]["out_channels"] == 8
     assert plan["parameters"] == sum(p.numel() for p in result.model.parameters())
     loaded = load_compact(out)
     assert not loaded.training
@@ -45,6 +45,24 @@ def test_round_trip_rebuilds_the_compact_architecture(tmp_path):
     assert {k: v.shape for k, v in loaded.state_dict().items()} == {
         k: v.shape for k, v in result.model.state_dict().items()
     }
+
+
+def test_an_export_of_plan_version_1_still_loads(tmp_path):
+    """Exports written before plans recorded size attributes (version 1: each layer's constructor
+    shapes) load as they did."""
+    result = compacted("lenet-300-100", (1, 28, 28))
+    out = export_compact(result, tmp_path / "out", model="lenet-300-100", num_classes=10, input_shape=(1, 28, 28))
+    plan = json.loads((out / "plan.json").read_text())
+    plan["version"] = 1
+    plan["layers"] = {
+        name: {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features, "bias": True}
+        for name, m in result.model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
+    (out / "plan.json").write_text(json.dumps(plan))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(load_compact(out)(x), result.model(x))
 
 
 def test_refuses_a_non_empty_folder_unless_forced(tmp_path):
@@ -143,7 +161,7 @@ def test_sparse_export_loads_with_the_sparse_layers_in_place(tmp_path, name, sha
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "plan.json", "sparse.safetensors"]
     plan = json.loads((out / "plan.json").read_text())
     assert set(plan["sparse"]["layers"]) == set(fast.used) and plan["sparse"]["batch_size"] == 3
-    assert plan["layers"]["fc1"]["out_features"] in (150, 60)  # compaction's plan is kept as it was
+    assert plan["layers"]["fc1"]["attrs"]["out_features"] in (150, 60)  # compaction's plan is kept as it was
     loaded = load_compact(out)
     assert set(sparse_layers(loaded)) == set(fast.used)
     for layer in fast.used:

@@ -168,7 +168,7 @@ def test_removed_groups_are_masked_and_compacted_into_a_conv_with_fewer_groups(t
         result, tmp_path / "export", model=f"{factory}:make", num_classes=5, input_shape=SHAPE
     )
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["layers"]["layer2.0.conv2"]["groups"] == 2 and plan["removed_groups"] == {
+    assert plan["layers"]["layer2.0.conv2"]["attrs"]["groups"] == 2 and plan["removed_groups"] == {
         "layer2.0.conv2": [1, 3]
     }
     loaded = load_compact(out)
@@ -176,13 +176,14 @@ def test_removed_groups_are_masked_and_compacted_into_a_conv_with_fewer_groups(t
     assert_same_outputs(loaded, small, SHAPE)
 
 
-def test_grouped_convs_not_pruned_by_whole_groups_are_refused():
+def test_grouped_convs_not_pruned_by_whole_groups_keep_their_groups():
     model = resnext()
     entries = dict(Mask.ones(model).items())
-    entries["layer3.0.conv2.weight"][:3] = False  # 3 of group 0's 16 filters
+    entries["layer3.0.conv2.weight"][:3] = False  # 3 of group 0's 16 filters: the group stays
     mask = Mask(entries)
-    with pytest.raises(PrunelabError, match=r"layer 'layer3.0.conv2': grouped convolutions \(groups=4"):
-        compact(model, mask, torch.zeros(1, *SHAPE))
+    result = compact(model, mask, torch.zeros(1, *SHAPE))
+    assert result.model.layer3[0].conv2.groups == 4 and "layer3.0.conv2" not in result.removed_groups
+    assert_same_outputs(result.model, mask.apply(copy.deepcopy(model)).eval(), SHAPE)
     # an unpruned ResNeXt compacts as it is, and whole blocks leave it with their grouped conv
     result = compact(model, None, torch.zeros(1, *SHAPE))
     assert result.removed_groups == {} and count_parameters(result.model) == count_parameters(model)

@@ -22,7 +22,7 @@ from prunelab.pruning import (
     prunable_names,
     prune,
 )
-from prunelab.pruning.structure import EncoderStructure
+from prunelab.pruning.coupled import CoupledStructure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -317,7 +317,8 @@ def elements(mask: torch.Tensor, axis: int | None) -> int:
     return int(mask.movedim(axis, 0).reshape(mask.shape[axis], -1).any(1).sum())
 
 
-STRUCTURE_CHOICES = [None, *STRUCTURES.names()]
+# per-layer structures (coupled ones, which prune groups across layers, are tested in test_coupled.py)
+STRUCTURE_CHOICES = [None, *(n for n, s in STRUCTURES.items() if not isinstance(s, CoupledStructure))]
 # methods that rank elements by scores (those that choose their units themselves, network slimming's
 # BatchNorm-scale channels, are tested in test_slimming.py)
 RANKING_METHODS = [m for m in METHODS.names() if not CRITERIA.get(METHODS.get(m).criterion)().selects]
@@ -339,7 +340,8 @@ def test_every_combination(method: str, scope: str, structure: str | None) -> No
     valid = valid and (allowed is None or (structure or spec.structure) in allowed)
     valid = valid and not (criterion.layerwise and scope != "layerwise")  # thinet/lasso rank within a layer
     valid = valid and not (hybrid and scope == "global")
-    valid = valid and not isinstance(struct, EncoderStructure)  # heads/ffn: transformers only
+    if isinstance(struct, CoupledStructure):  # the method's own default is coupled (l1-filter, taylor)
+        pytest.skip("coupled structures are tested in test_coupled.py")
     model = seeded(ConvNet)
     context = full_context(model)
     start = prune(model, None, fraction=0.2, method="random", generator=torch.Generator().manual_seed(0))

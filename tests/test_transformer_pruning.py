@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prunelab.compress.count import count, layer_flops
 from prunelab.compress.compact import compact
+from prunelab.compress.count import count, layer_flops
 from prunelab.errors import SpecError
 from prunelab.models import build_model, example_input
 from prunelab.models.encoder import encoder_blocks
@@ -161,9 +161,12 @@ def test_every_block_keeps_one_head_and_the_error_messages_name_what_is_wrong():
             structure="ffn",
             context=PruneContext(batches=batches(net)),
         )
-    with pytest.raises(SpecError, match="needs a transformer encoder of type bert"):
+    with pytest.raises(SpecError, match="traces the model .* give an example input"):
         prune(build_model("lenet5"), None, fraction=0.5, method="magnitude", structure="heads")
-    with pytest.raises(SpecError, match="layer selection leaves out"):
+    with pytest.raises(SpecError, match="finds no group of heads to prune"):
+        lenet = build_model("lenet5")
+        prune(lenet, None, fraction=0.5, method="magnitude", structure="heads", example=torch.zeros(1, 1, 28, 28))
+    with pytest.raises(SpecError, match="finds no group of ffn to prune among the selected layers"):
         prune(
             net,
             None,
@@ -243,7 +246,8 @@ def test_dead_heads_and_neurons_are_folded_into_the_next_bias_exactly():
     masked = copy.deepcopy(net)
     keep.apply(masked)
     result = compact(net, keep, example_input(net, (TOKENS,)))
-    assert result.removed[block.name("attention")] == 1 and result.removed[block.name("ffn_in")] == 1
+    heads = {name: gone for name, gone in result.removed_heads.items() if gone}
+    assert heads == {block.prefix + ".attention": (1,)} and result.removed[block.name("ffn_in")] == 1
     x = example_input(net, (TOKENS,), 5, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), masked(x), rtol=1e-5, atol=1e-5)

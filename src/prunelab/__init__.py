@@ -64,6 +64,14 @@ def run(spec: ExperimentSpec, root=None, *, data_dir=None):
     return ExperimentRunner(spec, root, data_dir=data_dir).run()
 
 
+def groups(model, example, *, train: bool = True):
+    """The coupled groups of ``model`` (what structured pruning removes together), traced on
+    ``example``, one batch it accepts (see :func:`prunelab.coupling.discover`)."""
+    from prunelab.coupling import discover
+
+    return discover(model, example, train=train)
+
+
 def sweep(base, grid, *, executor="local", root=None, data_dir=None, dry_run=False, **options):
     """Run a grid of experiments (see :func:`prunelab.sweeps.sweep`): ``base`` an ExperimentSpec or a
     table of settings, ``grid`` a list of values per field (``{"pruning.method": [...]}``)."""
@@ -73,6 +81,7 @@ def sweep(base, grid, *, executor="local", root=None, data_dir=None, dry_run=Fal
 
 
 __all__ = [
+    "groups",
     "DATASETS",
     "DATA_SOURCES",
     "MODELS",

@@ -1,5 +1,8 @@
 """Sensitivity of each layer to pruning (Li et al. 2017, Fig. 2): each layer pruned alone at
 10 ... 90% of its units, every other layer untouched, accuracy measured without any retraining.
+With a coupled structure (``l1-filter``'s ``channels``), each group is pruned alone: the layer's
+filters with every layer sharing their channels (a residual stage's convs, its BatchNorms, the
+next layers' input columns), named by the layer whose filters they are.
 
 The per-layer rates it suggests are the largest fractions whose accuracy stays within a tolerance
 of the unpruned model's; they are ``--layer-rates`` for a one-shot ``l1-filter`` run (prune once,
@@ -14,10 +17,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from prunelab.coupling import discover
 from prunelab.data import Split
 from prunelab.errors import SpecError
-from prunelab.pruning import Mask, prune
+from prunelab.pruning import STRUCTURES, Mask, PruneContext, prune
+from prunelab.pruning.coupled import CoupledStructure, units_of
 from prunelab.pruning.layers import select_layers
+from prunelab.pruning.prune import spec_from_keywords
 from prunelab.table import Table
 from prunelab.training.evaluation import evaluate
 
@@ -74,17 +80,34 @@ def sensitivity(
     mask.apply(net)
     _, base = evaluate(net, split)
     every = [layer.name for layer in select_layers(model, "all")]
+    spec = spec_from_keywords(fraction=0.0, method=method, structure=structure)
+    struct = STRUCTURES.get(spec.structure_name())
     accuracy = {}
+    if isinstance(struct, CoupledStructure):  # each group alone, named by the layer whose filters it prunes
+        groups = discover(net, split.x[:1])
+        context = PruneContext(groups=groups)
+        for units in units_of(net, groups, select_layers(model, "all"), struct.kinds, spec.structure_name()):
+            if units.layer.name not in {layer.name for layer in chosen}:
+                continue
+            accuracy[units.layer.name] = tuple(
+                _accuracy(net, prune(net, mask, fraction=0.0, method=method, structure=structure,
+                                     layer_rates={units.layer.name: f}, context=context), split)
+                for f in fractions
+            )  # fmt: skip
+        return Sensitivity(base, fractions, accuracy)
     for layer in chosen:
         others = [n for n in every if n != layer.name]
-        accs = []
-        for fraction in fractions:
-            pruned = prune(net, mask, fraction=fraction, method=method, structure=structure, exclude=others)
-            trial = copy.deepcopy(net)
-            pruned.apply(trial)
-            accs.append(evaluate(trial, split)[1])
-        accuracy[layer.name] = tuple(accs)
+        accuracy[layer.name] = tuple(
+            _accuracy(net, prune(net, mask, fraction=f, method=method, structure=structure, exclude=others), split)
+            for f in fractions
+        )
     return Sensitivity(base, fractions, accuracy)
+
+
+def _accuracy(net: nn.Module, mask: Mask, split: Split) -> float:
+    trial = copy.deepcopy(net)
+    mask.apply(trial)
+    return evaluate(trial, split)[1]
 
 
 def plot_sensitivity(result: Sensitivity, title: str):

@@ -40,6 +40,7 @@ COMMANDS = [
     ("controls", "listings:controls"),
     ("models", "listings:models"),
     ("data", "listings:data_app"),
+    ("groups", "compress:groups"),
     ("count", "compress:count"),
     ("export", "compress:export"),
     ("shrink", "compress:shrink"),

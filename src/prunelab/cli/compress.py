@@ -337,9 +337,9 @@ def shrink(
 ) -> None:
     """PCA layer shrinking (Zhang et al.): each layer a rank-k factorisation fitted to its outputs."""
     from prunelab.analysis.plots import figure_format, write_figure
+    from prunelab.compress.compact import CompactResult, layer_plan
     from prunelab.compress.count import total_flops
     from prunelab.compress.export import check_target, export_compact
-    from prunelab.compress.compact import CompactResult, layer_plan
     from prunelab.compress.pca import check_variance, plot_explained, shrink_level
     from prunelab.experiments import load_level
     from prunelab.experiments.store import results_root
@@ -400,3 +400,50 @@ def shrink(
                 f"plot written to {write_figure(plot_explained(result, f'{loaded.experiment.id} explained variance'), plot)}"
             )
         )
+
+
+def groups(
+    model: Annotated[
+        str,
+        typer.Argument(help="Any --model form: a zoo name, torchvision:NAME, timm:NAME, hf:PATH, FILE.py:FACTORY."),
+    ],
+    data: Annotated[
+        str, typer.Option(help="Dataset whose input shape and classes size the model (as for run).")
+    ] = "fashion-mnist",
+    image_size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Resize the input batches to this size as they enter the model (as for run)."),
+    ] = None,
+    members: Annotated[bool, typer.Option(help="List every member (layer, dimension) of each group.")] = False,
+    data_dir: DataDir = None,
+    threads: Threads = None,
+) -> None:
+    """The coupled groups of a model: what shrinks together when structured pruning removes a unit,
+    and which channels are kept whole, and why."""
+    import torch
+
+    from prunelab.coupling import discover
+    from prunelab.data import resolve_dataset
+    from prunelab.models import build_model, example_input
+    from prunelab.table import Table
+    from prunelab.ui import console, show
+
+    info = resolve_dataset(data).info
+    net = build_model(model, num_classes=info.num_classes, input_shape=info.input_shape, image_size=image_size,
+                      data=data, seed=0).eval()  # fmt: skip
+    x = example_input(net, info.input_shape, 1, generator=torch.Generator().manual_seed(0))
+    found = discover(net, x)
+    rows = []
+    for g in found.prunable():
+        layers = g.layers()
+        shown = layers if members else layers[:3] + ([f"+{len(layers) - 3}"] if len(layers) > 3 else [])
+        rows.append((g.name, g.kind, g.count, len(g.frozen) or "", " ".join(shown)))
+    shape = "x".join(map(str, info.input_shape))
+    shape += f" resized to {image_size}x{image_size}" if image_size else ""
+    title = f"Coupled groups of {model} ({shape} input): each unit leaves every layer listed (:in = its input side)"
+    show(Table(title, ["group", "kind", "units", "frozen", "layers"], rows))
+    frozen = found.frozen_reasons()
+    if frozen:
+        show(Table("Kept whole (frozen), and why", ["units", "reason", "where"], frozen))
+    for error in found.errors:
+        console.print(f"note: {error}")

@@ -14,6 +14,7 @@
 * :func:`export_compact` / :func:`load_compact` save and load a compacted model without pickle.
 """
 
+from prunelab.compress.compact import CompactResult, compact, layer_plan
 from prunelab.compress.count import (
     CountReport,
     LayerCount,
@@ -24,7 +25,6 @@ from prunelab.compress.count import (
     removal_table,
 )
 from prunelab.compress.export import export_compact, export_onnx, load_compact
-from prunelab.compress.compact import CompactResult, compact, layer_plan
 from prunelab.compress.formats import FORMATS, Pattern
 from prunelab.compress.latency import (
     BenchResult,

@@ -15,7 +15,9 @@ attention projection's rows -- when the mask makes that exact:
   padding, not the constant). Such a unit is kept unless ``exact=False``.
 
 Units the trace froze (an op without a rule, the model output: the classes) stay, every group keeps
-at least one unit, and the layers' size attributes follow their parameters
+at least one unit (in a Hugging Face encoder, a hidden or pooler channel goes only when the mask
+prunes it whole, so that a transformers config still describes the model where heads and FFN
+widths allow), and the layers' size attributes follow their parameters
 (:mod:`prunelab.compress.resize`); attention modules whose code ties the head width to the input
 width become prunelab's equivalents (:mod:`prunelab.coupling.attention`). Before any channel goes,
 a residual block whose whole branch the mask zeroes is replaced by its shortcut
@@ -47,6 +49,7 @@ from prunelab.coupling.trace import tensors_in
 from prunelab.errors import PrunelabError
 from prunelab.models.encoder import is_encoder, set_head_counts
 from prunelab.pruning import norms
+from prunelab.pruning.coupled import group_kind
 from prunelab.pruning.mask import Mask
 
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -107,26 +110,27 @@ def compact(
     probe = check_inputs(net, example_input, check_batch, generator)
     seen = _reader_inputs(net, found, probe)
     before = {name: (shape_attributes(m), _head_dim(m)) for name, m in net.named_modules()}
-    params = {**dict(net.named_parameters()), **dict(net.named_buffers())}
+    layers = {name for name, m in net.named_modules() if isinstance(m, LAYER_TYPES)}
     removal = _Removal()
-    for group in found:
-        if group.prunable:
-            gone, dead_kept = _removable(group, mask, seen, exact)
-            if dead_kept:
-                removal.kept_dead[group.name] = dead_kept
-            if gone.any():
-                removal.add(group, gone, params, seen)
+    for group, gone, dead_kept in _decide(net, found, mask, seen, exact):
+        if is_encoder(net) and group_kind(group, found, dict(net.named_modules())) == "channels":
+            gone &= _fully_masked(group, mask)  # keep the hf/ folder describable: see the docstring
+        if dead_kept:
+            removal.kept_dead[group.name] = dead_kept
+        if gone.any():
+            removal.add(group, gone, seen)
     removal.apply(net)
-    swapped = _resize_modules(net, before, removal.changed, found, removal)
+    _resize_modules(net, before, removal.changed, found, removal)
     if is_encoder(net):
         set_head_counts(net)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(True)
-    kept = removal.kept_rows()
+    kept = {k: v for k, v in removal.kept_rows().items() if k in layers}
     error = check(net, reference, example_input, generator, check_batch, exact, kept)
+    removed = {k: v for k, v in removal.removed_rows().items() if k in layers}
     return CompactResult(
-        net, layer_plan(net, swapped | removal.changed, before), kept, removal.removed_rows(), removal.kept_dead,
+        net, layer_plan(net), kept, removed, removal.kept_dead,
         error, blocks, removal.conv_groups(before), removal.heads,
     )  # fmt: skip
 
@@ -152,7 +156,45 @@ def _per_unit(member, flags: torch.Tensor, count: int) -> torch.Tensor:
     return misses == 0
 
 
-def _removable(group: Group, mask: Mask, seen, exact: bool) -> tuple[torch.Tensor, int]:
+def _decide(net: nn.Module, groups: Groups, mask: Mask, seen, exact: bool) -> list[tuple[Group, torch.Tensor, int]]:
+    """Per prunable group: the units that go, and the dead ones kept for exactness. A removed unit
+    counts as masked everywhere it was, so removals cascade (a row whose live columns all read
+    removed units writes a constant in turn), until nothing more can go."""
+    shapes = {n: tuple(p.shape) for n, p in net.named_parameters()}
+    effective = {n: m.cpu().clone() for n, m in mask.items()}
+    gone_of: dict[int, torch.Tensor] = {}
+    dead_of: dict[int, int] = {}
+    changed = True
+    while changed:
+        changed = False
+        for group in groups:
+            if not group.prunable:
+                continue
+            old = gone_of.get(group.index, torch.zeros(group.count, dtype=torch.bool))
+            gone, dead_of[group.index] = _removable(group, effective, seen, exact)
+            gone |= old
+            if bool(gone.all()):  # every group keeps one unit: the first it kept so far
+                gone[int((~old).nonzero()[0])] = False
+            if torch.equal(gone, old):
+                continue
+            changed = True
+            gone_of[group.index] = gone
+            for name, pattern in group.mask_entries(~gone, shapes).items():
+                effective[name] = effective[name] & pattern if name in effective else pattern.clone()
+    return [(g, gone_of.get(g.index, torch.zeros(g.count, dtype=torch.bool)), dead_of.get(g.index, 0)) for g in groups if g.prunable]
+
+
+def _fully_masked(group: Group, mask) -> torch.Tensor:
+    """Per unit: is every position of every parameter member the mask covers masked (a structured
+    prune of the group)?"""
+    flags = torch.ones(group.count, dtype=torch.bool)
+    for m in group.params():
+        if m.tensor in mask:
+            flags &= _per_unit(m, _position_masked(mask, m), group.count)
+    return flags
+
+
+def _removable(group: Group, mask, seen, exact: bool) -> tuple[torch.Tensor, int]:
     """Per unit of ``group``: can it go? Every position of it that a reader (a consumer's column,
     a LayerNorm's statistics) holds is masked, or, for a consumer, reads a dead channel (every
     row writing it is masked) whose constant folds exactly into the consumer's bias. Also how many
@@ -176,46 +218,68 @@ def _removable(group: Group, mask: Mask, seen, exact: bool) -> tuple[torch.Tenso
             dead_kept |= ~_per_unit(m, masked | fold, group.count) & _per_unit(m, masked | dead, group.count)
             masked = masked | fold
         gone &= _per_unit(m, masked, group.count)
-    if bool(gone.all()):  # every group keeps one unit
-        gone[0] = False
     return gone, int((dead_kept & free & ~gone).sum())
 
 
 @torch.no_grad()
-def _reader_inputs(net: nn.Module, groups: Groups, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _reader_inputs(net: nn.Module, groups: Groups, x: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per reading weight (a Linear's or Conv's columns): the value of each input channel on the
-    first example, and whether folding it is exact (constant over the batch and positions; 0 for a
-    zero-padded conv)."""
-    readers: dict[str, nn.Module] = {}
+    first example, and whether folding it is exact: constant over the batch and positions, the
+    same in train mode (batch statistics: a constant channel through a BatchNorm becomes its shift
+    there), and 0 for a zero-padded conv."""
+    readers: dict[str, str] = {}
     for group in groups:
         for m in group.params():
-            if "read" in m.roles and m.tensor.endswith(".weight") and m.dim == 1:
-                module = net.get_submodule(m.module)
-                if isinstance(module, LAYER_TYPES):
-                    readers[m.module] = module
-    seen: dict[str, torch.Tensor] = {}
-    hooks = [
-        module.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, args[0].detach()))
-        for name, module in readers.items()
-    ]
-    try:
-        net(*x) if isinstance(x, tuple) else net(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    out = {}
-    for name, layer in readers.items():
-        if name not in seen or not isinstance(seen[name], torch.Tensor):
+            reads = "read" in m.roles and m.tensor.endswith(".weight") and m.dim == 1
+            if reads and isinstance(net.get_submodule(m.module), LAYER_TYPES):
+                readers[m.module] = m.tensor
+    found: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
+    for training in (False, True):
+        model = copy.deepcopy(net) if training else net
+        model.train(training)
+        seen: dict[str, list[torch.Tensor]] = {}
+        hooks = [
+            model.get_submodule(name).register_forward_pre_hook(
+                lambda mod, args, name=name, seen=seen: seen.setdefault(name, []).append(args[0].detach())
+            )
+            for name in readers
+        ]
+        try:
+            with dropout_off(model):
+                _run(model, x)
+        except Exception:  # a model that does not run in train mode is checked in eval only
+            if not training:
+                raise
             continue
-        v = seen[name]
-        units = v.reshape(-1, v.shape[-1]).t() if isinstance(layer, nn.Linear) else v.transpose(0, 1).flatten(1)
-        units = units.float().cpu()
-        value = units[:, 0]
-        ok = (units - value[:, None]).abs().amax(1) <= 1e-6 * (1.0 + value.abs())
-        if not isinstance(layer, nn.Linear) and _zero_padded(layer):
-            ok &= value == 0
-        out[f"{name}.weight"] = (value, ok)
+        finally:
+            for h in hooks:
+                h.remove()
+            net.eval()
+        found.append({name: _constant_inputs(net.get_submodule(name), calls) for name, calls in seen.items()})
+    out = {}
+    for name, tensor in readers.items():
+        if name not in found[0]:
+            continue
+        value, ok = found[0][name]
+        for other in found[1:]:
+            if name in other:
+                v2, ok2 = other[name]
+                ok = ok & ok2 & ((value - v2).abs() <= 1e-6 * (1.0 + value.abs()))
+        out[tensor] = (value, ok)
     return out
+
+
+def _constant_inputs(layer: nn.Module, calls: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input channel of ``layer`` seeing ``calls`` (its inputs, once per call): its first value,
+    and whether it is that constant everywhere, in every call (and 0, for a zero-padded conv)."""
+    linear = isinstance(layer, nn.Linear)
+    units = torch.cat([v.reshape(-1, v.shape[-1]).t() if linear else v.transpose(0, 1).flatten(1) for v in calls], 1)
+    units = units.float().cpu()
+    value = units[:, 0]
+    ok = (units - value[:, None]).abs().amax(1) <= 1e-6 * (1.0 + value.abs())
+    if not isinstance(layer, nn.Linear) and _zero_padded(layer):
+        ok &= value == 0
+    return value, ok
 
 
 def _zero_padded(conv: nn.Module) -> bool:
@@ -238,7 +302,7 @@ class _Removal:
         self.heads: dict[str, tuple[int, ...]] = {}
         self.changed: set[str] = set()
 
-    def add(self, group: Group, gone: torch.Tensor, params, seen) -> None:
+    def add(self, group: Group, gone: torch.Tensor, seen) -> None:
         if group.kind == "heads":
             self.heads[group.name] = tuple(int(i) for i in gone.nonzero().flatten())
         for m in group.members:
@@ -437,7 +501,7 @@ def check(
                 if training and not isinstance(exc, PrunelabError):
                     try:
                         _run(a, x)
-                    except Exception:  # noqa: BLE001 - the uncompacted model fails in train mode too
+                    except Exception:
                         continue
                 raise PrunelabError(
                     f"compacting {type(net).__name__} broke its forward pass{' in train mode' if training else ''}: "
@@ -472,7 +536,9 @@ class _Running:
         self.hooks = []
         for name, module in model.named_modules():
             if name:
-                self.hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: self.stack.append(name)))
+                self.hooks.append(
+                    module.register_forward_pre_hook(lambda m, a, name=name: self.stack.append(name))
+                )
                 self.hooks.append(module.register_forward_hook(lambda m, a, o, name=name: self._leave(name)))
 
     def _leave(self, name: str) -> None:
@@ -506,9 +572,9 @@ def _locate(reference: nn.Module, net: nn.Module, x: Any, kept: dict[str, list[i
                 dim = -1 if isinstance(m, nn.Linear) else 1
                 hooks.append(
                     m.register_forward_hook(
-                        lambda mod, a, o, name=name, store=store, dim=dim: store.append((name, o.detach(), dim))
-                        if isinstance(o, torch.Tensor)
-                        else None
+                        lambda mod, a, o, name=name, store=store, dim=dim: (
+                            store.append((name, o.detach(), dim)) if isinstance(o, torch.Tensor) else None
+                        )
                     )
                 )
     try:
@@ -532,14 +598,12 @@ def _locate(reference: nn.Module, net: nn.Module, x: Any, kept: dict[str, list[i
 
 
 # plans -----------------------------------------------------------------------------------------
-def layer_plan(
-    model: nn.Module, changed: set[str] | None = None, before: dict[str, Any] | None = None
-) -> dict[str, dict[str, Any]]:
-    """What rebuilds the architecture from the original one: per module that changed, its type and
+def layer_plan(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """What rebuilds the architecture from the original one: per module, its type and
     size attributes (``{"type": "Conv2d", "attrs": {"in_channels": ..., ...}}``); a module prunelab
     swapped in has ``"swap": true`` and its constructor's attributes. A residual block replaced by
     its shortcut is ``{"type": "ShortcutBlock"}``, a PCA-shrunk layer ``{"type": "Factorized"}``.
-    With ``changed=None`` every module with size attributes is listed."""
+    Every module with size attributes is listed, so the plan reads as the architecture."""
     from prunelab.compress.pca import Factorized
 
     plan: dict[str, dict[str, Any]] = {}
@@ -552,8 +616,6 @@ def layer_plan(
             continue
         if type(m).__name__ in SWAPPED and isinstance(m, SWAPPED[type(m).__name__]):
             plan[name] = {"type": type(m).__name__, "swap": True, "attrs": m.plan()}
-            continue
-        if changed is not None and name not in changed:
             continue
         attrs = shape_attributes(m) or {}
         extra = {}

@@ -47,6 +47,13 @@ def save_pretrained(model: nn.Module, folder: Path, source, data: str | None) ->
     t = import_transformers()
     with torch.device("meta"):
         fresh = type(hf)(config)
+    shapes = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    odd = [k for k, v in hf.state_dict().items() if shapes.get(k) != tuple(v.shape)]
+    if odd:
+        return (
+            f"no hf/ folder: {odd[0]} has a shape a transformers config cannot describe "
+            f"({len(odd)} such tensors); load it with prunelab.load_compact"
+        )
     fresh.load_state_dict(hf.state_dict(), assign=True)
     fresh.save_pretrained(folder)
     source.tokenizer(data).tokenizer.save_pretrained(folder)

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from prunelab.compress.blocks import ShortcutBlock
-from prunelab.compress.encoder import save_pretrained
 from prunelab.compress.compact import NORM_TYPES, CompactResult
+from prunelab.compress.encoder import save_pretrained
 from prunelab.compress.resize import set_attributes
 from prunelab.compress.sparse import SparseResult, install_sparse, sparse_state
 from prunelab.coupling.attention import SWAPPED
@@ -172,7 +172,9 @@ def read_plan(directory: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{directory / PLAN} is not valid JSON ({exc})") from None
     if not isinstance(plan, dict) or plan.get("format") != FORMAT or plan.get("version") not in READABLE:
-        raise CheckpointError(f"{directory / PLAN} is not a {FORMAT} plan of version {' or '.join(map(str, READABLE))}")
+        raise CheckpointError(
+            f"{directory / PLAN} is not a {FORMAT} plan of version {' or '.join(map(str, READABLE))}"
+        )
     return plan
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunelab.compress.count import nonzero_flops
 from prunelab.compress.compact import compact
+from prunelab.compress.count import nonzero_flops
 from prunelab.compress.level import level_input_shape
 from prunelab.compress.sparse import LayerChoice, sparsify
 from prunelab.errors import PrunelabError, SpecError

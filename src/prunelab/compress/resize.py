@@ -16,7 +16,14 @@ from torch import nn
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _NORM_1D = (nn.LayerNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
-_BATCH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_BATCH = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 
 
 def shape_attributes(module: nn.Module) -> dict[str, Any] | None:
@@ -24,7 +31,11 @@ def shape_attributes(module: nn.Module) -> dict[str, Any] | None:
     from prunelab.coupling.modules import module_rule
 
     if isinstance(module, _CONV + _CONV_T):
-        return {"in_channels": module.in_channels, "out_channels": module.out_channels, "groups": module.groups}
+        return {
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "groups": module.groups,
+        }
     if isinstance(module, nn.Linear):
         return {"in_features": module.in_features, "out_features": module.out_features}
     if isinstance(module, _BATCH):

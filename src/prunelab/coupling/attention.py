@@ -224,7 +224,11 @@ class CompactShiftedWindowAttention(nn.Module):
         x = F.linear(x, self.proj.weight, self.proj.bias)
         x = F.dropout(x, p=self.dropout, training=self.training)
         out = x.shape[-1]
-        x = x.view(batch, ph // wh, pw // ww, wh, ww, out).permute(0, 1, 3, 2, 4, 5).reshape(batch, ph, pw, out)
+        x = (
+            x.view(batch, ph // wh, pw // ww, wh, ww, out)
+            .permute(0, 1, 3, 2, 4, 5)
+            .reshape(batch, ph, pw, out)
+        )
         if sum(shift) > 0:
             x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
         return x[:, :height, :width, :].contiguous()

@@ -90,7 +90,9 @@ class Group:
     def params(self) -> list[Member]:
         return [m for m in self.members if not m.buffer]
 
-    def mask_entries(self, keep: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    def mask_entries(
+        self, keep: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]
+    ) -> dict[str, torch.Tensor]:
         """Per parameter member: its keep pattern for unit flags ``keep`` (True = kept)."""
         out: dict[str, torch.Tensor] = {}
         for m in self.params():
@@ -107,6 +109,16 @@ class Group:
             kept = mask[m.tensor].movedim(m.dim, 0).reshape(mask[m.tensor].shape[m.dim], -1).any(1)
             alive.index_put_((m.units,), kept.cpu(), accumulate=True)
         return alive
+
+    def layers(self) -> list[str]:
+        """The modules the group's parameters belong to, in trace order; ``name:in`` where the
+        module reads the group's channels (a consumer's input side)."""
+        out: list[str] = []
+        for m in self.params():
+            name = (m.module or m.tensor) + (":in" if "read" in m.roles else "")
+            if name not in out:
+                out.append(name)
+        return out
 
     def describe_members(self, limit: int = 6) -> str:
         names = [m.describe() for m in self.members if not m.buffer]
@@ -135,22 +147,33 @@ class Groups:
     def of(self, tensor: str) -> list[Group]:
         return [g for g in self.groups if any(m.tensor == tensor for m in g.members)]
 
-    def table(self) -> str:
-        """One line per prunable group, then what is frozen and why (``prunelab groups``)."""
-        lines = []
-        for g in self.prunable():
-            frozen = f", {len(g.frozen)} frozen" if g.frozen else ""
-            lines.append(f"{g.name:<40} {g.kind:<12} {g.count:>6} units{frozen}: {g.describe_members()}")
+    def group_of(self, tensor: str, dim: int) -> Group | None:
+        """The group one dimension of a tensor belongs to, if any."""
+        for g in self.groups:
+            if any(m.tensor == tensor and m.dim == dim for m in g.members):
+                return g
+        return None
+
+    def frozen_reasons(self) -> list[tuple[int, str, str]]:
+        """(units, reason, where) for every reason that keeps units of a written group whole, most first."""
         reasons: dict[tuple[str, str], int] = {}
         for g in self.groups:
             if not any("write" in m.roles for m in g.params()):
                 continue
             for record in g.frozen.values():
                 reasons[(record.reason, record.where)] = reasons.get((record.reason, record.where), 0) + 1
+        return [(n, reason, where) for (reason, where), n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+
+    def table(self) -> str:
+        """One line per prunable group, then what is frozen and why (as ``prunelab groups`` shows it)."""
+        lines = []
+        for g in self.prunable():
+            frozen = f", {len(g.frozen)} frozen" if g.frozen else ""
+            lines.append(f"{g.name:<40} {g.kind:<12} {g.count:>6} units{frozen}: {g.describe_members()}")
+        reasons = self.frozen_reasons()
         if reasons:
             lines.append("frozen (kept whole):")
-            for (reason, where), n in sorted(reasons.items(), key=lambda kv: -kv[1]):
-                lines.append(f"  {n:>6} units: {reason} ({where})")
+            lines += [f"  {n:>6} units: {reason} ({where})" for n, reason, where in reasons]
         return "\n".join(lines)
 
 
@@ -175,8 +198,9 @@ def discover(model: nn.Module, example: torch.Tensor | tuple, *, train: bool = T
             if training:  # a model that does not run in train mode (e.g. batch statistics of one value)
                 errors.append(f"train-mode trace skipped: {type(exc).__name__}: {exc}")
                 continue
+            where = f" in layer {trace.stack[-1][0]!r} ({type(trace.stack[-1][1]).__name__})" if trace.stack else ""
             raise PrunelabError(
-                f"{type(model).__name__} fails on the example input ({tuple(inputs[0].shape)}): "
+                f"{type(model).__name__} fails on the example input {tuple(inputs[0].shape)}{where}: "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             ) from None
         for t in tensors_in(out):
@@ -230,13 +254,17 @@ def _build(model: nn.Module, labels: Labels) -> list[Group]:
             if found is None:  # its elements joined channels along several dimensions
                 if len(set(units.tolist())) > 1:
                     for u in set(units.tolist()):
-                        frozen.setdefault(u, Frozen("a tensor joining channels along several dimensions", s.tensor))
+                        frozen.setdefault(
+                            u, Frozen("a tensor joining channels along several dimensions", s.tensor)
+                        )
                 continue
             dim, line, chans = found
             members.append(Member(s.tensor, dim, line, chans, frozenset(s.roles | {"elementwise"}), s.buffer))
         for s in spaces:
             at = labels.frozen_at[s.labels()]
-            for root, record_index in zip(roots_of[s.index][at >= 0].tolist(), at[at >= 0].tolist(), strict=True):
+            for root, record_index in zip(
+                roots_of[s.index][at >= 0].tolist(), at[at >= 0].tolist(), strict=True
+            ):
                 frozen.setdefault(index[root], labels.records[record_index])
         kinds = labels.kinds(spaces[0])
         if "heads" in kinds or "attention" in kinds:
@@ -248,9 +276,12 @@ def _build(model: nn.Module, labels: Labels) -> list[Group]:
         else:
             kind = "channels"
         if members:
-            groups.append(Group(0, _name(members, modules), kind, len(roots), tuple(members), frozen))
+            name = _common(members) if kind == "heads" else _name(members, modules)
+            groups.append(Group(0, name, kind, len(roots), tuple(members), frozen))
     order = {(s.tensor, s.dim): s.index for s in labels.spaces}
-    groups.sort(key=lambda g: min(order.get((m.tensor, m.dim), order.get((m.tensor, ELEMENTS), 0)) for m in g.members))
+    groups.sort(
+        key=lambda g: min(order.get((m.tensor, m.dim), order.get((m.tensor, ELEMENTS), 0)) for m in g.members)
+    )
     for i, g in enumerate(groups):
         g.index = i
     return groups
@@ -259,7 +290,11 @@ def _build(model: nn.Module, labels: Labels) -> list[Group]:
 def _along_one_dim(units: torch.Tensor, channels: torch.Tensor):
     """``(dim, units along it, channels along it)`` when ``units`` (one per element) vary along one
     dimension at most; None when they vary along several."""
-    varying = [d for d in range(units.dim()) if units.shape[d] > 1 and not bool((units == units.narrow(d, 0, 1)).all())]
+    varying = [
+        d
+        for d in range(units.dim())
+        if units.shape[d] > 1 and not bool((units == units.narrow(d, 0, 1)).all())
+    ]
     if len(varying) > 1:
         return None
     if not varying:
@@ -271,6 +306,17 @@ def _along_one_dim(units: torch.Tensor, channels: torch.Tensor):
     line = units.movedim(d, 0).reshape(units.shape[d], -1)[:, 0].clone()
     chans = channels.movedim(d, 0).reshape(units.shape[d], -1)[:, 0].clone()
     return d, line, chans
+
+
+def _common(members: list[Member]) -> str:
+    """The innermost module holding every member (an attention module, for its heads)."""
+    paths = [m.module.split(".") if m.module else [] for m in members]
+    common = []
+    for parts in zip(*paths, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common) or members[0].module
 
 
 def _name(members: list[Member], modules: Mapping[str, nn.Module]) -> str:

@@ -65,7 +65,7 @@ def neutral(shape: Sequence[int]) -> Lab:
 def compress(L: torch.Tensor) -> torch.Tensor:
     """``L`` with each dimension it is constant along cut to size 1."""
     for d in range(L.dim()):
-        if L.shape[d] > 1 and bool((L == L.narrow(d, 0, 1)).all()):
+        if L.shape[d] > 1 and bool((L.narrow(d, 0, 1) == L).all()):
             L = L.narrow(d, 0, 1)
     return L.contiguous()
 
@@ -73,7 +73,11 @@ def compress(L: torch.Tensor) -> torch.Tensor:
 def make(shape: Sequence[int], L: torch.Tensor) -> Lab:
     shape = tuple(shape)
     if L.dim() != len(shape):
-        L = L.reshape((1,) * (len(shape) - L.dim()) + tuple(L.shape)) if L.dim() < len(shape) else L.reshape(-1)[:1].reshape((1,) * len(shape))
+        L = (
+            L.reshape((1,) * (len(shape) - L.dim()) + tuple(L.shape))
+            if L.dim() < len(shape)
+            else L.reshape(-1)[:1].reshape((1,) * len(shape))
+        )
     return Lab(shape, compress(L))
 
 
@@ -128,7 +132,9 @@ def elementwise(labels: Labels, shape: Sequence[int], operands: Sequence[Lab], w
     return Lab(shape, compress(out))
 
 
-def reduce(labels: Labels, lab: Lab, dims: Sequence[int], keepdim: bool, shape: Sequence[int], where: str) -> Lab:
+def reduce(
+    labels: Labels, lab: Lab, dims: Sequence[int], keepdim: bool, shape: Sequence[int], where: str
+) -> Lab:
     """A reduction (mean, sum, softmax, a cumulative sum) over ``dims``: channels whose labels vary
     along a reduced dimension are read by an op without a rule (frozen); other dimensions keep
     their labels."""

@@ -172,7 +172,9 @@ class Labels:
         a, b = torch.broadcast_tensors(a.reshape(-1), b.reshape(-1))
         unknown = ((a == UNKNOWN) & (b > 0)) | ((b == UNKNOWN) & (a > 0))
         if bool(unknown.any()):
-            self.freeze(torch.where(a[unknown] > 0, a[unknown], b[unknown]), "meets data of unknown origin", where)
+            self.freeze(
+                torch.where(a[unknown] > 0, a[unknown], b[unknown]), "meets data of unknown origin", where
+            )
         keep = (a > 0) & (b > 0) & (a != b)
         if not bool(keep.any()):
             return
@@ -207,7 +209,11 @@ class Labels:
     # frozen labels ----------------------------------------------------------------------------------
     def freeze(self, labels: torch.Tensor | Iterable[int], reason: str, where: str) -> None:
         """Keep these labels' units whole (the first reason given for a label is kept)."""
-        values = labels.reshape(-1) if isinstance(labels, torch.Tensor) else torch.tensor(list(labels), dtype=torch.long)
+        values = (
+            labels.reshape(-1)
+            if isinstance(labels, torch.Tensor)
+            else torch.tensor(list(labels), dtype=torch.long)
+        )
         values = values[values > 0]
         if not values.numel():
             return

@@ -179,7 +179,9 @@ def _register_builtin() -> None:
 
     register_attention(
         "torch.nn.modules.activation.MultiheadAttention",
-        AttentionRule("in_proj_weight", "out_proj", qkv_bias="in_proj_bias", swap=attention.CompactMultiheadAttention.of),
+        AttentionRule(
+            "in_proj_weight", "out_proj", qkv_bias="in_proj_bias", swap=attention.CompactMultiheadAttention.of
+        ),
     )
     for name in ("ShiftedWindowAttention", "ShiftedWindowAttentionV2"):
         per_head = (("relative_position_bias_table", 1),)

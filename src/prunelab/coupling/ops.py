@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from prunelab.coupling.lab import Lab, along, compress, elementwise, make, neutral, reduce, unknown
+from prunelab.coupling.lab import Lab, along, elementwise, make, reduce, unknown
 from prunelab.coupling.labels import NEUTRAL, UNKNOWN
 from prunelab.coupling.trace import AttributePatch, Call, Rule, Size, Trace, tensors_in
 
@@ -52,23 +52,165 @@ def _dim(dim: int, ndim: int) -> int:
 
 
 # element-wise ------------------------------------------------------------------------------------
-_BINARY = (
-    "add sub mul div true_divide floor_divide remainder fmod rsub maximum minimum fmax fmin where "
-    "masked_fill masked_scatter lerp addcmul addcdiv atan2 hypot eq ne lt le gt ge greater less "
-    "logical_and logical_or logical_xor bitwise_and bitwise_or bitwise_xor copysign pow xlogy "
-    "__add__ __radd__ __iadd__ __sub__ __rsub__ __isub__ __mul__ __rmul__ __imul__ __truediv__ "
-    "__rtruediv__ __itruediv__ __floordiv__ __rfloordiv__ __mod__ __pow__ __rpow__ __eq__ __ne__ "
-    "__lt__ __le__ __gt__ __ge__ __and__ __or__ __xor__ __iand__ __ior__ __ixor__ clamp clip"
-).split()
-_UNARY = (
-    "relu relu6 leaky_relu elu selu celu gelu silu mish sigmoid tanh hardswish hardsigmoid hardtanh "
-    "softplus softsign logsigmoid tanhshrink hardshrink softshrink threshold rrelu dropout "
-    "dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout abs neg negative exp exp2 "
-    "expm1 log log1p log2 log10 sqrt rsqrt reciprocal sin cos tan erf erfc erfinv sign sgn floor "
-    "ceil round trunc frac square clamp_min clamp_max nan_to_num logical_not bitwise_not isnan "
-    "isinf isfinite __neg__ __abs__ __invert__ __pos__ contiguous clone detach float half double "
-    "bfloat16 int long bool to type type_as cpu cuda requires_grad_ data positive native_dropout"
-).split()
+_BINARY = [
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "true_divide",
+    "floor_divide",
+    "remainder",
+    "fmod",
+    "rsub",
+    "maximum",
+    "minimum",
+    "fmax",
+    "fmin",
+    "where",
+    "masked_fill",
+    "masked_scatter",
+    "lerp",
+    "addcmul",
+    "addcdiv",
+    "atan2",
+    "hypot",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "greater",
+    "less",
+    "logical_and",
+    "logical_or",
+    "logical_xor",
+    "bitwise_and",
+    "bitwise_or",
+    "bitwise_xor",
+    "copysign",
+    "pow",
+    "xlogy",
+    "__add__",
+    "__radd__",
+    "__iadd__",
+    "__sub__",
+    "__rsub__",
+    "__isub__",
+    "__mul__",
+    "__rmul__",
+    "__imul__",
+    "__truediv__",
+    "__rtruediv__",
+    "__itruediv__",
+    "__floordiv__",
+    "__rfloordiv__",
+    "__mod__",
+    "__pow__",
+    "__rpow__",
+    "__eq__",
+    "__ne__",
+    "__lt__",
+    "__le__",
+    "__gt__",
+    "__ge__",
+    "__and__",
+    "__or__",
+    "__xor__",
+    "__iand__",
+    "__ior__",
+    "__ixor__",
+    "clamp",
+    "clip",
+]
+_UNARY = [
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "celu",
+    "gelu",
+    "silu",
+    "mish",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "softplus",
+    "softsign",
+    "logsigmoid",
+    "tanhshrink",
+    "hardshrink",
+    "softshrink",
+    "threshold",
+    "rrelu",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "abs",
+    "neg",
+    "negative",
+    "exp",
+    "exp2",
+    "expm1",
+    "log",
+    "log1p",
+    "log2",
+    "log10",
+    "sqrt",
+    "rsqrt",
+    "reciprocal",
+    "sin",
+    "cos",
+    "tan",
+    "erf",
+    "erfc",
+    "erfinv",
+    "sign",
+    "sgn",
+    "floor",
+    "ceil",
+    "round",
+    "trunc",
+    "frac",
+    "square",
+    "clamp_min",
+    "clamp_max",
+    "nan_to_num",
+    "logical_not",
+    "bitwise_not",
+    "isnan",
+    "isinf",
+    "isfinite",
+    "__neg__",
+    "__abs__",
+    "__invert__",
+    "__pos__",
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "half",
+    "double",
+    "bfloat16",
+    "int",
+    "long",
+    "bool",
+    "to",
+    "type",
+    "type_as",
+    "cpu",
+    "cuda",
+    "requires_grad_",
+    "data",
+    "positive",
+    "native_dropout",
+]
 
 
 @rule(*_BINARY)
@@ -120,7 +262,9 @@ def _fixed(t: Trace, call: Call, lab: Lab, dims: Sequence[int]) -> None:
         d = _dim(d, len(lab.shape))
         if lab.L.shape[d] > 1:
             rows = lab.L.movedim(d, 0)
-            t.labels.check_fixed(rows.reshape(rows.shape[0], -1), f"positions fixed by {call.name}", call.where)
+            t.labels.check_fixed(
+                rows.reshape(rows.shape[0], -1), f"positions fixed by {call.name}", call.where
+            )
 
 
 def _moved(t: Trace, call: Call, touched: Sequence[int] = ()) -> None:
@@ -146,7 +290,9 @@ def _layout(t: Trace, call: Call) -> None:
     _moved(t, call)
 
 
-@rule("narrow", "select", "index_select", "gather", "take_along_dim", "roll", "flip", "diagonal", inplace=False)
+@rule(
+    "narrow", "select", "index_select", "gather", "take_along_dim", "roll", "flip", "diagonal", inplace=False
+)
 def _indexed(t: Trace, call: Call) -> None:
     if call.name in ("roll", "flip"):
         dims = call.arg(2 if call.name == "roll" else 1, "dims")
@@ -172,8 +318,11 @@ def _getitem(t: Trace, call: Call) -> None:
     index = call.args[1]
     items = index if isinstance(index, tuple) else (index,)
     touched: list[int] = []
-    ellipsis = sum(1 for i in items if i is Ellipsis)
-    consumed = sum(1 for i in items if i is not None and i is not Ellipsis and not (isinstance(i, torch.Tensor) and i.dtype == torch.bool))
+    consumed = sum(
+        1
+        for i in items
+        if i is not None and i is not Ellipsis and not (isinstance(i, torch.Tensor) and i.dtype == torch.bool)
+    )
     d = 0
     for item in items:
         if item is None:
@@ -182,7 +331,11 @@ def _getitem(t: Trace, call: Call) -> None:
             d += source.dim() - consumed
             continue
         if isinstance(item, slice):
-            full = item.step in (None, 1) and item.start in (None, 0) and (item.stop is None or item.stop >= source.shape[d])
+            full = (
+                item.step in (None, 1)
+                and item.start in (None, 0)
+                and (item.stop is None or item.stop >= source.shape[d])
+            )
             if not full:
                 touched.append(d)
             d += 1
@@ -192,7 +345,6 @@ def _getitem(t: Trace, call: Call) -> None:
         else:  # an int, a list or an index tensor
             touched.append(d)
             d += 1
-    del ellipsis
     _moved(t, call, touched)
 
 
@@ -289,7 +441,9 @@ def _reshaped(t: Trace, call: Call, lab: Lab, shape: Sequence[int], sizes: Seque
             t.labels.freeze(block_labels, f"channels regrouped across dimensions by {call.name}", call.where)
             continue
         free = [
-            j for j in right if _computed(t, sizes[j] if sizes is not None else None, block_labels, call.where, False)
+            j
+            for j in right
+            if _computed(t, sizes[j] if sizes is not None else None, block_labels, call.where, False)
         ]
         if len(free) != 1:
             what = "no part" if not free else "several parts"
@@ -350,16 +504,30 @@ def _cat(t: Trace, call: Call) -> None:
         if call.name == "stack":
             lab = Lab((*lab.shape[:dim], 1, *lab.shape[dim:]), lab.L.unsqueeze(dim))
         labs.append(lab)
-    sizes = [max(lab.L.shape[d] if d < lab.L.dim() else 1 for lab in labs) if d != dim else 0 for d in range(out.dim())]
+    sizes = [
+        max(lab.L.shape[d] if d < lab.L.dim() else 1 for lab in labs) if d != dim else 0
+        for d in range(out.dim())
+    ]
     pieces = []
     for lab in labs:
         target = list(sizes)
         target[dim] = lab.shape[dim]
-        pieces.append(lab.L.expand([s if lab.L.shape[d] == 1 else lab.L.shape[d] for d, s in enumerate(target)]))
+        pieces.append(
+            lab.L.expand([s if lab.L.shape[d] == 1 else lab.L.shape[d] for d, s in enumerate(target)])
+        )
     t.set(out, make(out.shape, torch.cat(pieces, dim)))
 
 
-@rule("chunk", "split", "tensor_split", "unbind", "split_with_sizes", "unsafe_split", "unsafe_chunk", inplace=False)
+@rule(
+    "chunk",
+    "split",
+    "tensor_split",
+    "unbind",
+    "split_with_sizes",
+    "unsafe_split",
+    "unsafe_chunk",
+    inplace=False,
+)
 def _split(t: Trace, call: Call) -> None:
     source = call.args[0]
     lab = t.lab(source)
@@ -407,7 +575,7 @@ def _reduction(t: Trace, call: Call) -> None:
     if call.name in ("max", "min") and isinstance(dim, torch.Tensor):  # the binary form
         _binary(t, call)
         return
-    if dim is None or call.name == "topk" and False:
+    if dim is None:
         dims = list(range(ndim))
     elif isinstance(dim, (list, tuple)):
         dims = list(dim)
@@ -562,7 +730,9 @@ def _layer_norm(t: Trace, call: Call) -> None:
         normalised = list(range(x.dim() - len(shape), x.dim()))
         for d in normalised:
             if lab.L.shape[d] > 1:
-                t.labels.freeze(lab.L[lab.L > 0], f"{call.name} over channels outside a LayerNorm module", call.where)
+                t.labels.freeze(
+                    lab.L[lab.L > 0], f"{call.name} over channels outside a LayerNorm module", call.where
+                )
     t.set(call.out, Lab(lab.shape, lab.L))
 
 
@@ -634,7 +804,9 @@ def _contract(t: Trace, call: Call, a: torch.Tensor, b: torch.Tensor, bias: Any 
         cols = _collapse(lb, -2)  # (..., 1, m): b's labels per column
         _pair(t, rows, cols, call.where)
         result_L = torch.where(cols > 0, cols, rows) if bool((cols > 0).any()) else rows
-        result = make(out.shape, torch.broadcast_tensors(result_L, torch.empty((1,) * nd, dtype=torch.long))[0])
+        result = make(
+            out.shape, torch.broadcast_tensors(result_L, torch.empty((1,) * nd, dtype=torch.long))[0]
+        )
     if bias is not None:
         result = elementwise(t.labels, out.shape, [result, t.lab(bias)], call.where)
     t.set(out, result)
@@ -685,10 +857,3 @@ def _sdpa(t: Trace, call: Call) -> None:
         if L.shape[-2] > 1 and bool((L > 0).any()):
             t.labels.freeze(L[L > 0], f"attention over labelled {what} tokens", call.where)
     t.set(out, make(out.shape, torch.broadcast_tensors(values, torch.empty((1,) * nd, dtype=torch.long))[0]))
-
-
-def compressed(L: torch.Tensor) -> torch.Tensor:  # re-exported for rules in other modules
-    return compress(L)
-
-
-__all__ = ["RULES", "along", "neutral", "rule"]

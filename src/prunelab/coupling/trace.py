@@ -339,10 +339,10 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     """The tensors in a (nested) value: tuples, lists, dicts, namedtuples, model outputs."""
     if isinstance(value, torch.Tensor):
         return [value]
-    if isinstance(value, dict) or hasattr(value, "items") and hasattr(value, "keys"):
+    if isinstance(value, dict) or (hasattr(value, "items") and hasattr(value, "keys")):
         try:
             value = list(value.values())
-        except Exception:  # noqa: BLE001 - not a mapping after all
+        except Exception:
             return []
     if isinstance(value, (list, tuple)):
         return [t for v in value for t in _tensors(v)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,9 @@ class PruneContext:
     plug-ins of the dense training reported, by plug-in name (structure selection's block scales).
     ``positions``: output positions sampled per image by calibrated criteria (ThiNet, LASSO).
     ``counts``: set by :func:`prunelab.prune` for criteria that ask (``wants_counts``): how many
-    units each layer loses in this scoring round.
+    units each layer loses in this scoring round. ``groups``: the model's coupled groups
+    (:func:`prunelab.coupling.discover`), for callers pruning one model many times (sensitivity),
+    spared re-tracing it for each call of a coupled structure.
     """
 
     initial_state: Mapping[str, torch.Tensor] | None = None
@@ -44,6 +47,7 @@ class PruneContext:
     counts: Mapping[str, int] | None = None
     notes: list[str] | None = None
     reports: Mapping[str, Mapping] | None = None
+    groups: Any = None
 
     def note(self, text: str) -> None:
         """Record ``text`` in :attr:`notes` (dropped when no list was given)."""

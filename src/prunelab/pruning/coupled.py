@@ -8,10 +8,11 @@ width of a transformer leaves the embeddings, every LayerNorm and every projecti
 chosen zeroes every member of a pruned unit, so the masked model computes what the compacted one
 does (:func:`prunelab.compress.compact` removes exactly those units).
 
-A group is pruned when the layer that writes its channels (its first conv/linear writer) is among
-the selected layers (``layers``, ``exclude``); its readers follow it. Scopes, rates and
-``layer_rates`` see each group as that layer: ``layerwise`` is one pool per group, ``global`` one
-over all groups (of one kind: heads and channels are pooled apart). A unit's score is its unit norm
+A group is pruned when every conv/linear layer it touches (writing or reading its channels) is among
+the selected layers (``layers``, ``exclude``): an excluded layer is never changed, not even in its
+input columns. Scopes, rates and ``layer_rates`` see each group as its first writing layer (its
+name in ``prunelab groups``): ``layerwise`` is one pool per group, ``global`` one over all groups
+(of one kind: heads and channels are pooled apart). A unit's score is its unit norm
 over the scores of every conv/linear weight in the group (the writers' rows, the readers'
 columns): ``l1`` sums them, as Torch-Pruning's group importance does. Units the trace froze (the
 classes of the output layer, channels an op without a rule touches) are never pruned, and every
@@ -35,7 +36,9 @@ from prunelab.pruning.structure import STRUCTURES, Structure
 #: Per unit norm: (reduce one position's scores and alive flags to a value, combine positions into
 #: units: "sum"/"amax"/"amin", finish the per-unit values). The same norms as UNIT_NORMS, for units
 #: whose weights lie in several tensors.
-Reduction = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str, Callable[[torch.Tensor], torch.Tensor]]
+Reduction = tuple[
+    Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str, Callable[[torch.Tensor], torch.Tensor]
+]
 GROUP_REDUCTIONS: dict[str, Reduction] = {
     "l1": (lambda v, a: (v.abs() * a).sum(1), "sum", lambda x: x),
     "l2": (lambda v, a: (v.pow(2) * a).sum(1), "sum", torch.sqrt),
@@ -88,14 +91,18 @@ class GroupUnits:
             values = scores[m.tensor].detach().to("cpu", torch.float64)
             alive = keep[m.tensor].cpu()
             size = values.shape[m.dim]
-            per = reduce(values.movedim(m.dim, 0).reshape(size, -1), alive.movedim(m.dim, 0).reshape(size, -1))
+            per = reduce(
+                values.movedim(m.dim, 0).reshape(size, -1), alive.movedim(m.dim, 0).reshape(size, -1)
+            )
             if combine == "sum":
                 total.index_add_(0, m.units, per)
             else:
                 total.scatter_reduce_(0, m.units, per, reduce=combine)
         return finish(total)
 
-    def apply(self, keep: dict[str, torch.Tensor], survivors: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    def apply(
+        self, keep: dict[str, torch.Tensor], survivors: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]
+    ) -> None:
         """Prune the units ``survivors`` leaves out from every member (frozen units stay)."""
         flags = survivors | ~self.group.free()
         for name, pattern in self.group.mask_entries(flags, shapes).items():
@@ -122,7 +129,9 @@ class CoupledStructure(Structure):
     def mixed(self) -> bool:
         return False
 
-    def units(self, model, chosen, conv_groups, name, example=None) -> list[GroupUnits]:
+    def units(self, model, chosen, conv_groups, name, example=None, groups: Groups | None = None) -> list[GroupUnits]:
+        if groups is not None:
+            return units_of(model, groups, chosen, self.kinds, name)
         if example is None:
             raise SpecError(
                 f"structure {name!r} traces the model to find the layers that share channels: give an "
@@ -132,9 +141,9 @@ class CoupledStructure(Structure):
         return units_of(model, groups, chosen, self.kinds, name)
 
 
-def group_kind(group: Group, modules: Mapping[str, nn.Module]) -> str:
-    """``heads``, ``ffn`` (a transformer FFN's neurons: one Linear writes them, one reads them,
-    nothing normalises them) or ``channels``."""
+def group_kind(group: Group, groups: Groups, modules: Mapping[str, nn.Module]) -> str:
+    """``heads``, ``ffn`` (a transformer FFN's neurons: one Linear writes them from a stream and one
+    reads them back into the same stream, nothing else touches them) or ``channels``."""
     if group.kind == "heads":
         return "heads"
     params = group.params()
@@ -142,27 +151,30 @@ def group_kind(group: Group, modules: Mapping[str, nn.Module]) -> str:
     linear = all(isinstance(modules.get(n), nn.Linear) for n in layers)
     writes = [m for m in params if "write" in m.roles and m.tensor.endswith("weight")]
     reads = [m for m in params if "read" in m.roles]
-    if linear and len(writes) == 1 and len(reads) == 1 and all(m.roles <= {"read", "write"} for m in params):
-        return "ffn"
-    return "channels"
+    if not (linear and len(writes) == 1 and len(reads) == 1 and all(m.roles <= {"read", "write"} for m in params)):
+        return "channels"
+    source = groups.group_of(writes[0].tensor, 1)
+    target = groups.group_of(reads[0].tensor, 0)
+    return "ffn" if source is not None and source is target else "channels"
 
 
 def units_of(
     model: nn.Module, groups: Groups, chosen: Sequence[LayerInfo], kinds: Sequence[str], name: str
 ) -> list[GroupUnits]:
-    """The prunable groups of ``kinds`` whose writing layer is among ``chosen``, each represented by
-    that layer."""
+    """The prunable groups of ``kinds`` all of whose conv/linear layers are among ``chosen``, each
+    represented by its first writing layer."""
     modules = dict(model.named_modules())
     by_param = {layer.param: layer for layer in chosen}
     every = {layer.param: layer for layer in prunable_layers(model)}
     out = []
     for group in groups.prunable():
-        kind = group_kind(group, modules)
+        kind = group_kind(group, groups, modules)
         wanted = kind in kinds or ("channels" in kinds and kind == "ffn" and "ffn" not in kinds)
         if not wanted:
             continue
         layer = _representative(group, every)
-        if layer is None or layer.param not in by_param:
+        touched = {m.tensor for m in group.params() if m.tensor in every}
+        if layer is None or not touched <= set(by_param):
             continue
         out.append(GroupUnits(layer, group, kind))
     if not out:
@@ -183,10 +195,18 @@ def _representative(group: Group, layers: Mapping[str, LayerInfo]) -> LayerInfo 
 
 
 for _name, _kinds, _what in [
-    ("channels", ("channels",), "whole channels of coupled groups: every layer writing or reading one loses it"),
+    (
+        "channels",
+        ("channels",),
+        "whole channels of coupled groups: every layer writing or reading one loses it",
+    ),
     ("heads", ("heads",), "attention heads: their query/key/value rows and output-projection columns"),
     ("ffn", ("ffn",), "transformer FFN neurons: the first layer's row and the second layer's column"),
     ("heads+ffn", ("heads", "ffn"), "attention heads and FFN neurons, each kind pooled apart"),
-    ("groups", ("channels", "heads"), "every coupled group: channels and attention heads, each kind pooled apart"),
+    (
+        "groups",
+        ("channels", "heads"),
+        "every coupled group: channels and attention heads, each kind pooled apart",
+    ),
 ]:
     STRUCTURES.add(_name, CoupledStructure(0, 0, _what, _kinds))

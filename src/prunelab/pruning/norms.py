@@ -52,7 +52,7 @@ def channel_dim(module: nn.Module) -> int | None:
             probe = _double(module)
             try:
                 out = probe(x)
-            except Exception:  # noqa: BLE001 - the module does not take this layout
+            except Exception:
                 continue
             want = _reference(probe, x.movedim(dim, -1)).movedim(-1, dim)
             if out.shape == want.shape and torch.allclose(out, want, atol=1e-9):

@@ -91,9 +91,12 @@ def prune(
     rates = _layer_rates(model, chosen, fraction, spec.layer_rates, spec.output_rate_factor)
     groups = {layer.param: _conv_groups(model, layer) for layer in chosen}
     context = context if context is not None else PruneContext()
-    if getattr(struct, "needs_trace", False) and example is None:
-        example = _example(model, mask, context)
-    units = struct.units(model, chosen, groups, spec.structure_name(), example)
+    if getattr(struct, "needs_trace", False):
+        if example is None and context.groups is None:
+            example = _example(model, mask, context)
+        units = struct.units(model, chosen, groups, spec.structure_name(), example, context.groups)
+    else:
+        units = struct.units(model, chosen, groups, spec.structure_name())
     pools = _pools(units, spec.scope, SCOPES.get(spec.scope), rates, fraction)
     if criterion.layerwise and any(len(pool.layers) > 1 for pool in pools):
         raise SpecError(
@@ -110,14 +113,19 @@ def prune(
 
 
 def _example(model: nn.Module, mask: Mask, context: PruneContext) -> torch.Tensor | None:
-    """One batch to trace the model on: the context's first batch, else one of its input shape."""
+    """One batch to trace the model on: the context's first batch, else one of its input shape, else
+    (a prunelab text model) a sequence of random tokens."""
     from prunelab.models.build import example_input
+    from prunelab.models.encoder import example_tokens, is_encoder
 
+    generator = torch.Generator().manual_seed(0)
     if context.batches:
         x = context.batches[0][0]
         return x[:1]
     if context.input_shape is not None:
-        return example_input(model, context.input_shape, 1, generator=torch.Generator().manual_seed(0))
+        return example_input(model, context.input_shape, 1, generator=generator)
+    if is_encoder(model):
+        return example_tokens(model, 16, 1, generator)
     return None
 
 

@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunelab.errors import SpecError
-from prunelab.pruning.layers import LayerInfo, describe
+from prunelab.pruning.layers import LayerInfo
 from prunelab.registry import Registry
 
 
