@@ -196,7 +196,9 @@ def test_sensitivity_prunes_each_layer_alone_without_training():
     assert list(result.accuracy) == ["conv1", "conv2"]
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # untouched, untrained
     # by hand: conv1's group alone at 50% of its channels (conv1's filters, conv2's columns), the rest whole
-    mask = prune(net, None, fraction=0.0, method="l1-filter", layer_rates={"conv1": 0.5}, example=data.val.x[:1])
+    mask = prune(
+        net, None, fraction=0.0, method="l1-filter", layer_rates={"conv1": 0.5}, example=data.val.x[:1]
+    )
     gone = ~mask["conv1.weight"].flatten(1).any(1)
     assert int(gone.sum()) == net.conv1.out_channels // 2
     assert torch.equal(~mask["conv2.weight"].transpose(0, 1).flatten(1).any(1), gone)

@@ -135,7 +135,9 @@ def test_residual_channels_go_only_when_dead_in_every_coupled_layer():
     partial = {n: m.clone() for n, m in keep.items()}
     partial["layer1.0.conv2.weight"][3] = False
     result = compact(model, Mask(partial), torch.zeros(1, *shape))
-    assert result.plan["layer1.0.conv2"]["attrs"]["out_channels"] == 16  # the shortcut still carries channel 3
+    assert (
+        result.plan["layer1.0.conv2"]["attrs"]["out_channels"] == 16
+    )  # the shortcut still carries channel 3
     full = {n: m.clone() for n, m in keep.items()}
     for name in stage:
         full[name][3] = False

@@ -51,7 +51,9 @@ def test_an_export_of_plan_version_1_still_loads(tmp_path):
     """Exports written before plans recorded size attributes (version 1: each layer's constructor
     shapes) load as they did."""
     result = compacted("lenet-300-100", (1, 28, 28))
-    out = export_compact(result, tmp_path / "out", model="lenet-300-100", num_classes=10, input_shape=(1, 28, 28))
+    out = export_compact(
+        result, tmp_path / "out", model="lenet-300-100", num_classes=10, input_shape=(1, 28, 28)
+    )
     plan = json.loads((out / "plan.json").read_text())
     plan["version"] = 1
     plan["layers"] = {

@@ -13,7 +13,7 @@ from helpers import assert_same_outputs, random_norms
 from torch import nn
 
 from prunelab.compress import compact, export_compact, load_compact
-from prunelab.errors import PrunelabError, SpecError
+from prunelab.errors import SpecError
 from prunelab.experiments import load_level
 from prunelab.models import build_model, count_parameters
 from prunelab.models.vision import import_torchvision

@@ -165,7 +165,14 @@ def test_every_block_keeps_one_head_and_the_error_messages_name_what_is_wrong():
         prune(build_model("lenet5"), None, fraction=0.5, method="magnitude", structure="heads")
     with pytest.raises(SpecError, match="finds no group of heads to prune"):
         lenet = build_model("lenet5")
-        prune(lenet, None, fraction=0.5, method="magnitude", structure="heads", example=torch.zeros(1, 1, 28, 28))
+        prune(
+            lenet,
+            None,
+            fraction=0.5,
+            method="magnitude",
+            structure="heads",
+            example=torch.zeros(1, 1, 28, 28),
+        )
     with pytest.raises(SpecError, match="finds no group of ffn to prune among the selected layers"):
         prune(
             net,

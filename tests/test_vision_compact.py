@@ -164,7 +164,8 @@ def test_a_depthwise_conv_prunes_the_same_channels_by_input_or_output_axis():
 
 
 @pytest.mark.parametrize(
-    "structure", [n for n, s in STRUCTURES.items() if s.conv_axis == 0 and not isinstance(s, CoupledStructure)]
+    "structure",
+    [n for n, s in STRUCTURES.items() if s.conv_axis == 0 and not isinstance(s, CoupledStructure)],
 )
 def test_output_axis_units_of_grouped_convs_are_whole_filters(structure):
     model = Convs()
@@ -191,7 +192,11 @@ def test_grouped_and_depthwise_convs_lose_whole_groups():
     assert result.removed_groups == {"grouped": (1,)} or result.removed_groups == {"grouped": (0,)}
     # a depthwise conv fed by the model input cannot lose channels (the input keeps them all)
     first = nn.Sequential(
-        nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(), nn.Conv2d(4, 6, 1), nn.Flatten(), nn.Linear(150, 2)
+        nn.Conv2d(4, 4, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 1),
+        nn.Flatten(),
+        nn.Linear(150, 2),
     )
     x = torch.zeros(1, 4, 5, 5)
     mask = prune(first, None, fraction=0.5, method="l1-filter", example=x)

@@ -81,7 +81,6 @@ def sweep(base, grid, *, executor="local", root=None, data_dir=None, dry_run=Fal
 
 
 __all__ = [
-    "groups",
     "DATASETS",
     "DATA_SOURCES",
     "MODELS",
@@ -101,6 +100,7 @@ __all__ = [
     "build_model",
     "evaluate",
     "from_torch_prune",
+    "groups",
     "heads_mask",
     "load",
     "load_compact",

@@ -98,7 +98,9 @@ def sensitivity(
     for layer in chosen:
         others = [n for n in every if n != layer.name]
         accuracy[layer.name] = tuple(
-            _accuracy(net, prune(net, mask, fraction=f, method=method, structure=structure, exclude=others), split)
+            _accuracy(
+                net, prune(net, mask, fraction=f, method=method, structure=structure, exclude=others), split
+            )
             for f in fractions
         )
     return Sensitivity(base, fractions, accuracy)

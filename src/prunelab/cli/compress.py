@@ -405,7 +405,9 @@ def shrink(
 def groups(
     model: Annotated[
         str,
-        typer.Argument(help="Any --model form: a zoo name, torchvision:NAME, timm:NAME, hf:PATH, FILE.py:FACTORY."),
+        typer.Argument(
+            help="Any --model form: a zoo name, torchvision:NAME, timm:NAME, hf:PATH, FILE.py:FACTORY."
+        ),
     ],
     data: Annotated[
         str, typer.Option(help="Dataset whose input shape and classes size the model (as for run).")
@@ -414,7 +416,9 @@ def groups(
         Optional[int],  # noqa: UP045
         typer.Option(help="Resize the input batches to this size as they enter the model (as for run)."),
     ] = None,
-    members: Annotated[bool, typer.Option(help="List every member (layer, dimension) of each group.")] = False,
+    members: Annotated[
+        bool, typer.Option(help="List every member (layer, dimension) of each group.")
+    ] = False,
     data_dir: DataDir = None,
     threads: Threads = None,
 ) -> None:

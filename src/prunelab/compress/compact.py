@@ -156,7 +156,9 @@ def _per_unit(member, flags: torch.Tensor, count: int) -> torch.Tensor:
     return misses == 0
 
 
-def _decide(net: nn.Module, groups: Groups, mask: Mask, seen, exact: bool) -> list[tuple[Group, torch.Tensor, int]]:
+def _decide(
+    net: nn.Module, groups: Groups, mask: Mask, seen, exact: bool
+) -> list[tuple[Group, torch.Tensor, int]]:
     """Per prunable group: the units that go, and the dead ones kept for exactness. A removed unit
     counts as masked everywhere it was, so removals cascade (a row whose live columns all read
     removed units writes a constant in turn), until nothing more can go."""
@@ -181,7 +183,11 @@ def _decide(net: nn.Module, groups: Groups, mask: Mask, seen, exact: bool) -> li
             gone_of[group.index] = gone
             for name, pattern in group.mask_entries(~gone, shapes).items():
                 effective[name] = effective[name] & pattern if name in effective else pattern.clone()
-    return [(g, gone_of.get(g.index, torch.zeros(g.count, dtype=torch.bool)), dead_of.get(g.index, 0)) for g in groups if g.prunable]
+    return [
+        (g, gone_of.get(g.index, torch.zeros(g.count, dtype=torch.bool)), dead_of.get(g.index, 0))
+        for g in groups
+        if g.prunable
+    ]
 
 
 def _fully_masked(group: Group, mask) -> torch.Tensor:
@@ -273,7 +279,9 @@ def _constant_inputs(layer: nn.Module, calls: list[torch.Tensor]) -> tuple[torch
     """Per input channel of ``layer`` seeing ``calls`` (its inputs, once per call): its first value,
     and whether it is that constant everywhere, in every call (and 0, for a zero-padded conv)."""
     linear = isinstance(layer, nn.Linear)
-    units = torch.cat([v.reshape(-1, v.shape[-1]).t() if linear else v.transpose(0, 1).flatten(1) for v in calls], 1)
+    units = torch.cat(
+        [v.reshape(-1, v.shape[-1]).t() if linear else v.transpose(0, 1).flatten(1) for v in calls], 1
+    )
     units = units.float().cpu()
     value = units[:, 0]
     ok = (units - value[:, None]).abs().amax(1) <= 1e-6 * (1.0 + value.abs())

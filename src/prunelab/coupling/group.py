@@ -198,7 +198,11 @@ def discover(model: nn.Module, example: torch.Tensor | tuple, *, train: bool = T
             if training:  # a model that does not run in train mode (e.g. batch statistics of one value)
                 errors.append(f"train-mode trace skipped: {type(exc).__name__}: {exc}")
                 continue
-            where = f" in layer {trace.stack[-1][0]!r} ({type(trace.stack[-1][1]).__name__})" if trace.stack else ""
+            where = (
+                f" in layer {trace.stack[-1][0]!r} ({type(trace.stack[-1][1]).__name__})"
+                if trace.stack
+                else ""
+            )
             raise PrunelabError(
                 f"{type(model).__name__} fails on the example input {tuple(inputs[0].shape)}{where}: "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -24,7 +24,8 @@ from prunelab.errors import PrunelabError, SpecError
 from prunelab.models import INITS, MODELS, build_model, input_stats, resolve_model, source_forms
 from prunelab.models.build import MAX_IMAGE_SIZE
 from prunelab.models.weights import file_hash, parse_weights
-from prunelab.pruning import CRITERIA, PruneSpec
+from prunelab.pruning import CRITERIA, STRUCTURES, PruneSpec
+from prunelab.pruning.coupled import COUPLING_VERSION
 from prunelab.spec import Flag, FrozenSpec, Text, build_spec, registered, resolved
 from prunelab.training import TrainConfig
 from prunelab.training.config import Duration
@@ -260,6 +261,9 @@ class ExperimentSpec(TrunkSpec):
         fingerprints = self.fingerprints()
         if fingerprints:
             values["fingerprints"] = fingerprints
+        coupled = STRUCTURES.get(self.pruning.structure_name())
+        if getattr(coupled, "needs_trace", False):  # results no per-layer structure of old gave
+            values["coupling"] = COUPLING_VERSION
         return values
 
     def experiment_id(self) -> str:

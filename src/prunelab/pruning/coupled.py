@@ -33,6 +33,10 @@ from prunelab.errors import SpecError
 from prunelab.pruning.layers import LayerInfo, describe, prunable_layers
 from prunelab.pruning.structure import STRUCTURES, Structure
 
+COUPLING_VERSION = 1
+"""Enters the id of experiments pruned by a coupled structure: their results are not those the
+per-layer structures of earlier versions gave under the same names (``heads``, ``l1-filter``)."""
+
 #: Per unit norm: (reduce one position's scores and alive flags to a value, combine positions into
 #: units: "sum"/"amax"/"amin", finish the per-unit values). The same norms as UNIT_NORMS, for units
 #: whose weights lie in several tensors.
@@ -129,7 +133,9 @@ class CoupledStructure(Structure):
     def mixed(self) -> bool:
         return False
 
-    def units(self, model, chosen, conv_groups, name, example=None, groups: Groups | None = None) -> list[GroupUnits]:
+    def units(
+        self, model, chosen, conv_groups, name, example=None, groups: Groups | None = None
+    ) -> list[GroupUnits]:
         if groups is not None:
             return units_of(model, groups, chosen, self.kinds, name)
         if example is None:
@@ -151,7 +157,9 @@ def group_kind(group: Group, groups: Groups, modules: Mapping[str, nn.Module]) -
     linear = all(isinstance(modules.get(n), nn.Linear) for n in layers)
     writes = [m for m in params if "write" in m.roles and m.tensor.endswith("weight")]
     reads = [m for m in params if "read" in m.roles]
-    if not (linear and len(writes) == 1 and len(reads) == 1 and all(m.roles <= {"read", "write"} for m in params)):
+    if not (
+        linear and len(writes) == 1 and len(reads) == 1 and all(m.roles <= {"read", "write"} for m in params)
+    ):
         return "channels"
     source = groups.group_of(writes[0].tensor, 1)
     target = groups.group_of(reads[0].tensor, 0)

@@ -418,6 +418,24 @@ class EarlyBird(SlimmingL1):
 
 
 # criteria: what `--method slimming` and `--method early-bird` prune with -------------------------
+def _example(model: nn.Module, input_shape) -> torch.Tensor:
+    param = next(iter(model.parameters()))
+    example = torch.zeros(1, *input_shape, device=param.device)
+    return example.long() if len(input_shape) == 1 else example  # token ids
+
+
+def _mean_scale(group, modules) -> torch.Tensor:
+    """Per unit of a coupled group: the mean |gamma| over the BatchNorm scales it holds."""
+    total = torch.zeros(group.count, dtype=torch.float64)
+    count = torch.zeros(group.count, dtype=torch.float64)
+    for m in group.params():
+        norm = modules.get(m.module)
+        if isinstance(norm, NORM_TYPES) and "scale" in m.roles:
+            total.index_add_(0, m.units, norm.weight.detach().abs().double().cpu())
+            count.index_add_(0, m.units, torch.ones(len(m.units), dtype=torch.float64))
+    return total / count.clamp(min=1)
+
+
 class _ScaleCriterion(Criterion):
     """Channels by BatchNorm scale, one global threshold; the dense training runs the plug-in."""
 
@@ -425,7 +443,7 @@ class _ScaleCriterion(Criterion):
     requires = "BatchNorm after pruned layers"
 
     def _layers(self, model: nn.Module, spec, context: PruneContext) -> list[ScaledLayer]:
-        if spec.structure not in (None, "structured-output"):
+        if spec.structure not in (None, "channels"):
             raise SpecError(
                 f"method {spec.method!r} removes whole output channels; it takes no structure "
                 f"{spec.structure!r} (leave --structure out)"
@@ -435,11 +453,7 @@ class _ScaleCriterion(Criterion):
                 f"method {spec.method!r} uses one global threshold over all BatchNorm scales; "
                 f"layer_rates ({', '.join(spec.layer_rates)}) do not apply: exclude layers instead"
             )
-        param = next(iter(model.parameters()))
-        example = torch.zeros(1, *context.input_shape, device=param.device)
-        if len(context.input_shape) == 1:  # token ids
-            example = example.long()
-        found = require_scaled(model, example, spec.method)
+        found = require_scaled(model, _example(model, context.input_shape), spec.method)
         chosen = {layer.param for layer in select_layers(model, spec.layers, spec.exclude)}
         layers = [layer for layer in found if layer.weight in chosen]
         if not layers:
@@ -450,23 +464,40 @@ class _ScaleCriterion(Criterion):
         return layers
 
     def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
-        layers = self._layers(model, spec, context)
-        if mask is not None:
-            mask.check_fits(model)
+        """One global threshold over the channels of the coupled groups holding BatchNorm scales: a
+        channel's scale is the mean |gamma| of the BatchNorms it passes (one in a plain chain, one
+        per block in a residual stage), and it leaves every layer of its group."""
+        from prunelab.coupling import discover
+        from prunelab.pruning.coupled import units_of
+
+        self._layers(model, spec, context)  # a model without BatchNorm after its layers is refused
+        base = Mask.ones(model) if mask is None else mask
+        base.check_fits(model)
+        example = _example(model, context.input_shape)
+        groups = context.groups if context.groups is not None else discover(model, example)
+        chosen = select_layers(model, spec.layers, spec.exclude)
+        modules = dict(model.named_modules())
+        units = [
+            u for u in units_of(model, groups, chosen, ("channels",), spec.method)
+            if any(isinstance(modules.get(m.module), NORM_TYPES) and "scale" in m.roles for m in u.group.params())
+        ]  # fmt: skip
+        entries = {n: m.clone() for n, m in base.items()}
         keep, given_back = select_channels(
-            channel_scales(model, layers),
-            alive_channels(model, layers, mask),
+            [_mean_scale(u.group, modules) for u in units],
+            [u.alive(entries) for u in units],
             spec.rate_per_round(),
             self.settings.min_channels,
         )
         for i, count in given_back:
-            layer = layers[i]
             context.note(
-                f"{spec.method}: the global |gamma| threshold would leave layer {layer.layer} fewer than "
-                f"{self.settings.min_channels} channel(s); it keeps {count} more, those with the largest "
+                f"{spec.method}: the global |gamma| threshold would leave the channels of {units[i].group.name} "
+                f"fewer than {self.settings.min_channels}; {count} more stay, those with the largest "
                 f"|gamma| (--{self.settings.flag_prefix}min-channels sets the minimum)"
             )
-        return channel_mask(model, layers, keep, mask)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        for u, flags in zip(units, keep, strict=True):
+            u.apply(entries, flags, shapes)
+        return Mask(entries)
 
     def scores(
         self,
@@ -523,7 +554,7 @@ METHODS.add(
     Method(
         "slimming",
         "L1 on BatchNorm scales in training, one global |gamma| cut (Liu 2017)",
-        "structured-output",
+        "channels",
         "linf",
         True,
     ),
@@ -533,7 +564,7 @@ METHODS.add(
     Method(
         "early_bird",
         "the slimming mask once it settles; dense training stops (You 2020)",
-        "structured-output",
+        "channels",
         "linf",
         True,
     ),
