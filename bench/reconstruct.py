@@ -82,14 +82,17 @@ def channel_rows(name: str, data, args) -> list[tuple]:
             for key, weight in new.items():
                 dict(refit.named_parameters())[key].copy_(weight)
         finish(label, "yes", refit, mask)
-    # Li et al.: the same budget as conv1's filters (a pruned filter's constant output remains, as
-    # in any masked network, until compaction folds it)
+    # Li et al.: the same budget as conv1's filters, each layer on its own (a pruned filter's constant
+    # output remains, as in any masked network, until compaction folds it)
     others = [
         n
         for n, m in net.named_modules()
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and n != convs[0]
     ]
-    finish("L1-filter", "no", net, prune(net, None, fraction=0.5, method="l1-filter", exclude=others))
+    filters = prune(
+        net, None, fraction=0.5, method="l1-filter", structure="structured-output", exclude=others
+    )
+    finish("L1-filter", "no", net, filters)
     return rows
 
 

@@ -8,7 +8,8 @@ method="l1-filter", structure="groups")``: channels, and attention heads as unit
 ``prunelab.compress.compact`` (checked against the masked model in eval and in train mode). Printed
 per model: whether it compacted, the parameter ratio, the classes kept, discovery + compaction
 time, and Torch-Pruning 1.6.1's ratio for the same request (``MetaPruner`` with
-``MagnitudeImportance(p=1)``, ``pruning_ratio=0.3``, the classifier ignored so the classes stay)
+``MagnitudeImportance(p=1)``, ``pruning_ratio=0.3``, the layers writing the classes ignored so
+they stay)
 where it runs. One model per process at one thread; results are appended to a JSON-lines file as
 they come, so an interrupted run resumes where it stopped.
 
@@ -39,11 +40,11 @@ def names() -> list[str]:
     return out + [f"timm:{n}" for n in TIMM] + ["hf:vit"]
 
 
-def build(name: str):
+def build(name: str, size: int | None = None):
     import torch
 
     source, _, model = name.partition(":")
-    size = 299 if model == "inception_v3" else 224
+    size = size or (299 if model == "inception_v3" else 224)
     if source == "torchvision":
         from prunelab.models.vision import import_torchvision
 
@@ -100,7 +101,7 @@ def trained_like(net) -> None:
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
 
 
-def one(name: str) -> dict:
+def one(name: str, size: int | None = None) -> dict:
     """Prune, compact and compare one model (in its own process)."""
     import copy
 
@@ -111,7 +112,7 @@ def one(name: str) -> dict:
 
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    net, x = build(name)
+    net, x = build(name, size)
     params = sum(p.numel() for p in net.parameters())
     row: dict = {"model": name, "params": params}
     if params > LIMIT:
@@ -139,12 +140,13 @@ def one(name: str) -> dict:
         groups=len(groups.prunable()), frozen=sum(len(g.frozen) for g in groups.prunable()),
         prune_s=found - start, compact_s=done - found, seconds=done - start,
     )  # fmt: skip
-    row.update(peer(copy.deepcopy(net), x))
+    row.update(peer(copy.deepcopy(net), x, outputs))
     return row
 
 
-def peer(net, x) -> dict:
-    """Torch-Pruning's ratio for the same request, or why it does not run."""
+def peer(net, x, classes: int) -> dict:
+    """Torch-Pruning's ratio for the same request (every layer whose outputs are the classes
+    ignored, so they stay), or why it does not run."""
     import torch
 
     try:
@@ -152,7 +154,11 @@ def peer(net, x) -> dict:
     except ImportError:
         return {"tp": "not installed"}
     params = sum(p.numel() for p in net.parameters())
-    heads = [m for m in net.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
+    heads = [
+        m for m in net.modules()
+        if isinstance(m, torch.nn.Linear) and m.out_features == classes
+        or isinstance(m, torch.nn.Conv2d) and m.out_channels == classes
+    ]  # fmt: skip
     start = time.perf_counter()
     try:
         pruner = tp.pruner.MetaPruner(
@@ -191,9 +197,10 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated model names (torchvision:resnet18, timm:..., hf:vit)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--size", type=int, help="input height and width (default 224; 299 for Inception-V3)")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one)))
+        print(json.dumps(one(args.one, args.size)))
         return
     path = Path(args.results)
     done = (
@@ -208,7 +215,8 @@ def main() -> None:
         if name in done:
             continue
         try:
-            proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
+            size = ["--size", str(args.size)] if args.size else []
+            proc = subprocess.run([sys.executable, __file__, "--one", name, *size], capture_output=True, text=True,
                                   timeout=args.timeout, env=env)  # fmt: skip
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             row = (

@@ -26,7 +26,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ),
         (
             "compact_speed.py",
-            ["--size", "32", "--batches", "1", "--repeats", "2"],
+            ["--size", "32", "--batches", "1", "--repeats", "2", "--models", "vgg16_bn,resnet18"],
             "goal: >= 0.7 for VGG-16 at batch 16",
         ),
         (
@@ -71,6 +71,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             "best ratio this sweep's shape allows on 2 workers",
         ),
         ("cli_speed.py", ["--repeats", "1"], "the goal of 0.5 s"),
+        (
+            "zoo_compact.py",
+            ["--only", "torchvision:resnet18,torchvision:squeezenet1_1", "--size", "64"],
+            "compacted exactly, classes kept: 2 of 2 models",
+        ),
     ],
 )
 def test_bench_script_runs(script, args, needle, tmp_path):

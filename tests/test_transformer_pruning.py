@@ -161,7 +161,7 @@ def test_every_block_keeps_one_head_and_the_error_messages_name_what_is_wrong():
             structure="ffn",
             context=PruneContext(batches=batches(net)),
         )
-    with pytest.raises(SpecError, match="traces the model .* give an example input"):
+    with pytest.raises(SpecError, match=r"traces the model .* give an example input"):
         prune(build_model("lenet5"), None, fraction=0.5, method="magnitude", structure="heads")
     with pytest.raises(SpecError, match="finds no group of heads to prune"):
         lenet = build_model("lenet5")

@@ -491,11 +491,50 @@ def check(
     """Largest output difference on fresh random inputs, in eval and in train mode (dropout off,
     on copies, so running statistics stay); an exact compaction must stay within tolerance.
 
-    A failure names the first layer (in execution order) whose kept outputs differ from the masked
-    model's: the channel mixing the trace missed happens in the code feeding it.
+    Both models run in float64 where they can (float32 rounding, which a train-mode BatchNorm
+    divides by a batch's small deviation, would otherwise be confused with an inexact removal);
+    models whose code insists on float32 are compared in it. A failure names the first layer (in
+    execution order) whose kept outputs differ from the masked model's: the channel mixing the
+    trace missed happens in the code feeding it.
     """
     x = check_inputs(reference, example, batch, generator)
+    try:
+        with torch.no_grad():
+            pairs = _compared(copy.deepcopy(reference).double(), copy.deepcopy(net).double(), _double(x), net)
+            x = _double(x)
+    except PrunelabError:
+        raise
+    except Exception:  # code that builds float32 tensors of its own: compare in float32
+        pairs = _compared(copy.deepcopy(reference), copy.deepcopy(net), x, net)
     error = 0.0
+    for training, (a, b, want, got) in pairs.items():
+        if len(want) != len(got) or any(w.shape != g.shape for w, g in zip(want, got, strict=False)):
+            found = float("inf")
+        else:
+            found = max((float((w - g).abs().max()) for w, g in zip(want, got, strict=True)), default=0.0)
+        scale = max((float(w.abs().max()) for w in want), default=0.0)
+        tolerance = 1e-5 * max(1.0, scale)
+        if exact and not found <= tolerance:
+            where = _locate(a, b, x, kept or {})
+            raise PrunelabError(
+                f"compacting {type(net).__name__} changed its outputs{' in train mode' if training else ''} by "
+                f"{found:.3g} (tolerance {tolerance:.3g}); {where}its forward code likely mixes or reorders "
+                "channels in a way the trace does not see: such models cannot be compacted"
+            )
+        error = max(error, found)
+    return error
+
+
+def _double(x: Any) -> Any:
+    if isinstance(x, tuple):
+        return tuple(_double(v) for v in x)
+    return x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def _compared(reference: nn.Module, net: nn.Module, x: Any, original: nn.Module) -> dict:
+    """Per mode (eval, train): the two models in it and their outputs on ``x`` (a model that fails
+    in train mode uncompacted too is compared in eval mode only)."""
+    out = {}
     for training in (False, True):
         a, b = (copy.deepcopy(reference), copy.deepcopy(net)) if training else (reference, net)
         a.train(training)
@@ -512,26 +551,13 @@ def check(
                     except Exception:
                         continue
                 raise PrunelabError(
-                    f"compacting {type(net).__name__} broke its forward pass{' in train mode' if training else ''}: "
+                    f"compacting {type(original).__name__} broke its forward pass{' in train mode' if training else ''}: "
                     f"it fails {running.where()}: {_first_line(exc)}"
                 ) from None
             finally:
                 running.close()
-        if len(want) != len(got) or any(w.shape != g.shape for w, g in zip(want, got, strict=False)):
-            found = float("inf")
-        else:
-            found = max((float((w - g).abs().max()) for w, g in zip(want, got, strict=True)), default=0.0)
-        scale = max((float(w.abs().max()) for w in want), default=0.0)
-        tolerance = 1e-5 * max(1.0, scale)
-        if exact and not found <= tolerance:
-            where = _locate(a, b, x, kept or {})
-            raise PrunelabError(
-                f"compacting {type(net).__name__} changed its outputs{' in train mode' if training else ''} by "
-                f"{found:.3g} (tolerance {tolerance:.3g}); {where}its forward code likely mixes or reorders "
-                "channels in a way the trace does not see: such models cannot be compacted"
-            )
-        error = max(error, found)
-    return error
+        out[training] = (a, b, want, got)
+    return out
 
 
 class _Running:

@@ -14,7 +14,8 @@ input columns. Scopes, rates and ``layer_rates`` see each group as its first wri
 name in ``prunelab groups``): ``layerwise`` is one pool per group, ``global`` one over all groups
 (of one kind: heads and channels are pooled apart). A unit's score is its unit norm
 over the scores of every conv/linear weight in the group (the writers' rows, the readers'
-columns): ``l1`` sums them, as Torch-Pruning's group importance does. Units the trace froze (the
+columns), each member's part relative to its mean over the group's units (:data:`NORMALISED`), as
+Torch-Pruning's group importance does. Units the trace froze (the
 classes of the output layer, channels an op without a rule touches) are never pruned, and every
 group keeps at least one unit.
 """
@@ -43,6 +44,12 @@ per-layer structures of earlier versions gave under the same names (``heads``, `
 Reduction = tuple[
     Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str, Callable[[torch.Tensor], torch.Tensor]
 ]
+NORMALISED = frozenset({"l1", "l2", "linf", "lninf"})
+"""Norms whose per-member values are divided by the member's mean before they are combined: a
+concatenation's 3x3 conv rows would otherwise outweigh its 1x1 conv rows nine times over, so that
+every unit removed would be a 1x1's (Torch-Pruning's mean normaliser). Signed first-order scores
+(``abs-sum``) are summed as they are: their sum is the estimated change of the loss."""
+
 GROUP_REDUCTIONS: dict[str, Reduction] = {
     "l1": (lambda v, a: (v.abs() * a).sum(1), "sum", lambda x: x),
     "l2": (lambda v, a: (v.pow(2) * a).sum(1), "sum", torch.sqrt),
@@ -54,30 +61,35 @@ GROUP_REDUCTIONS: dict[str, Reduction] = {
 
 @dataclass(frozen=True)
 class GroupUnits:
-    """The units of one coupled group, as :func:`prunelab.prune` pools and ranks them."""
+    """The units of one coupled group (or of one part of it: ``index``, the units one layer writes
+    into a concatenation), as :func:`prunelab.prune` pools and ranks them."""
 
     layer: LayerInfo
     group: Group
     kind: str
+    index: torch.Tensor | None = None
     min_keep: int = 1
 
     axis = 0
 
     @property
     def count(self) -> int:
-        return self.group.count
+        return self.group.count if self.index is None else len(self.index)
+
+    def _part(self, values: torch.Tensor) -> torch.Tensor:
+        return values if self.index is None else values[self.index]
 
     def scored(self, keep: Mapping[str, torch.Tensor]) -> list:
         return [m for m in self.group.params() if m.tensor in keep and m.tensor.endswith("weight")]
 
     def alive(self, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Per unit: some position of it in a scored weight is still kept, and it is not frozen."""
-        flags = torch.zeros(self.count, dtype=torch.bool)
+        flags = torch.zeros(self.group.count, dtype=torch.bool)
         for m in self.scored(keep):
             entry = keep[m.tensor]
             kept = entry.movedim(m.dim, 0).reshape(entry.shape[m.dim], -1).any(1).cpu()
-            flags |= torch.zeros(self.count, dtype=torch.long).index_add_(0, m.units, kept.long()) > 0
-        return flags & self.group.free()
+            flags |= torch.zeros(self.group.count, dtype=torch.long).index_add_(0, m.units, kept.long()) > 0
+        return self._part(flags & self.group.free())
 
     def protected(self) -> torch.Tensor:
         return torch.zeros(self.count, dtype=torch.bool)
@@ -88,26 +100,32 @@ class GroupUnits:
             return torch.rand(self.count, generator=generator, dtype=torch.float64)
         reduce, combine, finish = GROUP_REDUCTIONS[norm]
         fill = {"sum": 0.0, "amax": -math.inf, "amin": math.inf}[combine]
-        total = torch.full((self.count,), fill, dtype=torch.float64)
+        total = torch.full((self.group.count,), fill, dtype=torch.float64)
         for m in self.scored(keep):
             if m.tensor not in scores:
                 continue
             values = scores[m.tensor].detach().to("cpu", torch.float64)
             alive = keep[m.tensor].cpu()
             size = values.shape[m.dim]
-            per = reduce(
-                values.movedim(m.dim, 0).reshape(size, -1), alive.movedim(m.dim, 0).reshape(size, -1)
-            )
+            rows = alive.movedim(m.dim, 0).reshape(size, -1)
+            per = reduce(values.movedim(m.dim, 0).reshape(size, -1), rows)
+            if norm in NORMALISED:  # each member relative to its own mean over the positions alive
+                mean = per[rows.any(1)].abs().mean() if bool(rows.any()) else per.new_zeros(())
+                per = per / mean if float(mean) > 0 else per
             if combine == "sum":
                 total.index_add_(0, m.units, per)
             else:
                 total.scatter_reduce_(0, m.units, per, reduce=combine)
-        return finish(total)
+        return self._part(finish(total))
 
     def apply(
         self, keep: dict[str, torch.Tensor], survivors: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]
     ) -> None:
         """Prune the units ``survivors`` leaves out from every member (frozen units stay)."""
+        if self.index is not None:  # the other parts' units stay as they are
+            full = torch.ones(self.group.count, dtype=torch.bool)
+            full[self.index] = survivors.cpu()
+            survivors = full
         flags = survivors | ~self.group.free()
         for name, pattern in self.group.mask_entries(flags, shapes).items():
             pattern = pattern.to(keep[name].device) if name in keep else pattern
@@ -184,13 +202,35 @@ def units_of(
         touched = {m.tensor for m in group.params() if m.tensor in every}
         if layer is None or not touched <= set(by_param):
             continue
-        out.append(GroupUnits(layer, group, kind))
+        parts = _parts(group, every)
+        if len(parts) == 1:
+            out.append(GroupUnits(layer, group, kind))
+        else:  # a concatenation: each layer's share of the group pruned at the rate
+            out += [GroupUnits(every[writer], group, kind, index) for writer, index in parts]
     if not out:
         raise SpecError(
             f"structure {name!r} finds no group of {' or '.join(kinds)} to prune among the selected layers "
             f"({describe(chosen)[:300]}); prunelab groups MODEL lists the groups"
         )
     return out
+
+
+def _parts(group: Group, layers: Mapping[str, LayerInfo]) -> list[tuple[str, torch.Tensor]]:
+    """The group's units split by the layers writing them: one part where every unit has the same
+    writers (a plain or residual stage), one per layer where they write different units (a
+    concatenation: DenseNet, Inception, SqueezeNet's expand convs). Each part is named by its first
+    writer."""
+    writers = [m for m in group.params() if "write" in m.roles and m.tensor in layers]
+    keys = [[] for _ in range(group.count)]
+    for i, m in enumerate(writers):
+        for u in sorted(set(m.units.tolist())):
+            keys[u].append(i)
+    by_key: dict[tuple[int, ...], list[int]] = {}
+    for u, key in enumerate(keys):
+        by_key.setdefault(tuple(key), []).append(u)
+    if len(by_key) == 1 or () in by_key:
+        return [("", torch.arange(group.count))]
+    return [(writers[key[0]].tensor, torch.tensor(units)) for key, units in by_key.items()]
 
 
 def _representative(group: Group, layers: Mapping[str, LayerInfo]) -> LayerInfo | None:

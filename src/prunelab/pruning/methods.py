@@ -86,7 +86,7 @@ METHODS.add(
     "l1-filter",
     Method(
         "magnitude",
-        "filters by L1 norm (Li et al. 2017), with every layer sharing their channels",
+        "coupled channels by L1 norm (Li et al. 2017)",
         "channels",
         "l1",
         True,
