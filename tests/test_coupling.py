@@ -536,3 +536,19 @@ def test_the_groups_command_lists_groups_and_frozen_channels(cli):
     assert "layer1.0.conv1" in out and "layer2.0.shortcut.conv" in out and "reaches the model output" in out
     code, _, err = cli("groups", "no-such-model")
     assert code == 2 and "unknown model 'no-such-model'" in err
+
+
+def test_a_compacted_vit_counts_and_exports_to_onnx(tmp_path):
+    vision()
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    from prunelab.compress import count, export_onnx
+
+    model = trained_like(tiny_vit())
+    x = torch.zeros(1, 3, 16, 16)
+    mask, result = compact_checked(model, x)
+    report = count(model, (3, 16, 16), mask, result.model)
+    dense, _, small = [row for row in report.summary_rows() if row[0] == "FLOPs"][0][1:]
+    assert 0 < small < 0.6 * dense  # half of every width and of the heads: about a third of the FLOPs
+    path = export_onnx(result.model, tmp_path / "vit.onnx", (3, 16, 16))
+    assert path.stat().st_size > 1000

@@ -491,21 +491,37 @@ def check(
     """Largest output difference on fresh random inputs, in eval and in train mode (dropout off,
     on copies, so running statistics stay); an exact compaction must stay within tolerance.
 
-    Both models run in float64 where they can (float32 rounding, which a train-mode BatchNorm
-    divides by a batch's small deviation, would otherwise be confused with an inexact removal);
-    models whose code insists on float32 are compared in it. A failure names the first layer (in
+    A difference beyond tolerance is measured again in float64 where the models run in it (float32
+    rounding, which a train-mode BatchNorm divides by a batch's small deviation, is not an inexact
+    removal); models whose code insists on float32 keep the float32 verdict. A failure names the first layer (in
     execution order) whose kept outputs differ from the masked model's: the channel mixing the
     trace missed happens in the code feeding it.
     """
     x = check_inputs(reference, example, batch, generator)
     try:
-        with torch.no_grad():
-            pairs = _compared(copy.deepcopy(reference).double(), copy.deepcopy(net).double(), _double(x), net)
-            x = _double(x)
-    except PrunelabError:
-        raise
-    except Exception:  # code that builds float32 tensors of its own: compare in float32
-        pairs = _compared(copy.deepcopy(reference), copy.deepcopy(net), x, net)
+        return _checked(_compared(reference, net, x, net), net, x, exact, kept)
+    except _Inexact as first:  # float32 rounding, or a real difference? float64 tells
+        try:
+            with torch.no_grad():
+                pairs = _compared(
+                    copy.deepcopy(reference).double(), copy.deepcopy(net).double(), _double(x), net
+                )
+        except PrunelabError:
+            raise
+        except Exception:  # code that builds float32 tensors of its own: the float32 verdict stands
+            raise PrunelabError(str(first)) from None
+        try:
+            return _checked(pairs, net, _double(x), exact, kept)
+        except _Inexact as exc:
+            raise PrunelabError(str(exc)) from None
+
+
+class _Inexact(Exception):
+    pass
+
+
+def _checked(pairs: dict, net: nn.Module, x: Any, exact: bool, kept: dict[str, list[int]] | None) -> float:
+    """The largest difference over both modes; :class:`_Inexact` beyond tolerance when ``exact``."""
     error = 0.0
     for training, (a, b, want, got) in pairs.items():
         if len(want) != len(got) or any(w.shape != g.shape for w, g in zip(want, got, strict=False)):
@@ -516,7 +532,7 @@ def check(
         tolerance = 1e-5 * max(1.0, scale)
         if exact and not found <= tolerance:
             where = _locate(a, b, x, kept or {})
-            raise PrunelabError(
+            raise _Inexact(
                 f"compacting {type(net).__name__} changed its outputs{' in train mode' if training else ''} by "
                 f"{found:.3g} (tolerance {tolerance:.3g}); {where}its forward code likely mixes or reorders "
                 "channels in a way the trace does not see: such models cannot be compacted"
