@@ -165,8 +165,8 @@ def peer(net, x, classes: int) -> dict:
     params = sum(p.numel() for p in net.parameters())
     heads = [
         m for m in net.modules()
-        if isinstance(m, torch.nn.Linear) and m.out_features == classes
-        or isinstance(m, torch.nn.Conv2d) and m.out_channels == classes
+        if (isinstance(m, torch.nn.Linear) and m.out_features == classes)
+        or (isinstance(m, torch.nn.Conv2d) and m.out_channels == classes)
     ]  # fmt: skip
     start = time.perf_counter()
     try:

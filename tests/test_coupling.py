@@ -548,7 +548,7 @@ def test_a_compacted_vit_counts_and_exports_to_onnx(tmp_path):
     x = torch.zeros(1, 3, 16, 16)
     mask, result = compact_checked(model, x)
     report = count(model, (3, 16, 16), mask, result.model)
-    dense, _, small = [row for row in report.summary_rows() if row[0] == "FLOPs"][0][1:]
+    dense, _, small = next(row for row in report.summary_rows() if row[0] == "FLOPs")[1:]
     assert 0 < small < 0.6 * dense  # half of every width and of the heads: about a third of the FLOPs
     path = export_onnx(result.model, tmp_path / "vit.onnx", (3, 16, 16))
     assert path.stat().st_size > 1000
