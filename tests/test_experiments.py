@@ -64,6 +64,18 @@ def test_pinned_hashes():
     assert tiny_spec().experiment_id() == "b9df66149c74"
 
 
+def test_coupled_structures_name_experiments_apart_from_the_per_layer_ones():
+    """l1-filter once pruned each layer's rows on their own; pruned by coupled groups now, it gives
+    other results: a new id, never mixed with stored ones. The trunk stays shared."""
+    base = tiny_spec(model="conv2", pruning=PruneSpec(method="l1-filter", rate=0.5))
+    per_layer = tiny_spec(
+        model="conv2", pruning=PruneSpec(method="l1-filter", structure="structured-output", rate=0.5)
+    )
+    assert base.identity()["coupling"] == 1 and "coupling" not in per_layer.identity()
+    assert base.experiment_id() != per_layer.experiment_id() and base.trunk_id() == per_layer.trunk_id()
+    assert "coupling" not in tiny_spec().identity()  # unstructured ids are as they were (pinned above)
+
+
 def test_defaults_seeds_device_and_label_do_not_enter_the_hash():
     base = tiny_spec()
     explicit = tiny_spec(
