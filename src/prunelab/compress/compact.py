@@ -85,7 +85,7 @@ def compact(
     example_input: torch.Tensor,
     *,
     exact: bool = True,
-    check_batch: int = 4,
+    check_batch: int = 2,
     seed: int = 0,
     groups: Groups | None = None,
 ) -> CompactResult:
@@ -107,8 +107,9 @@ def compact(
         groups = None
     found = groups if groups is not None else discover(net, example_input)
     generator = torch.Generator().manual_seed(seed)
-    probe = check_inputs(net, example_input, check_batch, generator)
-    seen = _reader_inputs(net, found, probe)
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if any(_partly_dead(g, mask) for g in found.prunable()):  # constants to measure, maybe to fold
+        seen = _reader_inputs(net, found, check_inputs(net, example_input, check_batch, generator))
     before = {name: (shape_attributes(m), _head_dim(m)) for name, m in net.named_modules()}
     layers = {name for name, m in net.named_modules() if isinstance(m, LAYER_TYPES)}
     removal = _Removal()
@@ -198,6 +199,18 @@ def _fully_masked(group: Group, mask) -> torch.Tensor:
         if m.tensor in mask:
             flags &= _per_unit(m, _position_masked(mask, m), group.count)
     return flags
+
+
+def _partly_dead(group: Group, mask) -> bool:
+    """Whether some unit's rows are all masked while something else of it is not: a constant that
+    a consumer still reads (unstructured and per-layer masks leave such units)."""
+    writers = [m for m in group.params() if "write" in m.roles and m.tensor.endswith("weight")]
+    if not writers:
+        return False
+    dead = torch.ones(group.count, dtype=torch.bool)
+    for m in writers:
+        dead &= _per_unit(m, _position_masked(mask, m), group.count)
+    return bool((dead & ~_fully_masked(group, mask)).any())
 
 
 def _removable(group: Group, mask, seen, exact: bool) -> tuple[torch.Tensor, int]:

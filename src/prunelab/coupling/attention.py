@@ -248,8 +248,50 @@ def _shift_mask(x: torch.Tensor, ph: int, pw: int, window: list[int], shift: lis
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
 
+class CompactRelativeAttention(nn.Module):
+    """torchvision MaxViT's ``RelativePositionalMultiHeadAttention`` (its output reshaped to the
+    input width there) with ``n_heads`` heads of ``head_dim`` channels, whatever the input width."""
+
+    def __init__(self, n_heads: int, head_dim: int, size: int, max_seq_len: int, scale_factor: float) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.size, self.max_seq_len, self.scale_factor = size, max_seq_len, scale_factor
+
+    @classmethod
+    def of(cls, old: nn.Module) -> CompactRelativeAttention:
+        heads = int(old.n_heads)
+        new = cls(heads, old.to_qkv.weight.shape[0] // (3 * max(heads, 1)), old.size, old.max_seq_len, old.scale_factor)
+        for name, child in old.named_children():
+            new.add_module(name, child)
+        for name, p in old.named_parameters(recurse=False):
+            new.register_parameter(name, p)
+        for name, b in old.named_buffers(recurse=False):
+            new.register_buffer(name, b, persistent=name not in old._non_persistent_buffers_set)
+        new.train(old.training)
+        return new
+
+    def plan(self) -> dict:
+        return {
+            "n_heads": self.n_heads, "head_dim": self.head_dim, "size": self.size,
+            "max_seq_len": self.max_seq_len, "scale_factor": self.scale_factor,
+        }  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, groups, positions, _ = x.shape
+        q, k, v = torch.chunk(self.to_qkv(x), 3, dim=-1)
+        shape = (batch, groups, positions, self.n_heads, self.head_dim)
+        q, k, v = (t.reshape(shape).permute(0, 1, 3, 2, 4) for t in (q, k, v))
+        scores = q @ (k * self.scale_factor).transpose(-2, -1)
+        index = self.relative_position_index.view(-1)
+        bias = self.relative_position_bias_table[index].view(self.max_seq_len, self.max_seq_len, -1)
+        scores = F.softmax(scores + bias.permute(2, 0, 1).contiguous().unsqueeze(0), dim=-1)
+        out = (scores @ v).permute(0, 1, 3, 2, 4).reshape(batch, groups, positions, self.n_heads * self.head_dim)
+        return self.merge(out)
+
+
 SWAPPED: dict[str, type[nn.Module]] = {
     "CompactMultiheadAttention": CompactMultiheadAttention,
     "CompactShiftedWindowAttention": CompactShiftedWindowAttention,
+    "CompactRelativeAttention": CompactRelativeAttention,
 }
 """The modules compaction may swap in, by class name (what an export plan records)."""

@@ -244,6 +244,7 @@ class Labels:
     def finish(self) -> None:
         """Run the deferred checks (their answer needs every union of the trace)."""
         owner = self.owner
+        space_groups = self.space_uf.find(torch.arange(len(self.spaces))) if self.spaces else torch.zeros(0)
         for origins, labels, record in self.size_checks:
             labels = labels[labels > 0]
             if not labels.numel():
@@ -251,7 +252,11 @@ class Labels:
             groups = {self.space_uf.find_one(int(owner[o])) for o in origins if o > 0}
             spaces = self.space_uf.find(owner[labels])
             bad = torch.tensor([int(s) not in groups for s in spaces.tolist()], dtype=torch.bool)
-            self.freeze(labels[bad], record.reason, record.where)
+            if bool(bad.any()):  # the code sizes these channels by others: neither may shrink alone
+                self.freeze(labels[bad], record.reason, record.where)
+                for group in groups:
+                    for space in (space_groups == group).nonzero().flatten().tolist():
+                        self.freeze(self.spaces[space].labels(), record.reason, record.where)
         self.size_checks.clear()
         for rows, record in self.fixed_checks:
             units = torch.where(rows > 0, self.unit.find(rows.clamp(min=0)), 0)

@@ -192,6 +192,13 @@ def _register_builtin() -> None:
             AttentionRule("qkv", "proj", per_head=per_head, swap=attention.CompactShiftedWindowAttention.of),
         )
     register_attention(
+        "torchvision.models.maxvit.RelativePositionalMultiHeadAttention",
+        AttentionRule(
+            "to_qkv", "merge", heads="n_heads", per_head=(("relative_position_bias_table", 1),),
+            swap=attention.CompactRelativeAttention.of,
+        ),
+    )
+    register_attention(
         "timm.layers.attention.Attention",
         AttentionRule("qkv", "proj", attributes={"attn_dim": lambda m, h, d: h * d}),
     )
