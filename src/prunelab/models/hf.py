@@ -1,4 +1,9 @@
-"""Transformer sequence classifiers (extra ``prunelab[nlp]``): ``hf:PATH_OR_NAME`` and ``bert-tiny``.
+"""Transformers (extra ``prunelab[nlp]``): ``hf:PATH_OR_NAME`` and ``bert-tiny``.
+
+``hf:`` names a sequence classifier (an encoder: BERT, RoBERTa, ...) or a causal language model (a
+decoder: GPT-2, OPT, Llama, Qwen2, Mistral; :mod:`prunelab.models.causal`), told apart by the
+folder's ``config.json``: the model's task (:attr:`HFSource.task`) is then classification or
+language modelling.
 
 A text model takes a batch of token ids, ``(N, max_length)`` right-padded with its tokenizer's pad
 id, and returns logits: :class:`TextClassifier` wraps a ``transformers`` model so, cutting each batch
@@ -15,6 +20,7 @@ and cached (:func:`prunelab.data.load_dataset`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -26,6 +32,8 @@ from torch import nn
 from prunelab.cache import cache_base
 from prunelab.errors import SpecError
 from prunelab.io import atomic_path
+from prunelab.models.causal import CausalLM, LMTokenizer, check_positions, linearise_conv1d
+from prunelab.models.decoder import LAYOUTS as DECODER_LAYOUTS
 from prunelab.models.registry import InputShape
 from prunelab.models.source import LibrarySource, ModelSource, register_source
 from prunelab.models.vision import import_transformers
@@ -90,11 +98,36 @@ class TextModelSource(ModelSource):
 
 @register_source("hf")
 class HFSource(LibrarySource, TextModelSource):
-    """A Hugging Face sequence classifier: ``hf:PATH`` (a save_pretrained folder) or ``hf:NAME`` (hub cache)."""
+    """A Hugging Face sequence classifier or causal LM: ``hf:PATH`` (a save_pretrained folder) or
+    ``hf:NAME`` (hub cache)."""
 
     prefix = "hf"
     usage = "hf:PATH_OR_NAME"
-    description = "a Hugging Face sequence classifier (save_pretrained folder or hub cache; pip install 'prunelab[nlp]')"
+    description = (
+        "a Hugging Face sequence classifier or causal language model (save_pretrained folder or hub "
+        "cache; pip install 'prunelab[nlp]')"
+    )
+
+    @functools.cached_property
+    def _base_config(self):
+        return self._config()
+
+    @property
+    def is_decoder(self) -> bool:
+        """A causal language model (a decoder layout), rather than a sequence classifier."""
+        return self._base_config.model_type in DECODER_LAYOUTS
+
+    @property
+    def task(self) -> str:  # type: ignore[override]
+        return "language-modelling" if self.is_decoder else "classification"
+
+    def vocab_size(self) -> int:
+        return int(self._base_config.vocab_size)
+
+    def max_positions(self) -> int | None:
+        """How many tokens the model reads at most (None where its config does not say)."""
+        value = getattr(self._base_config, "max_position_embeddings", None)
+        return None if value is None else int(value)
 
     def _config(self, num_classes: int | None = None):
         t = import_transformers()
@@ -108,16 +141,22 @@ class HFSource(LibrarySource, TextModelSource):
                 "folder written by save_pretrained (config.json, tokenizer files, weights), or run once online "
                 "so the hub cache ($HF_HOME/hub) holds it"
             ) from None
-        if config.model_type not in SUPPORTED_TYPES:
+        if config.model_type not in SUPPORTED_TYPES and config.model_type not in DECODER_LAYOUTS:
             raise SpecError(
                 f"model {self.text!r} is a {config.model_type!r} model; prunelab supports the encoder layouts of "
-                f"{', '.join(SUPPORTED_TYPES)}"
+                f"{', '.join(SUPPORTED_TYPES)} (sequence classifiers) and the decoder layouts of "
+                f"{', '.join(DECODER_LAYOUTS)} (causal language models)"
             )
         return config
 
     def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
         max_length = input_shape[0]
         t = import_transformers()
+        if self.is_decoder:
+            config = self._base_config
+            check_positions(self.max_positions(), max_length, repr(self.text))
+            model = t.AutoModelForCausalLM.from_config(config)
+            return CausalLM(model, linearise_conv1d(model))
         config = self._config(num_classes)
         if getattr(config, "max_position_embeddings", max_length) < max_length:
             raise SpecError(
@@ -126,10 +165,13 @@ class HFSource(LibrarySource, TextModelSource):
         model = t.AutoModelForSequenceClassification.from_config(config)
         return TextClassifier(model, self.tokenizer(data).pad_id)
 
-    def tokenizer(self, data: str | None) -> HFTokenizer:
+    def tokenizer(self, data: str | None) -> HFTokenizer | LMTokenizer:
         t = import_transformers()
         try:
-            return HFTokenizer(t.AutoTokenizer.from_pretrained(self.name), self.text)
+            tokenizer = t.AutoTokenizer.from_pretrained(self.name)
+            if self.is_decoder:
+                return LMTokenizer(tokenizer, self.text)
+            return HFTokenizer(tokenizer, self.text)
         except (OSError, ValueError) as exc:
             raise SpecError(
                 f"model {self.text!r}: no tokenizer found ({str(exc).splitlines()[0][:200]})"
@@ -139,12 +181,15 @@ class HFSource(LibrarySource, TextModelSource):
         if name != "DEFAULT":
             raise SpecError(f"hf models have one set of weights, hf:DEFAULT (the folder's own), not {name!r}")
         t = import_transformers()
+        auto = t.AutoModelForCausalLM if self.is_decoder else t.AutoModelForSequenceClassification
         try:
-            model = t.AutoModelForSequenceClassification.from_pretrained(self.name)
+            model = auto.from_pretrained(self.name)
         except (OSError, ValueError) as exc:
             raise SpecError(
                 f"model {self.text!r}: its weights cannot be loaded ({str(exc).splitlines()[0][:200]})"
             ) from None
+        if self.is_decoder:
+            linearise_conv1d(model)
         state = {f"model.{k}": v for k, v in model.state_dict().items()}
         return state, None, f"of {self.text}"
 

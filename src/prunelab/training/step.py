@@ -90,7 +90,7 @@ class RunningTotals:
     def take(self) -> tuple[float, float, int]:
         if not self._losses:
             return 0.0, 0.0, 0
-        sizes = torch.tensor([len(t) for t in self._targets], dtype=torch.float64)
+        sizes = torch.tensor([t.numel() for t in self._targets], dtype=torch.float64)  # tokens for an LM
         loss_sum = float(torch.stack(self._losses).double().cpu() @ sizes)
         correct = float((torch.cat(self._outputs).argmax(1) == torch.cat(self._targets)).sum())
         self.__init__()
