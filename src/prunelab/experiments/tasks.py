@@ -29,6 +29,7 @@ DEFAULT_SEQUENCE_LENGTH = 2048
 class Task:
     """How a model's data is read and its levels judged."""
 
+    name: ClassVar[str] = ""
     metric: ClassVar[str] = "test_acc"
     """The headline metric (a :meth:`~prunelab.experiments.store.LevelMetrics.value` name)."""
     metric_name: ClassVar[str] = "test accuracy"
@@ -36,6 +37,13 @@ class Task:
     trains_dense: ClassVar[bool] = True
     """Whether an experiment's dense level trains; otherwise it evaluates the given weights (one-shot
     pruning of a trained model) and only the pruned levels train, for ``train``'s length."""
+    compacts: ClassVar[bool] = True
+    """Whether ``export``, ``count`` and ``bench`` remove pruned units physically; otherwise
+    :meth:`export` writes the model as its library saves it, pruned weights at zero."""
+
+    def export(self, loaded, out: Path, *, force: bool, protect) -> Path:
+        """Write a level for a task that does not compact (see :attr:`compacts`)."""
+        raise NotImplementedError
 
     def data_info(self, spec: TrunkSpec) -> DatasetInfo:
         raise NotImplementedError
@@ -53,6 +61,8 @@ TASKS: Registry[Task] = Registry("task")
 
 class Classification(Task):
     """Labelled examples (images or text), the classes of the data; test accuracy."""
+
+    name = "classification"
 
     def data_info(self, spec: TrunkSpec) -> DatasetInfo:
         loader = resolve_dataset(spec.data)
@@ -82,10 +92,18 @@ class LanguageModelling(Task):
     default: the dense level evaluates the given weights, each level prunes the previous level's
     weights (``--treatment finetune``) and trains ``--iterations`` (0: none) before it is evaluated."""
 
+    name = "language-modelling"
     metric = "test_ppl"
     metric_name = "test perplexity"
     higher_is_better = False
     trains_dense = False
+    compacts = False
+
+    def export(self, loaded, out: Path, *, force: bool, protect) -> Path:
+        """A save_pretrained folder with the zeros, the masks beside it (:mod:`prunelab.compress.lm_export`)."""
+        from prunelab.compress.lm_export import export_language_model
+
+        return export_language_model(loaded, out, force=force, protect=protect)
 
     def sequence_length(self, spec: TrunkSpec) -> int:
         """``--sequence-length``, else the model's positions up to :data:`DEFAULT_SEQUENCE_LENGTH`."""
