@@ -220,6 +220,7 @@ class ExperimentRunner:
         finished = self._finished()
         if finished is not None:
             return finished
+        _ = self.data  # bad data (an empty or undecodable text) is refused before anything is written
         result = ExperimentResult(self.spec, self.directory)
         with locked(self.directory):
             remove_orphans(self.directory, recursive=False)
