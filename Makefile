@@ -40,6 +40,9 @@ bench: $(EXTRAS)
 	$(PY) bench/reconstruct.py
 	$(PY) bench/sweep_speed.py
 	$(PY) bench/early_bird.py
+	# lm_prune.py's corpus: Debian's fortunes (English quotations, jokes, poems), where apt-get can install it
+	[ -d /usr/share/games/fortunes ] || (apt-get update -qq && apt-get install -y -qq fortunes) >/dev/null 2>&1 || true
+	$(PY) bench/lm_prune.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

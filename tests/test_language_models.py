@@ -394,3 +394,31 @@ def test_bad_text_and_model_types_are_named(cli, folders, tmp_path):
         assert re.search(message, " ".join(err.split())), err
         assert sum(line.startswith("error") for line in err.splitlines()) == 1 and "Traceback" not in err
     assert not (root / "experiments").exists() or not any((root / "experiments").iterdir())
+
+
+def test_owl_gives_each_block_one_rate_around_the_target(folders):
+    spec = lm_spec(folders, "llama", layer_rates="owl", target_sparsity=0.6, exclude=("model.lm_head",))
+    model = spec.build_model(0).eval()
+    data = spec.load_data()
+    mask = prune(model, None, spec.pruning, context=PruneContext(batches=((data.train.x[:8], None),)))
+    by_block: dict[str, set] = {}
+    for name, keep in mask.items():
+        if name != "model.lm_head.weight":
+            block = name.split(".layers.")[1].split(".")[0]
+            by_block.setdefault(block, set()).add(round(1 - float(keep.float().mean()), 2))
+    sparsities = [s.pop() for s in by_block.values() if len(s) == 1]
+    assert len(sparsities) == 2 and all(0.52 - 1e-9 <= s <= 0.68 + 1e-9 for s in sparsities), by_block
+    assert sum(sparsities) / 2 == pytest.approx(0.6, abs=0.01) and max(sparsities) - min(sparsities) > 0.01
+    assert mask["model.lm_head.weight"].all()
+
+
+def test_jsonl_text_column_serves_a_language_model_without_labels(folders, tmp_path):
+    rows = [{"text": s, "split": "test" if i % 10 == 0 else "train"} for i, s in enumerate(sentences(600, 1))]
+    path = tmp_path / "lm.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    spec = build_spec(
+        ExperimentSpec, model=f"hf:{folders / 'gpt2'}", data=f"jsonl:{path}", sequence_length=16,
+    )  # fmt: skip
+    data = spec.load_data()
+    assert data.train.x.shape[1] == 16 and data.test.y.shape[1] == 15
+    assert len(data.test) < len(data.train) and len(data.val) > 0  # val: the end of the training text

@@ -95,7 +95,7 @@ def _help(info, ref: RegistryRef | None, literal: tuple | None) -> str:
     text = (info.description or "").rstrip(".")
     text = text[:1].upper() + text[1:]
     if ref is not None:
-        names = ", ".join(ref.get().names())
+        names = ", ".join([*ref.get().names(), *(usage for usage, _ in ref.get().forms())])
         forms = f"; or {', '.join(ref.forms())}" if ref.forms else ""
         see = f" (see `{ref.listing}`)" if ref.listing else ""
         text += f". One of: {names}{forms}{see}"

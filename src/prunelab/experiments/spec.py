@@ -24,7 +24,7 @@ from prunelab.errors import PrunelabError, SpecError
 from prunelab.models import INITS, MODELS, build_model, resolve_model, source_forms
 from prunelab.models.build import MAX_IMAGE_SIZE
 from prunelab.models.weights import file_hash, parse_weights
-from prunelab.pruning import CRITERIA, PruneSpec
+from prunelab.pruning import CRITERIA, STRUCTURES, PruneSpec
 from prunelab.spec import Flag, FrozenSpec, Text, build_spec, registered, resolved
 from prunelab.training import TrainConfig
 from prunelab.training.config import Duration
@@ -272,6 +272,13 @@ class ExperimentSpec(TrunkSpec):
         for name in self.treatment.non_default():
             if name != "kind" and name not in treatment.uses:
                 out.append(f"treatment.{name} is not read by treatment {self.treatment.kind!r}")
+        given = self.pruning.non_default()
+        structure = STRUCTURES.get(self.pruning.structure_name())
+        if not getattr(structure, "reads_rate", True):
+            out += [f"pruning.{k} is not read with structure {self.pruning.structure_name()!r}, which sets the "
+                    "sparsity itself (N of every M)" for k in ("rate", "target_sparsity") if k in given]  # fmt: skip
+        if self.sequence_length is not None and self.task.name != "language-modelling":
+            out.append("sequence_length is read by language models only")
         criterion = self.pruning.criterion_name()
         for name, value in self.pruning.non_default().items():
             if isinstance(value, dict) and name in CRITERIA and name != criterion:

@@ -94,20 +94,40 @@ def _eval(model: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-@contextlib.contextmanager
-def _input_hooks(modules: Mapping[str, nn.Module], stats: Mapping[str, LayerStats]) -> Iterator[None]:
-    def make(name: str):
+class _InputHooks:
+    """Hooks handing each layer's inputs to its statistics. Layers that read the very same tensor
+    (a block's query, key and value projections) share one statistics object, accumulated once:
+    the sharing is found on the first batch and kept for the others."""
+
+    def __init__(self, modules: Mapping[str, nn.Module], stats: dict[str, LayerStats]) -> None:
+        self.stats = stats
+        self.shared: dict[str, str] = {}  # layer -> the layer whose statistics it shares
+        self.batch: dict[tuple, str] = {}  # (data pointer, shape) -> the layer that added it, this batch
+        self.first = True
+        self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in modules.items()]
+
+    def next_batch(self) -> None:
+        self.first = False
+        self.batch.clear()
+
+    def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
+            if name in self.shared:
+                return
             x = args[0]
-            stats[name].add(x.reshape(-1, x.shape[-1]))
+            key = (x.data_ptr(), tuple(x.shape), x.dtype)
+            owner = self.batch.get(key)
+            if self.first and owner is not None and type(self.stats[owner]) is type(self.stats[name]):
+                self.shared[name] = owner
+                self.stats[name] = self.stats[owner]
+                return
+            self.batch[key] = name
+            self.stats[name].add(x.reshape(-1, x.shape[-1]))
 
         return hook
 
-    handles = [m.register_forward_pre_hook(make(n)) for n, m in modules.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
+    def remove(self) -> None:
+        for h in self.handles:
             h.remove()
 
 
@@ -170,10 +190,14 @@ def calibrate_blocks(
             with _bar(progress, f"{what}: block {i + 1}/{len(blocks)}") as update:
                 if members:
                     seen = {name: stats(name, module) for name, module in members.items()}
-                    with _input_hooks(members, seen):
+                    hooks = _InputHooks(members, seen)
+                    try:
                         for j in range(n):
                             block(hidden[j], *inputs.args[j], **inputs.kwargs[j])
+                            hooks.next_batch()
                             update(j + 1, 2 * n)
+                    finally:
+                        hooks.remove()
                     new = prune_stage(block_name, seen)
                 else:
                     new = {}
@@ -215,7 +239,7 @@ class BlockwiseCriterion(Criterion):
 
     needs = frozenset({"batches"})
     calibration = "calibration_sequences"
-    requires = "a decoder language model (hf: GPT-2, OPT, Llama, Qwen2, Mistral)"
+    requires = "a causal LM (GPT-2, OPT, Llama)"
     updates_weights: ClassVar[bool] = False
     name: ClassVar[str] = ""
 

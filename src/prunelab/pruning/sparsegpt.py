@@ -164,4 +164,4 @@ class SparseGPT(BlockwiseCriterion):
         return result.keep, result.weight
 
 
-METHODS.add("sparsegpt", Method("sparsegpt", "OBS updates from the calibration Hessian, block by block (Frantar & Alistarh 2023)"))
+METHODS.add("sparsegpt", Method("sparsegpt", "OBS from the calibration Hessian (Frantar & Alistarh 2023)"))
