@@ -29,7 +29,7 @@ from prunelab.data.text import FINGERPRINT_CHARS, TextSource, _decode, _read_byt
 from prunelab.errors import CheckpointError, DataError, OutputError
 from prunelab.io import load_tensors, save_tensors
 
-__all__ = ["TEST_SHARE", "VAL_SHARE", "Corpus", "TextCorpus", "corpus_streams", "load_lm_dataset", "windows"]
+__all__ = ["TEST_SHARE", "VAL_SHARE", "Corpus", "TextCorpus", "corpus_streams", "how_to_get", "load_lm_dataset", "windows"]
 
 #: Shares of a single stream's tokens held out for testing (its end) and validation (before it).
 TEST_SHARE, VAL_SHARE = 0.1, 0.05
@@ -48,6 +48,11 @@ class Corpus:
     test: list[str] | None
     val: list[str] | None
     source: str
+
+
+def how_to_get(loader) -> str:
+    """What a text loader needs, without reading its texts (a source's ``info`` parses its labels)."""
+    return loader.how_to_get() if isinstance(loader, TextSource) else loader.info.how_to_get
 
 
 def windows(stream: torch.Tensor, length: int) -> torch.Tensor:
@@ -140,7 +145,7 @@ def load_lm_dataset(
             f"language-model text {name}: windows of {sequence_length} tokens, "
             + ", ".join(f"{len(streams[p]):,} {p} tokens" for p in SPLITS)
         ),
-        how_to_get=loader.how_to_get() if isinstance(loader, TextSource) else loader.info.how_to_get,
+        how_to_get=how_to_get(loader),
     )
     return Dataset(info, splits["train"], splits["val"], splits["test"], source=str(getattr(loader, "path", name)))
 

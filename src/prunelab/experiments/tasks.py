@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prunelab.data import Dataset, DatasetInfo, load_dataset, load_lm_dataset, resolve_dataset
+from prunelab.data.corpus import how_to_get
 from prunelab.errors import SpecError
 from prunelab.models import input_stats, resolve_model
 from prunelab.models.causal import check_positions
@@ -131,7 +132,7 @@ class LanguageModelling(Task):
             augment=False,
             default_val_size=0,
             description=f"{spec.data} as windows of {length} tokens for {spec.model}",
-            how_to_get=loader.info.how_to_get,
+            how_to_get=how_to_get(loader),
         )
 
     def load_data(self, spec: TrunkSpec, data_dir: str | Path | None = None) -> Dataset:

@@ -96,13 +96,14 @@ def _eval(model: nn.Module) -> Iterator[None]:
 
 class _InputHooks:
     """Hooks handing each layer's inputs to its statistics. Layers that read the very same tensor
-    (a block's query, key and value projections) share one statistics object, accumulated once:
-    the sharing is found on the first batch and kept for the others."""
+    object (a block's query, key and value projections) share one statistics object, accumulated
+    once: the sharing is found on the first batch and kept for the others."""
 
     def __init__(self, modules: Mapping[str, nn.Module], stats: dict[str, LayerStats]) -> None:
         self.stats = stats
         self.shared: dict[str, str] = {}  # layer -> the layer whose statistics it shares
-        self.batch: dict[tuple, str] = {}  # (data pointer, shape) -> the layer that added it, this batch
+        # id -> (the tensor, kept alive so that no other takes its id, and the layer that added it)
+        self.batch: dict[int, tuple[torch.Tensor, str]] = {}
         self.first = True
         self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in modules.items()]
 
@@ -115,13 +116,13 @@ class _InputHooks:
             if name in self.shared:
                 return
             x = args[0]
-            key = (x.data_ptr(), tuple(x.shape), x.dtype)
-            owner = self.batch.get(key)
+            seen = self.batch.get(id(x))
+            owner = seen[1] if seen is not None and seen[0] is x else None
             if self.first and owner is not None and type(self.stats[owner]) is type(self.stats[name]):
                 self.shared[name] = owner
                 self.stats[name] = self.stats[owner]
                 return
-            self.batch[key] = name
+            self.batch[id(x)] = (x, name)
             self.stats[name].add(x.reshape(-1, x.shape[-1]))
 
         return hook
