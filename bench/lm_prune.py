@@ -82,14 +82,19 @@ def tokenizer(text: str, vocab: int):
         show_progress=False,
     )  # fmt: skip
     tok.train_from_iterator(text.split("\n\n"), trainer)
-    return t.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    return t.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
 
 
 def trained_model(args: argparse.Namespace, corpus: Path, work: Path) -> tuple[Path, float]:
     """A save_pretrained folder of the GPT-2-shaped model trained on ``corpus`` (reused when the same
     settings trained it before), and its training time in seconds."""
     t = import_transformers()
-    settings = {k: getattr(args, k) for k in ("layers", "width", "heads", "vocab", "tokens", "batch", "iterations", "lr")}
+    settings = {
+        k: getattr(args, k)
+        for k in ("layers", "width", "heads", "vocab", "tokens", "batch", "iterations", "lr")
+    }
     settings["corpus"] = str(corpus)
     settings["corpus_bytes"] = corpus.stat().st_size
     folder = work / "trained"
@@ -113,7 +118,12 @@ def trained_model(args: argparse.Namespace, corpus: Path, work: Path) -> tuple[P
                           eval_every=f"{max(1, args.iterations // 4)}it"),
     )  # fmt: skip
     start = time.perf_counter()
-    done = train_once(spec, seed=0)
+
+    def progress(done: int, total: int) -> None:
+        if done % max(1, total // 10) == 0:
+            print(f"  training: iteration {done} of {total}, {time.perf_counter() - start:.0f} s", flush=True)
+
+    done = train_once(spec, seed=0, on_progress=progress)
     seconds = time.perf_counter() - start
     model = done.trainer.model
     assert isinstance(model, CausalLM)
@@ -130,7 +140,12 @@ def prune_all(args: argparse.Namespace, corpus: Path, folder: Path, root: Path) 
     results, runs = {}, {}
     for label, structure in STRUCTURES.items():
         for method in METHODS:
-            pruning = {"method": method, "target_sparsity": 0.5, "rounds": 1, "calibration_sequences": args.calibration}
+            pruning = {
+                "method": method,
+                "target_sparsity": 0.5,
+                "rounds": 1,
+                "calibration_sequences": args.calibration,
+            }
             if structure is not None:
                 pruning["structure"] = structure
             spec = build_spec(
@@ -170,7 +185,9 @@ def opt_cost(args: argparse.Namespace) -> list[tuple[str, float, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=None, help="a UTF-8 text file (default: Debian's fortunes)")
+    parser.add_argument(
+        "--corpus", type=Path, default=None, help="a UTF-8 text file (default: Debian's fortunes)"
+    )
     parser.add_argument("--work", type=Path, default=None, help="folder for the corpus, models and runs")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
@@ -211,7 +228,10 @@ def main() -> None:
         for label in STRUCTURES:
             rows = compare_masks(found["runs"][(a, label)].mask(0, 1), found["runs"][(b, label)].mask(0, 1))
             values.append(rows[-1]["jaccard"])
-        print(f"{a + ' vs ' + b:<24}" + "".join(f"{label}: {v:.3f}   " for label, v in zip(STRUCTURES, values, strict=True)))
+        print(
+            f"{a + ' vs ' + b:<24}"
+            + "".join(f"{label}: {v:.3f}   " for label, v in zip(STRUCTURES, values, strict=True))
+        )
     if not args.skip_opt:
         print(
             f"\npruning an OPT-125m-shaped model ({args.opt_layers} layers, width {args.opt_width}) to 50% on "
@@ -219,7 +239,9 @@ def main() -> None:
         )
         for method, secs, gib in opt_cost(args):
             goal = 300 if method == "sparsegpt" else 60
-            print(f"{method:<10} {secs:8.1f} s  peak resident {gib:.2f} GiB   goal <= {goal} s (at 2 threads)")
+            print(
+                f"{method:<10} {secs:8.1f} s  peak resident {gib:.2f} GiB   goal <= {goal} s (at 2 threads)"
+            )
 
 
 if __name__ == "__main__":

@@ -28,22 +28,49 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-WORDS = (
-    "the a cat dog bird sat ran flew on under over mat park tree and while sang slept green blue small "
-    "big old young quickly slowly"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "bird",
+    "sat",
+    "ran",
+    "flew",
+    "on",
+    "under",
+    "over",
+    "mat",
+    "park",
+    "tree",
+    "and",
+    "while",
+    "sang",
+    "slept",
+    "green",
+    "blue",
+    "small",
+    "big",
+    "old",
+    "young",
+    "quickly",
+    "slowly",
+]
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "." for _ in range(n)]
+    return [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + "." for _ in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """A text file, and tiny GPT-2 and Llama save_pretrained folders with a BPE tokenizer trained on it."""
-    from prunelab.models.vision import import_transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from prunelab.models.vision import import_transformers
 
     t = import_transformers()
     base = tmp_path_factory.mktemp("lm")
@@ -61,7 +88,9 @@ def folders(tmp_path_factory):
     vocab = len(fast)
     torch.manual_seed(0)
     gpt = t.GPT2LMHeadModel(
-        t.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+        t.GPT2Config(
+            vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+        )
     )
     llama = t.LlamaForCausalLM(
         t.LlamaConfig(
@@ -113,7 +142,9 @@ def test_sparsegpt_updates_equal_brute_force_obs_and_its_loss_is_the_reconstruct
     assert bool((result.weight[prune_mask] == 0).all()) and torch.equal(result.keep, ~prune_mask)
     delta = result.weight - w  # the predicted loss is 1/2 dW H dW^T per row (with the damped H)
     torch.testing.assert_close(result.losses, 0.5 * ((delta @ damped) * delta).sum(1), rtol=1e-9, atol=1e-10)
-    assert float(0.5 * ((delta @ h) * delta).sum()) < float(0.5 * ((w * prune_mask) @ h * (w * prune_mask)).sum())
+    assert float(0.5 * ((delta @ h) * delta).sum()) < float(
+        0.5 * ((w * prune_mask) @ h * (w * prune_mask)).sum()
+    )
 
 
 def test_sparsegpt_chooses_exact_counts_per_column_block_and_exact_nm():
@@ -160,7 +191,9 @@ def test_nm_masks_hold_exactly_n_zeros_in_every_group_of_m_for_any_criterion(for
     net(torch.zeros(1, 8, 6, 6))
     n, m = map(int, form.split(":"))
     for method in ("magnitude", "random"):
-        mask = prune(net, None, fraction=0.2, method=method, structure=form, generator=torch.Generator().manual_seed(0))
+        mask = prune(
+            net, None, fraction=0.2, method=method, structure=form, generator=torch.Generator().manual_seed(0)
+        )
         conv = mask["0.weight"].movedim(1, -1).reshape(-1, m)  # along input channels at each kernel position
         linear = mask["3.weight"].reshape(-1, m)
         for groups in (conv, linear):
@@ -254,7 +287,7 @@ def test_block_by_block_calibration_equals_whole_model_passes(folders):
             stages.append({decoder.head(): net.get_submodule(decoder.head())})
         for linears in stages:
             norms = {n: SquaredNorms(m.in_features, torch.device("cpu")) for n, m in linears.items()}
-            hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: norms[n].add(a[0].reshape(-1, a[0].shape[-1])))
+            hooks = [m.register_forward_pre_hook(lambda mod, a, s=norms[n]: s.add(a[0].reshape(-1, a[0].shape[-1])))
                      for n, m in linears.items()]  # fmt: skip
             with torch.no_grad():
                 for x, _ in batches:
@@ -279,7 +312,9 @@ def test_calibration_leaves_the_model_as_it_was(folders):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = spec.load_data()
     updates: dict = {}
-    mask = prune(model, None, spec.pruning, context=PruneContext(batches=((data.train.x[:8], None),), updates=updates))
+    mask = prune(
+        model, None, spec.pruning, context=PruneContext(batches=((data.train.x[:8], None),), updates=updates)
+    )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert set(updates) == set(mask.names())  # every block's layers and the untied head, refitted
     for name, weight in updates.items():
@@ -301,7 +336,9 @@ def test_a_one_shot_experiment_evaluates_then_prunes_and_sparsegpt_refits(folder
     data = spec.load_data()
     loss, _ = evaluate(level.model, data.test)
     assert math.exp(loss) == pytest.approx(pruned.value("test_ppl"), rel=1e-5)
-    plain = build_model(spec.model, num_classes=data.info.num_classes, input_shape=(16,), weights="hf:DEFAULT")
+    plain = build_model(
+        spec.model, num_classes=data.info.num_classes, input_shape=(16,), weights="hf:DEFAULT"
+    )
     name = "model.transformer.h.0.mlp.c_fc.weight"
     kept = level.mask[name]
     assert not torch.allclose(level.model.state_dict()[name][kept], plain.state_dict()[name][kept])
@@ -312,7 +349,11 @@ def test_lm_cli_run_show_report_export_and_transformers_loads_it(cli, folders, t
     common = ["--weights", "hf:DEFAULT", "--data", f"text:{folders / 'corpus.txt'}", "--sequence-length", 16,
               "--calibration-sequences", 8, "--rounds", 1, "--root", root, "--no-progress", "--threads", 1]  # fmt: skip
     ids = []
-    for kind, method, structure in (("gpt2", "sparsegpt", "2:4"), ("llama", "wanda", "per-row"), ("gpt2", "wanda", "2:4")):
+    for kind, method, structure in (
+        ("gpt2", "sparsegpt", "2:4"),
+        ("llama", "wanda", "per-row"),
+        ("gpt2", "wanda", "2:4"),
+    ):
         code, out, err = cli("run", "--model", f"hf:{folders / kind}", "--method", method, "--structure", structure,
                              "--target-sparsity", 0.5, *common)  # fmt: skip
         assert code == 0, err
@@ -324,7 +365,9 @@ def test_lm_cli_run_show_report_export_and_transformers_loads_it(cli, folders, t
     assert code == 0 and "test perplexity per pruning level" in out, err
     code, out, err = cli("similarity", ids[0], ids[2], "--root", root)
     assert code == 0 and "overall" in out, err
-    code, out, err = cli("report", ids[0], ids[2], "--root", root, "-o", tmp_path / "report", "--no-ensembles")
+    code, out, err = cli(
+        "report", ids[0], ids[2], "--root", root, "-o", tmp_path / "report", "--no-ensembles"
+    )
     assert code == 0, err
     page = (tmp_path / "report" / "report.html").read_text()
     assert "test perplexity per pruning level" in page and "Density of each pruned layer" in page
@@ -338,7 +381,9 @@ def test_lm_cli_run_show_report_export_and_transformers_loads_it(cli, folders, t
         back = transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()
         x = level.spec.load_data().test.x[:4]
         with torch.no_grad():
-            torch.testing.assert_close(back(input_ids=x).logits[:, :-1].transpose(1, 2), level.model.eval()(x))
+            torch.testing.assert_close(
+                back(input_ids=x).logits[:, :-1].transpose(1, 2), level.model.eval()(x)
+            )
         from safetensors.torch import load_file
 
         masks = load_file(out_dir / "masks.safetensors")
@@ -352,8 +397,14 @@ def test_lm_cli_run_show_report_export_and_transformers_loads_it(cli, folders, t
     "args, message",
     [
         (["--sequence-length", 128], r"sequence length 128 is beyond the 64 positions of model"),
-        (["--calibration-sequences", 5000], r"calibration_sequences=5000 windows of 16 tokens .* is more than"),
-        (["--structure", "2:3"], r"structure '2:3' cuts each row of .* into groups of 3 inputs, but it has 32"),
+        (
+            ["--calibration-sequences", 5000],
+            r"calibration_sequences=5000 windows of 16 tokens .* is more than",
+        ),
+        (
+            ["--structure", "2:3"],
+            r"structure '2:3' cuts each row of .* into groups of 3 inputs, but it has 32",
+        ),
         (["--method", "sparsegpt", "--structure", "per-row"], r"cannot prune with structure 'per-row'"),
     ],
 )
@@ -380,11 +431,17 @@ def test_bad_text_and_model_types_are_named(cli, folders, tmp_path):
     empty.write_text("  \n")
     latin.write_bytes("caf\xe9 au lait".encode("latin-1"))
     neo = tmp_path / "neo"
-    transformers.GPTNeoConfig(num_layers=1, hidden_size=16, num_heads=2, attention_types=[[["global"], 1]]).save_pretrained(neo)
+    transformers.GPTNeoConfig(
+        num_layers=1, hidden_size=16, num_heads=2, attention_types=[[["global"], 1]]
+    ).save_pretrained(neo)
     cases = [
         (f"hf:{folders / 'gpt2'}", f"text:{empty}", r"empty.txt is empty"),
         (f"hf:{folders / 'gpt2'}", f"text:{latin}", r"latin.txt is not UTF-8 text"),
-        (f"hf:{neo}", f"text:{folders / 'corpus.txt'}", r"'gpt_neo' model; .* decoder layouts of gpt2, opt, llama"),
+        (
+            f"hf:{neo}",
+            f"text:{folders / 'corpus.txt'}",
+            r"'gpt_neo' model; .* decoder layouts of gpt2, opt, llama",
+        ),
         ("lenet5", f"text:{folders / 'corpus.txt'}", r"running text without labels"),
     ]
     for model, data, message in cases:

@@ -358,7 +358,10 @@ def test_every_combination(method: str, scope: str, structure: str | None) -> No
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # model untouched
     if grouped:
         for n in mask:
-            before, after = start[n].reshape(start[n].shape[0], -1).sum(1), mask[n].reshape(start[n].shape[0], -1).sum(1)
+            before, after = (
+                start[n].reshape(start[n].shape[0], -1).sum(1),
+                mask[n].reshape(start[n].shape[0], -1).sum(1),
+            )
             assert after.tolist() == [b - round(0.3 * b) for b in before.tolist()], n
             assert not (mask[n] & ~start[n]).any()
         return

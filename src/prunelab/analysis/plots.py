@@ -202,7 +202,9 @@ def plot_layer_density(exps: Sequence[StoredExperiment], names: Sequence[str]) -
         layers = list(last.layer_density)
         labels = labels or layers
         xs = [labels.index(n) + k * width for n in layers if n in labels]
-        ax.bar(xs, [last.layer_density[n] for n in layers if n in labels], width, color=style.color, label=name)
+        ax.bar(
+            xs, [last.layer_density[n] for n in layers if n in labels], width, color=style.color, label=name
+        )
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
     ax.set_xticklabels([n.removesuffix(".weight") for n in labels], rotation=90, fontsize=6)
     ax.set_ylabel("density (weights kept)")

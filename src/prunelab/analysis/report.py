@@ -494,7 +494,7 @@ class _Report:
         from prunelab.models import resolve_model
 
         for name, exp in self.pairs:
-            if not resolve_model(exp.spec.model).is_text or not exp.spec.task.name == "classification":
+            if not resolve_model(exp.spec.model).is_text or exp.spec.task.name != "classification":
                 continue
             level = load_level(exp, seed=seeds_of(exp)[0])
             importance, used = level_head_importance(level, data_dir=data_dir)

@@ -124,7 +124,16 @@ def compare(
     choices = ("accuracy", "learning", "layers", "params", "winning", "all")
     if table not in choices:
         raise PrunelabError(f"--table {table!r}: choose one of {', '.join(choices)}")
-    metrics = ("test_acc", "val_acc", "train_acc", "test_loss", "val_loss", "train_loss", "test_ppl", "val_ppl")
+    metrics = (
+        "test_acc",
+        "val_acc",
+        "train_acc",
+        "test_loss",
+        "val_loss",
+        "train_loss",
+        "test_ppl",
+        "val_ppl",
+    )
     if metric is not None and metric not in metrics:
         raise PrunelabError(f"unknown metric {metric!r}; choose one of {', '.join(metrics)}")
     exps = resolve_all(runs, root)

@@ -63,7 +63,9 @@ def layer_patterns(mask: Mask) -> list[dict]:
     return rows
 
 
-def export_language_model(loaded, directory: str | Path, *, force: bool = False, protect: Sequence[Path] = ()) -> Path:
+def export_language_model(
+    loaded, directory: str | Path, *, force: bool = False, protect: Sequence[Path] = ()
+) -> Path:
     """Write ``loaded`` (a :class:`~prunelab.experiments.LoadedLevel` of a causal LM) as a
     save_pretrained folder with ``masks.safetensors`` and ``prunelab.json`` (see the module docstring)."""
     from prunelab.models import resolve_model
@@ -111,4 +113,6 @@ def _check_loads_back(t, lm: CausalLM, folder: Path, input_shape) -> None:
     finally:
         lm.train(was)
     if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5):
-        raise PrunelabError("the save_pretrained folder does not reproduce the pruned model's logits; nothing was written")
+        raise PrunelabError(
+            "the save_pretrained folder does not reproduce the pruned model's logits; nothing was written"
+        )

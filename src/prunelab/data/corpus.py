@@ -29,7 +29,16 @@ from prunelab.data.text import FINGERPRINT_CHARS, TextSource, _decode, _read_byt
 from prunelab.errors import CheckpointError, DataError, OutputError
 from prunelab.io import load_tensors, save_tensors
 
-__all__ = ["TEST_SHARE", "VAL_SHARE", "Corpus", "TextCorpus", "corpus_streams", "how_to_get", "load_lm_dataset", "windows"]
+__all__ = [
+    "TEST_SHARE",
+    "VAL_SHARE",
+    "Corpus",
+    "TextCorpus",
+    "corpus_streams",
+    "how_to_get",
+    "load_lm_dataset",
+    "windows",
+]
 
 #: Shares of a single stream's tokens held out for testing (its end) and validation (before it).
 TEST_SHARE, VAL_SHARE = 0.1, 0.05
@@ -100,7 +109,9 @@ def corpus_streams(loader, tokenizer, data_dir: Path | None = None) -> dict[str,
             train, val = _split_end(train, VAL_SHARE)
     streams = {"train": train, "val": val, "test": test}
     try:
-        save_tensors(path, streams, metadata={"source": corpus.source, "tokenizer": str(tokenizer.fingerprint())})
+        save_tensors(
+            path, streams, metadata={"source": corpus.source, "tokenizer": str(tokenizer.fingerprint())}
+        )
     except OutputError as exc:
         warnings.warn(f"token ids of {corpus.source} not cached: {exc}", stacklevel=2)
     return streams
@@ -147,12 +158,18 @@ def load_lm_dataset(
         ),
         how_to_get=how_to_get(loader),
     )
-    return Dataset(info, splits["train"], splits["val"], splits["test"], source=str(getattr(loader, "path", name)))
+    return Dataset(
+        info, splits["train"], splits["val"], splits["test"], source=str(getattr(loader, "path", name))
+    )
 
 
 # --- text:PATH ------------------------------------------------------------------------------------
 
-SPLIT_FILES = {"train": ("train.txt",), "test": ("test.txt",), "val": ("val.txt", "valid.txt", "validation.txt")}
+SPLIT_FILES = {
+    "train": ("train.txt",),
+    "test": ("test.txt",),
+    "val": ("val.txt", "valid.txt", "validation.txt"),
+}
 
 
 @register_source("text")
@@ -251,4 +268,3 @@ class TextCorpus(TextSource):
             description=f"running text from {self.path} for language models (no labels)",
             how_to_get=self.how_to_get(),
         )
-

@@ -753,7 +753,9 @@ class _TableSource(TextSource):
                     value = r.get(SPLIT_COLUMN)
                     split = SPLIT_VALUES.get(value.strip().lower()) if isinstance(value, str) else None
                     if split is None:
-                        raise DataError(f"{path}, line {n}: split {value!r} is not one of {', '.join(SPLIT_VALUES)}")
+                        raise DataError(
+                            f"{path}, line {n}: split {value!r} is not one of {', '.join(SPLIT_VALUES)}"
+                        )
                     docs.setdefault(split, []).append(_text_value(r.get(col), str(path), "line", n))
             else:
                 docs[key] = [_text_value(r.get(col), str(path), "line", n) for n, r in rows]
@@ -915,7 +917,9 @@ class HfDiskSource(TextSource):
                 f"{self.path} cannot be read as a saved dataset ({exc}); {self.usage} needs {self.how_to_get()}"
             ) from None
         if not isinstance(dd, datasets.DatasetDict) or "train" not in dd:
-            raise DataError(f"{self.path} holds no DatasetDict with a train split; {self.usage} needs {self.how_to_get()}")
+            raise DataError(
+                f"{self.path} holds no DatasetDict with a train split; {self.usage} needs {self.how_to_get()}"
+            )
         return dd
 
     def load_corpus(self, data_dir: Path | None = None):
@@ -925,12 +929,17 @@ class HfDiskSource(TextSource):
 
         dd = self._load()
         where = f"{self.path} (split train)"
-        col = _pick_column(dd["train"].column_names, self.options.get("text"), TEXT_COLUMNS, "text", where, self.usage)
+        col = _pick_column(
+            dd["train"].column_names, self.options.get("text"), TEXT_COLUMNS, "text", where, self.usage
+        )
 
         def texts(split: str) -> list[str]:
             if col not in dd[split].column_names:
                 raise DataError(f"{self.path} (split {split}) has no column {col!r}")
-            return [_text_value(v, f"{self.path} (split {split})", "example", i) for i, v in enumerate(dd[split][col])]
+            return [
+                _text_value(v, f"{self.path} (split {split})", "example", i)
+                for i, v in enumerate(dd[split][col])
+            ]
 
         test = "test" if "test" in dd else "validation" if "validation" in dd else None
         val = "validation" if test == "test" and "validation" in dd else None

@@ -51,7 +51,9 @@ def linearise_conv1d(model: nn.Module) -> tuple[str, ...]:
     for name in names:
         conv = model.get_submodule(name)
         nx, nf = conv.weight.shape
-        linear = nn.Linear(nx, nf, bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+        linear = nn.Linear(
+            nx, nf, bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype
+        )
         with torch.no_grad():
             linear.weight.copy_(conv.weight.T)
             if conv.bias is not None:

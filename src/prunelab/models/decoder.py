@@ -31,7 +31,9 @@ _LLAMA = DecoderLayout("model.layers", ("model.norm",))
 #: Model type (``config.model_type``) -> layout.
 LAYOUTS: dict[str, DecoderLayout] = {
     "gpt2": DecoderLayout("transformer.h", ("transformer.ln_f",)),
-    "opt": DecoderLayout("model.decoder.layers", ("model.decoder.final_layer_norm", "model.decoder.project_out")),
+    "opt": DecoderLayout(
+        "model.decoder.layers", ("model.decoder.final_layer_norm", "model.decoder.project_out")
+    ),
     "llama": _LLAMA,
     "qwen2": _LLAMA,
     "mistral": _LLAMA,
@@ -92,7 +94,9 @@ def decoder_of(model: nn.Module, what: str = "this") -> Decoder:
     """:func:`find_decoder`, or a SpecError naming the model and the supported types."""
     found = find_decoder(model)
     if found is None:
-        config = next((m.config for m in model.modules() if hasattr(getattr(m, "config", None), "model_type")), None)
+        config = next(
+            (m.config for m in model.modules() if hasattr(getattr(m, "config", None), "model_type")), None
+        )
         kind = f"a {config.model_type!r} transformer" if config is not None else f"a {type(model).__name__}"
         raise SpecError(
             f"{what} works on decoder language models block by block ({supported()}); the model is {kind}"

@@ -252,13 +252,21 @@ class BlockwiseCriterion(Criterion):
         raise NotImplementedError
 
     def prune_layer(
-        self, name: str, weight: torch.Tensor, stats: LayerStats, alive: torch.Tensor, rate: float, structure: Structure
+        self,
+        name: str,
+        weight: torch.Tensor,
+        stats: LayerStats,
+        alive: torch.Tensor,
+        rate: float,
+        structure: Structure,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(keep mask, new weight or None when the kept weights stay as they were) of one layer."""
         raise NotImplementedError
 
     def scores(self, model, mask, names, context, generator):
-        raise SpecError(f"method {self.name!r} chooses its weights itself, block by block; it gives no scores")
+        raise SpecError(
+            f"method {self.name!r} chooses its weights itself, block by block; it gives no scores"
+        )
 
     def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
         from prunelab.pruning.prune import pruned_layers
@@ -269,7 +277,9 @@ class BlockwiseCriterion(Criterion):
         if not self.structures_allowed(structure):
             raise SpecError(f"{what} cannot prune with structure {structure_name!r}; {self.structure_hint}")
         if spec.scope != "layerwise":
-            raise SpecError(f"{what} prunes each layer as its block is calibrated, so scope must be 'layerwise', got {spec.scope!r}")
+            raise SpecError(
+                f"{what} prunes each layer as its block is calibrated, so scope must be 'layerwise', got {spec.scope!r}"
+            )
         mask = Mask.ones(model) if mask is None else mask
         chosen, rates = pruned_layers(model, mask, spec, context)
         for layer in chosen:
@@ -302,7 +312,13 @@ class BlockwiseCriterion(Criterion):
             return new
 
         calibrate_blocks(
-            model, modules, context.batches or (), self.stats, prune_stage, what=what, progress=context.progress
+            model,
+            modules,
+            context.batches or (),
+            self.stats,
+            prune_stage,
+            what=what,
+            progress=context.progress,
         )
         return Mask(keep)
 

@@ -53,7 +53,9 @@ class NM(RowGroups):
 
     def group_view(self, tensor: torch.Tensor) -> torch.Tensor:
         if tensor.shape[1] % self.m:
-            raise SpecError(f"structure {self.name!r}: an input width of {tensor.shape[1]} is not a multiple of {self.m}")
+            raise SpecError(
+                f"structure {self.name!r}: an input width of {tensor.shape[1]} is not a multiple of {self.m}"
+            )
         return tensor.movedim(1, -1).reshape(-1, self.m)
 
     def ungroup(self, groups: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -71,7 +73,9 @@ def parse(text: str) -> NM | None:
         return None
     n, m = int(match.group(1)), int(match.group(2))
     if not 1 <= n < m:
-        raise SpecError(f"structure {text!r}: N:M prunes N of every M weights, so it needs 1 <= N < M (e.g. 2:4)")
+        raise SpecError(
+            f"structure {text!r}: N:M prunes N of every M weights, so it needs 1 <= N < M (e.g. 2:4)"
+        )
     return NM(None, None, f"{n} of every {m} consecutive input weights pruned ({n}:{m} sparsity)", n, m)
 
 
@@ -85,5 +89,7 @@ def nm_pattern(keep: torch.Tensor, m: int) -> int | None:
 
 
 STRUCTURES.add_form(
-    "N:M", parse, "N of every M consecutive weights along each row's input pruned, e.g. 2:4 (any unstructured criterion)"
+    "N:M",
+    parse,
+    "N of every M consecutive weights along each row's input pruned, e.g. 2:4 (any unstructured criterion)",
 )

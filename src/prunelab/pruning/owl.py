@@ -41,7 +41,9 @@ class OWL(LayerRates):
 
     class Settings(FrozenSpec):
         flag_prefix = "owl-"
-        outlier_factor: float = Field(5.0, gt=0, description="a score above this times the block's mean is an outlier (M)")
+        outlier_factor: float = Field(
+            5.0, gt=0, description="a score above this times the block's mean is an outlier (M)"
+        )
         spread: float = Field(
             0.08, ge=0, lt=0.5, description="block sparsities lie within the rate +- this (lambda)"
         )

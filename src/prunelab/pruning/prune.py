@@ -152,7 +152,9 @@ def _select_in_groups(
 
 
 # validation (the spec's own values are valid: what is checked here depends on the model) ---------
-def _check_needs(method: str, criterion: Criterion, context: PruneContext, spec: PruneSpec | None = None) -> None:
+def _check_needs(
+    method: str, criterion: Criterion, context: PruneContext, spec: PruneSpec | None = None
+) -> None:
     needs = spec.needs() if spec is not None else criterion.needs
     missing = [need for need in sorted(needs) if not context.has(need)]
     if missing:

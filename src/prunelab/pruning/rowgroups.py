@@ -51,7 +51,7 @@ class RowGroups(Structure):
     reads_rate: ClassVar[bool] = True
     """Whether the pruning rate sets how many weights go (N:M fixes it at N of every M)."""
 
-    def check_layer(self, layer: LayerInfo) -> None:  # noqa: B027
+    def check_layer(self, layer: LayerInfo) -> None:
         """Refuse, naming it, a layer this structure cannot cut into groups."""
 
     def group_view(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -89,7 +89,9 @@ class RowGroups(Structure):
             keep = mask[layer.param]
             score = scores[layer.param].to(keep.device)
             if torch.isnan(score[keep]).any():
-                raise SpecError(f"the scores of {layer.name} hold NaN: the model's weights or data hold NaN/inf")
+                raise SpecError(
+                    f"the scores of {layer.name} hold NaN: the model's weights or data hold NaN/inf"
+                )
             out[layer.param] = self.keep(score, keep, rates.get(layer.param, fraction))
         return Mask(out)
 

@@ -35,4 +35,7 @@ class PerRow(RowGroups):
 STRUCTURES.add(
     "per-row", PerRow(None, None, "single weights, each output row losing the same share (Wanda's groups)")
 )
-METHODS.add("magnitude-row", Method("magnitude", "smallest |w| of each output row (the per-output baseline)", "per-row"))
+METHODS.add(
+    "magnitude-row",
+    Method("magnitude", "smallest |w| of each output row (the per-output baseline)", "per-row"),
+)

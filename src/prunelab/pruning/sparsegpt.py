@@ -23,11 +23,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from prunelab.errors import SpecError
 from prunelab.pruning.blockwise import BlockwiseCriterion
 from prunelab.pruning.criteria import CRITERIA
 from prunelab.pruning.methods import METHODS, Method
 from prunelab.pruning.nm import NM
-from prunelab.errors import SpecError
 from prunelab.pruning.rowgroups import RowGroups, drop_in_groups
 from prunelab.spec import FrozenSpec
 
@@ -131,9 +131,14 @@ class SparseGPT(BlockwiseCriterion):
 
     class Settings(FrozenSpec):
         flag_prefix = "sparsegpt-"
-        blocksize: int = Field(128, ge=1, le=1_000_000, description="columns per lazy-update block (the paper: 128)")
+        blocksize: int = Field(
+            128, ge=1, le=1_000_000, description="columns per lazy-update block (the paper: 128)"
+        )
         dampening: float = Field(
-            0.01, ge=0, le=1, description="added to the Hessian's diagonal, as a share of its mean (the paper: 1%)"
+            0.01,
+            ge=0,
+            le=1,
+            description="added to the Hessian's diagonal, as a share of its mean (the paper: 1%)",
         )
 
     name = "sparsegpt"

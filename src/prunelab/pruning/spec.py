@@ -81,7 +81,7 @@ class _PruneFields(FrozenSpec):
     @field_validator("layer_rates")
     @classmethod
     def _layer_rates(cls, v: dict[str, float] | str) -> dict[str, float] | str:
-        for name, rate in (v.items() if isinstance(v, dict) else ()):
+        for name, rate in v.items() if isinstance(v, dict) else ():
             if not 0 <= rate < 1:
                 raise ValueError(f"layer_rates[{name!r}] must be in [0, 1), got {rate!r}")
         return v

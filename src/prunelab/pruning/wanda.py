@@ -54,4 +54,6 @@ class Wanda(BlockwiseCriterion):
         return layer_keep(structure, name, wanda_scores(weight, stats.norms()), alive, rate), None
 
 
-METHODS.add("wanda", Method("wanda", "|W| x ||X||, per output row, block by block (Sun et al. 2023)", "per-row"))
+METHODS.add(
+    "wanda", Method("wanda", "|W| x ||X||, per output row, block by block (Sun et al. 2023)", "per-row")
+)
