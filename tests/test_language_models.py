@@ -482,3 +482,20 @@ def test_jsonl_text_column_serves_a_language_model_without_labels(folders, tmp_p
     data = spec.load_data()
     assert data.train.x.shape[1] == 16 and data.test.y.shape[1] == 15
     assert len(data.test) < len(data.train) and len(data.val) > 0  # val: the end of the training text
+
+
+def test_hf_disk_text_serves_a_language_model_and_stays_a_classifiers_data(folders, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    lines = sentences(400, 2)
+    saved = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": lines[:360]}),
+            "test": datasets.Dataset.from_dict({"text": lines[360:]}),
+        }
+    )
+    saved.save_to_disk(str(tmp_path / "dd"))
+    spec = build_spec(
+        ExperimentSpec, model=f"hf:{folders / 'llama'}", data=f"hf-disk:{tmp_path / 'dd'}", sequence_length=16
+    )
+    data = spec.load_data()
+    assert len(data.test) > 0 and data.info.num_classes == spec.build_model(0).model.config.vocab_size

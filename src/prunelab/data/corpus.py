@@ -174,7 +174,7 @@ SPLIT_FILES = {
 
 @register_source("text")
 class TextCorpus(TextSource):
-    """Running UTF-8 text for language models: one file, or a folder of ``.txt`` files.
+    """Running UTF-8 text for language models: one file, or a folder of .txt files.
 
     - A folder holding ``train.txt`` and ``test.txt`` (optionally ``val.txt``, ``valid.txt`` or
       ``validation.txt``) gives those splits; any other folder's ``.txt`` files (sorted by path, in

@@ -903,25 +903,6 @@ class HfDiskSource(TextSource):
                 raise DataError(f"cannot read file {file}: {exc.strerror or exc}") from None
         return h.hexdigest()[:FINGERPRINT_CHARS]
 
-    def _load(self):
-        """The saved DatasetDict (checked for being one, with a train split)."""
-        problem = self.problem()
-        if problem is not None:
-            raise DataError(problem)
-        self.remember(self.digest())
-        datasets = _import_datasets()
-        try:
-            dd = datasets.load_from_disk(str(self.path))
-        except Exception as exc:  # datasets raises FileNotFoundError, ValueError, pyarrow errors, ...
-            raise DataError(
-                f"{self.path} cannot be read as a saved dataset ({exc}); {self.usage} needs {self.how_to_get()}"
-            ) from None
-        if not isinstance(dd, datasets.DatasetDict) or "train" not in dd:
-            raise DataError(
-                f"{self.path} holds no DatasetDict with a train split; {self.usage} needs {self.how_to_get()}"
-            )
-        return dd
-
     def load_corpus(self, data_dir: Path | None = None):
         """The text column of train, and of test (else validation) and validation when the data has
         them, for a language model; labels are not read."""
@@ -947,7 +928,8 @@ class HfDiskSource(TextSource):
             texts("train"), texts(test) if test else None, texts(val) if val else None, str(self.path)
         )
 
-    def load_texts(self, data_dir: Path | None) -> Texts:
+    def _load(self) -> Any:
+        """The saved DatasetDict, checked for being one, with a train split."""
         problem = self.problem()
         if problem is not None:
             raise DataError(problem)
@@ -965,9 +947,14 @@ class HfDiskSource(TextSource):
                 f"{self.path} holds a single Dataset, not a DatasetDict; save a DatasetDict with a train "
                 f"split and a test or validation split"
             )
-        splits = list(dd.keys())
         if "train" not in dd:
-            raise DataError(f"{self.path} has no train split (its splits are {', '.join(splits)})")
+            raise DataError(f"{self.path} has no train split (its splits are {', '.join(dd.keys())})")
+        return dd
+
+    def load_texts(self, data_dir: Path | None) -> Texts:
+        dd = self._load()
+        datasets = _import_datasets()
+        splits = list(dd.keys())
         text_col, label_col = (
             _pick_column(
                 dd["train"].column_names,
