@@ -19,7 +19,7 @@ Prints, from one run on this machine:
     with SparseGPT and Wanda on 32 x 512 calibration tokens; goals SparseGPT <= 5 min, Wanda <= 1 min
     (at 2 threads).
 
-    python bench/lm_prune.py [--threads N] [--iterations 600] [--corpus FILE] [--skip-opt]
+    python bench/lm_prune.py [--threads N] [--iterations 300] [--corpus FILE] [--skip-opt]
     python bench/lm_prune.py --corpus tiny.txt --layers 1 --width 32 --heads 2 --iterations 4 \\
         --calibration 4 --opt-layers 1 --opt-width 64 --opt-tokens 32 --opt-sequences 4   # checks it runs
 """
@@ -195,7 +195,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--tokens", type=int, default=128, help="sequence length")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--calibration", type=int, default=128, help="calibration windows")
     parser.add_argument("--opt-layers", type=int, default=12)
