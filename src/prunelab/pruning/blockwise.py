@@ -183,10 +183,12 @@ def calibrate_blocks(
     head = decoder.head()
     by_block = {name: [layer for layer in layers if layer.startswith(f"{name}.")] for name, _ in blocks}
     modules = {name: model.get_submodule(name) for name in layers}
+    wanted = [i for i, (name, _) in enumerate(blocks) if by_block[name]]
+    last = len(blocks) - 1 if head in modules else max(wanted, default=-1)  # later blocks need no run
     with _eval(model):
         inputs = first_block_inputs(model, blocks[0][1], batches)
         hidden, n = inputs.hidden, len(inputs.hidden)
-        for i, (block_name, block) in enumerate(blocks):
+        for i, (block_name, block) in enumerate(blocks[: last + 1]):
             members = {name: modules[name] for name in by_block[block_name]}
             with _bar(progress, f"{what}: block {i + 1}/{len(blocks)}") as update:
                 if members:
