@@ -161,8 +161,8 @@ def prune_all(args: argparse.Namespace, corpus: Path, folder: Path, root: Path) 
     return {"ppl": results, "runs": runs}
 
 
-def opt_cost(args: argparse.Namespace) -> list[tuple[str, float, float]]:
-    """(method, seconds, peak resident GiB) of pruning an OPT-125m-shaped model to 50%."""
+def opt_cost(args: argparse.Namespace) -> list[tuple[str, float, float, float]]:
+    """(method, wall seconds, CPU seconds, peak resident GiB) of pruning an OPT-125m-shaped model to 50%."""
     t = import_transformers()
     torch.manual_seed(0)
     config = t.OPTConfig(
@@ -178,7 +178,7 @@ def opt_cost(args: argparse.Namespace) -> list[tuple[str, float, float]]:
         spec = build_spec(PruneSpec, method=method, target_sparsity=0.5, rounds=1)
         with measured() as cost:
             prune(model, None, spec, context=PruneContext(batches=batches, updates={}))
-        out.append((method, cost.seconds, cost.peak_rss / (1 << 30)))
+        out.append((method, cost.seconds, cost.cpu_seconds, cost.peak_rss / (1 << 30)))
         print(f"  OPT-125m-shaped, {method}: {cost.text()}", flush=True)
     return out
 

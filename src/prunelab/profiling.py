@@ -28,10 +28,12 @@ def resident_bytes() -> int:
 
 @dataclass
 class Cost:
-    """Wall seconds; resident memory at the start and its peak during the work; a GPU's peak
-    allocation (None without CUDA)."""
+    """Wall seconds and the process's CPU seconds (all threads: on a busy machine the wall time
+    stretches, the CPU time much less); resident memory at the start and its peak during the work;
+    a GPU's peak allocation (None without CUDA)."""
 
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     start_rss: int = 0
     peak_rss: int = 0
     cuda_peak: int | None = None
@@ -39,7 +41,7 @@ class Cost:
     def text(self) -> str:
         gib = 1 << 30
         out = (
-            f"{self.seconds:.1f} s, peak resident memory {self.peak_rss / gib:.2f} GiB "
+            f"{self.seconds:.1f} s ({self.cpu_seconds:.1f} s of CPU), peak resident memory {self.peak_rss / gib:.2f} GiB "
             f"(+{max(0, self.peak_rss - self.start_rss) / gib:.2f} GiB during it)"
         )
         if self.cuda_peak is not None:
@@ -63,11 +65,12 @@ def measured() -> Iterator[Cost]:
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         yield cost
     finally:
         cost.seconds = time.perf_counter() - start
+        cost.cpu_seconds = time.process_time() - cpu
         stop.set()
         thread.join()
         cost.peak_rss = max(cost.peak_rss, resident_bytes())
