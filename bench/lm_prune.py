@@ -7,8 +7,9 @@ Prints, from one run on this machine:
     FILE` takes any UTF-8 text instead. prunelab's `text:` data holds out its last 10% of tokens for
     testing and the 5% before them for validation;
   * a GPT-2-shaped model (default 4 layers, width 256, 4 heads, windows of 128 tokens) with a
-    byte-level BPE vocabulary trained on the corpus (tokenizers), trained by prunelab's trainer
-    (AdamW, cosine schedule) for --iterations, then saved as a save_pretrained folder;
+    byte-level BPE vocabulary (2,048) trained on the corpus's training part (tokenizers), trained by
+    prunelab's trainer (AdamW 3e-3, cosine schedule, batches of 8 windows) for --iterations (1,000,
+    about 1.5 passes over the training text), then saved as a save_pretrained folder;
   * pruned one-shot through prunelab's runner (`prunelab run --weights hf:DEFAULT`, no retraining)
     to 50% unstructured, 2:4 and 4:8 with magnitude (per layer; N:M within each group), Wanda
     (per output row; N:M) and SparseGPT (column blocks of 128; N:M), each calibrated on
@@ -19,7 +20,7 @@ Prints, from one run on this machine:
     with SparseGPT and Wanda on 32 x 512 calibration tokens; goals SparseGPT <= 5 min, Wanda <= 1 min
     (at 2 threads).
 
-    python bench/lm_prune.py [--threads N] [--iterations 300] [--corpus FILE] [--skip-opt]
+    python bench/lm_prune.py [--threads N] [--iterations 1000] [--corpus FILE] [--skip-opt]
     python bench/lm_prune.py --corpus tiny.txt --layers 1 --width 32 --heads 2 --iterations 4 \\
         --calibration 4 --opt-layers 1 --opt-width 64 --opt-tokens 32 --opt-sequences 4   # checks it runs
 """
@@ -192,11 +193,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--tokens", type=int, default=128, help="sequence length")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--calibration", type=int, default=128, help="calibration windows")
     parser.add_argument("--opt-layers", type=int, default=12)
     parser.add_argument("--opt-width", type=int, default=768)
