@@ -11,7 +11,7 @@ Prints, from one run on this machine:
     prunelab's trainer (AdamW 3e-3, cosine schedule, batches of 8 windows) for --iterations (1,000,
     about 1.5 passes over the training text), then saved as a save_pretrained folder;
   * pruned one-shot through prunelab's runner (`prunelab run --weights hf:DEFAULT`, no retraining)
-    to 50% unstructured, 2:4 and 4:8 with magnitude (per layer; N:M within each group), Wanda
+    to 50% unstructured, 2:4 and 4:8 (and 70% unstructured) with magnitude (per layer; N:M within each group), Wanda
     (per output row; N:M) and SparseGPT (column blocks of 128; N:M), each calibrated on
     --calibration windows of the training split: the test perplexity of each against dense,
     and the Jaccard similarity of Wanda's and SparseGPT's masks (and magnitude's) at each sparsity;
@@ -49,7 +49,8 @@ from prunelab.training import TrainConfig
 
 FORTUNES = Path("/usr/share/games/fortunes")
 METHODS = ("magnitude", "wanda", "sparsegpt")
-STRUCTURES = {"50%": None, "2:4": "2:4", "4:8": "4:8"}
+#: Column -> (sparsity, structure): the papers' 50%, 2:4 and 4:8, and 70% where methods part further.
+CASES = {"50%": (0.5, None), "2:4": (0.5, "2:4"), "4:8": (0.5, "4:8"), "70%": (0.7, None)}
 
 
 def corpus_file(args: argparse.Namespace, work: Path) -> Path:
@@ -139,11 +140,11 @@ def trained_model(args: argparse.Namespace, corpus: Path, work: Path) -> tuple[P
 def prune_all(args: argparse.Namespace, corpus: Path, folder: Path, root: Path) -> dict:
     """Test perplexity of dense and each method at each sparsity, and the runs (for their masks)."""
     results, runs = {}, {}
-    for label, structure in STRUCTURES.items():
+    for label, (sparsity, structure) in CASES.items():
         for method in METHODS:
             pruning = {
                 "method": method,
-                "target_sparsity": 0.5,
+                "target_sparsity": sparsity,
                 "rounds": 1,
                 "calibration_sequences": args.calibration,
             }
@@ -237,17 +238,17 @@ def trained_and_pruned(args: argparse.Namespace, work: Path, threads: int) -> No
     )
     found = prune_all(args, corpus, folder, work / "runs")
     ppl = found["ppl"]
-    print(f"\ntest perplexity, one-shot to 50% (no retraining); dense {ppl['dense']:.2f}")
-    print(f"{'method':<12}" + "".join(f"{label:>12}" for label in STRUCTURES))
+    print(f"\ntest perplexity, one-shot (no retraining); dense {ppl['dense']:.2f}")
+    print(f"{'method':<12}" + "".join(f"{label:>12}" for label in CASES))
     for method in METHODS:
-        print(f"{method:<12}" + "".join(f"{ppl[(method, label)][0]:>12.2f}" for label in STRUCTURES))
+        print(f"{method:<12}" + "".join(f"{ppl[(method, label)][0]:>12.2f}" for label in CASES))
     print("\nmask Jaccard similarity (kept weights, all pruned layers)")
     for a, b in (("wanda", "sparsegpt"), ("magnitude", "wanda"), ("magnitude", "sparsegpt")):
         values = []
-        for label in STRUCTURES:
+        for label in CASES:
             rows = compare_masks(found["runs"][(a, label)].mask(0, 1), found["runs"][(b, label)].mask(0, 1))
             values.append(rows[-1]["jaccard"])
-        pairs = "".join(f"{label}: {v:.3f}   " for label, v in zip(STRUCTURES, values, strict=True))
+        pairs = "".join(f"{label}: {v:.3f}   " for label, v in zip(CASES, values, strict=True))
         print(f"{a + ' vs ' + b:<24}{pairs}")
 
 
