@@ -227,7 +227,7 @@ def main() -> None:
 
 
 def trained_and_pruned(args: argparse.Namespace, work: Path, threads: int) -> None:
-    """The GPT-2-shaped model trained on the corpus and pruned 9 ways: perplexities and Jaccards."""
+    """The GPT-2-shaped model trained on the corpus and pruned 12 ways: perplexities and Jaccards."""
     corpus = corpus_file(args, work)
     print(f"corpus {corpus} ({corpus.stat().st_size:,} bytes); {threads} thread(s)", flush=True)
     folder, seconds = trained_model(args, corpus, work)
