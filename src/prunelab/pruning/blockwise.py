@@ -32,7 +32,7 @@ from torch import nn
 from prunelab.errors import SpecError
 from prunelab.models.decoder import decoder_of
 from prunelab.pruning.context import PruneContext
-from prunelab.pruning.criteria import Criterion
+from prunelab.pruning.criteria import Criterion, _eval_mode
 from prunelab.pruning.mask import Mask
 from prunelab.pruning.rowgroups import RowGroups
 from prunelab.pruning.structure import STRUCTURES, Structure
@@ -81,17 +81,6 @@ def first_block_inputs(model: nn.Module, first: nn.Module, batches: Sequence[tup
     finally:
         handle.remove()
     return caught
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.train(mode)
 
 
 class _InputHooks:
@@ -185,7 +174,7 @@ def calibrate_blocks(
     modules = {name: model.get_submodule(name) for name in layers}
     wanted = [i for i, (name, _) in enumerate(blocks) if by_block[name]]
     last = len(blocks) - 1 if head in modules else max(wanted, default=-1)  # later blocks need no run
-    with _eval(model):
+    with _eval_mode(model):
         inputs = first_block_inputs(model, blocks[0][1], batches)
         hidden, n = inputs.hidden, len(inputs.hidden)
         for i, (block_name, block) in enumerate(blocks[: last + 1]):
