@@ -42,6 +42,9 @@ bench: $(EXTRAS)
 	$(PY) bench/early_bird.py
 	$(PY) bench/cli_speed.py
 	$(PY) bench/sparse_speed.py
+	# lm_prune.py's corpus: Debian's fortunes (English quotations, jokes, poems), where apt-get can install it
+	[ -d /usr/share/games/fortunes ] || (apt-get update -qq && apt-get install -y -qq fortunes) >/dev/null 2>&1 || true
+	$(PY) bench/lm_prune.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

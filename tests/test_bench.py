@@ -88,3 +88,26 @@ def test_bench_script_runs(script, args, needle, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert needle in proc.stdout
+
+
+@pytest.mark.slow
+def test_lm_bench_runs_on_text_the_test_writes(tmp_path):
+    """bench/lm_prune.py at tiny settings, on generated text (the bench's own corpus is Debian's fortunes)."""
+    import random
+
+    rng = random.Random(0)
+    words = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "in", "park", "and", "tree", "bird", "sang"]
+    text = "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))) for _ in range(800))
+    (tmp_path / "text.txt").write_text(text)
+    args = ["--corpus", "text.txt", "--work", "work", "--layers", "1", "--width", "32", "--heads", "2", "--vocab",
+            "300", "--tokens", "32", "--iterations", "4", "--calibration", "4", "--opt-layers", "1", "--opt-width",
+            "64", "--opt-tokens", "32", "--opt-sequences", "4", "--threads", "1"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "lm_prune.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wanda vs sparsegpt" in proc.stdout and "goal <= 300 s" in proc.stdout

@@ -23,6 +23,7 @@ from prunelab.pruning import (
     prune,
 )
 from prunelab.pruning.coupled import CoupledStructure
+from prunelab.pruning.rowgroups import RowGroups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -341,7 +342,9 @@ def test_every_combination(method: str, scope: str, structure: str | None) -> No
     valid = valid and not (criterion.layerwise and scope != "layerwise")  # thinet/lasso rank within a layer
     valid = valid and not (hybrid and scope == "global")
     if isinstance(struct, CoupledStructure):  # the method's own default is coupled (l1-filter, taylor)
-        pytest.skip("coupled structures are tested in test_coupled.py")
+        pytest.skip("coupled structures are tested in test_coupling.py")
+    grouped = isinstance(struct, RowGroups)  # per-row: each output row loses its own share
+    valid = valid and not (grouped and scope != "layerwise")
     model = seeded(ConvNet)
     context = full_context(model)
     start = prune(model, None, fraction=0.2, method="random", generator=torch.Generator().manual_seed(0))
@@ -355,6 +358,15 @@ def test_every_combination(method: str, scope: str, structure: str | None) -> No
     state = copy.deepcopy(model.state_dict())
     mask = prune(model, start, **call, generator=torch.Generator().manual_seed(0))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # model untouched
+    if grouped:
+        for n in mask:
+            before, after = (
+                start[n].reshape(start[n].shape[0], -1).sum(1),
+                mask[n].reshape(start[n].shape[0], -1).sum(1),
+            )
+            assert after.tolist() == [b - round(0.3 * b) for b in before.tolist()], n
+            assert not (mask[n] & ~start[n]).any()
+        return
     axes = {n: struct.conv_axis if n.startswith("conv") else struct.linear_axis for n in mask}
     for pool in pools(mask.names(), scope):
         before = sum(elements(start[n], axes[n]) for n in pool)

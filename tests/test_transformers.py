@@ -100,10 +100,14 @@ def test_an_hf_folder_loads_with_its_weights(tmp_path):
 def test_hf_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(SpecError, match=r"no model configuration found.*save_pretrained"):
         build_model(f"hf:{tmp_path / 'absent'}", num_classes=2, input_shape=(16,), data=DATA)
-    gpt = tmp_path / "gpt"
-    transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(gpt)
-    with pytest.raises(SpecError, match="is a 'gpt2' model; prunelab supports the encoder layouts of bert"):
-        build_model(f"hf:{gpt}", num_classes=2, input_shape=(16,), data=DATA)
+    neo = tmp_path / "neo"
+    transformers.GPTNeoConfig(
+        num_layers=1, hidden_size=16, num_heads=2, attention_types=[[["global"], 1]]
+    ).save_pretrained(neo)
+    with pytest.raises(
+        SpecError, match="is a 'gpt_neo' model; prunelab supports the encoder layouts of bert"
+    ):
+        build_model(f"hf:{neo}", num_classes=2, input_shape=(16,), data=DATA)
     with pytest.raises(SpecError, match="reads images"):
         ExperimentSpec(model="lenet5", data=DATA).load_data()
     with pytest.raises(SpecError, match="reads token ids"):

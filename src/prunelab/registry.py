@@ -21,6 +21,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._descriptions: dict[str, str] = {}
+        self._forms: dict[str, tuple[Callable[[str], T | None], str]] = {}
 
     def register(self, name: str, description: str | None = None) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``."""
@@ -40,6 +41,26 @@ class Registry(Generic[T]):
         if description is not None:
             self._descriptions[name] = description
 
+    def add_form(self, usage: str, parse: Callable[[str], T | None], description: str) -> None:
+        """Register a family of entries named by a pattern (``N:M`` for ``2:4``, ``4:8``, ...):
+        ``parse(name)`` gives the entry a name stands for, or None when it is not of that form."""
+        if usage in self._forms:
+            raise ValueError(f"{self.kind} form {usage!r} is registered twice")
+        self._forms[usage] = (parse, description)
+
+    def forms(self) -> list[tuple[str, str]]:
+        """(usage, description) of each registered form."""
+        return [(usage, description) for usage, (_, description) in self._forms.items()]
+
+    def _parsed(self, name: object) -> T | None:
+        if not isinstance(name, str):
+            return None
+        for parse, _ in self._forms.values():
+            obj = parse(name)
+            if obj is not None:
+                return obj
+        return None
+
     def describe(self, name: str) -> str:
         if name in self._descriptions:
             return self._descriptions[name]
@@ -51,13 +72,15 @@ class Registry(Generic[T]):
         return doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
 
     def get(self, name: str) -> T:
-        try:
+        if name in self._items:
             return self._items[name]
-        except KeyError:
-            raise UnknownNameError(self.unknown_message(name)) from None
+        obj = self._parsed(name)
+        if obj is None:
+            raise UnknownNameError(self.unknown_message(name))
+        return obj
 
     def unknown_message(self, name: str) -> str:
-        valid = ", ".join(self.names())
+        valid = ", ".join([*self.names(), *(usage for usage, _ in self.forms())])
         close = difflib.get_close_matches(str(name), self.names(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return f"unknown {self.kind} {name!r}.{hint} Valid {self.kind}s: {valid}."
@@ -69,7 +92,7 @@ class Registry(Generic[T]):
         return iter(self._items.items())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or self._parsed(name) is not None
 
     def __len__(self) -> int:
         return len(self._items)

@@ -201,6 +201,31 @@ def plot_accuracy(
     return fig
 
 
+def plot_layer_density(exps: Sequence[StoredExperiment], names: Sequence[str]) -> Figure:
+    """Each pruned layer's density at each experiment's last finished level (its first seed): how a
+    method spread its sparsity (OWL's block rates, a global threshold's choices)."""
+    fig = new_figure(max(6.4, 0.18 * max(len(exps[0].levels[min(exps[0].levels)][0].layer_density), 20)), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(exps))
+    labels: list[str] = []
+    for k, (exp, name, style) in enumerate(zip(exps, names, styles(exps), strict=True)):
+        seed = min(exp.levels)
+        last = exp.levels[seed][max(exp.levels[seed])]
+        layers = list(last.layer_density)
+        labels = labels or layers
+        xs = [labels.index(n) + k * width for n in layers if n in labels]
+        ax.bar(
+            xs, [last.layer_density[n] for n in layers if n in labels], width, color=style.color, label=name
+        )
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
+    ax.set_xticklabels([n.removesuffix(".weight") for n in labels], rotation=90, fontsize=6)
+    ax.set_ylabel("density (weights kept)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_early_stop(exps: Sequence[StoredExperiment], names: Sequence[str]) -> Figure:
     """Early-stop iteration (minimum validation loss) against density: the learning speed."""
     fig = new_figure()

@@ -35,8 +35,10 @@ from prunelab.analysis.similarity import similarity_across_levels, similarity_be
 from prunelab.analysis.stability import stability_summary, weight_stability, weight_trajectories
 from prunelab.analysis.tables import (
     accuracy_table,
+    headline_metric,
     layer_sparsity_table,
     learning_table,
+    metric_name,
     parameters_table,
     winning_table,
 )
@@ -283,6 +285,7 @@ class _Report:
         self.w, self.exps, self.names = w, exps, names
         self.style = dict(zip(names, plots.styles(exps), strict=True))
         self.pairs = list(zip(names, exps, strict=True))
+        self.metric = headline_metric(exps)
 
     def spec(self) -> None:
         self.w.table("spec", spec_table(self.exps, self.names), "experiments")
@@ -295,14 +298,16 @@ class _Report:
 
     def tables(self, tolerance: float) -> None:
         w, exps = self.w, self.exps
-        w.table("summary", winning_table(exps, tolerance=tolerance), "winning-tickets")
-        w.table("summary", accuracy_table(exps), "accuracy")
-        w.table("tables", accuracy_table(exps, metric="train_acc"), "train-accuracy")
-        for name, exp in self.pairs:
-            w.table("tables", learning_table(exp), f"learning-{name}")
+        if all(e.spec.task.higher_is_better for e in exps):
+            w.table("summary", winning_table(exps, tolerance=tolerance), "winning-tickets")
+        w.table("summary", accuracy_table(exps, metric=self.metric), "accuracy")
+        if self.metric == "test_acc":  # classifiers; a one-shot language model has no training to show
+            w.table("tables", accuracy_table(exps, metric="train_acc"), "train-accuracy")
+            for name, exp in self.pairs:
+                w.table("tables", learning_table(exp), f"learning-{name}")
         for name, exp in self.pairs:
             w.table("tables", layer_sparsity_table(exp), f"layer-sparsity-{name}")
-        for data in dict.fromkeys(e.spec.data for e in exps):
+        for data in dict.fromkeys(e.spec.data for e in exps if e.spec.task.name == "classification"):
             models = [e.spec.model for e in exps if e.spec.data == data]
             w.table("tables", parameters_table(models, data), f"parameters-{data}")
 
@@ -310,9 +315,16 @@ class _Report:
         w, exps, names = self.w, self.exps, self.names
         w.figure(
             "plots",
-            plots.plot_accuracy(exps, names),
+            plots.plot_accuracy(exps, names, metric=self.metric),
             "accuracy",
-            "Test accuracy against density (mean ± std over seeds)",
+            f"{metric_name(self.metric).capitalize()} against density (mean ± std over seeds)",
+        )
+        w.figure(
+            "plots",
+            plots.plot_layer_density(exps, names),
+            "layer-density",
+            "Density of each pruned layer at the last level (first seed)",
+            wide=True,
         )
         w.figure(
             "plots", plots.plot_early_stop(exps, names), "early-stop", "Early-stop iteration against density"
@@ -493,13 +505,20 @@ class _Report:
         return [resolve_model(e.spec.model).is_text for e in self.exps]
 
     def ensembles_apply(self) -> str | None:
-        """Why ensembles do not apply here, or None."""
-        return "ensembles need at least two experiments" if len(self.exps) < 2 else None
+        """Why ensembles do not apply here (fewer than two experiments, or not all classifiers), or None."""
+        if len(self.exps) < 2:
+            return "ensembles need at least two experiments"
+        if not all(e.spec.task.name == "classification" for e in self.exps):
+            return "ensembles compare classifiers' predictions; language models are left out"
+        return None
 
     def heads_apply(self) -> str | None:
-        """Why head importance does not apply here (no transformer among the experiments), or None."""
-        if any(self._text_models()):
+        """Why head importance does not apply here (no transformer classifier among the experiments), or None."""
+        classifiers = [e.spec.task.name == "classification" for e in self.exps]
+        if any(t and c for t, c in zip(self._text_models(), classifiers, strict=True)):
             return None
+        if any(self._text_models()):
+            return "head importance is measured on transformer classifiers; language models are left out"
         models = ", ".join(dict.fromkeys(e.spec.model for e in self.exps))
         return f"no experiment is a transformer with attention heads ({models})"
 
@@ -516,7 +535,7 @@ class _Report:
         from prunelab.models import resolve_model
 
         for name, exp in self.pairs:
-            if not resolve_model(exp.spec.model).is_text:
+            if not resolve_model(exp.spec.model).is_text or exp.spec.task.name != "classification":
                 continue
             level = load_level(exp, seed=seeds_of(exp)[0])
             importance, used = level_head_importance(level, data_dir=data_dir)

@@ -70,13 +70,14 @@ def accuracy_table(
         if shared:
             row.append(mean_std([d[level] for d in dens if level in d])[0])
         for a, d in zip(acc, dens, strict=True):
-            row.append(mean_std(a[level]) if level in a else None)
+            values = [v for v in a.get(level, ()) if v is not None]  # no train metrics without training
+            row.append(mean_std(values) if values else None)
             if not shared:
                 row.append(d.get(level))
         rows.append(row)
     for n in names:
         columns += [n] if shared else [n, f"{n} density"]
-    pair = "pmf" if metric.endswith("loss") else "pm"
+    pair = "pm" if metric.endswith("acc") else "pmf"
     formats = dict.fromkeys(names, pair) | dict.fromkeys([c for c in columns if c.endswith("density")], "pct")
     if early_stop:
         stops = [_per_level(e, lambda m: m.early_stop_iteration) for e in exps]
@@ -89,12 +90,24 @@ def accuracy_table(
         formats |= dict.fromkeys(stop_columns, "int")
     seeds = sorted(set().union(*(e.levels for e in exps)))
     return Table(
-        title or f"{metric.replace('_', ' ')} per pruning level (mean ± std over seeds {seeds})",
+        title or f"{metric_name(metric)} per pruning level (mean ± std over seeds {seeds})",
         columns,
         rows,
         formats=formats,
         note="Level 0 is the dense network; each level prunes the previous level's survivors.",
     )
+
+
+def metric_name(metric: str) -> str:
+    """``test_ppl`` -> "test perplexity", ``val_acc`` -> "val acc"."""
+    return metric.replace("_ppl", " perplexity").replace("_", " ")
+
+
+def headline_metric(exps: Sequence[StoredExperiment]) -> str:
+    """What the experiments are judged by: their task's metric (test accuracy, or a language model's
+    test perplexity); accuracy when they mix tasks."""
+    metrics = {exp.spec.task.metric for exp in exps}
+    return metrics.pop() if len(metrics) == 1 else "test_acc"
 
 
 def learning_table(run: RunRef, *, root: str | Path | None = None) -> Table:

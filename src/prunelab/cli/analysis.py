@@ -109,7 +109,10 @@ def compare(
     runs: Runs,
     root: Root = None,
     threads: Threads = None,
-    metric: Annotated[str, typer.Option(help="test_acc, val_acc, train_acc, test_loss, ...")] = "test_acc",
+    metric: Annotated[
+        Opt[str],
+        typer.Option(help="test_acc, val_acc, train_acc, test_loss, test_ppl, ... (default: the task's)"),
+    ] = None,
     table: Annotated[
         str, typer.Option(help="accuracy, learning, layers, params, winning or all.")
     ] = "accuracy",
@@ -123,15 +126,25 @@ def compare(
     choices = ("accuracy", "learning", "layers", "params", "winning", "all")
     if table not in choices:
         raise PrunelabError(f"--table {table!r}: choose one of {', '.join(choices)}")
-    metrics = ("test_acc", "val_acc", "train_acc", "test_loss", "val_loss", "train_loss")
-    if metric not in metrics:
+    metrics = (
+        "test_acc",
+        "val_acc",
+        "train_acc",
+        "test_loss",
+        "val_loss",
+        "train_loss",
+        "test_ppl",
+        "val_ppl",
+    )
+    if metric is not None and metric not in metrics:
         raise PrunelabError(f"unknown metric {metric!r}; choose one of {', '.join(metrics)}")
     exps = resolve_all(runs, root)
+    metric = metric or t.headline_metric(exps)
     if table in ("accuracy", "all"):
         main = t.accuracy_table(exps, metric=metric)
         _print(main)
         _save_csv(main, csv)
-    if table in ("winning", "all", "accuracy"):
+    if table in ("winning", "all", "accuracy") and all(e.spec.task.higher_is_better for e in exps):
         _print(t.winning_table(exps, tolerance=tolerance))
     if table in ("learning", "all"):
         for exp in exps:

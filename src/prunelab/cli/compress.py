@@ -94,13 +94,18 @@ def export(
     With --sparse, the formats are timed at --threads (default 1)."""
     from prunelab.compress.export import check_target, export_compact, read_plan, require_onnx
     from prunelab.compress.level import compact_level, sparsify_level
-    from prunelab.experiments.store import results_root
+    from prunelab.experiments.store import find_experiment, results_root
     from prunelab.models import count_parameters
     from prunelab.pruning import sparsity_report
     from prunelab.table import Table
     from prunelab.ui import console, plain, show
 
     protect = [results_root(root)]
+    task = find_experiment(run, root).spec.task
+    if not task.compacts:  # a language model: its library's own folder, the pruned weights at zero
+        _refuse_for_saved(run, sparse=sparse, onnx=onnx, approximate=approximate)
+        _export_as_saved(task, run, out, level, seed, control, root, force, protect)
+        return
     check_target(out, force, protect)  # refuse before any work
     if onnx and sparse:
         raise SpecError(
@@ -154,6 +159,36 @@ def export(
     hf = read_plan(out).get("save_pretrained")
     if hf:
         console.print(hf)
+
+
+def _refuse_for_saved(run: str, **given: bool) -> None:
+    """The compaction flags mean nothing for an export as a save_pretrained folder: refuse them by name."""
+    flags = [f"--{name}" for name, on in given.items() if on]
+    if flags:
+        raise SpecError(
+            f"{', '.join(flags)}: {run} is a language model, exported as a save_pretrained folder with the "
+            "pruned weights at zero (transformers loads it; it has no compacted or sparse layers); "
+            f"export it without {' and '.join(flags)}"
+        )
+
+
+def _export_as_saved(task, run, out, level, seed, control, root, force, protect) -> None:
+    """``export`` for a task that does not compact: what the task writes, and each layer's density."""
+    from prunelab.compress.lm_export import layer_patterns
+    from prunelab.experiments import load_level
+    from prunelab.table import records_table
+    from prunelab.ui import console, plain, show
+
+    loaded = load_level(run, level, seed=seed, control=control, root=root)
+    path = task.export(loaded, out, force=force, protect=[*protect, loaded.experiment.store.root])
+    show(records_table(f"{loaded.experiment.id} level {loaded.level} -> {path}", layer_patterns(loaded.mask),
+                       formats={"density": "pct"}))  # fmt: skip
+    console.print(
+        plain(
+            f"{path}: a save_pretrained folder (AutoModelForCausalLM.from_pretrained loads it; its logits checked "
+            f"against the pruned model's), the pruned weights at zero; masks.safetensors beside it"
+        )
+    )
 
 
 def bench(
@@ -254,9 +289,25 @@ def count(
     """Parameters, MACs and FLOPs of the dense, masked (non-zero) and compacted model."""
     from prunelab.compress.count import count as count_model
     from prunelab.compress.level import compact_level
-    from prunelab.table import Table
+    from prunelab.compress.lm_export import layer_patterns
+    from prunelab.experiments.store import find_experiment
+    from prunelab.table import Table, records_table
     from prunelab.ui import console, show
 
+    if not find_experiment(run, root).spec.task.compacts:  # unstructured or N:M: nothing to remove
+        from prunelab.experiments import load_level
+
+        loaded = load_level(run, level, seed=seed, control=control, root=root)
+        shape = tuple(loaded.spec.data_info.input_shape)
+        report = count_model(loaded.model, shape, loaded.mask, None)
+        title = f"{loaded.experiment.id} level {loaded.level} (per sequence of {shape[0]} tokens; FLOPs = 2 x MACs)"
+        show(Table(title, ["", "dense", "masked (non-zero)"], [r[:3] for r in report.summary_rows()]))
+        show(records_table("Density and N:M pattern per layer", layer_patterns(loaded.mask),
+                           formats={"density": "pct"}))  # fmt: skip
+        if per_layer:
+            columns = ["layer", "params", "masked", "compact", "FLOPs", "masked FLOPs", "compact FLOPs"]
+            show(Table("", columns, report.layer_rows()))
+        return
     item = compact_level(run, level, seed=seed, control=control, root=root, exact=not approximate)
     report = count_model(item.loaded.model, item.input_shape, item.loaded.mask, item.result.model)
     rows = [

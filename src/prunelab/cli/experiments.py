@@ -184,9 +184,12 @@ def _show(exp, tolerance: float = 0.005) -> None:
 
     exp.require_intact()
     title = f"{exp.id}  {exp.spec.label()}  seeds {exp.seeds()}  ({exp.status()})"
-    show_table(accuracy_table([exp], early_stop=True, title=title))
-    ticket = winning_ticket(exp, tolerance)
-    if ticket is None:
+    task = exp.spec.task
+    show_table(accuracy_table([exp], metric=task.metric, early_stop=task.trains_dense, title=title))
+    ticket = winning_ticket(exp, tolerance) if task.higher_is_better else None
+    if not task.higher_is_better:
+        pass  # a one-shot language model: the perplexity per level is the answer
+    elif ticket is None:
         console.print(f"no pruned level within {tolerance:.1%} of dense test accuracy yet")
     else:
         console.print(

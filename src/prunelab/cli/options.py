@@ -170,7 +170,7 @@ def _help(info, ref: RegistryRef | None, literal: tuple | None) -> str:
     text = (info.description or "").rstrip(".")
     text = text[:1].upper() + text[1:]
     if ref is not None:
-        names = ", ".join(ref.get().names())
+        names = ", ".join([*ref.get().names(), *(usage for usage, _ in ref.get().forms())])
         forms = f"; or {', '.join(ref.forms())}" if ref.forms else ""
         see = f" (see `{ref.listing}`)" if ref.listing else ""
         text += f". One of: {names}{forms}{see}"
@@ -215,10 +215,10 @@ def _walk(spec, path, prefix, out, only, skip) -> None:
         ref = next((m for m in metadata if isinstance(m, RegistryRef)), None)
         literal = typing.get_args(base) if typing.get_origin(base) is typing.Literal else None
         kind = base if base in (bool, int, float) else str
-        if container_of(info.annotation) is None and kind is str and base is not str and not literal:
-            raise TypeError(f"spec field {'.'.join(here)} has type {base!r}, which has no command-line form")
-        if flag.parse is not None:
+        if flag.parse is not None:  # the field reads its own text form (e.g. names or a strategy)
             kind = str
+        elif container_of(info.annotation) is None and kind is str and base is not str and not literal:
+            raise TypeError(f"spec field {'.'.join(here)} has type {base!r}, which has no command-line form")
         flag_name = flag.name or prefix + _kebab(name)
         names = (flag_name, *flag.aliases)
         if kind is bool:

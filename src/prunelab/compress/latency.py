@@ -283,6 +283,7 @@ def standard_variants(
     dense: nn.Module | None = None,
     sparse: bool = True,
     sparse_repeats: int = 10,
+    compacts: bool = True,
 ) -> list[Variant]:
     """dense / masked / compact / sparse versions of a masked model.
 
@@ -290,7 +291,8 @@ def standard_variants(
     that beats dense, decided anew at every batch size (its decisions are kept in the variant's
     ``choices``). ``dense`` is the unpruned network (same architecture, no zeros); default:
     ``model`` with its zeros refilled from a normal draw, which times the same as the trained dense
-    network.
+    network. ``compacts=False`` (a language model's unstructured or N:M zeros: nothing to remove)
+    leaves out the compact version; the sparse one is then the masked model made sparse.
     """
     masked = copy.deepcopy(model).eval()
     mask.apply(masked)
@@ -299,7 +301,6 @@ def standard_variants(
         with torch.no_grad():
             for p in dense.parameters():
                 p.copy_(torch.where(p == 0, torch.randn_like(p) * 0.01, p))
-    small = compact(masked, mask, example_input(masked, input_shape)).model
 
     def flops(m: nn.Module, mask_=None) -> int:
         return sum(nonzero_flops(m, input_shape, mask_).values())
@@ -308,8 +309,11 @@ def standard_variants(
     variants = [
         Variant("dense", count_parameters(dense), flops(dense), model=dense),
         Variant("masked", kept, flops(masked, mask), model=masked),
-        Variant("compact", count_parameters(small), flops(small), model=small),
     ]
+    small = masked
+    if compacts:
+        small = compact(masked, mask, example_input(masked, input_shape)).model
+        variants.append(Variant("compact", count_parameters(small), flops(small), model=small))
     if sparse:
         variants.append(sparse_variant(small, kept, flops(masked, mask), repeats=sparse_repeats))
     return variants
@@ -377,7 +381,9 @@ def bench_level(
         if tokens is not None:
             shape = _token_shape(loaded, tokens)
         dense = loaded.spec.build_model(pretrained=False)
-        variants = standard_variants(loaded.model, loaded.mask, shape, dense=dense, sparse=sparse)
+        variants = standard_variants(
+            loaded.model, loaded.mask, shape, dense=dense, sparse=sparse, compacts=loaded.spec.task.compacts
+        )
         benchmark(
             variants,
             shape,

@@ -1,8 +1,8 @@
 """Datasets held as normalised tensors, a fixed validation split, and fast mini-batches.
 
 Importing this package registers every dataset in :data:`DATASETS` and every data source
-(``imagefolder:PATH``, ``npz:PATH``, and the text ones ``sst2:DIR``, ``csv:PATH``, ``jsonl:PATH``,
-``hf-disk:DIR``) in :data:`DATA_SOURCES`; :func:`resolve_dataset` accepts both. Text datasets
+(``imagefolder:PATH``, ``npz:PATH``, the text ones ``sst2:DIR``, ``csv:PATH``, ``jsonl:PATH``,
+``hf-disk:DIR``, and ``text:PATH``, running text for language models) in :data:`DATA_SOURCES`; :func:`resolve_dataset` accepts both. Text datasets
 (:mod:`prunelab.data.text`) load with a tokenizer: ``load_dataset(name, tokenizer=...)``.
 """
 
@@ -47,9 +47,13 @@ from prunelab.data.text import (
     tokenise,
 )
 
+# isort: split
+from prunelab.data.corpus import Corpus, TextCorpus, load_lm_dataset  # text:PATH, after the text sources
+
 __all__ = [
     "DATASETS",
     "DATA_SOURCES",
+    "Corpus",
     "CsvSource",
     "Dataset",
     "DatasetInfo",
@@ -64,6 +68,7 @@ __all__ = [
     "Sst2Source",
     "SyntheticSentiment",
     "TensorLoader",
+    "TextCorpus",
     "TextLoader",
     "TextSource",
     "Texts",
@@ -76,6 +81,7 @@ __all__ = [
     "download",
     "find_data",
     "load_dataset",
+    "load_lm_dataset",
     "read_idx",
     "register_loader",
     "register_source",

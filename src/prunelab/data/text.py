@@ -141,6 +141,14 @@ class TextLoader(DatasetLoader):
     def load_texts(self, data_dir: Path | None) -> Texts:
         """The texts and labels; raises :class:`DataError` when they are missing or malformed."""
 
+    def load_corpus(self, data_dir: Path | None = None):
+        """The texts as running text for a language model (:class:`prunelab.data.corpus.Corpus`),
+        labels not read; sources whose labels may be absent override it."""
+        from prunelab.data.corpus import Corpus
+
+        texts = self.load_texts(data_dir)
+        return Corpus(texts.train_text, texts.test_text, texts.val_text, texts.source)
+
     def load_raw(self, data_dir: Path | None) -> RawData:
         name = _loader_name(self)
         raise DataError(
@@ -719,6 +727,34 @@ class _TableSource(TextSource):
         _check_parts(parts)
         return _texts_from_parts(parts, str(self.path), classes=self.classes, data=self.name)
 
+    def load_corpus(self, data_dir: Path | None = None):
+        """The text column only, for a language model (a label column is not needed); one file with
+        a split column is split by it, one without is one text."""
+        from prunelab.data.corpus import Corpus
+
+        contents = self._contents()
+        self.remember(_hash_files(self.hasher(), [(key, data) for key, (_, data) in contents.items()]))
+        docs: dict[str, list[str]] = {}
+        for key, (path, data) in contents.items():
+            columns, rows = self.read_table(path, data)
+            col = _pick_column(columns, self.options.get("text"), TEXT_COLUMNS, "text", str(path), self.usage)
+            if key == "all" and SPLIT_COLUMN in columns:
+                for n, r in rows:
+                    value = r.get(SPLIT_COLUMN)
+                    split = SPLIT_VALUES.get(value.strip().lower()) if isinstance(value, str) else None
+                    if split is None:
+                        raise DataError(
+                            f"{path}, line {n}: split {value!r} is not one of {', '.join(SPLIT_VALUES)}"
+                        )
+                    docs.setdefault(split, []).append(_text_value(r.get(col), str(path), "line", n))
+            else:
+                docs[key] = [_text_value(r.get(col), str(path), "line", n) for n, r in rows]
+        if "all" in docs:
+            return Corpus(docs["all"], None, None, str(self.path))
+        if "train" not in docs:
+            raise DataError(f"{self.path} has no training rows; a language model needs some")
+        return Corpus(docs["train"], docs.get("test"), docs.get("val"), str(self.path))
+
     def _columns(self, where: str, columns: Sequence[str]) -> tuple[str, str]:
         text_col = _pick_column(columns, self.options.get("text"), TEXT_COLUMNS, "text", where, self.usage)
         label_col = _pick_column(
@@ -859,7 +895,33 @@ class HfDiskSource(TextSource):
                 raise DataError(f"cannot read file {file}: {exc.strerror or exc}") from None
         return h.hexdigest()[:FINGERPRINT_CHARS]
 
-    def load_texts(self, data_dir: Path | None) -> Texts:
+    def load_corpus(self, data_dir: Path | None = None):
+        """The text column of train, and of test (else validation) and validation when the data has
+        them, for a language model; labels are not read."""
+        from prunelab.data.corpus import Corpus
+
+        dd = self._load()
+        where = f"{self.path} (split train)"
+        col = _pick_column(
+            dd["train"].column_names, self.options.get("text"), TEXT_COLUMNS, "text", where, self.usage
+        )
+
+        def texts(split: str) -> list[str]:
+            if col not in dd[split].column_names:
+                raise DataError(f"{self.path} (split {split}) has no column {col!r}")
+            return [
+                _text_value(v, f"{self.path} (split {split})", "example", i)
+                for i, v in enumerate(dd[split][col])
+            ]
+
+        test = "test" if "test" in dd else "validation" if "validation" in dd else None
+        val = "validation" if test == "test" and "validation" in dd else None
+        return Corpus(
+            texts("train"), texts(test) if test else None, texts(val) if val else None, str(self.path)
+        )
+
+    def _load(self) -> Any:
+        """The saved DatasetDict, checked for being one, with a train split."""
         problem = self.problem()
         if problem is not None:
             raise DataError(problem)
@@ -877,9 +939,14 @@ class HfDiskSource(TextSource):
                 f"{self.path} holds a single Dataset, not a DatasetDict; save a DatasetDict with a train "
                 f"split and a test or validation split"
             )
-        splits = list(dd.keys())
         if "train" not in dd:
-            raise DataError(f"{self.path} has no train split (its splits are {', '.join(splits)})")
+            raise DataError(f"{self.path} has no train split (its splits are {', '.join(dd.keys())})")
+        return dd
+
+    def load_texts(self, data_dir: Path | None) -> Texts:
+        dd = self._load()
+        datasets = _import_datasets()
+        splits = list(dd.keys())
         text_col, label_col = (
             _pick_column(
                 dd["train"].column_names,

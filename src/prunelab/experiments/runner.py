@@ -39,6 +39,7 @@ from prunelab.experiments.store import (
 )
 from prunelab.experiments.treatments import TREATMENTS, treatment_for
 from prunelab.io import remove_orphans
+from prunelab.profiling import measured
 from prunelab.pruning import Mask, PruneContext, masked_macs, prunable_names, prune
 from prunelab.pruning.calibration import reconstruct
 from prunelab.seeding import derive_seed
@@ -67,9 +68,10 @@ def _example(shape: tuple[int, ...], n: int, generator: torch.Generator) -> torc
 
 
 @torch.no_grad()
-def _check_accepts(model: nn.Module, spec: ExperimentSpec) -> None:
+def _check_accepts(model: nn.Module, spec: ExperimentSpec) -> tuple[int, ...]:
     """One example of the data's shape through the model: a mismatch is one clear error before
-    any data is loaded, not a traceback from deep inside torch."""
+    any data is loaded, not a traceback from deep inside torch. The shape of one example's targets:
+    () for a class, (L - 1,) for a language model's next tokens."""
     info = spec.data_info
     was = model.training
     model.eval()
@@ -83,12 +85,13 @@ def _check_accepts(model: nn.Module, spec: ExperimentSpec) -> None:
         ) from None
     finally:
         model.train(was)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != info.num_classes:
+    if not isinstance(out, torch.Tensor) or out.dim() < 2 or tuple(out.shape[:2]) != (1, info.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SpecError(
             f"model {spec.model!r} outputs {shape} for one example; expected (1, {info.num_classes}) "
             f"for the {info.num_classes} classes of {info.name}"
         )
+    return tuple(out.shape[2:])
 
 
 def _state(model: nn.Module) -> State:
@@ -128,6 +131,7 @@ class ExperimentRunner:
         self.level_hooks = spec.level_hooks  # and for each pruned level's and control's
         self._data = data
         self._warned: set[tuple[str, str]] = set()
+        self._updates: dict[str, torch.Tensor] = {}
         self._check_before_training()
 
     # set-up -------------------------------------------------------------------------------------
@@ -145,18 +149,21 @@ class ExperimentRunner:
                 f"reconstruct refits the trained weights of each level, which only treatment "
                 f"{' or '.join(map(repr, able))} trains on; treatment {self.spec.treatment.kind!r} starts elsewhere"
             )
-        if pruning.reconstruct or pruning.criterion().calibrated:
-            train = len(self.data.train)
-            if pruning.calibration_images > train:
-                raise SpecError(
-                    f"calibration_images={pruning.calibration_images} is more than the {train} training images"
-                )
+        if getattr(pruning.criterion(), "updates_weights", False) and not self.treatment.starts_from_previous:
+            able = [n for n, t in TREATMENTS.items() if t.starts_from_previous]
+            raise SpecError(
+                f"method {pruning.method!r} updates the kept weights as it prunes, and only treatment "
+                f"{' or '.join(map(repr, able))} starts from them; treatment {self.spec.treatment.kind!r} starts elsewhere"
+            )
+        field = pruning.calibration_field() or ("calibration_images" if pruning.reconstruct else None)
+        if field is not None:
+            self._check_calibration(field, getattr(pruning, field))
         notes: list[str] = []
         model = self.spec.build_model(derive_seed(0, "init"), notes=notes)
         for note in notes:
             self.log(note)
         info = self.spec.data_info
-        _check_accepts(model, self.spec)
+        target_shape = _check_accepts(model, self.spec)
         example = _example(info.input_shape, 1, torch.Generator().manual_seed(0))
         for hook in [*self.dense_hooks(), *self.level_hooks()]:
             hook.check(model, example)
@@ -164,13 +171,27 @@ class ExperimentRunner:
         probe = (
             (
                 _example(info.input_shape, 8, g),
-                torch.randint(0, info.num_classes, (8,), generator=g),
+                torch.randint(0, info.num_classes, (8, *target_shape), generator=g),
             ),
         )
         context = PruneContext(
             initial_state=_state(model), batches=probe, input_shape=info.input_shape, trial=True
         )
         prune(model, None, self.spec.pruning, context=context)
+
+    def _check_calibration(self, field: str, count: int) -> None:
+        """Refuse more calibration examples than the training split holds (in tokens for text windows)."""
+        train = self.data.train
+        if count <= len(train):
+            return
+        per = train.x[0].numel() if train.y.dim() > 1 else 0
+        if per:
+            raise SpecError(
+                f"{field}={count} windows of {per} tokens ({count * per:,} tokens) is more than the training "
+                f"split of {self.spec.data} holds ({len(train)} windows, {len(train) * per:,} tokens); give "
+                f"fewer sequences, a shorter --sequence-length or more text"
+            )
+        raise SpecError(f"{field}={count} is more than the {len(train)} training examples")
 
     @property
     def data(self) -> Dataset:
@@ -199,6 +220,7 @@ class ExperimentRunner:
         finished = self._finished()
         if finished is not None:
             return finished
+        _ = self.data  # bad data (an empty or undecodable text) is refused before anything is written
         result = ExperimentResult(self.spec, self.directory)
         with locked(self.directory):
             remove_orphans(self.directory, recursive=False)
@@ -325,6 +347,8 @@ class ExperimentRunner:
         for level in range(1, rounds + 1):
             art = self._artifact(seed, level, LEVELS)
             before, mask = mask, self._level_mask(art, seed, level, previous, mask, init, levels[0].plugins)
+            if self._updates and not art.done:  # a method that refits the kept weights (SparseGPT)
+                previous = {**previous, **{k: v.to(previous[k].dtype) for k, v in self._updates.items()}}
             if self.spec.pruning.reconstruct and not art.done:
                 previous = self._reconstructed(previous, before, mask, seed, level)
             inputs = LevelInputs(
@@ -380,18 +404,26 @@ class ExperimentRunner:
         init: State,
         reports: dict | None = None,
     ) -> Mask:
-        """Score the previous level's final weights; the mask is saved before training starts."""
+        """Score the previous level's final weights; the mask is saved before training starts.
+
+        A method that also refits the kept weights (SparseGPT) leaves them in ``self._updates``; a
+        level whose mask is stored but whose training is not finished prunes again to get them
+        (deterministic: the same mask, checked)."""
+        self._updates = {}
+        updates = getattr(self.spec.pruning.criterion(), "updates_weights", False)
+        stored = None
         if art.mask_path.is_file():
             try:
                 stored = Mask.load(art.mask_path)
                 stored.check_fits(self._new_model(seed, "init"))
-                return stored
             except PrunelabError as exc:
                 raise DamagedResults(art.damage_message(exc)) from None
+            if not updates or art.done:
+                return stored
         model = self._new_model(seed, "init")
         model.load_state_dict(previous)
         g = torch.Generator().manual_seed(derive_seed(seed, f"prune-{level}"))
-        needs = self.spec.pruning.criterion().needs
+        needs = self.spec.pruning.needs()
         notes: list[str] = []
         context = PruneContext(
             initial_state=init,
@@ -400,18 +432,30 @@ class ExperimentRunner:
             positions=self.spec.pruning.calibration_positions,
             notes=notes,
             reports=reports or {},
+            updates=self._updates,
+            progress=self.progress,
         )
-        new = prune(model, mask, self.spec.pruning, context=context, generator=g)
+        with measured() as cost:
+            new = prune(model, mask, self.spec.pruning, context=context, generator=g)
+        self.log(f"seed {seed} level {level}: pruned ({self.spec.pruning.method}) in {cost.text()}")
         for note in notes:
             self.log(f"seed {seed} level {level}: {note}")
+        if stored is not None:
+            if stored != new:
+                raise DamagedResults(art.damage_message(PrunelabError(
+                    f"{art.mask_path} is not the mask pruning gives again (the run it came from differed)"
+                )))  # fmt: skip
+            return stored
         new.save(art.mask_path)
         return new
 
     def _scoring_batches(self, seed: int, level: int) -> tuple:
-        """Training batches for data-driven criteria: ten (SNIP, GraSP), or ``calibration_images``
-        images for the calibrated ones (ThiNet, LASSO)."""
+        """Training batches for data-driven criteria: ten (SNIP, GraSP), or the calibration examples
+        the method counts (``calibration_images`` for ThiNet and LASSO, ``calibration_sequences``
+        windows of text for SparseGPT, Wanda and OWL)."""
         bs = self.spec.train.batch_size
-        count = self.spec.pruning.calibration_images if self.spec.pruning.criterion().calibrated else 10 * bs
+        field = self.spec.pruning.calibration_field()
+        count = getattr(self.spec.pruning, field) if field else 10 * bs
         return self._batches(seed, f"score-batches-{level}", count)
 
     def _batches(self, seed: int, purpose: str, count: int) -> tuple:
@@ -458,7 +502,7 @@ class ExperimentRunner:
         with locked(self.store.trunk_dir(trunk, seed), wait=self.wait, on_wait=self.log):
             remove_orphans(self.store.trunk_dir(trunk, seed))
             dense = self.store.dense(trunk, seed)
-            start = Start(init, None, self.spec.train, 0)
+            start = Start(init, None, self.spec.dense_config(), 0)
             metrics = self._train(dense, f"seed {seed} dense", start, seed, 0, hooks=self.dense_hooks)
             for name, report in metrics.plugins.items():
                 self.log(f"seed {seed} dense: {name}: {report_text(report)}")

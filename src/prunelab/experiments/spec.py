@@ -19,9 +19,9 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from prunelab.data import DATASETS, Dataset, DatasetInfo, load_dataset, resolve_dataset
+from prunelab.data import DATASETS, Dataset, DatasetInfo, resolve_dataset
 from prunelab.errors import PrunelabError, SpecError
-from prunelab.models import INITS, MODELS, build_model, input_stats, resolve_model, source_forms
+from prunelab.models import INITS, MODELS, build_model, resolve_model, source_forms
 from prunelab.models.build import MAX_IMAGE_SIZE
 from prunelab.models.weights import file_hash, parse_weights
 from prunelab.pruning import CRITERIA, STRUCTURES, PruneSpec
@@ -131,6 +131,13 @@ class TrunkSpec(FrozenSpec):
     val_size: int | None = Field(
         None, ge=0, description="validation examples held out of the training set (default: the dataset's)"
     )
+    sequence_length: int | None = Field(
+        None,
+        ge=2,
+        le=1_000_000,
+        description="language models: tokens per window of text, for calibration and perplexity (default: "
+        "the model's positions, at most 2048)",
+    )
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=1), description="how it trains (default length: 1 epoch)"
     )
@@ -151,9 +158,23 @@ class TrunkSpec(FrozenSpec):
         return self
 
     @property
+    def task(self):
+        """What the model does with the data (:data:`prunelab.experiments.tasks.TASKS`)."""
+        from prunelab.experiments.tasks import TASKS
+
+        return TASKS.get(resolve_model(self.model).task)
+
+    @property
     def data_info(self) -> DatasetInfo:
-        """The dataset's facts (input shape, classes), without loading its files."""
-        return resolve_dataset(self.data).info
+        """The dataset's facts (input shape, classes) as the model reads them, without loading its files."""
+        return self.task.data_info(self)
+
+    def dense_config(self) -> TrainConfig:
+        """How the dense level trains: ``train``, or not at all (0 iterations: the given weights,
+        evaluated) for a task whose dense level does not train (a language model)."""
+        if self.task.trains_dense:
+            return self.train
+        return self.train.model_copy(update={"epochs": None, "iterations": 0})
 
     def build_model(
         self, seed: int | None = None, *, pretrained: bool = True, notes: list[str] | None = None
@@ -173,16 +194,10 @@ class TrunkSpec(FrozenSpec):
         )
 
     def load_data(self, data_dir: str | Path | None = None) -> Dataset:
-        """The dataset, normalised with the pretrained weights' statistics where they have them; text
-        tokenised with the model's tokenizer."""
-        if getattr(resolve_dataset(self.data), "is_text", False):
-            tokenizer = resolve_model(self.model).tokenizer(self.data)
-            return load_dataset(self.data, data_dir=data_dir, val_size=self.val_size, tokenizer=tokenizer)
-        if resolve_model(self.model).is_text:
-            raise SpecError(f"model {self.model!r} reads text; {self.data!r} holds images")
-        return load_dataset(
-            self.data, data_dir=data_dir, val_size=self.val_size, stats=input_stats(self.model, self.weights)
-        )
+        """The dataset as the model reads it (see :mod:`prunelab.experiments.tasks`): normalised with
+        the pretrained weights' statistics, tokenised with the model's tokenizer, or cut into windows
+        of tokens for a language model."""
+        return self.task.load_data(self, data_dir)
 
     def fingerprints(self) -> dict[str, str]:
         """Content hashes of what the spec names by path (a model file, a weights file, a data folder):
@@ -221,6 +236,20 @@ class ExperimentSpec(TrunkSpec):
     )
     name: str | None = Field(None, description="a label for listings; not part of the identity")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, values: Any) -> Any:
+        """The model's task fills in its defaults (a language model's experiment is one-shot)."""
+        if not isinstance(values, dict):
+            return values
+        from prunelab.experiments.tasks import TASKS
+
+        try:
+            task = TASKS.get(resolve_model(values.get("model", cls.model_fields["model"].default)).task)
+        except (PrunelabError, TypeError):
+            return values  # the field validators say what is wrong
+        return task.experiment_defaults(values)
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
@@ -244,6 +273,13 @@ class ExperimentSpec(TrunkSpec):
         for name in self.treatment.non_default():
             if name != "kind" and name not in treatment.uses:
                 out.append(f"treatment.{name} is not read by treatment {self.treatment.kind!r}")
+        given = self.pruning.non_default()
+        structure = STRUCTURES.get(self.pruning.structure_name())
+        if not getattr(structure, "reads_rate", True):
+            out += [f"pruning.{k} is not read with structure {self.pruning.structure_name()!r}, which sets the "
+                    "sparsity itself (N of every M)" for k in ("rate", "target_sparsity") if k in given]  # fmt: skip
+        if self.sequence_length is not None and self.task.name != "language-modelling":
+            out.append("sequence_length is read by language models only")
         criterion = self.pruning.criterion_name()
         for name, value in self.pruning.non_default().items():
             if isinstance(value, dict) and name in CRITERIA and name != criterion:
@@ -283,6 +319,8 @@ class ExperimentSpec(TrunkSpec):
         trains it plainly; a method whose plug-ins join the dense training has its own trunk."""
         ident = self.identity()
         out = {k: ident[k] for k in (*TrunkSpec.model_fields, "fingerprints") if k in ident}
+        if not self.task.trains_dense:
+            out.pop("train", None)  # the dense level only evaluates the given weights
         hooks = self.dense_hooks()
         if hooks:
             out["plugins"] = [hook.identity() for hook in hooks]

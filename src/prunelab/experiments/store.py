@@ -155,8 +155,14 @@ class LevelMetrics:
             ) from None
 
     def value(self, metric: str, at: str = "final") -> float | None:
-        """``metric`` (test_acc, val_loss, ...) of the final or the early-stop record."""
-        return getattr(self.final if at == "final" else self.early_stop, metric)
+        """``metric`` (test_acc, val_loss, ...) of the final or the early-stop record; ``*_ppl`` is a
+        language model's perplexity, ``exp`` of the mean next-token loss."""
+        record = self.final if at == "final" else self.early_stop
+        if metric.endswith("_ppl"):
+            from prunelab.experiments.tasks import perplexity
+
+            return perplexity(getattr(record, metric.removesuffix("_ppl") + "_loss"))
+        return getattr(record, metric)
 
 
 def weight_entries(mask: Mask, prunable: Iterable[str]) -> Mask:

@@ -160,9 +160,10 @@ def example_input(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """A batch ``model`` accepts: random token ids without padding for a text model, else N(0, 1)."""
+    from prunelab.models.decoder import find_decoder
     from prunelab.models.encoder import example_tokens, is_encoder
 
     device = device if device is not None else next(model.parameters()).device
-    if is_encoder(model):
+    if is_encoder(model) or find_decoder(model) is not None:
         return example_tokens(model, int(input_shape[0]), batch, generator, device)
     return torch.randn(batch, *input_shape, generator=generator).to(device)

@@ -1,4 +1,9 @@
-"""Transformer sequence classifiers (extra ``prunelab[nlp]``): ``hf:PATH_OR_NAME`` and ``bert-tiny``.
+"""Transformers (extra ``prunelab[nlp]``): ``hf:PATH_OR_NAME`` and ``bert-tiny``.
+
+``hf:`` names a sequence classifier (an encoder: BERT, RoBERTa, ...) or a causal language model (a
+decoder: GPT-2, OPT, Llama, Qwen2, Mistral; :mod:`prunelab.models.causal`), told apart by the
+folder's ``config.json``: the model's task (:attr:`HFSource.task`) is then classification or
+language modelling.
 
 A text model takes a batch of token ids, ``(N, max_length)`` right-padded with its tokenizer's pad
 id, and returns logits: :class:`TextClassifier` wraps a ``transformers`` model so, cutting each batch
@@ -7,11 +12,13 @@ tokenizer comes with the source (:meth:`~prunelab.models.source.ModelSource.toke
 and cached (:func:`prunelab.data.load_dataset`).
 
 * ``hf:PATH_OR_NAME``: the architecture of a ``save_pretrained`` folder or a hub-cached model
-  (``AutoModelForSequenceClassification``, ``num_labels`` from the data), seeded random weights;
-  ``--weights hf:DEFAULT`` starts from the folder's own weights (a head of another size replaced).
-  The folder is checked before anything is built: a config whose sizes do not fit (a hidden size
-  that is no multiple of the head count, a vocabulary smaller than the tokenizer's), weights that
-  cannot be read, a folder without a tokenizer are each one message naming the file or field.
+  (``AutoModelForSequenceClassification``, ``num_labels`` from the data; ``AutoModelForCausalLM``
+  for a decoder), seeded random weights; ``--weights hf:DEFAULT`` starts from the folder's own
+  weights (a classifier's head of another size replaced). The folder is checked before anything is
+  built, encoder or decoder: a config whose sizes do not fit (a hidden size that is no multiple of
+  the head count, a model larger than memory, a classifier's vocabulary smaller than its
+  tokenizer's; a decoder's is checked against the token ids of its data), weights that cannot be
+  read, a folder without a tokenizer are each one message naming the file or field.
 * ``bert-tiny``: a 2-layer BERT (hidden 128, 2 heads, FFN 512) with a WordPiece vocabulary trained
   with ``tokenizers`` on the dataset's training text, so a real transformer trains offline in minutes.
 """
@@ -30,27 +37,47 @@ from torch import nn
 from prunelab.cache import cache_base
 from prunelab.errors import CheckpointError, SpecError
 from prunelab.io import atomic_path, check_tensors_file
+from prunelab.models.causal import CausalLM, LMTokenizer, check_positions, linearise_conv1d
+from prunelab.models.decoder import LAYOUTS as DECODER_LAYOUTS
 from prunelab.models.registry import InputShape
 from prunelab.models.source import LibrarySource, ModelSource, announce, register_source
 from prunelab.models.vision import import_transformers
 
 #: The files a tokenizer is saved as (``tokenizer.save_pretrained``): one of them must be in an
 #: ``hf:`` folder, else transformers builds a tokenizer of special tokens only and every word is unknown.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
-def _encoder_parameters(config) -> int:
-    """About how many parameters a BERT-like encoder of ``config`` holds: its embeddings (tokens,
-    positions, token types) and per layer the attention's four projections and the FFN's two."""
+#: Decoder model types whose FFN is gated (gate, up and down projections: three matrices, not two).
+GATED_FFN = ("llama", "qwen2", "mistral")
+
+#: The config fields that give the FFN's width, by model type (GPT-2's ``n_inner`` may be None: 4 x hidden).
+FFN_WIDTH = ("intermediate_size", "ffn_dim", "n_inner")
+
+
+def _parameters(config) -> int:
+    """About how many parameters a model of ``config`` holds, encoder or decoder: its embeddings
+    (tokens, positions, token types), per layer the attention's four projections and the FFN's two
+    (three where gated), and a language model's head where it is not tied to the token embeddings."""
 
     def size(name: str, default: int = 0) -> int:
         value = getattr(config, name, default)
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
     hidden = size("hidden_size")
-    ffn = size("intermediate_size", 4 * hidden)
+    ffn = next((size(name) for name in FFN_WIDTH if size(name)), 4 * hidden)
+    matrices = 3 if config.model_type in GATED_FFN else 2
     rows = size("vocab_size") + size("max_position_embeddings") + size("type_vocab_size")
-    return rows * hidden + size("num_hidden_layers") * (4 * hidden * hidden + 2 * hidden * ffn)
+    if config.model_type in DECODER_LAYOUTS and not getattr(config, "tie_word_embeddings", True):
+        rows += size("vocab_size")
+    return rows * hidden + size("num_hidden_layers") * (4 * hidden * hidden + matrices * hidden * ffn)
 
 
 def _memory() -> int:
@@ -127,11 +154,44 @@ class TextModelSource(ModelSource):
 
 @register_source("hf")
 class HFSource(LibrarySource, TextModelSource):
-    """A Hugging Face sequence classifier: ``hf:PATH`` (a save_pretrained folder) or ``hf:NAME`` (hub cache)."""
+    """A Hugging Face sequence classifier or causal LM: ``hf:PATH`` (a save_pretrained folder) or
+    ``hf:NAME`` (hub cache)."""
 
     prefix = "hf"
     usage = "hf:PATH_OR_NAME"
-    description = "a Hugging Face sequence classifier (save_pretrained folder or hub cache; pip install 'prunelab[nlp]')"
+    description = (
+        "a Hugging Face sequence classifier or causal language model (save_pretrained folder or hub "
+        "cache; pip install 'prunelab[nlp]')"
+    )
+
+    @property
+    def _base_config(self):
+        """The folder's configuration (checked), read again when its ``config.json`` changes: sources
+        are cached per model string for the process, and a folder may be edited between runs."""
+        config_file = self.folder / "config.json" if self.folder is not None else None
+        stat = config_file.stat() if config_file is not None and config_file.is_file() else None
+        stamp = None if stat is None else (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        cached = getattr(self, "_config_cache", None)
+        if cached is None or cached[0] != stamp:
+            cached = self._config_cache = (stamp, self._config())
+        return cached[1]
+
+    @property
+    def is_decoder(self) -> bool:
+        """A causal language model (a decoder layout), rather than a sequence classifier."""
+        return self._base_config.model_type in DECODER_LAYOUTS
+
+    @property
+    def task(self) -> str:  # type: ignore[override]
+        return "language-modelling" if self.is_decoder else "classification"
+
+    def vocab_size(self) -> int:
+        return int(self._base_config.vocab_size)
+
+    def max_positions(self) -> int | None:
+        """How many tokens the model reads at most (None where its config does not say)."""
+        value = getattr(self._base_config, "max_position_embeddings", None)
+        return None if value is None else int(value)
 
     @property
     def folder(self) -> Path | None:
@@ -150,38 +210,49 @@ class HFSource(LibrarySource, TextModelSource):
                 self.name, **({"num_labels": num_classes} if num_classes else {})
             )
         except Exception as exc:  # OSError, ValueError, JSON errors, ... for a missing or foreign file
+            if self.folder is not None and (self.folder / "config.json").is_file():
+                while exc.__cause__ is not None:  # the library's validators wrap the reason (Llama's sizes)
+                    exc = exc.__cause__
+                raise SpecError(
+                    f"{self._file('config.json')} is refused by transformers: {_reason(exc)}"
+                ) from None
             raise SpecError(
                 f"model {self.text!r}: no model configuration found ({_reason(exc)}); give a "
                 "folder written by save_pretrained (config.json, tokenizer files, weights), or run once online "
                 "so the hub cache ($HF_HOME/hub) holds it"
             ) from None
-        if config.model_type not in SUPPORTED_TYPES:
+        if config.model_type not in SUPPORTED_TYPES and config.model_type not in DECODER_LAYOUTS:
             raise SpecError(
                 f"model {self.text!r} is a {config.model_type!r} model; prunelab supports the encoder layouts of "
-                f"{', '.join(SUPPORTED_TYPES)}"
+                f"{', '.join(SUPPORTED_TYPES)} (sequence classifiers) and the decoder layouts of "
+                f"{', '.join(DECODER_LAYOUTS)} (causal language models)"
             )
         self._check_sizes(config)
         return config
 
     def _check_sizes(self, config) -> None:
-        """The config's sizes that the architecture needs: positive whole numbers, the hidden size a
-        multiple of the head count (each head gets hidden_size / num_attention_heads dimensions)."""
+        """The config's sizes that the architecture needs, encoder or decoder: positive whole numbers,
+        the hidden size a multiple of the head count (each head gets hidden_size / num_attention_heads
+        dimensions) unless the config names its head width, and a model that fits this machine's memory."""
         where = self._file("config.json")
+        key = getattr(config, "attribute_map", {}).get  # the field as config.json spells it (GPT-2: n_embd)
         sizes = {}
         for field in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size"):
             value = getattr(config, field, None)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SpecError(f"{where}: {field} is {value!r}; it must be a whole number >= 1")
+                raise SpecError(f"{where}: {key(field, field)} is {value!r}; it must be a whole number >= 1")
             sizes[field] = value
-        if sizes["hidden_size"] % sizes["num_attention_heads"]:
+        # a config naming its head width (Llama's head_dim) sizes the projections heads x head_dim itself
+        hidden, heads = sizes["hidden_size"], sizes["num_attention_heads"]
+        if getattr(config, "head_dim", None) is None and hidden % heads:
+            h, n = key("hidden_size", "hidden_size"), key("num_attention_heads", "num_attention_heads")
             raise SpecError(
-                f"{where}: hidden_size {sizes['hidden_size']} is not a multiple of num_attention_heads "
-                f"{sizes['num_attention_heads']} (each head gets hidden_size / num_attention_heads dimensions)"
+                f"{where}: {h} {hidden} is not a multiple of {n} {heads} (each head gets {h} / {n} dimensions)"
             )
-        params, memory = _encoder_parameters(config), _memory()
+        params, memory = _parameters(config), _memory()
         if memory and 4 * params > memory:
-            shown = ", ".join(f"{k} {getattr(config, k, None)!r}" for k in ("vocab_size", "hidden_size",
-                              "intermediate_size", "num_hidden_layers", "max_position_embeddings"))  # fmt: skip
+            fields = ("vocab_size", "hidden_size", *FFN_WIDTH, "num_hidden_layers", "max_position_embeddings")
+            shown = ", ".join(f"{k} {v!r}" for k in fields if (v := getattr(config, k, None)) is not None)
             raise SpecError(
                 f"{where}: its sizes ({shown}) make a model of about {params:,} parameters, "
                 f"{4 * params / 2**30:,.0f} GiB as float32: more than this machine's {memory / 2**30:.0f} GiB"
@@ -190,6 +261,10 @@ class HFSource(LibrarySource, TextModelSource):
     def build(self, num_classes: int, input_shape: InputShape, *, data: str | None = None) -> nn.Module:
         max_length = input_shape[0]
         t = import_transformers()
+        if self.is_decoder:
+            check_positions(self.max_positions(), max_length, repr(self.text))
+            model = self._from_config(t.AutoModelForCausalLM, self._base_config)
+            return CausalLM(model, linearise_conv1d(model))
         config = self._config(num_classes)
         if getattr(config, "max_position_embeddings", max_length) < max_length:
             raise SpecError(
@@ -201,13 +276,17 @@ class HFSource(LibrarySource, TextModelSource):
                 f"{self._file('config.json')}: vocab_size {config.vocab_size} is smaller than its tokenizer's "
                 f"{tok.vocab_size} tokens ({tok.origin}); the config and tokenizer must come from one model"
             )
-        try:
-            model = t.AutoModelForSequenceClassification.from_config(config)
-        except Exception as exc:  # the library's own checks of the configuration
-            raise SpecError(f"{self._file('config.json')} does not build a model: {_reason(exc)}") from None
+        model = self._from_config(t.AutoModelForSequenceClassification, config)
         return TextClassifier(model, tok.pad_id)
 
-    def tokenizer(self, data: str | None) -> HFTokenizer:
+    def _from_config(self, auto, config) -> nn.Module:
+        """``auto.from_config(config)``, the library's own checks of the configuration one message."""
+        try:
+            return auto.from_config(config)
+        except Exception as exc:
+            raise SpecError(f"{self._file('config.json')} does not build a model: {_reason(exc)}") from None
+
+    def tokenizer(self, data: str | None) -> HFTokenizer | LMTokenizer:
         t = import_transformers()
         folder = self.folder
         if folder is not None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
@@ -215,8 +294,9 @@ class HFSource(LibrarySource, TextModelSource):
                 f"model {self.text!r}: {folder} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
                 f"model's tokenizer beside its config with tokenizer.save_pretrained({str(folder)!r})"
             )
+        kind = LMTokenizer if self.is_decoder else HFTokenizer  # a stream of ids, or padded sequences
         try:
-            tok = HFTokenizer(t.AutoTokenizer.from_pretrained(self.name), self.text)
+            tok = kind(t.AutoTokenizer.from_pretrained(self.name), self.text)
         except SpecError:
             raise
         except Exception as exc:  # OSError, ValueError, the tokenizers library's own errors
@@ -240,12 +320,15 @@ class HFSource(LibrarySource, TextModelSource):
                     check_tensors_file(file)
                 except CheckpointError as exc:
                     raise SpecError(f"model {self.text!r}: its weights cannot be loaded: {exc}") from None
+        auto = t.AutoModelForCausalLM if self.is_decoder else t.AutoModelForSequenceClassification
         try:
-            model = t.AutoModelForSequenceClassification.from_pretrained(self.name)
+            model = auto.from_pretrained(self.name)
         except Exception as exc:  # OSError, ValueError, SafetensorError, torch's unpickling errors, ...
             raise SpecError(
                 f"model {self.text!r}: its weights cannot be loaded from {self.folder or self.name} ({_reason(exc)})"
             ) from None
+        if self.is_decoder:
+            linearise_conv1d(model)
         state = {f"model.{k}": v for k, v in model.state_dict().items()}
         return state, None, f"of {self.text}"
 

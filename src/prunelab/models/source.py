@@ -51,6 +51,9 @@ class ModelSource(ABC):
     weights_prefix: ClassVar[str | None] = None
     #: Whether its models read token ids (text) rather than images.
     is_text: ClassVar[bool] = False
+    #: What its models do, a key of :data:`prunelab.experiments.tasks.TASKS`: classification, or
+    #: language-modelling (a causal LM, which decides how the data is read and evaluated).
+    task: ClassVar[str] = "classification"
 
     def __init__(self, text: str) -> None:
         self.text = text

@@ -75,8 +75,12 @@ def import_transformers() -> ModuleType:
     with contextlib.suppress(SpecError):
         import_torchvision()
     try:
-        return importlib.import_module("transformers")
+        t = importlib.import_module("transformers")
     except ModuleNotFoundError:
         raise SpecError(
             f"transformer models need transformers: {_install_hint('transformers', 'nlp')}"
         ) from None
+    # prunelab says what it loads in one line; transformers' progress bars and config notes are noise
+    t.logging.set_verbosity_error()
+    t.logging.disable_progress_bar()
+    return t

@@ -6,6 +6,9 @@ method is one class or record plus one registration.
 """
 
 from prunelab.pruning import bayesian, coupled, selection, slimming, variational  # methods, before PruneSpec
+
+# isort: split
+from prunelab.pruning import nm, owl, rowwise, sparsegpt, wanda  # noqa: F401 - N:M, rows, one-shot LM methods
 from prunelab.pruning.context import PruneContext
 from prunelab.pruning.criteria import CRITERIA, Criterion
 from prunelab.pruning.densities import DISTRIBUTIONS, layer_densities, random_mask

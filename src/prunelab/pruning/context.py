@@ -33,9 +33,13 @@ class PruneContext:
     plug-ins of the dense training reported, by plug-in name (structure selection's block scales).
     ``positions``: output positions sampled per image by calibrated criteria (ThiNet, LASSO).
     ``counts``: set by :func:`prunelab.prune` for criteria that ask (``wants_counts``): how many
-    units each layer loses in this scoring round. ``groups``: the model's coupled groups
-    (:func:`prunelab.coupling.discover`), for callers pruning one model many times (sensitivity),
-    spared re-tracing it for each call of a coupled structure.
+    units each layer loses in this scoring round. ``updates``: a dict a method that also refits the
+    kept weights (SparseGPT) fills with the new weights by parameter name, for the caller to start
+    from (the model itself is never modified). ``progress``: ``progress(label)`` gives a context
+    manager whose value is ``update(done, total)``, for methods that work in long stages (a bar per
+    decoder block). ``groups``: the model's coupled groups (:func:`prunelab.coupling.discover`), for
+    callers pruning one model many times (sensitivity), spared re-tracing it for each call of a
+    coupled structure.
     """
 
     initial_state: Mapping[str, torch.Tensor] | None = None
@@ -47,6 +51,8 @@ class PruneContext:
     counts: Mapping[str, int] | None = None
     notes: list[str] | None = None
     reports: Mapping[str, Mapping] | None = None
+    updates: dict[str, torch.Tensor] | None = None
+    progress: Callable[[str], Any] | None = None
     groups: Any = None
 
     def note(self, text: str) -> None:

@@ -12,7 +12,9 @@ from prunelab.pruning.mask import PRUNABLE_TYPES, Mask
 def masked_macs(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> int:
     """MACs of one example through the conv and linear layers, counting only kept weights.
 
-    A weight of a conv layer is used once per output position, of a linear layer once. This is exact
+    A weight of a conv layer is used once per output position, of a linear layer once per row of its
+    input (each token of a sequence). A layer whose weight is tied to another parameter (GPT-2's
+    head) counts its dense weights. This is exact
     for the layers' matmuls (what Scratch-B's training budget is about); elementwise ops are ignored.
     """
     positions: dict[str, int] = {}
@@ -21,7 +23,10 @@ def masked_macs(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> i
         if isinstance(module, PRUNABLE_TYPES):
 
             def record(mod, inputs, output, name=name) -> None:
-                positions[name] = output[0, 0].numel() if output.dim() > 2 else 1
+                if isinstance(mod, nn.Linear):
+                    positions[name] = output[0].numel() // mod.out_features
+                else:
+                    positions[name] = output[0, 0].numel() if output.dim() > 2 else 1
 
             hooks.append(module.register_forward_hook(record))
     was_training = model.training
@@ -32,10 +37,9 @@ def masked_macs(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> i
         model.train(was_training)
         for h in hooks:
             h.remove()
-    params = dict(model.named_parameters())
     total = 0
     for layer, count in positions.items():
         key = f"{layer}.weight" if layer else "weight"
-        kept = int(mask[key].sum()) if key in mask else params[key].numel()
+        kept = int(mask[key].sum()) if key in mask else model.get_submodule(layer).weight.numel()
         total += kept * count
     return total

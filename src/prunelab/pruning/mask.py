@@ -28,10 +28,16 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 
 
 def prunable_names(model: nn.Module, include_bias: bool = False, include_norm: bool = False) -> list[str]:
-    """Names of the parameters pruned by default: conv and linear weights (biases and norms if asked)."""
+    """Names of the parameters pruned by default: conv and linear weights (biases and norms if asked).
+
+    A layer whose weight is an earlier parameter's (GPT-2's head shares the token embedding) is not
+    a layer of its own: ``named_parameters`` names that tensor once, by its first name."""
     names = []
+    named = set(dict(model.named_parameters()))
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
+        if isinstance(module, PRUNABLE_TYPES) and prefix + "weight" not in named:
+            continue  # tied to a parameter named elsewhere
         if isinstance(module, PRUNABLE_TYPES):
             names.append(prefix + "weight")
             if include_bias and module.bias is not None:

@@ -75,22 +75,21 @@ def prune(
     fraction = spec.rate_per_round()
     method = spec.method
     criterion = spec.criterion()
-    if criterion.selects:  # the criterion chooses its units itself (network slimming)
+    if criterion.selects:  # the criterion chooses its units itself (network slimming, SparseGPT)
         context = context if context is not None else PruneContext()
-        _check_needs(method, criterion, context)
+        _check_needs(method, criterion, context, spec)
         return criterion.select(model, mask, spec, context, generator)
     struct = STRUCTURES.get(spec.structure_name())
     _check_structure(method, METHODS.get(method), criterion, spec.structure_name(), struct)
     norm = METHODS.get(method).unit_norm
     UNIT_NORMS.get(norm)
     mask = Mask.ones(model) if mask is None else mask
-    mask.check_fits(model)
-    chosen = [layer for layer in select_layers(model, spec.layers, spec.exclude) if layer.param in mask]
-    if not chosen:
-        raise SpecError(f"the mask covers none of the selected layers; its entries: {mask.names()[:8]}")
-    rates = _layer_rates(model, chosen, fraction, spec.layer_rates, spec.output_rate_factor)
-    groups = {layer.param: _conv_groups(model, layer) for layer in chosen}
     context = context if context is not None else PruneContext()
+    _check_needs(method, criterion, context, spec)
+    chosen, rates = pruned_layers(model, mask, spec, context)
+    if getattr(struct, "selects", False):  # weights compete within each layer's own groups (N:M, rows)
+        return _select_in_groups(model, mask, spec, struct, chosen, rates, criterion, context, generator)
+    groups = {layer.param: _conv_groups(model, layer) for layer in chosen}
     if getattr(struct, "needs_trace", False):
         if example is None and context.groups is None:
             example = _example(model, mask, context)
@@ -102,7 +101,6 @@ def prune(
         raise SpecError(
             f"method {method!r} ranks units within each layer only, so scope must be 'layerwise', got {spec.scope!r}"
         )
-    _check_needs(method, criterion, context)
     names = [layer.param for layer in chosen]
     criterion.check(model, names, context)
 
@@ -139,11 +137,58 @@ def spec_from_keywords(*, fraction: float, **values: Any) -> PruneSpec:
     return build_spec(PruneSpec, rate=fraction, **values)
 
 
+def pruned_layers(
+    model: nn.Module, mask: Mask, spec: PruneSpec, context: PruneContext
+) -> tuple[list[LayerInfo], dict[str, float]]:
+    """The layers a round prunes (selected and in ``mask``) and their own rates by parameter name:
+    ``layer_rates`` by name or computed by a strategy (OWL), and the output layer's factor."""
+    mask.check_fits(model)
+    chosen = [layer for layer in select_layers(model, spec.layers, spec.exclude) if layer.param in mask]
+    if not chosen:
+        raise SpecError(f"the mask covers none of the selected layers; its entries: {mask.names()[:8]}")
+    fraction = spec.rate_per_round()
+    strategy = spec.rate_strategy()
+    by_name = strategy.rates(model, chosen, fraction, context) if strategy is not None else spec.layer_rates
+    return chosen, _layer_rates(model, chosen, fraction, by_name, spec.output_rate_factor)
+
+
+def _select_in_groups(
+    model: nn.Module,
+    mask: Mask,
+    spec: PruneSpec,
+    struct: Structure,
+    chosen: list[LayerInfo],
+    rates: Mapping[str, float],
+    criterion: Criterion,
+    context: PruneContext,
+    generator: torch.Generator | None,
+) -> Mask:
+    """One scoring of the chosen layers, then each layer's groups pruned by the structure."""
+    name = spec.structure_name()
+    if spec.scope != "layerwise":
+        raise SpecError(
+            f"structure {name!r} compares weights within each layer's own groups, so scope must be "
+            f"'layerwise', got {spec.scope!r}"
+        )
+    for layer in chosen:
+        struct.check_layer(layer)
+    names = [layer.param for layer in chosen]
+    criterion.check(model, names, context)
+    scores = criterion.scores(model, mask, names, context, generator)
+    return struct.select(model, mask, chosen, rates, spec.rate_per_round(), scores)
+
+
 # validation (the spec's own values are valid: what is checked here depends on the model) ---------
-def _check_needs(method: str, criterion: Criterion, context: PruneContext) -> None:
-    missing = [need for need in sorted(criterion.needs) if not context.has(need)]
+def _check_needs(
+    method: str, criterion: Criterion, context: PruneContext, spec: PruneSpec | None = None
+) -> None:
+    needs = spec.needs() if spec is not None else criterion.needs
+    missing = [need for need in sorted(needs) if not context.has(need)]
     if missing:
-        raise SpecError(f"method {method!r} needs " + "; and ".join(NEEDS[need] for need in missing))
+        what = f"method {method!r}" + (
+            f" with layer rates {spec.layer_rates!r}" if spec is not None and spec.rate_strategy() else ""
+        )
+        raise SpecError(f"{what} needs " + "; and ".join(NEEDS[need] for need in missing))
 
 
 def _check_structure(method: str, record: Method, criterion: Criterion, name: str, struct: Structure) -> None:

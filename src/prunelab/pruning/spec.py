@@ -15,10 +15,11 @@ from pydantic import Field, create_model, field_validator
 from prunelab.pruning.criteria import CRITERIA
 from prunelab.pruning.layers import LAYER_FILTERS
 from prunelab.pruning.methods import METHODS
+from prunelab.pruning.rates import LAYER_RATES
 from prunelab.pruning.schedule import rate_for_rounds
 from prunelab.pruning.scope import SCOPES
 from prunelab.pruning.structure import STRUCTURES
-from prunelab.spec import Flag, FrozenSpec, registered
+from prunelab.spec import Flag, FrozenSpec, _pairs, known, registered
 
 
 class _PruneFields(FrozenSpec):
@@ -43,8 +44,10 @@ class _PruneFields(FrozenSpec):
     output_rate_factor: Annotated[float | None, Flag(aliases=("output-rate",))] = Field(
         None, gt=0, description="prune the model's output layer at this factor of the rate (0.5 = half)"
     )
-    layer_rates: dict[str, float] = Field(
-        default_factory=dict, description="per-layer rates, each layer pruned on its own (fc3=0.1)"
+    layer_rates: Annotated[dict[str, float] | str, Flag(parse=lambda text: {"layer_rates": text})] = Field(
+        default_factory=dict,
+        description="per-layer rates, each layer pruned on its own (fc3=0.1), or a strategy computing "
+        "them: " + ", ".join(LAYER_RATES.names()),
     )
     reconstruct: bool = Field(
         False,
@@ -54,14 +57,31 @@ class _PruneFields(FrozenSpec):
     calibration_images: int = Field(
         256, ge=1, le=100_000, description="training images that thinet, lasso and reconstruct read"
     )
+    calibration_sequences: int = Field(
+        128,
+        ge=1,
+        le=100_000,
+        description="random training windows of --sequence-length tokens that the language-model "
+        "methods (sparsegpt, wanda, owl) calibrate on (the papers: 128)",
+    )
     calibration_positions: int = Field(
         10, ge=1, le=10_000, description="output positions sampled per image in conv layers (ThiNet: 10)"
     )
 
+    @field_validator("layer_rates", mode="before")
+    @classmethod
+    def _rates_text(cls, v: Any) -> Any:
+        """'fc3=0.1,conv1=0' are rates by name; a word without '=' names a strategy (owl)."""
+        if isinstance(v, str) and "=" in v:
+            return _pairs("layer_rates", v, float)
+        if isinstance(v, str):
+            return known(LAYER_RATES, v.strip())
+        return v
+
     @field_validator("layer_rates")
     @classmethod
-    def _layer_rates(cls, v: dict[str, float]) -> dict[str, float]:
-        for name, rate in v.items():
+    def _layer_rates(cls, v: dict[str, float] | str) -> dict[str, float] | str:
+        for name, rate in v.items() if isinstance(v, dict) else ():
             if not 0 <= rate < 1:
                 raise ValueError(f"layer_rates[{name!r}] must be in [0, 1), got {rate!r}")
         return v
@@ -85,17 +105,41 @@ class _PruneFields(FrozenSpec):
         """The structure in force: the override, else the method's own."""
         return self.structure or METHODS.get(self.method).structure
 
+    def rate_strategy(self):
+        """The layer-rate strategy named by ``layer_rates`` (configured), or None for rates by name."""
+        if not isinstance(self.layer_rates, str):
+            return None
+        cls = LAYER_RATES.get(self.layer_rates)
+        return cls(getattr(self, self.layer_rates) if cls.Settings is not None else None)
+
+    def needs(self) -> frozenset[str]:
+        """The PruneContext inputs the scoring reads: the criterion's and the rate strategy's."""
+        strategy = self.rate_strategy()
+        return self.criterion().needs | (strategy.needs if strategy is not None else frozenset())
+
+    def calibration_field(self) -> str | None:
+        """The field counting the training examples the scoring calibrates on (calibration_images,
+        calibration_sequences), or None when it reads a few batches (SNIP) or none."""
+        criterion, strategy = self.criterion(), self.rate_strategy()
+        for part in (criterion, strategy):
+            field = getattr(part, "calibration", None)
+            if field:
+                return field
+        return "calibration_images" if criterion.calibrated else None
+
 
 def _settings_fields() -> dict[str, Any]:
-    """One nested settings table per criterion that has settings, named after the criterion."""
-    return {
-        name: (
-            cls.Settings,
-            Field(default_factory=cls.Settings, description=f"settings of the {name} criterion"),
-        )
-        for name, cls in CRITERIA.items()
-        if cls.Settings is not None
-    }
+    """One nested settings table per criterion and layer-rate strategy that has settings, named
+    after it."""
+    fields = {}
+    for kind, registry in (("criterion", CRITERIA), ("layer-rate strategy", LAYER_RATES)):
+        for name, cls in registry.items():
+            if cls.Settings is not None:
+                fields[name] = (
+                    cls.Settings,
+                    Field(default_factory=cls.Settings, description=f"settings of the {name} {kind}"),
+                )
+    return fields
 
 
 PruneSpec = create_model("PruneSpec", __base__=_PruneFields, __module__=__name__, **_settings_fields())

@@ -58,7 +58,10 @@ class TrainConfig(FrozenSpec):
     batch_size: int = Field(60, gt=0, le=65_536, description="mini-batch size")
     epochs: int | None = Field(None, gt=0, le=100_000, description="training length in epochs")
     iterations: int | None = Field(
-        None, gt=0, le=10**9, description="training length in iterations (instead of epochs)"
+        None,
+        ge=0,
+        le=10**9,
+        description="training length in iterations (instead of epochs; 0: no training, the weights are evaluated)",
     )
     schedule: registered(_schedules) = Field("constant", description="learning-rate schedule")
     milestones: tuple[str, ...] = Field((), description="step-schedule milestones, e.g. 80ep,120ep")

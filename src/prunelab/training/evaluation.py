@@ -24,6 +24,8 @@ __all__ = ["CHAIN_EVAL_CHUNK", "EVAL_BATCH", "Evaluator", "choose_evaluator", "e
 EVAL_BATCH = 1000
 #: Rows per forward for Linear-ReLU chains, whose activations are a few hundred floats per row.
 CHAIN_EVAL_CHUNK = 2500
+#: At most this many logits per forward (a language model has one row of the vocabulary per token).
+EVAL_LOGITS = 1 << 25
 
 
 def _sums(model: nn.Module, split: Split, batch_size: int) -> tuple[float, int]:
@@ -44,10 +46,17 @@ def _sums(model: nn.Module, split: Split, batch_size: int) -> tuple[float, int]:
         model.train(was_training)
 
 
+def targets(split: Split) -> int:
+    """How many predictions ``split`` asks for: one per example, or one per token (a language
+    model's next tokens, ``y`` of shape (N, L - 1)); means are over these."""
+    return max(1, split.y.numel())
+
+
 def evaluate(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``split`` (eval mode, restored afterwards)."""
+    """Mean cross-entropy and accuracy of ``model`` on ``split`` (eval mode, restored afterwards),
+    over its predictions (examples, or tokens for a language model)."""
     loss, correct = _sums(model, split, batch_size)
-    n = max(1, len(split))
+    n = targets(split)
     return loss / n, correct / n
 
 
@@ -69,7 +78,7 @@ class Evaluator:
         sums = None if self.native is None else self.native.sums(split)
         if sums is None:  # no C path, or a split it cannot read (on a GPU, say)
             sums = _sums(self.model, split, self.batch_size)
-        n = max(1, len(split))
+        n = targets(split)
         return sums[0] / n, sums[1] / n
 
 
@@ -79,10 +88,12 @@ def choose_evaluator(model: nn.Module, data: Dataset) -> Evaluator:
     A Linear-ReLU chain evaluates in chunks of :data:`CHAIN_EVAL_CHUNK` rows, through the C forward
     where it builds and reproduces the model's logits and summed loss on the first rows of the
     validation split (else of the test split); every other model through its own forward in chunks
-    of :data:`EVAL_BATCH`.
+    of :data:`EVAL_BATCH` rows, fewer where they would hold more than :data:`EVAL_LOGITS` logits (a
+    language model's vocabulary at every token).
     """
     if relu_chain(model) is None:
-        return Evaluator(model, EVAL_BATCH)
+        per_row = max(1, data.info.num_classes) * max(1, data.test.y[:1].numel())
+        return Evaluator(model, max(1, min(EVAL_BATCH, EVAL_LOGITS // per_row)))
     largest = max(len(data.val), len(data.test), 1)
     chunk = min(CHAIN_EVAL_CHUNK, largest)
     probe = data.val if len(data.val) else data.test

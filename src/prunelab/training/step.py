@@ -82,17 +82,19 @@ class RunningTotals:
         self._targets: list[torch.Tensor] = []
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """``loss`` is the batch's mean cross-entropy (weighted by its size when taken)."""
+        """``loss`` is the batch's mean cross-entropy (weighted by its size when taken). Only the
+        predicted classes are kept (a language model's logits are a vocabulary per token)."""
         self._losses.append(loss.detach())
-        self._outputs.append(logits.detach())
+        self._outputs.append(logits.detach().argmax(1))
         self._targets.append(targets)
 
     def take(self) -> tuple[float, float, int]:
         if not self._losses:
             return 0.0, 0.0, 0
-        sizes = torch.tensor([len(t) for t in self._targets], dtype=torch.float64)
+        sizes = torch.tensor([t.numel() for t in self._targets], dtype=torch.float64)  # tokens for an LM
         loss_sum = float(torch.stack(self._losses).double().cpu() @ sizes)
-        correct = float((torch.cat(self._outputs).argmax(1) == torch.cat(self._targets)).sum())
+        hits = [(p == t).sum() for p, t in zip(self._outputs, self._targets, strict=True)]
+        correct = float(torch.stack(hits).sum())  # one synchronisation on a GPU
         self.__init__()
         return loss_sum, correct, int(sizes.sum())
 

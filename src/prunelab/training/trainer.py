@@ -143,10 +143,12 @@ def _check_fits_data(model: nn.Module, data: Dataset) -> None:
         ) from None
     finally:
         model.train(was_training)
-    if out.dim() != 2 or out.shape[1] != data.info.num_classes:
+    want = (data.info.num_classes, *data.train.y.shape[1:])  # one row of logits per target
+    if tuple(out.shape[1:]) != want:
+        detail = f" (logits {want} per example, one row per token)" if len(want) > 1 else ""
         raise SpecError(
             f"the model outputs shape {tuple(out.shape[1:])} per example but {data.info.name} has "
-            f"{data.info.num_classes} classes; build it with num_classes={data.info.num_classes}"
+            f"{data.info.num_classes} classes{detail}; build it with num_classes={data.info.num_classes}"
         )
 
 
