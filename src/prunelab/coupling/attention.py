@@ -260,7 +260,13 @@ class CompactRelativeAttention(nn.Module):
     @classmethod
     def of(cls, old: nn.Module) -> CompactRelativeAttention:
         heads = int(old.n_heads)
-        new = cls(heads, old.to_qkv.weight.shape[0] // (3 * max(heads, 1)), old.size, old.max_seq_len, old.scale_factor)
+        new = cls(
+            heads,
+            old.to_qkv.weight.shape[0] // (3 * max(heads, 1)),
+            old.size,
+            old.max_seq_len,
+            old.scale_factor,
+        )
         for name, child in old.named_children():
             new.add_module(name, child)
         for name, p in old.named_parameters(recurse=False):
@@ -285,7 +291,11 @@ class CompactRelativeAttention(nn.Module):
         index = self.relative_position_index.view(-1)
         bias = self.relative_position_bias_table[index].view(self.max_seq_len, self.max_seq_len, -1)
         scores = F.softmax(scores + bias.permute(2, 0, 1).contiguous().unsqueeze(0), dim=-1)
-        out = (scores @ v).permute(0, 1, 3, 2, 4).reshape(batch, groups, positions, self.n_heads * self.head_dim)
+        out = (
+            (scores @ v)
+            .permute(0, 1, 3, 2, 4)
+            .reshape(batch, groups, positions, self.n_heads * self.head_dim)
+        )
         return self.merge(out)
 
 

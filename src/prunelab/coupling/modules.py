@@ -194,7 +194,10 @@ def _register_builtin() -> None:
     register_attention(
         "torchvision.models.maxvit.RelativePositionalMultiHeadAttention",
         AttentionRule(
-            "to_qkv", "merge", heads="n_heads", per_head=(("relative_position_bias_table", 1),),
+            "to_qkv",
+            "merge",
+            heads="n_heads",
+            per_head=(("relative_position_bias_table", 1),),
             swap=attention.CompactRelativeAttention.of,
         ),
     )
