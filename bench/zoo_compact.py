@@ -52,7 +52,9 @@ def build(name: str, size: int | None = None):
         extra = {"init_weights": False} if model in ("googlenet", "inception_v3") else {}
         net = tv.models.get_model(model, weights=None, **extra)
     elif source == "timm":
-        import timm
+        from prunelab.models.vision import import_timm
+
+        timm = import_timm()
 
         net = timm.create_model(model, pretrained=False)
     else:

@@ -59,10 +59,12 @@ def resize(module: nn.Module, before: dict[str, Any]) -> None:
     """Set ``module``'s size attributes from its (sliced) parameters; ``before`` is what
     :func:`shape_attributes` said before slicing (a grouped conv's channels per group)."""
     if isinstance(module, _CONV):
-        out = module.weight.shape[0]
-        per = before["out_channels"] // before["groups"]
-        module.groups = out // per if before["groups"] > 1 else 1
-        module.in_channels = module.weight.shape[1] * module.groups
+        out, in_per = module.weight.shape[:2]
+        groups = before["groups"]
+        if groups > 1 and in_per == before["in_channels"] // groups:  # whole groups went (or none)
+            groups = out // (before["out_channels"] // groups)
+        module.groups = groups  # else each group lost the same channels: as many groups as before
+        module.in_channels = in_per * groups
         module.out_channels = out
     elif isinstance(module, _CONV_T):
         module.in_channels = module.weight.shape[0]

@@ -11,8 +11,11 @@
   shrink: its channels are frozen unless every position holds the same units;
 * layers with parameters (``linear``, ``conv``, the norms, ``embedding``) label their parameters'
   dimensions: a consumer's input columns read the channel, its rows write a new one; a grouped
-  conv ties each group's input and output channels (whole groups go), a depthwise conv each
-  channel to its filter, a GroupNorm the channels of each group;
+  conv with at least as many groups as channels per group (ResNeXt's 32 x 4, a depthwise conv)
+  ties each group's input and output channels (whole groups go, a depthwise conv's channel with its
+  filter), one with wider groups (RegNet's) ties the same position of every group instead (each
+  group loses the same channels, the group count stays); a GroupNorm ties the channels of each of
+  its groups;
 * contractions (``matmul``, ``scaled_dot_product_attention``) tie what they contract (a head's
   query and key channels) and what they batch over (the heads);
 * reductions and pooling keep the dimensions they do not reduce; a reduction across channels
@@ -656,12 +659,19 @@ def _conv(t: Trace, call: Call) -> None:
     cdim = 1 if x.dim() == weight.dim() else 0
     channels = along(t.labels, t.lab(x), cdim, call.where)
     rows = _space(t, weight, 0, "write")
+    per = len(channels) // groups
     if groups == 1:
         t.labels.same(channels, _space(t, weight, 1, "read").labels(), call.where)
-    else:
-        kind = "" if len(channels) == groups else "conv groups"
+    elif (
+        groups >= per
+    ):  # whole groups (a depthwise conv's channels): each group's inputs and outputs go together
+        kind = "" if per == 1 else "conv groups"
         inside = torch.cat([channels.reshape(groups, -1), rows.labels().reshape(groups, -1)], 1)
         _tie_rows(t, inside, call.where, kind)
+    else:  # wide groups (RegNet's): the same channels of every group, so each group keeps the same width
+        columns = _space(t, weight, 1, "read").labels()
+        t.labels.same(channels.reshape(groups, per), columns.expand(groups, per), call.where)
+        _tie_rows(t, rows.labels().reshape(groups, -1).t(), call.where, "")
     if bias is not None and t.is_param(bias):
         t.labels.same(rows.labels(), _space(t, bias, 0, "write").labels(), call.where)
     t.set(call.out, _out(call.out.shape, cdim, rows.labels()))
