@@ -176,10 +176,11 @@ def test_output_axis_units_of_grouped_convs_are_whole_filters(structure):
 
 
 # compaction of depthwise and grouped convs ---------------------------------------------------------
-def test_grouped_and_depthwise_convs_lose_whole_groups():
-    """A grouped conv's units are its groups (their input and output channels together), a
-    depthwise conv's its channels (with their filters, a multiplier's m filters): pruned by
-    coupled groups, the compacted convs have fewer groups and compute what the masked model does."""
+def test_grouped_and_depthwise_convs_lose_whole_groups_or_the_same_channels_of_each():
+    """A depthwise conv's units are its channels (with their filters, a multiplier's m filters), a
+    grouped conv with wider groups than it has groups loses the same channels of every group (the
+    group count stays): pruned by coupled groups, the compacted convs compute what the masked
+    model does."""
     torch.manual_seed(0)
     model = Convs().eval()
     x = torch.zeros(1, 3, 6, 6)
@@ -187,9 +188,14 @@ def test_grouped_and_depthwise_convs_lose_whole_groups():
     result = compact(model, mask, x)
     assert_same_outputs(result.model, mask.apply(copy.deepcopy(model)).eval(), (3, 6, 6))
     grouped, mult, dw = (result.model.get_submodule(n) for n in ("grouped", "mult", "dw"))
-    assert (grouped.groups, grouped.in_channels, grouped.out_channels) == (1, 4, 3)  # one group of two left
-    assert mult.groups == 3 and mult.out_channels == 6 and dw.groups == dw.in_channels == dw.out_channels == 4
-    assert result.removed_groups == {"grouped": (1,)} or result.removed_groups == {"grouped": (0,)}
+    assert (dw.groups, dw.in_channels, dw.out_channels) == (4, 4, 4)  # half the stem's 8 channels
+    assert (grouped.groups, grouped.in_channels, grouped.out_channels) == (
+        2,
+        4,
+        2,
+    )  # 2 of 4, 1 of 3 per group
+    assert (mult.groups, mult.in_channels, mult.out_channels) == (2, 2, 4)  # each channel with its 2 filters
+    assert result.removed_groups == {}  # no group went whole
     # a depthwise conv fed by the model input cannot lose channels (the input keeps them all)
     first = nn.Sequential(
         nn.Conv2d(4, 4, 3, padding=1, groups=4),

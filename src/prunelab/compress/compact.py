@@ -103,9 +103,10 @@ def compact(
     net = copy.deepcopy(reference)
     norms.install(net, Mask({}))  # the compacted norms are narrower, not masked
     blocks = remove_blocks(net)
-    if blocks:
+    whole = _whole_groups(net, mask)
+    if blocks or whole:
         groups = None
-    found = groups if groups is not None else discover(net, example_input)
+    found = groups if groups is not None else discover(net, example_input, whole_groups=whole)
     generator = torch.Generator().manual_seed(seed)
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if any(_partly_dead(g, mask) for g in found.prunable()):  # constants to measure, maybe to fold
@@ -134,6 +135,19 @@ def compact(
         net, layer_plan(net), kept, removed, removal.kept_dead,
         error, blocks, removal.conv_groups(before), removal.heads,
     )  # fmt: skip
+
+
+def _whole_groups(net: nn.Module, mask: Mask) -> set[str]:
+    """Grouped convs (not depthwise) of which the mask prunes some group whole: sparse structure
+    selection's groups, which go whole however wide they are."""
+    out = set()
+    for name, m in net.named_modules():
+        key = f"{name}.weight"
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and 1 < m.groups < m.in_channels and key in mask:
+            rows = mask[key].reshape(m.groups, -1)
+            if bool((~rows.any(1)).any()):
+                out.add(name)
+    return out
 
 
 def _head_dim(module: nn.Module) -> int | None:
@@ -201,16 +215,25 @@ def _fully_masked(group: Group, mask) -> torch.Tensor:
     return flags
 
 
+def _live_channels(group: Group, mask) -> set[int]:
+    """The channels some unmasked row writes (the others carry constants)."""
+    live: set[int] = set()
+    for m in group.params():
+        if "write" in m.roles and m.tensor.endswith("weight"):
+            live |= set(m.channels[~_position_masked(mask, m)].tolist())
+    return live
+
+
 def _partly_dead(group: Group, mask) -> bool:
-    """Whether some unit's rows are all masked while something else of it is not: a constant that
-    a consumer still reads (unstructured and per-layer masks leave such units)."""
-    writers = [m for m in group.params() if "write" in m.roles and m.tensor.endswith("weight")]
-    if not writers:
-        return False
-    dead = torch.ones(group.count, dtype=torch.bool)
-    for m in writers:
-        dead &= _per_unit(m, _position_masked(mask, m), group.count)
-    return bool((dead & ~_fully_masked(group, mask)).any())
+    """Whether a consumer still reads a channel whose rows are all masked (a constant): unstructured
+    and per-layer masks, and sparse structure selection's, leave such channels."""
+    live = _live_channels(group, mask)
+    for m in group.params():
+        if "read" in m.roles:
+            unmasked = ~_position_masked(mask, m)
+            if any(c not in live for c in m.channels[unmasked].tolist()):
+                return True
+    return False
 
 
 def _removable(group: Group, mask, seen, exact: bool) -> tuple[torch.Tensor, int]:
@@ -218,11 +241,7 @@ def _removable(group: Group, mask, seen, exact: bool) -> tuple[torch.Tensor, int
     a LayerNorm's statistics) holds is masked, or, for a consumer, reads a dead channel (every
     row writing it is masked) whose constant folds exactly into the consumer's bias. Also how many
     dead units stay because a fold would not be exact."""
-    writers = [m for m in group.params() if "write" in m.roles and m.tensor.endswith("weight")]
-    live_channels: set[int] = set()
-    for m in writers:
-        live = ~_position_masked(mask, m)
-        live_channels |= set(m.channels[live].tolist())
+    live_channels = _live_channels(group, mask)
     free = group.free()
     gone = free.clone()
     dead_kept = torch.zeros(group.count, dtype=torch.bool)
@@ -250,8 +269,9 @@ def _reader_inputs(net: nn.Module, groups: Groups, x: Any) -> dict[str, tuple[to
     for group in groups:
         for m in group.params():
             reads = "read" in m.roles and m.tensor.endswith(".weight") and m.dim == 1
-            if reads and isinstance(net.get_submodule(m.module), LAYER_TYPES):
-                readers[m.module] = m.tensor
+            layer = net.get_submodule(m.module)
+            if reads and isinstance(layer, LAYER_TYPES) and getattr(layer, "groups", 1) == 1:
+                readers[m.module] = m.tensor  # a grouped conv's column reads one channel per group: no fold
     found: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
     for training in (False, True):
         model = copy.deepcopy(net) if training else net
@@ -393,38 +413,32 @@ class _Removal:
             if dim != 0 or groups <= 1 or attrs.get("in_channels") == groups or bool(flags.all()):
                 continue
             per = attrs["out_channels"] // groups
-            out[name] = tuple(int(g) for g in (~flags).reshape(groups, per).all(1).nonzero().flatten())
+            whole = tuple(int(g) for g in (~flags).reshape(groups, per).all(1).nonzero().flatten())
+            if whole:
+                out[name] = whole
         return out
 
 
-def _resize_modules(net: nn.Module, before, changed: set[str], groups: Groups, removal: _Removal) -> set[str]:
-    """Set the size attributes of every module whose tensors were sliced; swap the attention modules
-    that need it; set the size attributes the trace found (``VisionTransformer.hidden_dim``)."""
-    swapped: set[str] = set()
+def _resize_modules(net: nn.Module, before, changed: set[str], groups: Groups, removal: _Removal) -> None:
+    """Set the size attributes of every module whose tensors were sliced; give attention modules
+    their head counts (or swap them for prunelab's equivalents); set the size attributes the trace
+    found (``VisionTransformer.hidden_dim``)."""
     for name in sorted(changed, key=len, reverse=True):
-        module = net.get_submodule(name)
-        attrs, head_dim = before.get(name, (None, None))
+        attrs = before.get(name, (None, None))[0]
         if attrs is not None:
-            resize(module, attrs)
-    owners = {n.rpartition(".")[0] for n in changed} | changed
-    for name in sorted(owners, key=len, reverse=True):
-        try:
-            module = net.get_submodule(name)
-        except AttributeError:
-            continue
-        rule = module_rule(module)
-        head_dim = before.get(name, (None, None))[1]
+            resize(net.get_submodule(name), attrs)
+    for name in sorted({n.rpartition(".")[0] for n in changed} | changed, key=len, reverse=True):
+        module = net.get_submodule(name)
+        rule, head_dim = module_rule(module), before.get(name, (None, None))[1]
         if rule is None or head_dim is None:
             continue
         new = rule.resize(module, head_dim)
-        swapped.add(name)
         if new is not module and name:
             net.set_submodule(name, new)
     for patch in groups.patches:
-        kept = _kept_positions(groups, patch.labels, removal)
-        setattr(net.get_submodule(patch.module), patch.attribute, kept)
-        swapped.add(patch.module)
-    return swapped
+        setattr(
+            net.get_submodule(patch.module), patch.attribute, _kept_positions(groups, patch.labels, removal)
+        )
 
 
 def _kept_positions(groups: Groups, labels: torch.Tensor, removal: _Removal) -> int:

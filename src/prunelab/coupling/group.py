@@ -15,7 +15,7 @@ returns the :class:`Groups`; :meth:`Groups.table` is what ``prunelab groups`` pr
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -177,9 +177,14 @@ class Groups:
         return "\n".join(lines)
 
 
-def discover(model: nn.Module, example: torch.Tensor | tuple, *, train: bool = True) -> Groups:
+def discover(
+    model: nn.Module, example: torch.Tensor | tuple, *, train: bool = True, whole_groups: Iterable[str] = ()
+) -> Groups:
     """The coupled groups of ``model``, traced on ``example`` (one batch it accepts) in eval mode
-    and, with ``train``, in train mode too (on a copy: running statistics are not touched)."""
+    and, with ``train``, in train mode too (on a copy: running statistics are not touched).
+
+    A grouped conv with wider groups than it has groups loses the same channels of every group;
+    named in ``whole_groups``, it loses whole groups instead (sparse structure selection's unit)."""
     labels = Labels()
     net = copy.deepcopy(model)
     patches, errors = [], []
@@ -188,7 +193,7 @@ def discover(model: nn.Module, example: torch.Tensor | tuple, *, train: bool = T
     for training in modes:
         net.train(training)
         batch = tuple(_batch(x, 2 if training else 1) for x in inputs)
-        trace = Trace(net, labels, RULES, module_rule)
+        trace = Trace(net, labels, RULES, module_rule, whole_groups)
         try:
             with torch.enable_grad(), tracing(trace):
                 out = net(*batch)

@@ -662,9 +662,8 @@ def _conv(t: Trace, call: Call) -> None:
     per = len(channels) // groups
     if groups == 1:
         t.labels.same(channels, _space(t, weight, 1, "read").labels(), call.where)
-    elif (
-        groups >= per
-    ):  # whole groups (a depthwise conv's channels): each group's inputs and outputs go together
+    elif groups >= per or t.tensor_name(weight).rpartition(".")[0] in t.whole_groups:
+        # whole groups (a depthwise conv's channels): each group's inputs and outputs go together
         kind = "" if per == 1 else "conv groups"
         inside = torch.cat([channels.reshape(groups, -1), rows.labels().reshape(groups, -1)], 1)
         _tie_rows(t, inside, call.where, kind)

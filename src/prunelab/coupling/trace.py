@@ -124,8 +124,11 @@ Rule = Callable[["Trace", Call], None]
 class Trace:
     """The state of one traced run: the labels of every tensor seen, the module stack."""
 
-    def __init__(self, model: nn.Module, labels: Labels, rules: dict[str, Rule], module_rules) -> None:
+    def __init__(
+        self, model: nn.Module, labels: Labels, rules: dict[str, Rule], module_rules, whole_groups=frozenset()
+    ) -> None:
         self.model = model
+        self.whole_groups = frozenset(whole_groups)  # grouped convs whose groups go whole, however wide
         self.labels = labels
         self.rules = rules
         self.module_rules = module_rules

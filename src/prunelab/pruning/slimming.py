@@ -490,9 +490,9 @@ class _ScaleCriterion(Criterion):
         )
         for i, count in given_back:
             context.note(
-                f"{spec.method}: the global |gamma| threshold would leave the channels of {units[i].group.name} "
-                f"fewer than {self.settings.min_channels}; {count} more stay, those with the largest "
-                f"|gamma| (--{self.settings.flag_prefix}min-channels sets the minimum)"
+                f"{spec.method}: the global |gamma| threshold would leave layer {units[i].group.name} fewer than "
+                f"{self.settings.min_channels} channel(s); it keeps {count} more, those with the largest |gamma| "
+                f"(--{self.settings.flag_prefix}min-channels sets the minimum)"
             )
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         for u, flags in zip(units, keep, strict=True):
