@@ -163,14 +163,7 @@ class CompactShiftedWindowAttention(nn.Module):
             old.window_size, old.shift_size, heads, old.qkv.weight.shape[0] // (3 * max(heads, 1)),
             old.attention_dropout, old.dropout, hasattr(old, "logit_scale"),
         )  # fmt: skip
-        for name, child in old.named_children():
-            new.add_module(name, child)
-        for name, p in old.named_parameters(recurse=False):
-            new.register_parameter(name, p)
-        for name, b in old.named_buffers(recurse=False):
-            new.register_buffer(name, b, persistent=name not in old._non_persistent_buffers_set)
-        new.train(old.training)
-        return new
+        return _adopt(new, old)
 
     def plan(self) -> dict:
         return {
@@ -234,6 +227,18 @@ class CompactShiftedWindowAttention(nn.Module):
         return x[:, :height, :width, :].contiguous()
 
 
+def _adopt(new: nn.Module, old: nn.Module) -> nn.Module:
+    """``new`` holding ``old``'s submodules, parameters and buffers (the same objects, same names)."""
+    for name, child in old.named_children():
+        new.add_module(name, child)
+    for name, p in old.named_parameters(recurse=False):
+        new.register_parameter(name, p)
+    for name, b in old.named_buffers(recurse=False):
+        new.register_buffer(name, b, persistent=name not in old._non_persistent_buffers_set)
+    new.train(old.training)
+    return new
+
+
 def _shift_mask(x: torch.Tensor, ph: int, pw: int, window: list[int], shift: list[int]) -> torch.Tensor:
     """(windows, N, N): -100 between positions of a shifted window that come from different regions."""
     regions = x.new_zeros((ph, pw))
@@ -267,14 +272,7 @@ class CompactRelativeAttention(nn.Module):
             old.max_seq_len,
             old.scale_factor,
         )
-        for name, child in old.named_children():
-            new.add_module(name, child)
-        for name, p in old.named_parameters(recurse=False):
-            new.register_parameter(name, p)
-        for name, b in old.named_buffers(recurse=False):
-            new.register_buffer(name, b, persistent=name not in old._non_persistent_buffers_set)
-        new.train(old.training)
-        return new
+        return _adopt(new, old)
 
     def plan(self) -> dict:
         return {
