@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 LIMIT = 150e6
+LIMIT_BYTES = 16 * 2**30  # address space of one model's process
 TIMM = ["resnet50", "convnext_atto", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "efficientnet_b0",
         "regnety_002"]  # fmt: skip
 
@@ -114,6 +116,7 @@ def one(name: str, size: int | None = None) -> dict:
 
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
+    resource.setrlimit(resource.RLIMIT_AS, (LIMIT_BYTES, LIMIT_BYTES))  # a peer that runs away fails alone
     net, x = build(name, size)
     params = sum(p.numel() for p in net.parameters())
     row: dict = {"model": name, "params": params}
