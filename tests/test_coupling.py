@@ -552,3 +552,25 @@ def test_a_compacted_vit_counts_and_exports_to_onnx(tmp_path):
     assert 0 < small < 0.6 * dense  # half of every width and of the heads: about a third of the FLOPs
     path = export_onnx(result.model, tmp_path / "vit.onnx", (3, 16, 16))
     assert path.stat().st_size > 1000
+
+
+def test_a_coupled_run_exports_counts_and_loads_back_from_the_command_line(cli, tmp_path):
+    root = tmp_path / "runs"
+    code, out, err = cli(
+        "run", "--model", "resnet20", "--data", "digits", "--method", "l1-filter", "--rate", "0.3",
+        "--iterations", "20", "--treatment", "finetune", "--finetune-epochs", "1", "--root", root, "--no-progress",
+        "--threads", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    (run,) = [p.name for p in (root / "experiments").iterdir()]
+    code, out, err = cli("count", run, "--root", root)
+    assert code == 0 and "compact / dense" in out, err
+    code, out, err = cli("export", run, "--root", root, "-o", tmp_path / "small")
+    assert code == 0, err
+    level = prunelab.load(run, root=root)
+    small = load_compact(tmp_path / "small")
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in level.model.parameters())
+    x = torch.randn(3, 1, 8, 8)
+    masked = level.mask.apply(copy.deepcopy(level.model)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), masked(x), rtol=1e-4, atol=1e-5)
