@@ -64,6 +64,48 @@ def test_pinned_hashes():
     assert tiny_spec().experiment_id() == "b9df66149c74"
 
 
+PINS = [  # (experiment id, trunk id, the spec's fields beside the tiny ones): only ever add pins
+    ("4257a4838654", "701e24418f28", {"pruning": {"method": "snip", "rate": 0.5, "scope": "global"}}),
+    ("ba4cf326a4ef", "701e24418f28", {"pruning": {"method": "grasp", "grasp": {"temperature": 100.0}}}),
+    ("bd67fec6ab0d", "701e24418f28", {"pruning": {"method": "synflow", "synflow": {"rounds": 10}}}),
+    ("1673797ab9cc", "701e24418f28", {"pruning": {"method": "l1-structured", "structure": "structured-output"}}),
+    ("2b06d0a3e229", "534305b9f39f", {"model": "conv2", "pruning": {"method": "l1-filter"}}),
+    ("6194463b63e6", "534305b9f39f", {"model": "conv2", "treatment": "finetune", "pruning": {
+        "method": "thinet", "layers": "conv-only", "exclude": ("conv1",), "reconstruct": True,
+        "calibration_images": 64, "calibration_positions": 5}}),
+    ("2c06b93bedeb", "ee4c61e56e08", {"model": "conv2-bn", "pruning": {
+        "method": "slimming", "slimming": {"penalty": 0.05, "gamma_init": 0.5}}}),
+    ("46f629d30f70", "e84224e75fec", {"model": "conv2-bn", "pruning": {
+        "method": "slimming", "rounds": 2, "slimming": {"multi_pass": True}}}),
+    ("c3d92e991d23", "7d822195eda6", {"model": "conv2-bn", "pruning": {
+        "method": "early-bird", "early_bird": {"queue": 3, "distance": 0.2, "bf16": True}}}),
+    ("1e846d7d138f", "b4dd5a930b99", {"treatment": "finetune", "pruning": {
+        "method": "sparse-vd", "sparse_vd": {"kl_warmup": "2ep", "threshold": 2.0}}}),
+    ("7d84915d239f", "623d7ab684f1", {"treatment": "finetune", "pruning": {
+        "method": "bayesian-compression", "bayesian_compression": {"kl_warmup": "2ep"}, "layers": "fc-only",
+        "exclude": ("fc3",)}}),
+    ("b1c132bd9b3f", "1e0b43b4ead8", {"model": "resnet20", "pruning": {
+        "method": "structure-selection", "structure_selection": {"penalty": 0.05}}}),
+    ("c10dcc45c7fe", "e680b553728f", {"model": "resnet20", "pruning": {
+        "method": "structure-selection", "structure_selection": {"unit": "groups"}}}),
+    ("e3e48b56e0c3", "701e24418f28", {"treatment": "scratch-b", "controls": ("reinit", "random-mask"),
+        "pruning": {"method": "l1-structured", "structure": "structured-output"}}),
+    ("f2b80908b5f6", "701e24418f28", {"pruning": {"method": "magnitude", "structure": "2:4"}}),
+    ("1f06cb4fe455", "701e24418f28", {"pruning": {"method": "magnitude-row"}}),
+    ("aa0c5cb23c90", "701e24418f28", {"treatment": "rewind:5it", "controls": ("reinit",), "seeds": (0, 1, 2)}),
+    ("200da2c06bb0", "701e24418f28", {"pruning": {"layer_rates": {"fc3": 0.1}}}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("experiment", "trunk", "values"), PINS, ids=[p[0] for p in PINS])
+def test_pinned_hashes_of_the_methods_treatments_and_settings(experiment, trunk, values):
+    """Every method, its settings table and the trunk a training-time method trains apart keep their ids."""
+    base = {"model": "lenet-300-100", "data": "synthetic", "train": {"epochs": 1, "batch_size": 64}}
+    pruning = values.get("pruning", {"rate": 0.5, "rounds": 1})
+    spec = build_spec(ExperimentSpec, **(base | values | {"pruning": pruning}))
+    assert (spec.experiment_id(), spec.trunk_id()) == (experiment, trunk)
+
+
 def test_coupled_structures_name_experiments_apart_from_the_per_layer_ones():
     """l1-filter once pruned each layer's rows on their own; pruned by coupled groups now, it gives
     other results: a new id, never mixed with stored ones. The trunk stays shared."""

@@ -1,6 +1,7 @@
 """The results store: one layout, typed level metrics with a format version, one reader."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,12 +11,14 @@ from prunelab.cli import main
 from prunelab.errors import CheckpointError
 from prunelab.experiments import (
     ExperimentRunner,
+    ExperimentSpec,
     LevelMetrics,
     Store,
     find_experiment,
     load_level,
 )
 from prunelab.experiments.store import FORMAT
+from prunelab.spec import build_spec
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +139,58 @@ def test_a_finished_run_checks_the_files_it_stands_for(stored, tmp_path, capsys,
     out = capsys.readouterr()
     assert f"experiment {spec.experiment_id()}" in out.out  # the same experiment, from the command line
     assert code == 2 and str(target) in "".join(out.err.split()) and "(done)" not in out.out
+
+
+# a results root written by an earlier prunelab (tests/data/results_root/make_fixture.py) ---------
+FIXTURE = Path(__file__).parent / "data" / "results_root"
+
+
+@pytest.fixture
+def old_root(tmp_path, monkeypatch):
+    """A copy of the committed results root, read from its folder (its model file is ``nets.py``)."""
+    import shutil
+
+    here = tmp_path / "old"
+    shutil.copytree(FIXTURE, here)
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("COLUMNS", "120")
+    return here
+
+
+def test_results_written_by_an_earlier_prunelab_read_unchanged(old_root, cli):
+    """ls and show print what they printed when the files were written; every level loads."""
+    ids = json.loads((old_root / "expected" / "ids.json").read_text())
+    code, out, _ = cli("ls", "--root", "runs")
+    assert code == 0 and out == (old_root / "expected" / "ls.txt").read_text()
+    for name, ident in ids.items():
+        code, out, _ = cli("show", ident, "--root", "runs")
+        assert code == 0 and out == (old_root / "expected" / f"show-{name}.txt").read_text(), name
+        exp = Store("runs").find(ident)
+        assert exp.status() == "done" and exp.spec.experiment_id() == ident
+        for seed in exp.seeds():
+            exp.check_files(seed)
+            for level in exp.levels[seed]:
+                loaded = load_level(exp, level, seed=seed)
+                assert loaded.mask.density() == pytest.approx(exp.metrics(seed, level).density, abs=0.2)
+
+
+def test_an_earlier_prunelabs_finished_experiment_is_done_without_training(old_root, monkeypatch):
+    """Running the same specs again finds every file where the layout says: nothing is trained."""
+    import sys
+
+    from prunelab.training import Trainer
+
+    sys.path.insert(0, str(FIXTURE))
+    try:
+        from make_fixture import SPECS
+    finally:
+        sys.path.remove(str(FIXTURE))
+    monkeypatch.setattr(Trainer, "run", lambda *a, **k: pytest.fail("a stored level was trained again"))
+    ids = json.loads((old_root / "expected" / "ids.json").read_text())
+    for name, values in SPECS.items():
+        spec = build_spec(ExperimentSpec, data="synthetic", **values)
+        assert spec.experiment_id() == ids[name]
+        result = ExperimentRunner(spec, "runs").run()
+        stored = Store("runs").find(ids[name])
+        for seed in spec.seeds:
+            assert result.levels[seed] == [stored.levels[seed][k] for k in range(spec.pruning.rounds + 1)]
