@@ -15,9 +15,10 @@ import torch
 from prunelab.cli import main
 from prunelab.errors import PrunelabError, SpecError
 from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec, parse_seeds
-from prunelab.experiments.store import ExperimentLocked, find_experiment, locked
+from prunelab.experiments.store import find_experiment
 from prunelab.experiments.summary import level_rows, winning_ticket
 from prunelab.experiments.treatments import TREATMENTS, LevelInputs
+from prunelab.locks import ExperimentLocked, locked
 from prunelab.pruning import Mask
 from prunelab.spec import build_spec
 from prunelab.training import TrainConfig, Trainer
@@ -225,7 +226,7 @@ def test_same_seed_same_results_across_roots(tmp_path):
 def test_resume_after_interruption_gives_identical_numbers(tmp_path, monkeypatch):
     spec = tiny_spec(train=TrainConfig(epochs=3, batch_size=64), controls=("reinit",))
     straight = ExperimentRunner(spec, tmp_path / "straight").run()
-    from prunelab.experiments.store import Artifact
+    from prunelab.experiments.artifact import Artifact
 
     saves = {"n": 0}
     original = Artifact.save_checkpoint

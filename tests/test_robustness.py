@@ -17,8 +17,8 @@ from helpers import lock_held_elsewhere
 from prunelab.cli import main
 from prunelab.data import write_idx
 from prunelab.experiments import Store
-from prunelab.experiments.store import locked
 from prunelab.io import atomic_write_json
+from prunelab.locks import locked
 from prunelab.pruning import Mask
 
 RUN = ["run", "--data", "digits", "--rounds", "2", "--rate", "0.5", "--iterations", "30", "--no-progress"]
@@ -319,12 +319,12 @@ def test_a_results_root_that_is_a_file(capsys, tmp_path):
 
 def test_finished_results_read_without_write_access(copy, capsys, monkeypatch):
     root, _ = copy
-    import prunelab.experiments.store as store
+    import prunelab.locks as locks
 
     def read_only(path, *args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(store, "open", read_only, raising=False)  # what locked() opens
+    monkeypatch.setattr(locks, "open", read_only, raising=False)  # what locked() opens
     code, out, _ = cli(capsys, *RUN, "--controls", "reinit", "--root", root)
     assert code == 0 and "winning ticket" in out  # finished: read back, no lock taken
     code, _, err = cli(capsys, *RUN, "--rounds", "3", "--root", root)

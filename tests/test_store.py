@@ -17,7 +17,7 @@ from prunelab.experiments import (
     find_experiment,
     load_level,
 )
-from prunelab.experiments.store import FORMAT
+from prunelab.experiments.metrics import FORMAT
 from prunelab.spec import build_spec
 
 

@@ -14,7 +14,8 @@ import torch
 
 import prunelab
 from prunelab.errors import SpecError
-from prunelab.experiments.store import Artifact, Store
+from prunelab.experiments.artifact import Artifact
+from prunelab.experiments.store import Store
 from prunelab.sweeps import expand, read_sweep_file
 from prunelab.training import Trainer
 
@@ -269,7 +270,7 @@ def test_each_control_is_a_task_after_the_levels_and_gives_the_numbers_of_one_ru
 
     from prunelab.errors import PrunelabError
     from prunelab.experiments.runner import LEVELS, ExperimentRunner
-    from prunelab.experiments.store import ExperimentLocked
+    from prunelab.locks import ExperimentLocked
     from prunelab.sweeps.plan import task_key
 
     path = grid_file(tmp_path, 'pruning.method = ["magnitude", "random"]', seeds="0")

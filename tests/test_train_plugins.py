@@ -158,7 +158,7 @@ def test_a_method_killed_mid_dense_training_resumes_with_identical_numbers(
     tmp_path, monkeypatch, model, pruning, optimizer
 ):
     from prunelab.experiments import ExperimentRunner, ExperimentSpec, PruneSpec, TreatmentSpec
-    from prunelab.experiments.store import Artifact
+    from prunelab.experiments.artifact import Artifact
 
     if model == "small-bn":  # a conv net with BatchNorm much smaller than the zoo's
         factory = tmp_path / "small_bn.py"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from torch import nn
 
+from prunelab.experiments.metrics import LevelMetrics
 from prunelab.experiments.spec import ExperimentSpec
-from prunelab.experiments.store import LevelMetrics, StoredExperiment, find_experiment
+from prunelab.experiments.store import StoredExperiment, find_experiment
 from prunelab.pruning import Mask
 
 

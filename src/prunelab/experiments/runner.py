@@ -25,20 +25,16 @@ from torch import nn
 
 from prunelab.data import Dataset
 from prunelab.errors import CheckpointError, PrunelabError, SpecError
+from prunelab.experiments.artifact import Artifact, DamagedResults, state_shapes
 from prunelab.experiments.branches import Branch, LevelInputs, Start, State
 from prunelab.experiments.controls import CONTROLS
+from prunelab.experiments.metrics import LevelMetrics, weight_entries
+from prunelab.experiments.paths import branch_lock
 from prunelab.experiments.spec import ExperimentSpec
-from prunelab.experiments.store import (
-    Artifact,
-    DamagedResults,
-    LevelMetrics,
-    Store,
-    locked,
-    state_shapes,
-    weight_entries,
-)
+from prunelab.experiments.store import Store
 from prunelab.experiments.treatments import TREATMENTS, treatment_for
 from prunelab.io import remove_orphans
+from prunelab.locks import locked
 from prunelab.profiling import measured
 from prunelab.pruning import Mask, PruneContext, masked_macs, prunable_names, prune
 from prunelab.pruning.calibration import reconstruct
@@ -260,7 +256,7 @@ class ExperimentRunner:
         with ExitStack() as stack:
             removed = 0
             for name in names:
-                stack.enter_context(locked(self._seed_dir(seed), name=f".lock-{name}"))
+                stack.enter_context(locked(self._seed_dir(seed), name=branch_lock(name)))
                 for level in range(1, self.spec.pruning.rounds + 1):
                     removed += remove_orphans(self._artifact(seed, level, name).dir, recursive=False)
             if removed:
@@ -279,7 +275,7 @@ class ExperimentRunner:
         self._trunk(seed, self._initial(seed))
 
     def _seed_dir(self, seed: int) -> Path:
-        return self.directory / f"seed-{seed}"
+        return self.store.paths.seed(self.spec.experiment_id(), seed)
 
     def _spec_lists(self, seed: int) -> bool:
         """Whether spec.json is written and lists ``seed``."""
