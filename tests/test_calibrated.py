@@ -10,8 +10,14 @@ from torch import nn
 
 from prunelab.errors import SpecError
 from prunelab.pruning import Mask, PruneContext, prune
-from prunelab.pruning.calibration import collect, layer_output, least_squares, reconstruct
-from prunelab.pruning.criteria import greedy_order, lasso_select
+from prunelab.pruning.calibration import (
+    collect,
+    greedy_order,
+    lasso_select,
+    layer_output,
+    least_squares,
+    reconstruct,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,7 @@ import prunelab.ui as ui
 from prunelab.cli import COMMANDS, app, build_command, main
 from prunelab.cli.experiments import run_flags
 from prunelab.cli.options import DataDir, Root, Threads
-from prunelab.pruning import CRITERIA
+from prunelab.pruning import METHODS
 from prunelab.table import Table
 
 FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
@@ -22,7 +22,7 @@ def method_flags() -> set[str]:
     """The flags of every method's settings: what `methods` lists."""
     from prunelab.cli.options import spec_flags
 
-    return {f.name for _, c in CRITERIA.items() if c.Settings for f in spec_flags(c.Settings)}
+    return {f.name for _, m in METHODS.items() if m.Settings for f in spec_flags(m.Settings)}
 
 
 @pytest.mark.parametrize("width", [80, 120])

@@ -11,7 +11,7 @@ from prunelab.experiments import CONTROLS, TREATMENTS, ExperimentRunner, Store
 from prunelab.experiments.branches import register_branch
 from prunelab.experiments.controls import Control
 from prunelab.experiments.treatments import Treatment
-from prunelab.pruning import CRITERIA, PruneContext, PruneSpec, prune
+from prunelab.pruning import SCORERS, PruneContext, PruneSpec, prune
 
 
 def mlp() -> nn.Module:
@@ -51,7 +51,7 @@ def test_target_sparsity_sets_the_per_round_rate_of_a_spec():
 
 
 def test_a_criterion_declares_what_it_needs():
-    assert CRITERIA.get("snip").needs == {"batches"} and CRITERIA.get("movement").needs == {"initial_state"}
+    assert SCORERS.get("snip").needs == {"batches"} and SCORERS.get("movement").needs == {"initial_state"}
     with pytest.raises(SpecError, match=r"method 'movement' needs the weights at initialisation"):
         prune(mlp(), None, PruneSpec(method="movement"))
     with pytest.raises(SpecError, match=r"method 'snip' needs data"):
@@ -59,7 +59,7 @@ def test_a_criterion_declares_what_it_needs():
 
 
 def test_criterion_settings_come_from_the_spec(monkeypatch):
-    synflow = CRITERIA.get("synflow")
+    synflow = SCORERS.get("synflow")
     calls = []
     original = synflow.scores
     monkeypatch.setattr(

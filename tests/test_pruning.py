@@ -13,11 +13,12 @@ from torch import nn
 
 from prunelab.errors import SpecError, UnknownNameError
 from prunelab.pruning import (
-    CRITERIA,
     METHODS,
     SCOPES,
+    SCORERS,
     STRUCTURES,
     Mask,
+    Method,
     PruneContext,
     prunable_names,
     prune,
@@ -322,7 +323,7 @@ def elements(mask: torch.Tensor, axis: int | None) -> int:
 STRUCTURE_CHOICES = [None, *(n for n, s in STRUCTURES.items() if not isinstance(s, CoupledStructure))]
 # methods that rank elements by scores (those that choose their units themselves, network slimming's
 # BatchNorm-scale channels, are tested in test_slimming.py)
-RANKING_METHODS = [m for m in METHODS.names() if not CRITERIA.get(METHODS.get(m).criterion)().selects]
+RANKING_METHODS = [m for m, entry in METHODS.items() if isinstance(entry, Method)]
 
 
 @pytest.mark.parametrize("structure", STRUCTURE_CHOICES)
@@ -331,12 +332,12 @@ RANKING_METHODS = [m for m in METHODS.names() if not CRITERIA.get(METHODS.get(m)
 def test_every_combination(method: str, scope: str, structure: str | None) -> None:
     spec = METHODS.get(method)
     struct = STRUCTURES.get(structure or spec.structure)
-    signed = CRITERIA.get(spec.criterion).signed
+    signed = SCORERS.get(spec.scorer).signed
     hybrid = struct.conv_axis != struct.linear_axis
     signed_units = spec.unit_norm == "abs-sum" and not hybrid  # |sum of g*w| per unit (taylor)
     valid = not (spec.structured_only and not struct.structured)
     valid = valid and not (signed and struct.structured and not signed_units)
-    criterion = CRITERIA.get(spec.criterion)
+    criterion = SCORERS.get(spec.scorer)
     allowed = criterion.structures  # head-importance: heads only; thinet/lasso: input channels
     valid = valid and (allowed is None or (structure or spec.structure) in allowed)
     valid = valid and not (criterion.layerwise and scope != "layerwise")  # thinet/lasso rank within a layer

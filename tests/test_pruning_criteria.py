@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from prunelab.errors import SpecError, UnknownNameError
 from prunelab.pruning import (
-    CRITERIA,
+    SCORERS,
     Mask,
     PruneContext,
     density_after,
@@ -41,7 +41,7 @@ WEIGHTS = ["0.weight", "2.weight", "4.weight"]
 
 
 def scores(criterion: str, model: nn.Module, mask: Mask, context: PruneContext) -> dict[str, torch.Tensor]:
-    return CRITERIA.get(criterion)().scores(model, mask, WEIGHTS, context, None)
+    return SCORERS.get(criterion)().scores(model, mask, WEIGHTS, context, None)
 
 
 def global_keep(values: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
@@ -108,8 +108,8 @@ def test_grasp_is_weight_times_hessian_gradient_product() -> None:
     hessian = torch.autograd.functional.hessian(loss, theta)
     gradient = torch.func.grad(loss)(theta)
     expected = (theta * (hessian @ gradient)).split(sizes)
-    settings = CRITERIA.get("grasp").Settings(temperature=temperature)
-    got = CRITERIA.get("grasp")(settings).scores(
+    settings = SCORERS.get("grasp").Settings(temperature=temperature)
+    got = SCORERS.get("grasp")(settings).scores(
         model, Mask.ones(model), WEIGHTS, PruneContext(batches=data), None
     )
     for n, e, s in zip(WEIGHTS, expected, shapes, strict=True):

@@ -15,15 +15,12 @@ from prunelab.errors import SpecError
 from prunelab.experiments import ExperimentRunner, ExperimentSpec
 from prunelab.models import build_model
 from prunelab.pruning import METHODS, PruneContext, PruneSpec, prune
+from prunelab.pruning.early_bird import EarlyBird, EarlyBirdSettings, MaskQueue, hamming
 from prunelab.pruning.slimming import (
-    EarlyBird,
-    EarlyBirdSettings,
-    MaskQueue,
     SlimmingL1,
     SlimmingSettings,
     alive_channels,
     channel_scales,
-    hamming,
     scaled_layers,
     select_channels,
 )

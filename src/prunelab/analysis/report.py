@@ -301,6 +301,7 @@ class _Report:
         if all(e.spec.task.higher_is_better for e in exps):
             w.table("summary", winning_table(exps, tolerance=tolerance), "winning-tickets")
         w.table("summary", accuracy_table(exps, metric=self.metric), "accuracy")
+        self.found_in_training()
         if self.metric == "test_acc":  # classifiers; a one-shot language model has no training to show
             w.table("tables", accuracy_table(exps, metric="train_acc"), "train-accuracy")
             for name, exp in self.pairs:
@@ -310,6 +311,16 @@ class _Report:
         for data in dict.fromkeys(e.spec.data for e in exps if e.spec.task.name == "classification"):
             models = [e.spec.model for e in exps if e.spec.data == data]
             w.table("tables", parameters_table(models, data), f"parameters-{data}")
+
+    def found_in_training(self) -> None:
+        """What the training plug-ins of each dense training found, in their words (an early-bird
+        ticket, learned block scales), as ``show`` prints it."""
+        from prunelab.training.plugins import report_lines
+
+        for name, exp in self.pairs:
+            for seed in exp.seeds():
+                for line in report_lines(exp.levels[seed][0].plugins):
+                    self.w.text("summary", f"{name}, seed {seed}, dense training: {line}")
 
     def plots(self) -> None:
         w, exps, names = self.w, self.exps, self.names

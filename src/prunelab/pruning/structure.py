@@ -148,7 +148,7 @@ class Structure:
         ]
 
 
-STRUCTURES: Registry[Structure] = Registry("structure")
+STRUCTURES: Registry[Structure] = Registry("structure", builtins="prunelab.pruning")
 STRUCTURES.add("unstructured", Structure(None, None, "single weights"))
 STRUCTURES.add("structured-input", Structure(1, 1, "whole input channels / input neurons (dim 1)"))
 STRUCTURES.add("structured-output", Structure(0, 0, "whole filters / output neurons (dim 0)"))

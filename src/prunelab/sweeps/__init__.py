@@ -14,16 +14,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunelab.errors import PrunelabError
-from prunelab.experiments.spec import ExperimentSpec
 from prunelab.experiments.store import Store, StoredExperiment
 from prunelab.stats import mean_std
 from prunelab.sweeps.executors import EXECUTORS, Executor, Outcome, Reporter, make_executor
 from prunelab.sweeps.grid import GridPoint, SweepFile, expand, read_sweep_file, short
 from prunelab.sweeps.plan import LEVELS, ExperimentTask, SweepPlan, Task, TrunkTask, make_plan, task_key
 from prunelab.table import Table
+
+if TYPE_CHECKING:
+    from prunelab.experiments.spec import ExperimentSpec
 
 __all__ = [
     "EXECUTORS",

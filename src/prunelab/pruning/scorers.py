@@ -1,14 +1,16 @@
-"""Importance criteria: per-weight scores, higher = more important = kept.
+"""Scorers: per-weight scores, higher = more important = kept.
 
-One class per criterion, registered in :data:`CRITERIA` (like Torch-Pruning's importance plug-ins).
-A criterion only scores; which weights go is decided by the structure, scope and counts in
-:mod:`prunelab.pruning.prune`. Its contract: ``needs`` (which :class:`PruneContext` inputs it
-reads, checked before any scoring and supplied by the experiment runner only when asked for),
-an optional ``Settings`` spec (its own hyperparameters, which become a table of
-:class:`~prunelab.pruning.spec.PruneSpec`, a config section and ``--<name>-<setting>`` flags), and
-``scores``. Scores are computed on the masked model (pruned weights at zero)
-and never modify the model: forward passes go through ``torch.func.functional_call`` with copies
-of the weights and buffers, so BatchNorm statistics and signs are left as they were.
+A scorer only scores. One class per scorer, registered in :data:`SCORERS` (like Torch-Pruning's
+``Importance``); which weights or units go is decided by the structure, scope and counts of
+:func:`prunelab.prune`, for every method that ranks a scorer's scores (a
+:class:`~prunelab.pruning.methods.Method` record, registered here beside its scorer). Its contract:
+``needs`` (which :class:`PruneContext` inputs it reads, checked before any scoring and supplied by
+the experiment runner only when asked for), an optional ``Settings`` spec (its own hyperparameters,
+which become a table of :class:`~prunelab.pruning.spec.PruneSpec`, a config section and
+``--<name>-<setting>`` flags), and ``scores``. Scores are computed on the masked model (pruned
+weights at zero) and never modify the model: forward passes go through
+``torch.func.functional_call`` with copies of the weights and buffers, so BatchNorm statistics and
+signs are left as they were.
 """
 
 from __future__ import annotations
@@ -26,21 +28,22 @@ from torch.func import functional_call
 from prunelab.errors import SpecError
 from prunelab.pruning.context import Batch, PruneContext
 from prunelab.pruning.mask import PRUNABLE_TYPES, Mask
+from prunelab.pruning.methods import Method, add_method
 from prunelab.registry import Registry
 from prunelab.spec import FrozenSpec
 
 Scores = dict[str, torch.Tensor]
 
 
-class Criterion(ABC):
-    """Scores the weights named ``names``; ``signed`` criteria may give negative scores."""
+class Scorer(ABC):
+    """Scores the weights named ``names``; ``signed`` scorers may give negative scores."""
 
     signed: ClassVar[bool] = False
     """Signed scores have no meaningful Ln norm per unit, so they are refused for structured pruning."""
     needs: ClassVar[frozenset[str]] = frozenset()
-    """The :class:`PruneContext` inputs this criterion reads (keys of :data:`NEEDS`)."""
+    """The :class:`PruneContext` inputs this scorer reads (keys of :data:`NEEDS`)."""
     Settings: ClassVar[type[FrozenSpec] | None] = None
-    """The criterion's own hyperparameters, or None."""
+    """The scorer's own hyperparameters, or None."""
     structures: ClassVar[tuple[str, ...] | None] = None
     """The structures its scores mean something for (None: any); ``unit`` says what it scores."""
     unit: ClassVar[str] = "weights"
@@ -48,8 +51,11 @@ class Criterion(ABC):
     """Scores rank units within a layer only (a greedy order, a LASSO fit): scope must be layerwise."""
     wants_counts: ClassVar[bool] = False
     """``scores`` reads ``context.counts``: how many units each layer loses (LASSO's target)."""
-    calibrated: ClassVar[bool] = False
-    """Reads layers' inputs on calibration images (the spec's ``calibration_images``)."""
+    calibration: ClassVar[str | None] = None
+    """The spec field counting the calibration examples it reads layers' inputs on
+    (``calibration_images``), or None."""
+    batches: ClassVar[int] = 10
+    """Training batches it reads when it ``needs`` batches and counts no calibration examples."""
     requires: ClassVar[str] = ""
     """What the model must have, in words, beyond prunable layers (``prunelab methods`` shows it)."""
 
@@ -65,28 +71,6 @@ class Criterion(ABC):
         """Scoring rounds per pruning call; >1 re-scores between rounds (SynFlow)."""
         return 1
 
-    def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
-        """A criterion that chooses its units itself (network slimming's global BatchNorm-scale
-        threshold) overrides this: ``prune`` then returns its mask instead of ranking ``scores``."""
-        raise NotImplementedError
-
-    @property
-    def selects(self) -> bool:
-        """Whether this criterion makes the mask itself (overrides :meth:`select`)."""
-        return type(self).select is not Criterion.select
-
-    def dense_hooks(self, spec) -> list:
-        """Training hooks (:class:`~prunelab.training.plugins.TrainPlugin`) the dense training runs with,
-        for methods that act during training (an experiment's trunk trains with them); ``spec`` is
-        the :class:`~prunelab.pruning.PruneSpec`. Default: none."""
-        return []
-
-    def level_hooks(self, spec) -> list:
-        """Training hooks each pruned level, and each control beside it, retrains with (network
-        slimming's multi-pass scheme keeps its L1 push on); ``spec`` as for :meth:`dense_hooks`.
-        Default: none."""
-        return []
-
     @abstractmethod
     def scores(
         self,
@@ -98,7 +82,7 @@ class Criterion(ABC):
     ) -> Scores: ...
 
 
-CRITERIA: Registry[type[Criterion]] = Registry("criterion")
+SCORERS: Registry[type[Scorer]] = Registry("scorer", builtins="prunelab.pruning")
 
 
 # helpers --------------------------------------------------------------------------------------
@@ -155,7 +139,7 @@ def _initial(model: nn.Module, name: str, context: PruneContext) -> torch.Tensor
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Evaluation mode for the duration, then each module's own mode back."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -167,8 +151,8 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 # magnitude and random -------------------------------------------------------------------------
-@CRITERIA.register("magnitude")
-class Magnitude(Criterion):
+@SCORERS.register("magnitude")
+class Magnitude(Scorer):
     """|w| of the current weights: IMP's criterion (Frankle & Carbin), torch's L1Unstructured."""
 
     def scores(self, model, mask, names, context, generator) -> Scores:
@@ -176,8 +160,27 @@ class Magnitude(Criterion):
         return {n: params[n].detach().abs() for n in names}
 
 
-@CRITERIA.register("random")
-class Random(Criterion):
+add_method("magnitude", Method(scorer="magnitude", description="smallest |w| (IMP; torch l1_unstructured)"))
+# The structured methods of Paganini & Forde (2020) prune along the input axis, hence the default
+# "structured-input"; structure="structured-output" prunes whole filters / output neurons.
+for _name, _what in [("l1", "L1 norm"), ("l2", "L2 norm"), ("linf", "L-inf norm (largest |w|)"),
+                     ("lninf", "L-(-inf) norm (smallest |w|)")]:  # fmt: skip
+    add_method(f"{_name}-structured", Method(
+        scorer="magnitude", description=f"whole units with the smallest {_what}", structure="structured-input",
+        unit_norm=_name, structured_only=True,
+    ))  # fmt: skip
+add_method("hybrid", Method(
+    scorer="magnitude", description="L1-structured conv layers, L1-unstructured linear layers (Paganini & Forde)",
+    structure="hybrid", structured_only=True,
+))  # fmt: skip
+add_method("l1-filter", Method(
+    scorer="magnitude", description="coupled channels by L1 norm (Li et al. 2017)", structure="channels",
+    structured_only=True,
+))  # fmt: skip
+
+
+@SCORERS.register("random")
+class Random(Scorer):
     """Uniform random scores from ``generator``: random positions with exact counts."""
 
     def scores(self, model, mask, names, context, generator) -> Scores:
@@ -188,14 +191,32 @@ class Random(Criterion):
         }
 
 
-# Zhou et al. (2019) criteria ------------------------------------------------------------------
-@CRITERIA.register("large_final")
+add_method(
+    "random",
+    Method(scorer="random", description="random weights (torch random_unstructured)", unit_norm="random"),
+)
+add_method("random-structured", Method(
+    scorer="random", description="random whole units", structure="structured-input", unit_norm="random",
+    structured_only=True,
+))  # fmt: skip
+
+
+# Zhou et al. (2019) scorers -------------------------------------------------------------------
+
+
+@SCORERS.register("large_final")
 class LargeFinal(Magnitude):
     """Zhou et al.'s "large final": |w_final|, i.e. magnitude of the trained weights."""
 
 
-@CRITERIA.register("magnitude_increase")
-class MagnitudeIncrease(Criterion):
+add_method(
+    "large_final",
+    Method(scorer="large_final", description="smallest |w_final| (Zhou et al.; same as magnitude)"),
+)
+
+
+@SCORERS.register("magnitude_increase")
+class MagnitudeIncrease(Scorer):
     """Zhou et al.'s "magnitude increase": |w_final| - |w_init| (signed: shrunk weights go first)."""
 
     signed = True
@@ -209,8 +230,14 @@ class MagnitudeIncrease(Criterion):
         return {n: params[n].detach().abs() - _initial(model, n, context).abs() for n in names}
 
 
-@CRITERIA.register("movement")
-class Movement(Criterion):
+add_method(
+    "magnitude_increase",
+    Method(scorer="magnitude_increase", description="smallest |w_final| - |w_init| (Zhou et al.)"),
+)
+
+
+@SCORERS.register("movement")
+class Movement(Scorer):
     """Zhou et al.'s "movement": |w_final - w_init|, how far training moved the weight."""
 
     needs = frozenset({"initial_state"})
@@ -221,6 +248,9 @@ class Movement(Criterion):
     def scores(self, model, mask, names, context, generator) -> Scores:
         params = dict(model.named_parameters())
         return {n: (params[n].detach() - _initial(model, n, context)).abs() for n in names}
+
+
+add_method("movement", Method(scorer="movement", description="smallest |w_final - w_init| (Zhou et al.)"))
 
 
 # pruning at initialisation ----------------------------------------------------------------------
@@ -241,8 +271,8 @@ def _loss_gradients(
     return total
 
 
-@CRITERIA.register("snip")
-class Snip(Criterion):
+@SCORERS.register("snip")
+class Snip(Scorer):
     """SNIP (Lee et al. 2019): connection sensitivity |g * w|, g summed over the given batches.
 
     Computed on the masked network, so re-scoring an already pruned model sees its current state.
@@ -256,8 +286,13 @@ class Snip(Criterion):
         return {n: (grads[n] * weights[n]).abs() for n in names}
 
 
-@CRITERIA.register("grasp")
-class GraSP(Criterion):
+add_method(
+    "snip", Method(scorer="snip", description="smallest |g * w| at the current weights (Lee et al. 2019)")
+)
+
+
+@SCORERS.register("grasp")
+class GraSP(Scorer):
     """GraSP (Wang et al. 2020): keeps the weights whose removal would most reduce gradient flow.
 
     Wang et al. define S(-w) = -w * (H g) and remove the weights with the *largest* S. Here higher
@@ -290,6 +325,11 @@ class GraSP(Criterion):
         return {n: weights[n] * hg[n] for n in names}
 
 
+add_method(
+    "grasp", Method(scorer="grasp", description="GraSP w * Hg: keeps gradient flow (Wang et al. 2020)")
+)
+
+
 def synflow_input_shape(model: nn.Module, context: PruneContext) -> tuple[int, ...]:
     """Input shape for SynFlow's all-ones input: given, from a batch, or a leading Linear's width."""
     if context.input_shape is not None:
@@ -306,8 +346,8 @@ def synflow_input_shape(model: nn.Module, context: PruneContext) -> tuple[int, .
     )
 
 
-@CRITERIA.register("synflow")
-class SynFlow(Criterion):
+@SCORERS.register("synflow")
+class SynFlow(Scorer):
     """SynFlow (Tanaka et al. 2020), data-free: |dR/dw * w| with R = sum(f(1; |w|)).
 
     All parameters and float buffers (BatchNorm running statistics included) are made positive and
@@ -339,15 +379,21 @@ class SynFlow(Criterion):
         leaves = _leaves(tensors, names)
         device = next(iter(tensors.values())).device
         ones = torch.ones((1, *synflow_input_shape(model, context)), dtype=torch.float64, device=device)
-        with _eval_mode(model):
+        with eval_mode(model):
             flow = functional_call(model, {**tensors, **leaves}, (ones,)).sum()
         grads = _grad(flow, leaves)
         return {n: (grads[n] * leaves[n].detach()).abs() for n in names}
 
 
+add_method(
+    "synflow",
+    Method(scorer="synflow", description="smallest synaptic flow, data-free, iterative (Tanaka et al. 2020)"),
+)
+
+
 # transformers and first-order importance --------------------------------------------------------
-@CRITERIA.register("head-importance")
-class HeadImportance(Criterion):
+@SCORERS.register("head-importance")
+class HeadImportance(Scorer):
     """Michel et al. (2019): a head's importance is ``sum over batches |dL/dxi_h|`` for a gate ``xi_h``
     on its context, normalised per layer (:mod:`prunelab.pruning.heads`), on the masked model.
 
@@ -385,8 +431,14 @@ class HeadImportance(Criterion):
         return out
 
 
-@CRITERIA.register("taylor")
-class Taylor(Criterion):
+add_method("head-importance", Method(
+    scorer="head-importance", description="heads by gate gradients (Michel et al. 2019)", structure="heads",
+    unit_norm="linf", structured_only=True,
+))  # fmt: skip
+
+
+@SCORERS.register("taylor")
+class Taylor(Scorer):
     """First-order Taylor importance (Molchanov et al. 2017; 2019): ``g * w`` per weight, ``g`` the loss
     gradient summed over the batches, on the masked model. A unit's score, by the ``abs-sum`` unit
     norm, is ``|sum of g * w over its weights|``: the first-order change of the loss when the whole
@@ -401,156 +453,7 @@ class Taylor(Criterion):
         return {n: grads[n] * weights[n] for n in names}
 
 
-# data-driven channel selection (papers 002, 004) ------------------------------------------------
-def _channel_scores(
-    model: nn.Module, names: Sequence[str], per_channel: Mapping[str, torch.Tensor]
-) -> Scores:
-    """Every weight of input channel ``c`` carries channel ``c``'s score (the ``linf`` unit norm gives it back)."""
-    params = dict(model.named_parameters())
-    out = {}
-    for n in names:
-        w = params[n]
-        shape = (1, -1) + (1,) * (w.dim() - 2)
-        out[n] = per_channel[n].to(w.device, torch.float64).reshape(shape).expand(w.shape)
-    return out
-
-
-class _Calibrated(Criterion):
-    """Criteria that take each layer's input channels apart on calibration data."""
-
-    needs = frozenset({"batches"})
-    structures = ("structured-input",)
-    unit = "each layer's input channels"
-    layerwise = True
-    calibrated = True
-
-    def check(self, model, names, context) -> None:
-        from prunelab.pruning.calibration import check_layer
-
-        for n in names:
-            layer = n.rpartition(".")[0]
-            check_layer(model.get_submodule(layer), layer, self.name)
-
-    def scores(self, model, mask, names, context, generator) -> Scores:
-        """Each layer's input patches in the masked model (copied once per call), taken apart into
-        every input channel's contribution to each output, scored by :meth:`channel_scores`."""
-        from prunelab.pruning.calibration import collect
-
-        masked = _masked_copy(model, mask)
-        params = dict(masked.named_parameters())
-        per_channel = {}
-        for n in names:
-            (samples,) = collect(
-                [masked], n.rpartition(".")[0], _batches(context), positions=context.positions
-            )
-            alive = mask[n].reshape(mask[n].shape[0], mask[n].shape[1], -1).any(2).any(0)
-            parts = samples.contributions(params[n].detach())  # (S, O, C)
-            per_channel[n] = self.channel_scores(parts, alive, n, context)
-        return _channel_scores(model, names, per_channel)
-
-    @abstractmethod
-    def channel_scores(
-        self, parts: torch.Tensor, alive: torch.Tensor, name: str, context: PruneContext
-    ) -> torch.Tensor:
-        """Per input channel of layer ``name``, from ``parts`` (samples, outputs, channels) and the
-        channels still ``alive``: higher is kept longer."""
-
-
-def _masked_copy(model: nn.Module, mask: Mask) -> nn.Module:
-    import copy
-
-    net = copy.deepcopy(model)
-    mask.apply(net)
-    return net
-
-
-@CRITERIA.register("thinet")
-class ThiNet(_Calibrated):
-    """ThiNet (Luo et al. 2017): a layer's input channels removed greedily, each step removing the
-    channel whose removal adds least to ``sum over sampled output entries of (sum_{j in T} x_j)^2``,
-    ``x_j`` channel ``j``'s contribution to that entry (one random output channel per sampled
-    position, as ThiNet samples entries). The score is the step a channel would go at: the
-    ``count`` lowest are exactly the greedy set of that size."""
-
-    name = "thinet"
-
-    def channel_scores(self, parts, alive, name, context) -> torch.Tensor:
-        g = torch.Generator().manual_seed(0)
-        pick = torch.randint(0, parts.shape[1], (parts.shape[0],), generator=g)
-        x = parts[torch.arange(parts.shape[0]), pick]  # (S, C): one output entry per sample
-        return greedy_order(x, alive)
-
-
-def greedy_order(x: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-    """ThiNet's greedy removal over the alive columns of ``x`` (samples, channels): per channel, the
-    step it is removed at (pruned channels -1, so they stay first); higher = kept longer."""
-    order = torch.full((x.shape[1],), -1.0, dtype=torch.float64)
-    x = x.double()
-    # ||t + x_j||^2 = ||t||^2 + 2 x_j.t + ||x_j||^2, with t the removed channels' sum: keep x^T t
-    square, cross = (x * x).sum(0), torch.zeros(x.shape[1], dtype=torch.float64)
-    left = alive.clone()
-    for step in range(int(alive.sum())):
-        cost = (2 * cross + square).masked_fill(~left, torch.inf)
-        j = int(cost.argmin())  # ties: the lowest index
-        order[j] = step
-        cross += x.T @ x[:, j]
-        left[j] = False
-    return order
-
-
-@CRITERIA.register("lasso")
-class Lasso(_Calibrated):
-    """He et al. (2017): ``min ||Y - sum_c beta_c Z_c||^2 + alpha ||beta||_1`` over channel weights
-    ``beta``, ``Z_c`` channel ``c``'s contributions to every output at the sampled entries and ``Y``
-    their sum (scikit-learn's ``Lasso``); ``alpha`` bisected until the layer's target number of
-    channels keeps a non-zero ``beta``. The score is ``|beta_c|``."""
-
-    name = "lasso"
-    wants_counts = True
-
-    def channel_scores(self, parts, alive, name, context) -> torch.Tensor:
-        z = parts.reshape(-1, parts.shape[2])
-        rows = torch.randperm(len(z), generator=torch.Generator().manual_seed(0))[:LASSO_ROWS]
-        z = z[rows.sort().values]
-        keep = int(alive.sum()) - int((context.counts or {}).get(name, 0))
-        return lasso_select(z, alive, keep)
-
-
-LASSO_ROWS = 4096  # sampled (entry, output) rows of the regression: bounded memory and time
-
-
-def lasso_select(z: torch.Tensor, alive: torch.Tensor, keep: int, steps: int = 40) -> torch.Tensor:
-    """``|beta|`` of the LASSO fit of ``y = z.sum(1)`` on the alive columns of ``z`` whose penalty
-    keeps ``keep`` non-zero coefficients (bisection on log alpha; if no alpha gives exactly
-    ``keep``, the smallest fit with more, whose smallest ``|beta|`` then go). Pruned channels -1."""
-    from sklearn.linear_model import Lasso as SkLasso
-
-    columns = alive.nonzero().flatten()
-    out = torch.full((z.shape[1],), -1.0, dtype=torch.float64)
-    if keep >= len(columns) or keep <= 0:
-        out[columns] = 1.0 if keep > 0 else 0.0
-        return out
-    a = z[:, columns].numpy()
-    y = a.sum(1)
-    scale = float(abs(a.T @ y).max()) / len(y)  # alpha_max: above it every beta is 0
-
-    def fit(alpha: float):
-        model = SkLasso(alpha=alpha, fit_intercept=False, max_iter=5000, tol=1e-6, selection="cyclic")
-        model.fit(a, y)
-        return torch.as_tensor(model.coef_, dtype=torch.float64)
-
-    low, high = -12.0, 0.0  # log10(alpha / alpha_max)
-    best = fit(scale * 10**low)
-    for _ in range(steps):
-        mid = (low + high) / 2
-        beta = fit(scale * 10**mid)
-        nonzero = int((beta != 0).sum())
-        if nonzero == keep:
-            best = beta
-            break
-        if nonzero > keep:
-            low, best = mid, beta
-        else:
-            high = mid
-    out[columns] = best.abs()
-    return out
+add_method("taylor", Method(
+    scorer="taylor", description="units by |sum g*w|, first-order Taylor", structure="ffn", unit_norm="abs-sum",
+    structured_only=True,
+))  # fmt: skip
