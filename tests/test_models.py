@@ -96,7 +96,7 @@ def test_lenet5_count(shape: tuple[int, int, int], flat_side: int) -> None:
     )
     assert count_parameters(build_model("lenet5", input_shape=shape)) == expected
     if shape == MNIST:
-        assert expected == 60_074  # paper 001 Table 1: ~60k
+        assert expected == 60_074  # Paganini & Forde 2020, Table 1: ~60k
 
 
 @pytest.mark.parametrize(("shape", "pooled_side"), [(MNIST, 14), (CIFAR, 16)])

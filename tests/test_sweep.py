@@ -101,7 +101,7 @@ def test_dotted_keys_nested_tables_and_lists_of_tables_expand_alike(tmp_path):
     assert [p.spec.pruning.method for p in a] == ["magnitude", "random"]
     assert all(p.spec.seeds == (0, 1) and p.spec.pruning.rounds == 2 for p in a)  # the base's
     assert [p.spec.name for p in a] == ["magnitude", "random"]
-    # a list of tables varies fields together (paper 001's fc-only L1); the product multiplies
+    # a list of tables varies fields together (Paganini & Forde's fc-only L1); the product multiplies
     points = expand(
         BASE,
         {

@@ -109,7 +109,7 @@ class TrunkSpec(FrozenSpec):
     and training.
 
     It is the dense trunk of every experiment that shares it, and what ``prunelab train`` trains.
-    With pretrained ``weights``, that training is fine-tuning on the dataset (paper 003), and
+    With pretrained ``weights``, that training is fine-tuning on the dataset (as Ou Yang & Xu do), and
     rewinding goes back to the pretrained weights.
     """
 
