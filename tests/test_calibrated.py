@@ -10,14 +10,8 @@ from torch import nn
 
 from prunelab.errors import SpecError
 from prunelab.pruning import Mask, PruneContext, prune
-from prunelab.pruning.calibration import (
-    collect,
-    greedy_order,
-    lasso_select,
-    layer_output,
-    least_squares,
-    reconstruct,
-)
+from prunelab.pruning.calibration import collect, layer_output, least_squares, reconstruct
+from prunelab.pruning.channel_selection import greedy_order, lasso_select
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

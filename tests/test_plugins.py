@@ -1,17 +1,24 @@
 """Plug-in contracts: prune takes a PruneSpec; criteria declare needs and settings; treatments and
 controls declare their trunk points and starts, and the runner asks them instead of matching names."""
 
+import ast
+import importlib
+import inspect
+import pkgutil
+
 import pytest
 import torch
 from helpers import tiny
 from torch import nn
 
+import prunelab.cli
 from prunelab.errors import SpecError
 from prunelab.experiments import CONTROLS, TREATMENTS, ExperimentRunner, Store
 from prunelab.experiments.branches import register_branch
 from prunelab.experiments.controls import Control
 from prunelab.experiments.treatments import Treatment
-from prunelab.pruning import SCORERS, PruneContext, PruneSpec, prune
+from prunelab.pruning import METHODS, SCORERS, Method, PruneContext, PruneSpec, prune
+from prunelab.training.plugins import PLUGINS
 
 
 def mlp() -> nn.Module:
@@ -130,11 +137,41 @@ def test_a_control_is_one_registered_class(tmp_path, registered):
     assert Store(tmp_path).control(spec.experiment_id(), 0, 1, "test-previous-weights").done
 
 
-def test_the_runner_does_not_match_treatment_names():
-    import inspect
+ENGINE = [  # the modules that must work for any method, treatment and control without naming one
+    "prunelab.experiments.runner",
+    "prunelab.experiments.store",
+    "prunelab.experiments.paths",
+    "prunelab.experiments.metrics",
+    "prunelab.experiments.artifact",
+    "prunelab.locks",
+    "prunelab.training.trainer",
+    "prunelab.training.callbacks",
+    *(f"prunelab.cli.{m.name}" for m in pkgutil.iter_modules(prunelab.cli.__path__)),
+]
 
-    from prunelab.experiments import runner
 
-    source = inspect.getsource(runner)
-    for name in (*TREATMENTS.names(), *CONTROLS.names()):
-        assert f'"{name}"' not in source
+def _registered():
+    """Every registered name, and the modules defining the entries (a method's, a plug-in's file)."""
+    names, modules = {}, set()
+    for kind, registry in (("treatment", TREATMENTS), ("control", CONTROLS), ("method", METHODS),
+                           ("training plug-in", PLUGINS), ("scorer", SCORERS)):  # fmt: skip
+        for name, entry in registry.items():
+            names[name] = kind
+            cls = entry if isinstance(entry, type) else type(entry)
+            if cls.__module__.startswith("prunelab.") and not isinstance(entry, Method):
+                modules.add(cls.__module__)
+    modules |= {"prunelab.pruning.scorers", "prunelab.pruning.channel_selection", "prunelab.pruning.rowwise"}
+    return names, modules - {"prunelab.experiments.treatments", "prunelab.experiments.controls"}
+
+
+@pytest.mark.parametrize("module", ENGINE)
+def test_the_runner_store_trainer_and_cli_name_no_method_treatment_or_control(module):
+    """Read from the syntax tree: no string in the module is a registered name (an f-string's pieces
+    included), and it imports no module that defines a method or plug-in."""
+    names, owners = _registered()
+    tree = ast.parse(inspect.getsource(importlib.import_module(module)))
+    named = [(n.lineno, n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in names]
+    assert named == [], f"{module} names {[(line, v, names[v]) for line, v in named]}"
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert imported.isdisjoint(owners), f"{module} imports {sorted(imported & owners)}"

@@ -170,7 +170,7 @@ for _name, _what in [("l1", "L1 norm"), ("l2", "L2 norm"), ("linf", "L-inf norm 
         unit_norm=_name, structured_only=True,
     ))  # fmt: skip
 add_method("hybrid", Method(
-    scorer="magnitude", description="L1-structured conv layers, L1-unstructured linear layers (Paganini & Forde)",
+    scorer="magnitude", description="L1-structured convs, L1-unstructured linear layers (Paganini & Forde)",
     structure="hybrid", structured_only=True,
 ))  # fmt: skip
 add_method("l1-filter", Method(
