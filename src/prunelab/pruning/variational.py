@@ -275,15 +275,10 @@ class SparseVDMethod(TrainingMethod):
     def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
         """The non-zero weights of the layers the variational training covered (after it, the pruned
         ones are exact zeros), within ``mask``."""
-        params = dict(model.named_parameters())
-        chosen = {layer.param for layer in select_layers(model, spec.layers, spec.exclude)}
+        chosen = [layer.param for layer in select_layers(model, spec.layers, spec.exclude)]
         base = mask if mask is not None else Mask.ones(model)
         base.check_fits(model)
-        entries = {}
-        for name, m in base.items():
-            m = m.cpu()
-            entries[name] = m & (params[name].detach().cpu() != 0) if name in chosen else m.clone()
-        out = Mask(entries)
+        out = base.and_nonzero(model, chosen)
         if not context.trial:
             context.note(
                 f"{spec.method} keeps the weights its variational training left (log alpha <= "
