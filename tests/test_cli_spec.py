@@ -41,6 +41,7 @@ SAMPLES = {
     "train.augment": (None, True),
     "train.device": ("cpu", "cpu"),
     "train.bf16": (None, True),
+    "train.plugins": ("slimming", ("slimming",)),
     "pruning.method": ("random", "random"),
     "pruning.scope": ("global", "global"),
     "pruning.structure": ("structured-output", "structured-output"),
@@ -88,6 +89,23 @@ SAMPLES = {
     "seeds": ("0-2", (0, 1, 2)),
     "name": ("mine", "mine"),
 }
+
+
+def declared_samples(model: type[BaseModel], prefix: str = "") -> dict:
+    """The samples spec fields declare themselves (``Field(examples=[value])``): a method added in one
+    file brings its settings' samples with it."""
+    out = {}
+    for name, info in model.model_fields.items():
+        inner = info.annotation
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            out |= declared_samples(inner, f"{prefix}{name}.")
+        elif info.examples:
+            value = info.examples[0]
+            out[prefix + name] = (None if value is True else str(value), value)
+    return out
+
+
+SAMPLES |= {path: sample for path, sample in declared_samples(ExperimentSpec).items() if path not in SAMPLES}
 # values other fields need for a sample to be valid (epochs and iterations exclude each other, ...)
 NEEDS = {
     "train.iterations": {"train.epochs": None},
