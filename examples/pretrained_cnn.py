@@ -64,7 +64,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300, help="training iterations per level")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of unstructured pruning")
     parser.add_argument("--rate", type=float, default=0.5, help="fraction pruned per unstructured round")
-    parser.add_argument("--image-size", type=int, default=None, help="resize batches (224 as in Ou Yang & Xu)")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="resize batches (224 as in Ou Yang & Xu)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
     args = parser.parse_args()
     prunelab.set_threads(args.threads)

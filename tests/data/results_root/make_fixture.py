@@ -5,7 +5,7 @@ locks and a reader), from this folder::
 
     PYTHONPATH=../../../src python make_fixture.py
 
-and its output committed: ``tests/test_store.py`` reads it with the current code, so a change of the
+and its output committed: ``tests/experiments/test_store.py`` reads it with the current code, so a change of the
 on-disk layout or of the metrics format shows as a failing test, not as results users can no longer
 read. Never run it again to "fix" that test (the point is that the files are old); a new format gets
 a fixture of its own beside this one.

@@ -351,7 +351,7 @@ def test_the_readme_commands_are_valid_specs(monkeypatch):
     import prunelab.cli.experiments as cli_experiments
     from prunelab.cli import main
 
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+    text = (Path(__file__).parents[2] / "README.md").read_text()
     block = re.search(r"### Methods that act during training.*?```bash\n(.*?)```", text, re.S).group(1)
     commands = [shlex.split(c.split("#")[0]) for c in block.replace("\\\n", " ").strip().splitlines()]
     seen = []

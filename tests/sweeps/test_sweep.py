@@ -152,7 +152,7 @@ def test_flags_override_the_base_never_the_grid(tmp_path, cli):
 
 
 def test_example_sweeps_plan(tmp_path, cli):
-    examples = Path(__file__).parents[1] / "examples" / "sweeps"
+    examples = Path(__file__).parents[2] / "examples" / "sweeps"
     code, out, err = cli(
         "sweep", examples / "paper001_table2.toml", "--dry-run", "--root", tmp_path, "--threads", "1"
     )

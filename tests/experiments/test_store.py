@@ -142,7 +142,7 @@ def test_a_finished_run_checks_the_files_it_stands_for(stored, tmp_path, capsys,
 
 
 # a results root written by an earlier prunelab (tests/data/results_root/make_fixture.py) ---------
-FIXTURE = Path(__file__).parent / "data" / "results_root"
+FIXTURE = Path(__file__).parents[1] / "data" / "results_root"
 
 
 @pytest.fixture

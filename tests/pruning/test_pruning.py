@@ -319,7 +319,7 @@ def elements(mask: torch.Tensor, axis: int | None) -> int:
     return int(mask.movedim(axis, 0).reshape(mask.shape[axis], -1).any(1).sum())
 
 
-# per-layer structures (coupled ones, which prune groups across layers, are tested in test_coupled.py)
+# per-layer structures (coupled ones, which prune groups across layers, are tested in tests/coupling/test_coupling.py)
 STRUCTURE_CHOICES = [None, *(n for n, s in STRUCTURES.items() if not isinstance(s, CoupledStructure))]
 # methods that rank elements by scores (those that choose their units themselves, network slimming's
 # BatchNorm-scale channels, are tested in test_slimming.py)
@@ -343,7 +343,7 @@ def test_every_combination(method: str, scope: str, structure: str | None) -> No
     valid = valid and not (criterion.layerwise and scope != "layerwise")  # thinet/lasso rank within a layer
     valid = valid and not (hybrid and scope == "global")
     if isinstance(struct, CoupledStructure):  # the method's own default is coupled (l1-filter, taylor)
-        pytest.skip("coupled structures are tested in test_coupling.py")
+        pytest.skip("coupled structures are tested in tests/coupling/test_coupling.py")
     grouped = isinstance(struct, RowGroups)  # per-row: each output row loses its own share
     valid = valid and not (grouped and scope != "layerwise")
     model = seeded(ConvNet)
