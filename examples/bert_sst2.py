@@ -1,6 +1,6 @@
 """Paper 003 Figs. 8-9 on a transformer: iterative unstructured pruning of BERT with fine-tuning,
 at two prune fractions per round that reach about the same density (20% x 6 rounds, 50% x 2);
-then the structured pruning paper 003 left open: half the attention heads and half the FFN
+then the structured pruning Ou Yang & Xu left open: half the attention heads and half the FFN
 neurons of every block (first-order Taylor importance), physically removed, with the latency of
 the compacted model against the dense one (batch 1, 8 and 32 x 128 tokens).
 

@@ -4,7 +4,7 @@
    are in torch's cache ($TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth); otherwise the model
    starts from a random initialisation, and the output says so.
 2. Iterative L1 unstructured pruning (magnitude, global over the convs and the head), fine-tuning
-   between rounds (paper 003 Figs. 3-4).
+   between rounds (Ou Yang & Xu, Figs. 3-4).
 3. L1 filter pruning: half the filters of every conv, one round, fine-tuned, then physically removed
    through the dependency graph (Fig. 5).
 
@@ -64,7 +64,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300, help="training iterations per level")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of unstructured pruning")
     parser.add_argument("--rate", type=float, default=0.5, help="fraction pruned per unstructured round")
-    parser.add_argument("--image-size", type=int, default=None, help="resize batches (224 as in paper 003)")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="resize batches (224 as in Ou Yang & Xu)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
     args = parser.parse_args()
     prunelab.set_threads(args.threads)

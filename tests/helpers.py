@@ -31,7 +31,7 @@ def lock_held_elsewhere(
 ) -> Iterator[subprocess.Popen]:
     """Another process holding prunelab's lock ``name`` on ``directory`` for up to ``seconds`` (killed on exit)."""
     code = (
-        "import time; from pathlib import Path; from prunelab.experiments.store import locked\n"
+        "import time; from pathlib import Path; from prunelab.locks import locked\n"
         f"with locked(Path({str(directory)!r}), name={name!r}):\n"
         f"    print('held', flush=True); time.sleep({seconds})"
     )

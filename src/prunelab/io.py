@@ -271,7 +271,7 @@ def check_output_folder(
     A new or empty folder is fine. An existing one is replaced only with ``force``, and only if it
     is an earlier output of the same kind (its ``marker`` and nothing but ``members``). Never the
     current folder, a folder holding it, a folder holding any of ``protect`` (the results root), or
-    a folder inside the store's own ``experiments/`` and ``trunks/``.
+    a folder inside the store's own result folders (:data:`~prunelab.experiments.paths.FOLDERS`).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -284,9 +284,11 @@ def check_output_folder(
     for place, what in guarded:
         if _within(resolved, place):
             raise OutputError(f"{path} is or holds {what}; write the {kind.name} to a folder of its own")
+    from prunelab.experiments.paths import FOLDERS
+
     for p in protect:
         root = Path(p).expanduser().resolve()
-        for store_part in ("experiments", "trunks"):
+        for store_part in FOLDERS:
             if _within(root / store_part, resolved):
                 raise OutputError(
                     f"{path} is inside the results store ({root / store_part}); write the {kind.name} elsewhere"

@@ -55,16 +55,16 @@ def set_threads(threads: int | None = None) -> int:
 
 def other_writers(root: Path) -> list[str]:
     """Who else is writing experiments under ``root`` now (the lock holders' own descriptions)."""
-    from prunelab.experiments.store import is_locked
+    from prunelab.experiments.paths import Paths
+    from prunelab.locks import is_locked
 
     holders = []
-    for pattern in ("experiments/*/.lock", "experiments/*/seed-*/.lock*", "trunks/*/seed-*/.lock"):
-        for lock in sorted(root.glob(pattern)) if root.is_dir() else []:
-            if is_locked(lock.parent, lock.name):
-                try:
-                    holders.append(lock.read_text().strip() or str(lock.parent))
-                except OSError:
-                    holders.append(str(lock.parent))
+    for lock in Paths(root).lock_files():
+        if is_locked(lock.parent, lock.name):
+            try:
+                holders.append(lock.read_text().strip() or str(lock.parent))
+            except OSError:
+                holders.append(str(lock.parent))
     return sorted(set(h.split(" since ")[0] for h in holders))
 
 

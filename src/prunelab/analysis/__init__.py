@@ -1,5 +1,5 @@
 """Analysis and reports: mask similarity, effective and neuron sparsity, weight stability,
-ensembles, tables, plots and a self-contained HTML report (paper 001's analyses, papers 000, 003).
+ensembles, tables, plots and a self-contained HTML report (the analyses of Paganini & Forde 2020, Reddy, Vaddiraju & Datta, Ou Yang & Xu).
 
 Every function takes experiments as ids, id prefixes, labels or folders (``root`` as for
 ``prunelab show``), or as already loaded :class:`~prunelab.experiments.store.StoredExperiment`.

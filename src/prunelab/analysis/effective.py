@@ -1,4 +1,4 @@
-"""Effective sparsity (paper 001, appendix B) and neuron sparsity (paper 000).
+"""Effective sparsity (Paganini & Forde 2020, appendix B) and neuron sparsity (Reddy, Vaddiraju & Datta).
 
 A kept weight is *effectively* pruned when no input-to-output path passes through it: its input
 unit receives nothing from the input, or its output unit reaches no output. Such weights get no
@@ -164,7 +164,7 @@ def unit_densities(mask: Mask) -> dict[str, dict[str, torch.Tensor]]:
 def neuron_sparsity(mask: Mask) -> list[dict]:
     """Per layer: fraction of units (neurons, or filters for conv) with every incoming weight pruned,
     fraction of the layer's input units with every outgoing weight (in this layer) pruned, and the
-    quartiles of the per-unit incoming density (paper 000's neuron-wise sparsity)."""
+    quartiles of the per-unit incoming density (Reddy, Vaddiraju & Datta's neuron-wise sparsity)."""
     rows = []
     for layer, d in unit_densities(mask).items():
         q = torch.quantile(d["in"], torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))

@@ -1,4 +1,4 @@
-"""Ensembles of subnetworks and how often they agree (paper 001, Table 2 and Fig. 14).
+"""Ensembles of subnetworks and how often they agree (Paganini & Forde 2020, Table 2 and Fig. 14).
 
 Different methods find different subnetworks that learn partly complementary functions; averaging
 their predicted probabilities can beat every member. Members are combined seed by seed (the
@@ -177,7 +177,7 @@ def ensemble_table(
     root: str | Path | None = None,
     predictions: Predictions | None = None,
 ) -> list[dict]:
-    """Paper 001 Table 2: at each pruning iteration, each member's mean accuracy and the ensemble's.
+    """Paganini & Forde 2020, Table 2: at each pruning iteration, each member's mean accuracy and the ensemble's.
 
     Rows: level, then one key per member name, then "ensemble" (all members averaged).
     """

@@ -1,7 +1,7 @@
 """Attention-head importance of a trained level: ``prunelab heads``, the report's table and heatmap.
 
 The scores (Michel et al. 2019's gates) are computed by :mod:`prunelab.pruning.heads`, which the
-``head-importance`` pruning criterion uses too.
+``head-importance`` scorer uses too.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ METHOD_COLORS = {
 _EXTRA = ["#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5", "#637939", "#8c6d31", "#843c39"]
 TREATMENT_STYLES = {"rewind": "-", "finetune": "--", "reinit": ":", "sign": "-.", "sigma-sign": "-."}
 PRUNED_GREY = (0.78, 0.78, 0.78)
-WEIGHT_CMAP = "RdBu_r"  # negative blue, positive red, as in paper 001 Fig. 5
+WEIGHT_CMAP = "RdBu_r"  # negative blue, positive red, as in Paganini & Forde 2020, Fig. 5
 
 
 def method_color(method: str) -> str:
@@ -309,7 +309,7 @@ def mask_image(
 
 
 def plot_mask(weight: torch.Tensor, mask: torch.Tensor, title: str, max_units: int = 64) -> Figure:
-    """Paper 001 Fig. 5: a layer's kept weights coloured by sign and size, pruned ones grey."""
+    """Paganini & Forde 2020, Fig. 5: a layer's kept weights coloured by sign and size, pruned ones grey."""
     img, note, scale = mask_image(weight, mask, max_units)
     conv = weight.dim() > 2
     h, w = img.shape[:2]
@@ -394,7 +394,7 @@ def _panels(n: int, width: float, height: float, cols: int = 3) -> tuple[Figure,
 
 
 def plot_stability(summaries: dict[str, list[dict]], colors: dict[str, Style] | None = None) -> Figure:
-    """Paper 001 Fig. 8: mean |w_i - w_{i-1}| per layer, a bar per experiment (lower = more stable)."""
+    """Paganini & Forde 2020, Fig. 8: mean |w_i - w_{i-1}| per layer, a bar per experiment (lower = more stable)."""
     layers = list(dict.fromkeys(r["layer"] for rows in summaries.values() for r in rows))
     fig = new_figure(max(6.4, 1.1 * len(layers) + 2), 4.2)
     ax = fig.add_subplot()
@@ -425,7 +425,7 @@ def plot_stability(summaries: dict[str, list[dict]], colors: dict[str, Style] | 
 
 
 def plot_trajectories(traj, title: str, color: str = "#1f77b4") -> Figure:
-    """Paper 001 Figs. 6, 7: each weight's final value per level, the line ending when it is pruned."""
+    """Paganini & Forde 2020, Figs. 6, 7: each weight's final value per level, the line ending when it is pruned."""
     fig = new_figure()
     ax = fig.add_subplot()
     x = np.arange(len(traj.levels))
@@ -445,7 +445,7 @@ def plot_trajectories(traj, title: str, color: str = "#1f77b4") -> Figure:
 
 
 def plot_agreement(names: Sequence[str], agreement: torch.Tensor | np.ndarray, title: str = "") -> Figure:
-    """Paper 001 Fig. 14: fraction of test examples on which two subnetworks predict the same class."""
+    """Paganini & Forde 2020, Fig. 14: fraction of test examples on which two subnetworks predict the same class."""
     a = np.asarray(agreement, dtype=float)
     n = len(names)
     fig = new_figure(2.2 + 0.9 * n, 1.6 + 0.8 * n)

@@ -225,7 +225,7 @@ def _mask_layers(exp: StoredExperiment) -> list[str]:
 
 
 def _trajectory_layer(exp: StoredExperiment) -> str:
-    """Paper 001 shows the second conv layer (Fig. 6), else the output layer (Fig. 7)."""
+    """Paganini & Forde show the second conv layer (Fig. 6), else the output layer (Fig. 7)."""
     layers = prunable_layers(exp.build_model())
     convs = [layer for layer in layers if layer.kind == "conv"]
     return (convs[1] if len(convs) > 1 else layers[-1]).name
@@ -301,6 +301,7 @@ class _Report:
         if all(e.spec.task.higher_is_better for e in exps):
             w.table("summary", winning_table(exps, tolerance=tolerance), "winning-tickets")
         w.table("summary", accuracy_table(exps, metric=self.metric), "accuracy")
+        self.found_in_training()
         if self.metric == "test_acc":  # classifiers; a one-shot language model has no training to show
             w.table("tables", accuracy_table(exps, metric="train_acc"), "train-accuracy")
             for name, exp in self.pairs:
@@ -310,6 +311,16 @@ class _Report:
         for data in dict.fromkeys(e.spec.data for e in exps if e.spec.task.name == "classification"):
             models = [e.spec.model for e in exps if e.spec.data == data]
             w.table("tables", parameters_table(models, data), f"parameters-{data}")
+
+    def found_in_training(self) -> None:
+        """What the training plug-ins of each dense training found, in their words (an early-bird
+        ticket, learned block scales), as ``show`` prints it."""
+        from prunelab.training.plugins import report_lines
+
+        for name, exp in self.pairs:
+            for seed in exp.seeds():
+                for line in report_lines(exp.levels[seed][0].plugins):
+                    self.w.text("summary", f"{name}, seed {seed}, dense training: {line}")
 
     def plots(self) -> None:
         w, exps, names = self.w, self.exps, self.names
@@ -342,7 +353,7 @@ class _Report:
         w = self.w
         w.text(
             "effective-sparsity",
-            "Effective density counts only the kept weights on some input-to-output path (paper 001, appendix B).",
+            "Effective density counts only the kept weights on some input-to-output path (Paganini & Forde 2020, appendix B).",
         )
         per_run = {exp.id: effective_levels(exp) for exp in self.exps}
         w.figure(
@@ -459,7 +470,7 @@ class _Report:
     def masks(self) -> None:
         self.w.text(
             "masks",
-            "Kept weights coloured by value (red positive, blue negative), pruned weights grey; conv layers as a grid of kernels, one row per input channel and one column per output channel (paper 001 Fig. 5).",
+            "Kept weights coloured by value (red positive, blue negative), pruned weights grey; conv layers as a grid of kernels, one row per input channel and one column per output channel (Paganini & Forde 2020, Fig. 5).",
         )
         for name, exp in self.pairs:
             seed = seeds_of(exp)[0]
@@ -479,7 +490,7 @@ class _Report:
             "stability",
             plots.plot_stability(summaries, self.style),
             "weight-stability",
-            "Mean |w_i − w_(i−1)| over consecutive levels and seeds (paper 001 Fig. 8)",
+            "Mean |w_i − w_(i−1)| over consecutive levels and seeds (Paganini & Forde 2020, Fig. 8)",
         )
         rows = [r | {"experiment": n} for n, rs in summaries.items() for r in rs]
         w.table(
@@ -496,7 +507,7 @@ class _Report:
                 "stability",
                 fig,
                 f"trajectories-{name}",
-                f"Final weight values per level in {traj.layer}, seed {seeds_of(exp)[0]}: {name} (paper 001 Figs. 6, 7)",
+                f"Final weight values per level in {traj.layer}, seed {seeds_of(exp)[0]}: {name} (Paganini & Forde 2020, Figs. 6, 7)",
             )
 
     def _text_models(self) -> list[bool]:
@@ -602,5 +613,5 @@ class _Report:
             "ensemble",
             fig,
             "agreement",
-            "Fraction of test examples with the same prediction (mean over seeds; paper 001 Fig. 14)",
+            "Fraction of test examples with the same prediction (mean over seeds; Paganini & Forde 2020, Fig. 14)",
         )

@@ -1,6 +1,6 @@
 """How alike two masks are: Jaccard similarity (intersection over union of kept weights) and Hamming.
 
-Paper 001 compares masks found from identical initialisations (same seed) by two methods
+Paganini & Forde (2020) compare masks found from identical initialisations (same seed) by two methods
 (Figs. 3, 4), by rewinding and finetuning (Fig. 9), and one run's masks across levels; a Jaccard
 distance near 0 means the same subnetwork, near 1 (at equal density) a disjoint one.
 """
@@ -91,7 +91,7 @@ def similarity_between(
     """Masks of two experiments compared at each pruned level, seed by seed (same seed = same init).
 
     Rows: level, seed, layer, jaccard, jaccard_distance, hamming, density_a, density_b. Use it for
-    two methods (paper 001 Figs. 3, 4) or rewinding against finetuning (Fig. 9).
+    two methods (Paganini & Forde 2020, Figs. 3, 4) or rewinding against finetuning (Fig. 9).
     """
     a, b = resolve(run_a, root), resolve(run_b, root)
     common = [s for s in seeds_of(a, seeds) if s in b.levels]

@@ -1,7 +1,7 @@
-"""Weight stability to pruning (paper 001, Sec. 5): how much surviving weights move between levels.
+"""Weight stability to pruning (Paganini & Forde 2020, Sec. 5): how much surviving weights move between levels.
 
-Paper 001 finds the methods that keep the best accuracy also keep weights closest to the values
-they converged to at the previous level (Fig. 8), and shows it per weight (Figs. 6, 7).
+Paganini & Forde (2020) find that the methods that keep the best accuracy also keep weights closest to the values
+they converged to at the previous level (Fig. 8), and show it per weight (Figs. 6, 7).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def weight_stability(
 
 
 def stability_summary(rows: Sequence[dict]) -> list[dict]:
-    """Per layer, the mean over levels and seeds (paper 001 Fig. 8: the lower, the more stable)."""
+    """Per layer, the mean over levels and seeds (Paganini & Forde 2020, Fig. 8: the lower, the more stable)."""
     usable = [r for r in rows if r["weights"] > 0]
     return [
         {
@@ -86,7 +86,7 @@ def weight_trajectories(
     root: str | Path | None = None,
     max_weights: int = 300,
 ) -> Trajectories:
-    """One line per weight across levels, ending where it is pruned (paper 001 Figs. 6, 7).
+    """One line per weight across levels, ending where it is pruned (Paganini & Forde 2020, Figs. 6, 7).
 
     Layers with more than ``max_weights`` weights show an evenly spaced subset.
     """

@@ -1,7 +1,7 @@
 """The report's tables, each as a :class:`Table` that prints in the terminal and writes CSV and HTML.
 
-Accuracy per pruning iteration per method (paper 001 Table 2), parameters left per pruning
-fraction (Table 1), per-parameter sparsity including biases (paper 003 Table I), learning speed
+Accuracy per pruning iteration per method (Paganini & Forde 2020, Table 2), parameters left per pruning
+fraction (Table 1), per-parameter sparsity including biases (Ou Yang & Xu, Table I), learning speed
 and train-test gap per level, winning tickets, and any list of analysis records.
 """
 
@@ -41,7 +41,7 @@ def accuracy_table(
     early_stop: bool = False,
     title: str | None = None,
 ) -> Table:
-    """The main table (paper 001 Table 2): per level, each experiment's mean ± std over seeds,
+    """The main table (Paganini & Forde 2020, Table 2): per level, each experiment's mean ± std over seeds,
     followed by its control branches (random reinit, random mask) where it has them.
 
     One density column when all experiments reach the same density at each level (within 1%),
@@ -146,7 +146,7 @@ def parameters_table(
     data: str = "fashion-mnist",
     fractions: Sequence[float] = (0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99),
 ) -> Table:
-    """Paper 001 Table 1: parameters left (thousands) in each model at each pruning fraction.
+    """Paganini & Forde 2020, Table 1: parameters left (thousands) in each model at each pruning fraction.
 
     The fraction applies to the prunable weights (conv and linear); biases and norms stay.
     """
@@ -178,7 +178,7 @@ def layer_sparsity_table(
     levels: Sequence[int] | None = None,
     root: str | Path | None = None,
 ) -> Table:
-    """Paper 003 Table I: sparsity (exact zeros) of every weight and bias at each level, one seed."""
+    """Ou Yang & Xu, Table I: sparsity (exact zeros) of every weight and bias at each level, one seed."""
     exp = resolve(run, root)
     seed = seeds_of(exp)[0] if seed is None else seed
     levels = list(levels) if levels is not None else levels_of(exp, seed)

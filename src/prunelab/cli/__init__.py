@@ -104,10 +104,12 @@ def build_command(name: str, fn, markup: Any = "rich") -> TyperCommand:
     flags = getattr(fn, "spec_flags_from", None)
     if flags is not None:
         fn = with_spec_flags(flags())(fn)
-    for hint in typing.get_type_hints(fn, include_extras=True).values():
+    hints = typing.get_type_hints(fn, include_extras=True)
+    for hint in hints.values():
         for info in getattr(hint, "__metadata__", ()):
             if isinstance(info, ParameterInfo) and callable(info.help):
                 info.help = info.help()
+    fn.__annotations__ = hints  # evaluated once: typer reads these, their help texts resolved
     info = CommandInfo(name=name, callback=fn, cls=Command)
     return typer.main.get_command_from_info(info, pretty_exceptions_short=True, rich_markup_mode=markup)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from prunelab.cli.options import DataDir, Root, Threads
+from prunelab.cli.options import DataDir, Root, Threads, default_of
 from prunelab.errors import PrunelabError, SpecError
 
 Runs = Annotated[list[str], typer.Argument(help="Experiments: ids (or unique prefixes), labels or folders.")]
@@ -384,7 +384,15 @@ def sensitivity(
     run: Run,
     level: Annotated[Opt[int], typer.Option(help="Level (default: the last finished).")] = None,
     seed: Annotated[Opt[int], typer.Option(help="Seed (default: the first).")] = None,
-    method: Annotated[str, typer.Option(help="Pruning method applied to each layer alone.")] = "l1-filter",
+    method: Annotated[
+        Opt[str],
+        typer.Option(
+            help=lambda: (
+                "Pruning method applied to each layer alone (default: "
+                f"{default_of('prunelab.analysis.sensitivity:sensitivity', 'method')})."
+            )
+        ),
+    ] = None,
     layers: Annotated[str, typer.Option(help="Which layers (all, conv-only, fc-only).")] = "conv-only",
     exclude: Annotated[Opt[list[str]], typer.Option(help="Layers left out (repeat).")] = None,
     fractions: Annotated[
@@ -412,6 +420,7 @@ def sensitivity(
     values = _numbers(fractions, float, "--fractions")
     _check_figure(plot)
     lv = load_level(run, level, seed=seed, root=root)
+    method = method or default_of("prunelab.analysis.sensitivity:sensitivity", "method")
     result = level_sensitivity(
         lv, split, method=method, layers=layers, exclude=tuple(exclude or ()), fractions=values
     )

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from prunelab.cli.options import DataDir, Device, Root, Threads
+from prunelab.cli.options import DataDir, Device, Root, Threads, default_of
 from prunelab.errors import SpecError
 
 Run = Annotated[str, typer.Argument(help="Experiment id (or unique prefix), label, or folder.")]
@@ -333,7 +333,15 @@ def removal_table(
     fractions: Annotated[
         str, typer.Option(help="Comma-separated pruning fractions.")
     ] = "0.1,0.3,0.5,0.7,0.9",
-    method: Annotated[str, typer.Option(help="A structured pruning method.")] = "l1-structured",
+    method: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help=lambda: (
+                "A structured pruning method (default: "
+                f"{default_of('prunelab.compress.count:removal_table', 'method')})."
+            )
+        ),
+    ] = None,
     structure: Annotated[
         str, typer.Option(help="structured-output or structured-input.")
     ] = "structured-output",
@@ -342,7 +350,7 @@ def removal_table(
     ] = "all",
     threads: Threads = None,
 ) -> None:
-    """Paper 003 Fig. 2: parameters left by masking against parameters left after real removal."""
+    """Ou Yang & Xu's Fig. 2: parameters left by masking against parameters left after real removal."""
     from prunelab.compress.count import removal_table as make_table
     from prunelab.data import resolve_dataset
     from prunelab.table import Table
@@ -350,6 +358,7 @@ def removal_table(
 
     info = resolve_dataset(data).info
     values = _numbers(fractions, float, "--fractions")
+    method = method or default_of("prunelab.compress.count:removal_table", "method")
     rows = make_table(
         model,
         values,

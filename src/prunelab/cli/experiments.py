@@ -199,12 +199,12 @@ def _show(exp, tolerance: float = 0.005) -> None:
                 f"early stop at iteration {ticket['early_stop']:.0f} vs dense {ticket['dense_early_stop']:.0f}"
             )
         )
-    from prunelab.experiments.runner import report_text
+    from prunelab.training.plugins import report_lines
 
-    for seed in exp.seeds():  # what training plug-ins found in the dense training (an early-bird ticket)
+    for seed in exp.seeds():  # what the training plug-ins found in the dense training, in their words
         if 0 in exp.levels.get(seed, {}):
-            for name, report in exp.metrics(seed, 0).plugins.items():
-                console.print(plain(f"seed {seed} dense: {name}: {report_text(report)}"))
+            for line in report_lines(exp.metrics(seed, 0).plugins):
+                console.print(plain(f"seed {seed} dense: {line}"))
     console.print(plain(f"results: {exp.directory}"))
 
 

@@ -34,31 +34,61 @@ def _settings_text(spec_cls, fields=None) -> str:
 
 
 def methods() -> None:
-    """List the pruning methods: criterion, grouping, what each needs, its settings."""
-    _show(listing("methods", lambda: ([_methods_table()], []), "prunelab.pruning"))
+    """List the pruning methods (what each needs, its settings) and the training-time plug-ins."""
+    _show(listing("methods", lambda: ([_methods_table(), _plugins_table()], []), "prunelab.pruning"))
 
 
 def _methods_table():
-    from prunelab.pruning import CRITERIA, METHODS
+    from prunelab.pruning import METHODS, Method
     from prunelab.table import Table
 
     rows = []
-    for name, m in METHODS.items():
-        criterion = CRITERIA.get(m.criterion)
-        needs = [NEED_WORDS[n] for n in sorted(criterion.needs)] + (
-            [criterion.requires] if criterion.requires else []
-        )
+    entries = sorted(METHODS.items(), key=lambda item: not isinstance(item[1], Method))  # scorers' first
+    for name, m in entries:
+        needs = [NEED_WORDS[n] for n in sorted(m.needs)] + ([m.requires] if m.requires else [])
         structure = m.structure + (" (structured only)" if m.structured_only else "")
-        settings = _settings_text(criterion.Settings) if criterion.Settings else "–"
+        settings = _settings_text(m.Settings) if m.Settings else "–"
         rows.append([name, METHODS.describe(name), structure, ", ".join(needs) or "–", settings])
     columns = ["method", "description", "structure", "needs", "settings"]
     return Table(
         "Pruning methods (--method); --structure overrides the grouping, --scope picks the pools",
         columns,
         rows,
-        note="needs: what the criterion reads besides the weights (an experiment supplies it), "
+        note="needs: what the method reads besides the weights (an experiment supplies it), "
         "and what the model must have. Not a mask, so not here: PCA layer shrinking (pca), a "
         "post-training command: prunelab shrink RUN -o DIR.",
+    )
+
+
+def _plugins_table():
+    """The training plug-ins: which method runs each, when, and which join a training alone."""
+    from prunelab.pruning import METHODS
+    from prunelab.table import Table
+    from prunelab.training.plugins import PLUGINS, standalone
+
+    runs = {}
+    for name, m in METHODS.items():
+        plugin = getattr(m, "plugin", None)
+        if plugin is not None:
+            runs.setdefault(plugin.plugin_name, []).append(f"{name} ({m.hooks_text()})")
+    alone = standalone()
+    rows = [
+        [
+            name,
+            PLUGINS.describe(name),
+            "; ".join(runs.get(name, [])) or "–",
+            cls.needs or "–",
+            f"--plugins {name}" if name in alone else "–",
+        ]
+        for name, cls in PLUGINS.items()
+    ]
+    return Table(
+        "Training-time plug-ins: what a method runs while its trainings run",
+        ["plug-in", "description", "run by", "needs", "alone"],
+        rows,
+        note="alone: a regulariser (it changes neither the mask nor the architecture a training ends "
+        f"with) joins a training without its method, at its default settings: --plugins {','.join(alone)} "
+        "on prunelab train, or on prunelab run for every training of the experiment.",
     )
 
 

@@ -121,6 +121,15 @@ Config = Annotated[
 ]
 
 
+def default_of(target: str, param: str) -> Any:
+    """The default of ``param`` of the function ``target`` (``"module:function"``), read when a
+    command is built: a command whose option leaves the choice to the domain says what it is."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    return inspect.signature(getattr(importlib.import_module(module), name)).parameters[param].default
+
+
 # flags from specs ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SpecFlag:

@@ -10,7 +10,7 @@
   :class:`SparseConv2d`; prunelab's kernel in the formats of :mod:`prunelab.compress.formats`) where
   that is measured to be faster;
 * :func:`benchmark` / :func:`bench_level` time all versions over batch sizes, :func:`plot_latency`
-  draws paper 003's Figs. 6 and 7;
+  draws Ou Yang & Xu's Figs. 6 and 7;
 * :func:`export_compact` / :func:`load_compact` save and load a compacted model without pickle.
 """
 

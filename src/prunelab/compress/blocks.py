@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.pruning.selection import ResidualBlock, residual_blocks, shortcut_attribute
+from prunelab.models.residual import ResidualBlock, residual_blocks, shortcut_attribute
 
 __all__ = ["ENDS_IN_RELU", "ShortcutBlock", "block_kind", "removable_blocks", "remove_blocks"]
 

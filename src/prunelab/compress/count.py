@@ -144,7 +144,7 @@ def count(
 
 @dataclass(frozen=True)
 class RemovalRow:
-    """Paper 003, Fig. 2: parameters left by masking against those left after real removal."""
+    """Ou Yang & Xu, Fig. 2: parameters left by masking against those left after real removal."""
 
     fraction: float
     dense: int

@@ -39,8 +39,8 @@ from prunelab.io import (
 )
 from prunelab.models.build import example_input
 from prunelab.models.encoder import is_encoder, set_head_counts
+from prunelab.models.residual import shortcut_attribute
 from prunelab.models.source import resolve_model
-from prunelab.pruning.selection import shortcut_attribute
 
 FORMAT = "prunelab-compact"
 VERSION = 2

@@ -6,7 +6,7 @@ once, in rotating order) so that a slow moment of a shared machine hits all vari
 median and 90th percentile are reported. Each timed call directly follows an untimed call of the
 same variant, so caches hold that variant's weights, as in a server running one model. CPU times
 come from ``perf_counter``, GPU times from CUDA events. Speed-up (dense / variant latency) is shown
-beside the FLOP ratio (dense / variant non-zero FLOPs), as in paper 003's Figs. 6 and 7.
+beside the FLOP ratio (dense / variant non-zero FLOPs), as in Ou Yang & Xu's Figs. 6 and 7.
 """
 
 from __future__ import annotations
@@ -412,7 +412,7 @@ def _token_shape(loaded, tokens: int) -> tuple[int]:
 
 
 def plot_latency(result: BenchResult, path: str | Path, title: str = "") -> Path:
-    """Paper 003 Figs. 6 and 7: latency against batch size (last level) and against parameters."""
+    """Ou Yang & Xu, Figs. 6 and 7: latency against batch size (last level) and against parameters."""
     from prunelab.analysis.plots import write_figure
 
     path = Path(path)

@@ -1,4 +1,4 @@
-"""PCA layer shrinking (Zhang et al. 2015, as paper 004 presents it): a layer replaced by a
+"""PCA layer shrinking (Zhang et al. 2015, as the Primer on Neural Network Pruning presents it): a layer replaced by a
 low-rank factorisation fitted to its outputs on calibration data.
 
 For a layer ``y = W x + b`` with outputs of mean ``mu`` and principal directions ``U`` (the

@@ -1,6 +1,6 @@
 """Sparse execution of unstructured masks: sparse layers, each kept only where it beats the dense one.
 
-Zeros in a dense weight cost as much as any other value (paper 004), so unstructured sparsity only
+Zeros in a dense weight cost as much as any other value (as the Primer on Neural Network Pruning explains), so unstructured sparsity only
 pays with a sparse kernel. :class:`SparseLinear` runs prunelab's own kernel
 (``native/sparse_linear.c``, see :mod:`prunelab.compress.native`) in one of the formats of
 :mod:`prunelab.compress.formats` (CSR with 16-bit column indices, bitmap, N:M), else torch's sparse

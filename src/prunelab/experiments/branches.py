@@ -14,15 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
 
 from prunelab.errors import SpecError
-from prunelab.experiments.spec import ExperimentSpec
 from prunelab.pruning import STRUCTURES, Mask
 from prunelab.registry import Registry
 from prunelab.training import TrainConfig
+
+if TYPE_CHECKING:
+    from prunelab.experiments.spec import ExperimentSpec
 
 State = dict[str, torch.Tensor]
 
@@ -50,7 +52,6 @@ class LevelInputs:
     previous: State  # final weights of the previous level
     fresh: State  # a new random initialisation for this level (seeded by replicate and level)
     iterations_per_epoch: int
-    flops_ratio: float = 1.0  # dense MACs / pruned MACs of one forward pass
     ticket: Start | None = None  # for controls: where the level's ticket started
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from prunelab.experiments.spec import ExperimentSpec, PruneSpec, TreatmentSpec
+from typing import TYPE_CHECKING
+
 from prunelab.training import TrainConfig
+
+if TYPE_CHECKING:
+    from prunelab.experiments.spec import ExperimentSpec
 
 
 def demo_spec(
@@ -12,6 +16,8 @@ def demo_spec(
     """Frankle & Carbin's LeNet-300-100 setup: Adam 1.2e-3, batch 60, 20% per layer and round (10%
     for the output layer), rewinding to theta_0, with a random-reinitialisation control. ``device``
     (not part of the id) says where it trains."""
+    from prunelab.experiments.spec import ExperimentSpec, PruneSpec, TreatmentSpec
+
     return ExperimentSpec(
         model="lenet-300-100",
         data=data,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from prunelab.experiments.spec import ExperimentSpec
-from prunelab.experiments.store import LevelMetrics, StoredExperiment, find_experiment
+from prunelab.experiments.metrics import LevelMetrics
+from prunelab.experiments.store import StoredExperiment, find_experiment
 from prunelab.pruning import Mask
+
+if TYPE_CHECKING:
+    from prunelab.experiments.spec import ExperimentSpec
 
 
 @dataclass

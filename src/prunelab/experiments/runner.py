@@ -5,10 +5,11 @@ epoch end, so a run killed at any moment resumes at its last finished epoch and 
 uninterrupted run gives. Every random draw derives from the replicate seed and its purpose.
 
 The runner never looks at names: the treatment and the controls say which trunk points they start
-from and what each branch starts with (:mod:`~prunelab.experiments.branches`), the criterion
-says which inputs it needs (:attr:`~prunelab.pruning.Criterion.needs`) and which training plug-ins
-the dense trunk trains with (:meth:`~prunelab.pruning.Criterion.dense_hooks`: network slimming's
-L1 push, the early-bird search), whose reports are kept in the dense level's metrics.
+from and what each branch starts with (:mod:`~prunelab.experiments.branches`); the pruning method
+(:class:`~prunelab.pruning.methods.PruningMethod`) says which inputs it needs, how many training
+examples it reads, and which training plug-ins the dense trunk and the levels train with, whose
+reports are kept in the dense level's metrics and said in their own words
+(:func:`~prunelab.training.plugins.report_lines`).
 """
 
 from __future__ import annotations
@@ -19,31 +20,32 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from prunelab.data import Dataset
 from prunelab.errors import CheckpointError, PrunelabError, SpecError
+from prunelab.experiments.artifact import Artifact, DamagedResults, state_shapes
 from prunelab.experiments.branches import Branch, LevelInputs, Start, State
 from prunelab.experiments.controls import CONTROLS
-from prunelab.experiments.spec import ExperimentSpec
-from prunelab.experiments.store import (
-    Artifact,
-    DamagedResults,
-    LevelMetrics,
-    Store,
-    locked,
-    state_shapes,
-    weight_entries,
-)
+from prunelab.experiments.metrics import LevelMetrics, weight_entries
+from prunelab.experiments.paths import branch_lock
+from prunelab.experiments.store import Store
 from prunelab.experiments.treatments import TREATMENTS, treatment_for
 from prunelab.io import remove_orphans
+from prunelab.locks import locked
 from prunelab.profiling import measured
-from prunelab.pruning import Mask, PruneContext, masked_macs, prunable_names, prune
+from prunelab.pruning import Mask, PruneContext, prunable_names, prune
 from prunelab.pruning.calibration import reconstruct
 from prunelab.seeding import derive_seed
-from prunelab.training import Trainer
+from prunelab.training import Checkpoint, Trainer
+from prunelab.training.inputs import check_accepts, made_up_example
+from prunelab.training.plugins import report_lines
+
+if TYPE_CHECKING:
+    from prunelab.experiments.spec import ExperimentSpec
 
 #: What each level records of its environment and a resumed level is compared on (see Trainer.environment).
 RECORDED = ("torch", "prunelab", "device", "threads", "step")
@@ -58,40 +60,6 @@ class ExperimentResult:
     directory: Path
     levels: dict[int, list[LevelMetrics]] = field(default_factory=dict)  # seed -> per-level metrics
     controls: dict[int, dict[str, list[LevelMetrics]]] = field(default_factory=dict)  # seed -> name -> levels
-
-
-def _example(shape: tuple[int, ...], n: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` inputs of the data's shape: random images, or padding-only token ids for text."""
-    if len(shape) == 1:
-        return torch.zeros(n, *shape, dtype=torch.int64)
-    return torch.randn(n, *shape, generator=generator)
-
-
-@torch.no_grad()
-def _check_accepts(model: nn.Module, spec: ExperimentSpec) -> tuple[int, ...]:
-    """One example of the data's shape through the model: a mismatch is one clear error before
-    any data is loaded, not a traceback from deep inside torch. The shape of one example's targets:
-    () for a class, (L - 1,) for a language model's next tokens."""
-    info = spec.data_info
-    was = model.training
-    model.eval()
-    try:
-        out = model(_example(info.input_shape, 1, torch.Generator().manual_seed(0)))
-    except Exception as exc:
-        hint = "" if spec.image_size else "; models made for larger images need --image-size (e.g. 224)"
-        raise SpecError(
-            f"model {spec.model!r} does not accept {info.name} inputs of shape {info.input_shape} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}){hint}"
-        ) from None
-    finally:
-        model.train(was)
-    if not isinstance(out, torch.Tensor) or out.dim() < 2 or tuple(out.shape[:2]) != (1, info.num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SpecError(
-            f"model {spec.model!r} outputs {shape} for one example; expected (1, {info.num_classes}) "
-            f"for the {info.num_classes} classes of {info.name}"
-        )
-    return tuple(out.shape[2:])
 
 
 def _state(model: nn.Module) -> State:
@@ -143,13 +111,15 @@ class ExperimentRunner:
         for branch in self._branches():
             branch.check(self.spec)
         pruning = self.spec.pruning
+        method = pruning.method_entry()
+        method.check(pruning)
         if pruning.reconstruct and not self.treatment.starts_from_previous:
             able = [n for n, t in TREATMENTS.items() if t.starts_from_previous]
             raise SpecError(
                 f"reconstruct refits the trained weights of each level, which only treatment "
                 f"{' or '.join(map(repr, able))} trains on; treatment {self.spec.treatment.kind!r} starts elsewhere"
             )
-        if getattr(pruning.criterion(), "updates_weights", False) and not self.treatment.starts_from_previous:
+        if method.updates_weights and not self.treatment.starts_from_previous:
             able = [n for n, t in TREATMENTS.items() if t.starts_from_previous]
             raise SpecError(
                 f"method {pruning.method!r} updates the kept weights as it prunes, and only treatment "
@@ -163,14 +133,17 @@ class ExperimentRunner:
         for note in notes:
             self.log(note)
         info = self.spec.data_info
-        target_shape = _check_accepts(model, self.spec)
-        example = _example(info.input_shape, 1, torch.Generator().manual_seed(0))
-        for hook in [*self.dense_hooks(), *self.level_hooks()]:
+        example = made_up_example(info.input_shape, 1, torch.Generator().manual_seed(0))
+        larger = (
+            "" if self.spec.image_size else "; models made for larger images need --image-size (e.g. 224)"
+        )
+        target_shape = check_accepts(model, example, info, who=f"model {self.spec.model!r}", hint=larger)
+        for hook in [*self.dense_hooks(), *self.level_hooks(), *self.spec.train.plugin_hooks()]:
             hook.check(model, example)
         g = torch.Generator().manual_seed(0)  # the trial scores a random batch of the right shape
         probe = (
             (
-                _example(info.input_shape, 8, g),
+                made_up_example(info.input_shape, 8, g),
                 torch.randint(0, info.num_classes, (8, *target_shape), generator=g),
             ),
         )
@@ -260,7 +233,7 @@ class ExperimentRunner:
         with ExitStack() as stack:
             removed = 0
             for name in names:
-                stack.enter_context(locked(self._seed_dir(seed), name=f".lock-{name}"))
+                stack.enter_context(locked(self._seed_dir(seed), name=branch_lock(name)))
                 for level in range(1, self.spec.pruning.rounds + 1):
                     removed += remove_orphans(self._artifact(seed, level, name).dir, recursive=False)
             if removed:
@@ -279,7 +252,7 @@ class ExperimentRunner:
         self._trunk(seed, self._initial(seed))
 
     def _seed_dir(self, seed: int) -> Path:
-        return self.directory / f"seed-{seed}"
+        return self.store.paths.seed(self.spec.experiment_id(), seed)
 
     def _spec_lists(self, seed: int) -> bool:
         """Whether spec.json is written and lists ``seed``."""
@@ -288,9 +261,6 @@ class ExperimentRunner:
         except PrunelabError:
             return False
         return seed in exp.spec.seeds
-
-    def _initial(self, seed: int) -> State:
-        return _state(self.spec.build_model(derive_seed(seed, "init")))  # with its starting weights
 
     def _finished(self, seeds: tuple[int, ...] | None = None) -> ExperimentResult | None:
         """The results, if every seed (of ``seeds``, default the spec's), level and control branch
@@ -323,7 +293,7 @@ class ExperimentRunner:
     def _initial(self, seed: int) -> State:
         """theta_0: the model with its starting weights, as the dense plug-ins initialise it."""
         model = self.spec.build_model(derive_seed(seed, "init"))
-        example = _example(self.spec.data_info.input_shape, 1, torch.Generator().manual_seed(0))
+        example = made_up_example(self.spec.data_info.input_shape, 1, torch.Generator().manual_seed(0))
         for hook in self.dense_hooks():
             hook.initialise(model, example)
         return _state(model)
@@ -361,7 +331,6 @@ class ExperimentRunner:
                 previous=previous,
                 fresh=_state(self._new_model(seed, f"reinit-{level}")),
                 iterations_per_epoch=self.iterations_per_epoch(),
-                flops_ratio=self._flops_ratio(mask),
             )
             ticket = self.treatment.start(inputs)
             levels.append(
@@ -383,17 +352,6 @@ class ExperimentRunner:
             previous = self._stored_weights(art)
         return levels, controls
 
-    @cached_property
-    def _dense_macs(self) -> int:
-        model = self._new_model(0, "init")
-        return masked_macs(model, Mask.ones(model), self.spec.data_info.input_shape)
-
-    def _flops_ratio(self, mask: Mask) -> float:
-        """Dense MACs / this mask's MACs (Scratch-B's training budget)."""
-        return self._dense_macs / max(
-            1, masked_macs(self._new_model(0, "init"), mask, self.spec.data_info.input_shape)
-        )
-
     def _level_mask(
         self,
         art: Artifact,
@@ -410,7 +368,7 @@ class ExperimentRunner:
         level whose mask is stored but whose training is not finished prunes again to get them
         (deterministic: the same mask, checked)."""
         self._updates = {}
-        updates = getattr(self.spec.pruning.criterion(), "updates_weights", False)
+        updates = self.spec.pruning.method_entry().updates_weights
         stored = None
         if art.mask_path.is_file():
             try:
@@ -450,12 +408,9 @@ class ExperimentRunner:
         return new
 
     def _scoring_batches(self, seed: int, level: int) -> tuple:
-        """Training batches for data-driven criteria: ten (SNIP, GraSP), or the calibration examples
-        the method counts (``calibration_images`` for ThiNet and LASSO, ``calibration_sequences``
-        windows of text for SparseGPT, Wanda and OWL)."""
-        bs = self.spec.train.batch_size
-        field = self.spec.pruning.calibration_field()
-        count = getattr(self.spec.pruning, field) if field else 10 * bs
+        """The training batches a method that ``needs`` data reads: as many examples as it says
+        (:meth:`~prunelab.pruning.spec.PruneSpec.scoring_examples`)."""
+        count = self.spec.pruning.scoring_examples(self.spec.train.batch_size)
         return self._batches(seed, f"score-batches-{level}", count)
 
     def _batches(self, seed: int, purpose: str, count: int) -> tuple:
@@ -504,8 +459,8 @@ class ExperimentRunner:
             dense = self.store.dense(trunk, seed)
             start = Start(init, None, self.spec.dense_config(), 0)
             metrics = self._train(dense, f"seed {seed} dense", start, seed, 0, hooks=self.dense_hooks)
-            for name, report in metrics.plugins.items():
-                self.log(f"seed {seed} dense: {name}: {report_text(report)}")
+            for line in report_lines(metrics.plugins):
+                self.log(f"seed {seed} dense: {line}")
             points = {0: init}
             for k in wanted:
                 point = self.store.trunk_point(trunk, seed, k)
@@ -587,7 +542,7 @@ class ExperimentRunner:
             start.mask.save(art.mask_path)
         with self.progress(label) if self.progress else nullcontext() as update:
             result = trainer.run(
-                on_epoch_end=lambda t: art.save_checkpoint({**t.state_dict(), "environment": environment}),
+                callbacks=[Checkpoint(art.save_checkpoint, environment=environment)],
                 on_progress=update,
                 until=until,
             )
@@ -596,21 +551,3 @@ class ExperimentRunner:
         metrics = LevelMetrics.from_result(result, level=level, seed=seed, mask=weights)
         art.finish(_state(trainer.model), metrics)
         return metrics
-
-
-def report_text(report: dict) -> str:
-    """One line of a plug-in's report for the run's log (the early-bird ticket, or its absence)."""
-    ticket = report.get("ticket", ...)
-    if ticket is None:
-        return f"no ticket in {report.get('epochs_searched', '?')} epochs: the dense training ran to its end"
-    if isinstance(ticket, dict):
-        return (
-            f"ticket at epoch {ticket['epoch']} (iteration {ticket['iteration']:,} of "
-            f"{ticket['dense_iterations']:,}); {ticket['saved_fraction']:.0%} of the dense training FLOPs saved"
-        )
-    scales = report.get("scales")
-    if isinstance(scales, dict) and scales:
-        values = [abs(float(v)) for v in scales.values()]
-        unit = report.get("unit", "blocks")
-        return f"learned scales |lambda| of {len(values)} {unit} from {min(values):.3g} to {max(values):.3g}"
-    return ", ".join(f"{k}={v}" for k, v in report.items())

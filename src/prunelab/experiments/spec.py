@@ -10,11 +10,12 @@ Text forms are read here, once, for the Python API, config files and the command
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from torch import nn
@@ -24,14 +25,18 @@ from prunelab.errors import PrunelabError, SpecError
 from prunelab.models import INITS, MODELS, build_model, resolve_model, source_forms
 from prunelab.models.build import MAX_IMAGE_SIZE
 from prunelab.models.weights import file_hash, parse_weights
-from prunelab.pruning import CRITERIA, STRUCTURES, PruneSpec
+from prunelab.pruning import STRUCTURES
 from prunelab.pruning.coupled import COUPLING_VERSION
+from prunelab.pruning.spec import prune_spec, settings_tables
 from prunelab.spec import Flag, FrozenSpec, Text, build_spec, registered, resolved
 from prunelab.training import TrainConfig
 from prunelab.training.config import Duration
 
+if TYPE_CHECKING:
+    from prunelab.pruning.spec import PruneSpec
+
 __all__ = [
-    "ExperimentSpec",
+    "ExperimentSpec",  # noqa: F822 - built on first use (experiment_spec), as PruneSpec is
     "PruneSpec",
     "TreatmentSpec",
     "TrunkSpec",
@@ -104,7 +109,7 @@ class TrunkSpec(FrozenSpec):
     and training.
 
     It is the dense trunk of every experiment that shares it, and what ``prunelab train`` trains.
-    With pretrained ``weights``, that training is fine-tuning on the dataset (paper 003), and
+    With pretrained ``weights``, that training is fine-tuning on the dataset (as Ou Yang & Xu do), and
     rewinding goes back to the pretrained weights.
     """
 
@@ -223,116 +228,134 @@ class TrunkSpec(FrozenSpec):
         return None if ref.path is None else file_hash(ref.path)
 
 
-class ExperimentSpec(TrunkSpec):
-    """Everything that determines an experiment's results, plus its replicate seeds."""
+@functools.cache
+def experiment_spec() -> type[TrunkSpec]:
+    """:class:`ExperimentSpec`, built once when first asked for: its ``pruning`` field is a
+    :class:`~prunelab.pruning.spec.PruneSpec`, whose tables come from the registries."""
+    globals()["PruneSpec"] = prune_spec()  # the name the annotations below are resolved by
 
-    pruning: PruneSpec = Field(default_factory=PruneSpec, description="how each round prunes")
-    treatment: TreatmentSpec = Field(default_factory=TreatmentSpec, description="what each level starts from")
-    controls: tuple[registered(_controls, "prunelab controls"), ...] = Field(
-        (), description="control branches trained beside every pruned level"
-    )
-    seeds: Annotated[tuple[int, ...], Text(lambda text: parse_seeds(text))] = Field(
-        (0,), description="replicates, e.g. 0-4 or 0,3,7"
-    )
-    name: str | None = Field(None, description="a label for listings; not part of the identity")
+    class ExperimentSpec(TrunkSpec):
+        """Everything that determines an experiment's results, plus its replicate seeds."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _task_defaults(cls, values: Any) -> Any:
-        """The model's task fills in its defaults (a language model's experiment is one-shot)."""
-        if not isinstance(values, dict):
+        pruning: PruneSpec = Field(default_factory=PruneSpec, description="how each round prunes")
+        treatment: TreatmentSpec = Field(
+            default_factory=TreatmentSpec, description="what each level starts from"
+        )
+        controls: tuple[registered(_controls, "prunelab controls"), ...] = Field(
+            (), description="control branches trained beside every pruned level"
+        )
+        seeds: Annotated[tuple[int, ...], Text(lambda text: parse_seeds(text))] = Field(
+            (0,), description="replicates, e.g. 0-4 or 0,3,7"
+        )
+        name: str | None = Field(None, description="a label for listings; not part of the identity")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _task_defaults(cls, values: Any) -> Any:
+            """The model's task fills in its defaults (a language model's experiment is one-shot)."""
+            if not isinstance(values, dict):
+                return values
+            from prunelab.experiments.tasks import TASKS
+
+            try:
+                task = TASKS.get(resolve_model(values.get("model", cls.model_fields["model"].default)).task)
+            except (PrunelabError, TypeError):
+                return values  # the field validators say what is wrong
+            return task.experiment_defaults(values)
+
+        @field_validator("seeds")
+        @classmethod
+        def _seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+            bad = [s for s in v if not 0 <= s <= MAX_SEED]
+            if bad:
+                raise ValueError(f"seeds must be in 0..{MAX_SEED}, got {bad[:5]}")
+            if len(v) > MAX_SEEDS:
+                raise ValueError(f"at most {MAX_SEEDS} seeds per experiment, got {len(v)}")
+            return tuple(dict.fromkeys(v))
+
+        @model_validator(mode="after")
+        def _complete(self) -> ExperimentSpec:
+            if not self.seeds:
+                raise ValueError("give at least one seed")
+            return self
+
+        def unused(self) -> list[str]:
+            """Settings given that this experiment never reads (they still enter its id)."""
+            out = self.train.unused()
+            treatment = _treatments().get(self.treatment.kind)
+            for name in self.treatment.non_default():
+                if name != "kind" and name not in treatment.uses:
+                    out.append(f"treatment.{name} is not read by treatment {self.treatment.kind!r}")
+            given = self.pruning.non_default()
+            structure = STRUCTURES.get(self.pruning.structure_name())
+            if not getattr(structure, "reads_rate", True):
+                out += [f"pruning.{k} is not read with structure {self.pruning.structure_name()!r}, which sets the "
+                        "sparsity itself (N of every M)" for k in ("rate", "target_sparsity") if k in given]  # fmt: skip
+            if self.sequence_length is not None and self.task.name != "language-modelling":
+                out.append("sequence_length is read by language models only")
+            read = self.pruning.tables_read()
+            for name, value in self.pruning.non_default().items():
+                if isinstance(value, dict) and name in settings_tables() and name not in read:
+                    out.append(f"pruning.{name} settings are not read by method {self.pruning.method!r}")
+            return out
+
+        # identity --------------------------------------------------------------------------------
+        def identity(self) -> dict[str, Any]:
+            """The non-default fields that determine results (no seeds, device or label)."""
+            values = self.model_dump(mode="json", exclude_defaults=True, exclude={"seeds", "name"})
+            values["model"], values["data"] = self.model, self.data
+            train = values.get("train", {})
+            train.pop("device", None)
+            values["train"] = train
+            fingerprints = self.fingerprints()
+            if fingerprints:
+                values["fingerprints"] = fingerprints
+            coupled = STRUCTURES.get(self.pruning.structure_name())
+            if getattr(coupled, "needs_trace", False):  # results no per-layer structure of old gave
+                values["coupling"] = COUPLING_VERSION
             return values
-        from prunelab.experiments.tasks import TASKS
 
-        try:
-            task = TASKS.get(resolve_model(values.get("model", cls.model_fields["model"].default)).task)
-        except (PrunelabError, TypeError):
-            return values  # the field validators say what is wrong
-        return task.experiment_defaults(values)
+        def experiment_id(self) -> str:
+            return stable_hash(self.identity())
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        bad = [s for s in v if not 0 <= s <= MAX_SEED]
-        if bad:
-            raise ValueError(f"seeds must be in 0..{MAX_SEED}, got {bad[:5]}")
-        if len(v) > MAX_SEEDS:
-            raise ValueError(f"at most {MAX_SEEDS} seeds per experiment, got {len(v)}")
-        return tuple(dict.fromkeys(v))
+        def dense_hooks(self) -> list:
+            """The training plug-ins the dense trunk trains with: those of a method that acts during
+            training, else none."""
+            return self.pruning.method_entry().dense_hooks(self.pruning)
 
-    @model_validator(mode="after")
-    def _complete(self) -> ExperimentSpec:
-        if not self.seeds:
-            raise ValueError("give at least one seed")
-        return self
+        def level_hooks(self) -> list:
+            """The training plug-ins every pruned level and control retrains with (usually none)."""
+            return self.pruning.method_entry().level_hooks(self.pruning)
 
-    def unused(self) -> list[str]:
-        """Settings given that this experiment never reads (they still enter its id)."""
-        out = self.train.unused()
-        treatment = _treatments().get(self.treatment.kind)
-        for name in self.treatment.non_default():
-            if name != "kind" and name not in treatment.uses:
-                out.append(f"treatment.{name} is not read by treatment {self.treatment.kind!r}")
-        given = self.pruning.non_default()
-        structure = STRUCTURES.get(self.pruning.structure_name())
-        if not getattr(structure, "reads_rate", True):
-            out += [f"pruning.{k} is not read with structure {self.pruning.structure_name()!r}, which sets the "
-                    "sparsity itself (N of every M)" for k in ("rate", "target_sparsity") if k in given]  # fmt: skip
-        if self.sequence_length is not None and self.task.name != "language-modelling":
-            out.append("sequence_length is read by language models only")
-        criterion = self.pruning.criterion_name()
-        for name, value in self.pruning.non_default().items():
-            if isinstance(value, dict) and name in CRITERIA and name != criterion:
-                out.append(f"pruning.{name} settings are read only by method(s) using the {name} criterion")
-        return out
+        def trunk_identity(self) -> dict[str, Any]:
+            """What the dense level-0 training depends on: shared by every method and treatment that
+            trains it plainly; a method whose plug-ins join the dense training has its own trunk."""
+            ident = self.identity()
+            out = {k: ident[k] for k in (*TrunkSpec.model_fields, "fingerprints") if k in ident}
+            if not self.task.trains_dense:
+                out.pop("train", None)  # the dense level only evaluates the given weights
+            hooks = self.dense_hooks()
+            if hooks:
+                out["plugins"] = [hook.identity() for hook in hooks]
+            return out
 
-    # identity --------------------------------------------------------------------------------
-    def identity(self) -> dict[str, Any]:
-        """The non-default fields that determine results (no seeds, device or label)."""
-        values = self.model_dump(mode="json", exclude_defaults=True, exclude={"seeds", "name"})
-        values["model"], values["data"] = self.model, self.data
-        train = values.get("train", {})
-        train.pop("device", None)
-        values["train"] = train
-        fingerprints = self.fingerprints()
-        if fingerprints:
-            values["fingerprints"] = fingerprints
-        coupled = STRUCTURES.get(self.pruning.structure_name())
-        if getattr(coupled, "needs_trace", False):  # results no per-layer structure of old gave
-            values["coupling"] = COUPLING_VERSION
-        return values
+        def trunk_id(self) -> str:
+            return stable_hash(self.trunk_identity())
 
-    def experiment_id(self) -> str:
-        return stable_hash(self.identity())
+        def label(self) -> str:
+            if self.name:
+                return self.name
+            return f"{self.model}/{self.data}/{self.pruning.method}-{self.pruning.scope}/{self.treatment.label()}"
 
-    def dense_hooks(self) -> list:
-        """The training plug-ins the dense trunk trains with: those of a method that acts during
-        training (network slimming's L1 push, the early-bird search), else none."""
-        return self.pruning.criterion().dense_hooks(self.pruning)
+    return ExperimentSpec
 
-    def level_hooks(self) -> list:
-        """The training plug-ins every pruned level and control retrains with (usually none)."""
-        return self.pruning.criterion().level_hooks(self.pruning)
 
-    def trunk_identity(self) -> dict[str, Any]:
-        """What the dense level-0 training depends on: shared by every method and treatment that
-        trains it plainly; a method whose plug-ins join the dense training has its own trunk."""
-        ident = self.identity()
-        out = {k: ident[k] for k in (*TrunkSpec.model_fields, "fingerprints") if k in ident}
-        if not self.task.trains_dense:
-            out.pop("train", None)  # the dense level only evaluates the given weights
-        hooks = self.dense_hooks()
-        if hooks:
-            out["plugins"] = [hook.identity() for hook in hooks]
-        return out
-
-    def trunk_id(self) -> str:
-        return stable_hash(self.trunk_identity())
-
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        return f"{self.model}/{self.data}/{self.pruning.method}-{self.pruning.scope}/{self.treatment.label()}"
+def __getattr__(name: str) -> Any:
+    if name == "ExperimentSpec":
+        return experiment_spec()
+    if name == "PruneSpec":
+        return prune_spec()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def stable_hash(values: dict[str, Any]) -> str:
@@ -425,9 +448,9 @@ def _config_loader():
     return ConfigLoader
 
 
-def load_spec_file(path: str | Path) -> ExperimentSpec:
+def load_spec_file(path: str | Path):
     """An experiment spec from TOML or YAML, validated."""
-    return build_spec(ExperimentSpec, **read_spec_file(path))
+    return build_spec(experiment_spec(), **read_spec_file(path))
 
 
 _ConfigLoader = _config_loader()

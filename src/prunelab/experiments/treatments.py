@@ -6,15 +6,19 @@ One :class:`~prunelab.experiments.branches.Branch` subclass per treatment, regis
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from prunelab.experiments.branches import Branch, LevelInputs, State, register_branch
-from prunelab.experiments.spec import ExperimentSpec
+from prunelab.pruning import Mask, masked_macs
 from prunelab.registry import Registry
+from prunelab.seeding import derive_seed
 from prunelab.training import TrainConfig
 from prunelab.training.config import parse_duration
+
+if TYPE_CHECKING:
+    from prunelab.experiments.spec import ExperimentSpec
 
 
 class Treatment(Branch):
@@ -121,7 +125,15 @@ class ScratchB(Reinit):
     def config(self, inputs: LevelInputs) -> TrainConfig:
         train = inputs.spec.train
         total = train.total_iterations(inputs.iterations_per_epoch)
-        return train.model_copy(update={"epochs": None, "iterations": round(total * inputs.flops_ratio)})
+        return train.model_copy(update={"epochs": None, "iterations": round(total * flops_ratio(inputs))})
+
+
+def flops_ratio(inputs: LevelInputs) -> float:
+    """Dense MACs / the level's MACs of one forward pass through the conv and linear layers."""
+    spec = inputs.spec
+    model = spec.build_model(derive_seed(0, "init"), pretrained=False)
+    shape = spec.data_info.input_shape
+    return masked_macs(model, Mask.ones(model), shape) / max(1, masked_macs(model, inputs.mask, shape))
 
 
 def treatment_for(spec: ExperimentSpec) -> Treatment:

@@ -1,6 +1,6 @@
 """AlexNet for small (CIFAR/MNIST-size) inputs.
 
-Paper 001 trains "AlexNet" on MNIST and CIFAR-10 without describing it; its 61.1M parameters
+Paganini & Forde (2020) train "AlexNet" on MNIST and CIFAR-10 without describing it; its 61.1M parameters
 (Table 1) are those of torchvision's ImageNet AlexNet with a 1000-way head, which cannot take
 28x28 or 32x32 inputs unresized. We use instead the small-input AlexNet common in CIFAR
 lottery-ticket code: conv3x3 stride 2 (64), pool, conv 192, pool, conv 384-256-256, pool, then

@@ -7,7 +7,7 @@ next token at every position but the last, ``(N, vocabulary, L - 1)``, so that
 exponential the perplexity (see :mod:`prunelab.data.corpus`).
 
 GPT-2's ``Conv1D`` layers (a Linear whose weight is stored transposed, ``(in, out)``) are turned into
-``nn.Linear`` when the model is built, with the same parameter names, so every criterion, structure
+``nn.Linear`` when the model is built, with the same parameter names, so every method, structure
 and kernel sees plain ``(out, in)`` Linear weights; :func:`hf_state_dict` transposes them back for a
 ``save_pretrained`` folder that transformers loads.
 """

@@ -2,7 +2,7 @@
 
 ``lenet-300-100`` is the fully-connected MNIST net of Frankle & Carbin (2019); its output layer is
 pruned at half the rate of the others, hence ``output_layer``. ``lenet5`` is the small conv net of
-Paganini & Forde (paper 001, Fig. 5: 3x3 kernels, 6 and 16 channels, ~60k parameters), which is
+Paganini & Forde (2020, Fig. 5: 3x3 kernels, 6 and 16 channels, ~60k parameters), which is
 the LeNet of PyTorch's pruning tutorial.
 """
 
@@ -42,7 +42,7 @@ class LeNet5(nn.Module):
 
     Without padding a 28x28 input shrinks 28->26->13->11->5, so fc1 sees 16*5*5 = 400 features and
     the model has 60,074 parameters (1x28x28, 10 classes): 60 + 880 + 48,120 + 10,164 + 850,
-    matching the ~60k of paper 001's Table 1. A 3x32x32 input gives 81,302.
+    matching the ~60k of Paganini & Forde's Table 1. A 3x32x32 input gives 81,302.
     """
 
     output_layer: str = "fc3"
@@ -72,7 +72,11 @@ def lenet_300_100(num_classes: int, input_shape: InputShape) -> LeNet300100:
 
 
 @register_model(
-    "lenet5", "lenet", "glorot-normal", "conv 6-16 (3x3) + FC 120-84 (paper 001, ~60k params)", min_size=10
+    "lenet5",
+    "lenet",
+    "glorot-normal",
+    "conv 6-16 (3x3) + FC 120-84 (Paganini & Forde 2020, ~60k params)",
+    min_size=10,
 )
 def lenet5(num_classes: int, input_shape: InputShape) -> LeNet5:
     return LeNet5(input_shape, num_classes)

@@ -6,7 +6,7 @@ a single ``Linear(512, classes)``. Two changes let MNIST's 28x28 through the fiv
 and an ``AdaptiveAvgPool2d(1)`` before the classifier, so the model takes any input size.
 Convs have no bias: the following BatchNorm's shift makes it redundant.
 
-(Paper 001's "VGG11" has 132.9M parameters, i.e. torchvision's ImageNet VGG-11 with its 1000-way
+(Paganini & Forde's "VGG11" has 132.9M parameters, i.e. torchvision's ImageNet VGG-11 with its 1000-way
 head; that model is far larger than what CIFAR-scale pruning studies use, so it is not mirrored.)
 """
 

@@ -27,14 +27,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from prunelab.pruning.criteria import CRITERIA
-from prunelab.pruning.methods import METHODS, Method
-from prunelab.pruning.variational import SparseVD, SparseVDCriterion, kl_approximation
+from prunelab.pruning.methods import register_method
+from prunelab.pruning.variational import SparseVD, SparseVDMethod, kl_approximation
 from prunelab.spec import FrozenSpec
 from prunelab.training.config import Duration
 from prunelab.training.plugins import register_plugin
 
-__all__ = ["BayesianCompression", "GroupConv2d", "GroupLinear"]
+__all__ = ["BayesianCompression", "BayesianCompressionMethod", "GroupConv2d", "GroupLinear"]
 
 
 class _Group(nn.Module):
@@ -169,15 +168,10 @@ class BayesianCompression(SparseVD):
         return {}
 
 
-@CRITERIA.register("bayesian_compression")
-class BayesianCompressionCriterion(SparseVDCriterion):
+@register_method("bayesian-compression")
+class BayesianCompressionMethod(SparseVDMethod):
     """Bayesian compression: the weights of the units its training kept (log alpha_z <= threshold)."""
 
+    description = "unit scales under a log-uniform prior (Louizos et al. 2017)"
     Settings = BayesianCompressionSettings
     plugin = BayesianCompression
-
-
-METHODS.add(
-    "bayesian-compression",
-    Method("bayesian_compression", "unit scales under a log-uniform prior (Louizos et al. 2017)"),
-)

@@ -32,9 +32,10 @@ from torch import nn
 from prunelab.errors import SpecError
 from prunelab.models.decoder import decoder_of
 from prunelab.pruning.context import PruneContext
-from prunelab.pruning.criteria import Criterion, _eval_mode
 from prunelab.pruning.mask import Mask
+from prunelab.pruning.methods import PruningMethod
 from prunelab.pruning.rowgroups import RowGroups
+from prunelab.pruning.scorers import eval_mode
 from prunelab.pruning.structure import STRUCTURES, Structure
 
 
@@ -174,7 +175,7 @@ def calibrate_blocks(
     modules = {name: model.get_submodule(name) for name in layers}
     wanted = [i for i, (name, _) in enumerate(blocks) if by_block[name]]
     last = len(blocks) - 1 if head in modules else max(wanted, default=-1)  # later blocks need no run
-    with _eval_mode(model):
+    with eval_mode(model):
         inputs = first_block_inputs(model, blocks[0][1], batches)
         hidden, n = inputs.hidden, len(inputs.hidden)
         for i, (block_name, block) in enumerate(blocks[: last + 1]):
@@ -223,7 +224,7 @@ def in_blocks(model: nn.Module, layers: Sequence[str], what: str) -> None:
             )
 
 
-class BlockwiseCriterion(Criterion):
+class BlockwiseMethod(PruningMethod):
     """Base of the one-shot methods that prune a decoder LM block by block from calibration windows:
     :meth:`stats` says what each layer accumulates, :meth:`prune_layer` prunes it. Each chooses its
     weights itself (:meth:`select`), under the structures in :attr:`structures_allowed`; a method
@@ -232,8 +233,6 @@ class BlockwiseCriterion(Criterion):
     needs = frozenset({"batches"})
     calibration = "calibration_sequences"
     requires = "a causal LM (GPT-2, OPT, Llama)"
-    updates_weights: ClassVar[bool] = False
-    name: ClassVar[str] = ""
 
     def structures_allowed(self, structure: Structure) -> bool:
         """Whether this method prunes under ``structure`` (single weights per layer, rows, N:M)."""
@@ -250,14 +249,11 @@ class BlockwiseCriterion(Criterion):
         alive: torch.Tensor,
         rate: float,
         structure: Structure,
+        spec,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(keep mask, new weight or None when the kept weights stay as they were) of one layer."""
+        """(keep mask, new weight or None when the kept weights stay as they were) of one layer;
+        ``spec`` holds the method's settings."""
         raise NotImplementedError
-
-    def scores(self, model, mask, names, context, generator):
-        raise SpecError(
-            f"method {self.name!r} chooses its weights itself, block by block; it gives no scores"
-        )
 
     def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
         from prunelab.pruning.prune import pruned_layers
@@ -293,7 +289,7 @@ class BlockwiseCriterion(Criterion):
                     continue
                 weight = params[param].detach()
                 kept, updated = self.prune_layer(
-                    module_name, weight, stats, keep[param].to(weight.device), rate_of[param], structure
+                    module_name, weight, stats, keep[param].to(weight.device), rate_of[param], structure, spec
                 )
                 keep[param] = kept.to(keep[param].device)
                 result = (updated if updated is not None else weight) * kept.to(weight.dtype)

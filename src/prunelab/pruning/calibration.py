@@ -1,5 +1,5 @@
-"""What a layer sees on calibration data, and layers refitted to it: the shared pieces of ThiNet
-(Luo et al. 2017) and LASSO channel selection (He et al. 2017).
+"""What a layer sees on calibration data, and layers refitted to it (``--reconstruct``): the shared
+pieces of ThiNet (Luo et al. 2017) and LASSO channel selection (He et al. 2017).
 
 For a layer ``y = W x + b`` (a conv is this at each output position, ``x`` its input patch) the
 collector samples output entries: for a conv, ``positions`` random output positions of each
@@ -16,6 +16,7 @@ kept entries, row groups sharing a kept pattern solved together in closed form.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -162,8 +163,6 @@ def reconstruct(
     ``after`` gets its kept weights refitted by :func:`least_squares`, so its outputs on the pruned
     network's inputs match the unpruned network's, in module order (a later layer sees the earlier
     layers' refitted outputs). Returns the new weights by parameter name; ``model`` is untouched."""
-    import copy
-
     old = copy.deepcopy(model).eval()
     if before is not None:
         before.apply(old)

@@ -1,4 +1,4 @@
-"""What importance criteria may need besides the model and its mask."""
+"""What the pruning methods and their scorers may need besides the model and its mask."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
-#: What a criterion may declare in ``needs``, with what to pass when it is missing.
+#: What a method or scorer may declare in ``needs``, with what to pass when it is missing.
 NEEDS: dict[str, str] = {
     "batches": "data: context=PruneContext(batches=[(x, y), ...]) with at least one batch",
     "initial_state": "the weights at initialisation: context=PruneContext(initial_state=state_dict)",
@@ -21,25 +21,26 @@ NEEDS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class PruneContext:
-    """Optional inputs of the criteria; each criterion says which ones it needs.
+    """Optional inputs of the pruning methods; each method says which ones it needs.
 
     ``initial_state``: the weights at initialisation (a ``state_dict``), for Zhou et al.'s
     ``magnitude_increase`` and ``movement``. ``batches``: (x, y) pairs for SNIP and GraSP; kept as a
     tuple, so pass a few batches, not a whole dataset. ``input_shape`` (without the batch dimension)
     lets SynFlow build its all-ones input when no batch is given. ``trial``: the call only checks
-    that pruning works (before an experiment trains), so iterative criteria score once. ``notes``:
+    that pruning works (before an experiment trains), so iterative scorers score once. ``notes``:
     a list a method appends to when it departs from its rule (network slimming keeping a channel
     so that no layer is emptied); the experiment runner prints them. ``reports``: what the training
     plug-ins of the dense training reported, by plug-in name (structure selection's block scales).
-    ``positions``: output positions sampled per image by calibrated criteria (ThiNet, LASSO).
-    ``counts``: set by :func:`prunelab.prune` for criteria that ask (``wants_counts``): how many
+    ``positions``: output positions sampled per image by the calibrated scorers (ThiNet, LASSO).
+    ``counts``: set by :func:`prunelab.prune` for scorers that ask (``wants_counts``): how many
     units each layer loses in this scoring round. ``updates``: a dict a method that also refits the
     kept weights (SparseGPT) fills with the new weights by parameter name, for the caller to start
     from (the model itself is never modified). ``progress``: ``progress(label)`` gives a context
     manager whose value is ``update(done, total)``, for methods that work in long stages (a bar per
     decoder block). ``groups``: the model's coupled groups (:func:`prunelab.coupling.discover`), for
     callers pruning one model many times (sensitivity), spared re-tracing it for each call of a
-    coupled structure.
+    coupled structure; ``example``: one batch the model accepts, to trace them on (else one is made
+    from ``batches`` or ``input_shape``).
     """
 
     initial_state: Mapping[str, torch.Tensor] | None = None
@@ -54,6 +55,7 @@ class PruneContext:
     updates: dict[str, torch.Tensor] | None = None
     progress: Callable[[str], Any] | None = None
     groups: Any = None
+    example: torch.Tensor | None = None
 
     def note(self, text: str) -> None:
         """Record ``text`` in :attr:`notes` (dropped when no list was given)."""

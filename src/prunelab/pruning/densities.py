@@ -1,4 +1,4 @@
-"""Random pruning with predefined layer densities (paper 000): uniform, ERK, ER and SNIP-ratio.
+"""Random pruning with predefined layer densities (Reddy, Vaddiraju & Datta): uniform, ERK, ER and SNIP-ratio.
 
 A distribution turns an overall density into one density per layer; :func:`random_mask` then keeps
 exactly ``round(density * size)`` random weights per layer. ERK and ER follow RigL (Evci et al.

@@ -5,7 +5,7 @@ output projection; with every gate at 1 the model is unchanged. A head's importa
 ``sum over batches of |dL/dxi_h|``, the loss's sensitivity to masking it, normalised per layer
 (divided by the layer's L2 norm over heads), as their reference code does. The gates are applied by a
 forward pre-hook on each output projection (its input is the concatenated heads), so nothing of the
-model is replaced. The ``head-importance`` criterion and ``prunelab heads`` both use it.
+model is replaced. The ``head-importance`` scorer and ``prunelab heads`` both use it.
 """
 
 from __future__ import annotations

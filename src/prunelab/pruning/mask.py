@@ -76,6 +76,18 @@ class Mask:
         params = dict(model.named_parameters())
         return cls({n: params[n].detach() != 0 for n in prunable_names(model, include_bias)})
 
+    def and_nonzero(self, model: nn.Module, names: Iterable[str]) -> Mask:
+        """This mask (on the CPU) with the exact zeros of the parameters ``names`` pruned too: what
+        a method that trains zeros into the weights (variational dropout, gradual pruning) leaves."""
+        params = dict(model.named_parameters())
+        chosen = set(names)
+        return Mask(
+            {
+                n: m.cpu() & (params[n].detach().cpu() != 0) if n in chosen else m.cpu().clone()
+                for n, m in self.items()
+            }
+        )
+
     # mapping protocol ----------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._masks[name]
@@ -219,7 +231,7 @@ def from_torch_prune(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch
 
 @dataclass(frozen=True)
 class LayerSparsity:
-    """One row of a per-layer sparsity table (paper 003, Table I)."""
+    """One row of a per-layer sparsity table (Ou Yang & Xu, Table I)."""
 
     layer: str
     shape: tuple[int, ...]

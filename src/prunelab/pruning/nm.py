@@ -4,7 +4,7 @@ report 2:4 and 4:8).
 
 A Linear's groups run along its input features (each row ``W[o]`` cut into ``in / M`` groups); a
 conv's along its input channels at each kernel position (``W[o, :, i, j]``), as NVIDIA's ASP cuts
-them. Any unstructured criterion ranks the weights of each group (magnitude, SNIP, Wanda, ...), and
+them. Any unstructured scorer ranks the weights of each group (magnitude, SNIP, Wanda, ...), and
 SparseGPT chooses its groups as it goes. The sparsity is N/M whatever ``--rate`` says. A group that
 lost weights earlier keeps its M - N best alive ones (so pruning it again changes nothing). A layer
 whose input width M does not divide is refused, by name.
@@ -91,5 +91,5 @@ def nm_pattern(keep: torch.Tensor, m: int) -> int | None:
 STRUCTURES.add_form(
     "N:M",
     parse,
-    "N of every M consecutive weights along each row's input pruned, e.g. 2:4 (any unstructured criterion)",
+    "N of every M consecutive weights along each row's input pruned, e.g. 2:4 (any unstructured method)",
 )

@@ -8,7 +8,7 @@ each block's layer-wise outlier distribution LOD is the share of its chosen laye
 round's density ``1 - rate``: every block's sparsity lies within ``rate +- lambda``, each layer of a
 block pruned at its block's. As in the paper's code, the mean is over blocks (the blocks of a
 decoder have the same size, so the model's sparsity is the round's); a pruned head keeps the
-round's rate. Any criterion prunes at those rates (Wanda, SparseGPT, magnitude).
+round's rate. Any method prunes at those rates (Wanda, SparseGPT, magnitude).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``--layer-rates fc3=0.1,conv1=0`` names rates by hand; a strategy computes them instead, from the
 model and, where it ``needs`` them, calibration batches. One class per strategy, registered in
 :data:`LAYER_RATES`; its hyperparameters are a nested ``Settings`` spec, which becomes a
-``[pruning.<name>]`` table and ``--<name>-<setting>`` flags, as a criterion's do.
+``[pruning.<name>]`` table and ``--<name>-<setting>`` flags, as a scorer's and a method's do.
 """
 
 from __future__ import annotations
@@ -40,4 +40,4 @@ class LayerRates:
         raise NotImplementedError
 
 
-LAYER_RATES: Registry[type[LayerRates]] = Registry("layer-rate rule")
+LAYER_RATES: Registry[type[LayerRates]] = Registry("layer-rate rule", builtins="prunelab.pruning")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prunelab.pruning.methods import METHODS, Method
+from prunelab.pruning.methods import Method, add_method
 from prunelab.pruning.rowgroups import RowGroups
 from prunelab.pruning.structure import STRUCTURES
 
@@ -35,7 +35,11 @@ class PerRow(RowGroups):
 STRUCTURES.add(
     "per-row", PerRow(None, None, "single weights, each output row losing the same share (Wanda's groups)")
 )
-METHODS.add(
+add_method(
     "magnitude-row",
-    Method("magnitude", "smallest |w| of each output row (the per-output baseline)", "per-row"),
+    Method(
+        scorer="magnitude",
+        description="smallest |w| of each output row (the per-output baseline)",
+        structure="per-row",
+    ),
 )

@@ -1,4 +1,4 @@
-"""Schedule arithmetic: how much to prune per round to reach a target (paper 000's p^(1/n)).
+"""Schedule arithmetic: how much to prune per round to reach a target (Reddy, Vaddiraju & Datta's p^(1/n)).
 
 Rates are fractions of the *remaining* weights, so n rounds at rate r leave (1 - r)^n of them.
 """

@@ -2,7 +2,7 @@
 
 Every pool loses exactly ``round(rate * alive elements in the pool)``. Layerwise pruning gives each
 layer its own pool; global pruning one pool (one threshold) for all; ``by-type`` pools conv layers
-apart from linear ones, the middle ground of paper 001.
+apart from linear ones, the middle ground of Paganini & Forde 2020.
 """
 
 from __future__ import annotations

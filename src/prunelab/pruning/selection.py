@@ -34,7 +34,6 @@ the conv before it that only the group read, and without the columns of the conv
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -44,11 +43,11 @@ from pydantic import Field
 from torch import nn
 
 from prunelab.errors import SpecError
+from prunelab.models.residual import ResidualBlock, residual_blocks, shortcut_attribute
 from prunelab.pruning.context import PruneContext
-from prunelab.pruning.criteria import CRITERIA, Criterion, Scores
 from prunelab.pruning.groups import GroupedConv, group_mask, require_grouped_convs, select_groups
 from prunelab.pruning.mask import Mask
-from prunelab.pruning.methods import METHODS, Method
+from prunelab.pruning.methods import TrainingMethod, register_method
 from prunelab.spec import FrozenSpec
 from prunelab.training.plugins import TrainPlugin, register_plugin
 
@@ -64,50 +63,6 @@ __all__ = [
 
 SCALE = "block_scale"
 GROUP_SCALE = "group_scale"
-_NUMBERED = re.compile(r"^(conv|bn)(\d+)$")
-
-
-@dataclass(frozen=True)
-class ResidualBlock:
-    """A block's name, the parameters of its residual branch, and that branch's last BatchNorm."""
-
-    name: str
-    params: tuple[str, ...]
-    last_norm: str
-
-
-def shortcut_attribute(module: nn.Module) -> str | None:
-    """The attribute that holds a residual block's shortcut, ``shortcut`` (prunelab's ResNets) or
-    ``downsample`` (torchvision's; ``None`` there is the identity), or ``None`` for other modules."""
-    return next((a for a in ("shortcut", "downsample") if hasattr(module, a)), None)
-
-
-def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
-    """The residual blocks of ``model`` in module order (see the module docstring for what counts)."""
-    out = []
-    for name, module in model.named_modules():
-        if shortcut_attribute(module) is None:
-            continue
-        numbered = {n: m for n, m in module.named_children() if _NUMBERED.match(n)}
-        norms = sorted(
-            (
-                n
-                for n, m in numbered.items()
-                if n.startswith("bn") and isinstance(m, nn.BatchNorm2d) and m.affine
-            ),
-            key=lambda n: int(n[2:]),
-        )
-        if not norms:
-            continue
-        prefix = f"{name}." if name else ""
-        params = tuple(
-            f"{prefix}{child}.{p}"
-            for child, m in numbered.items()
-            for p, v in m.named_parameters(recurse=False)
-            if v is not None
-        )
-        out.append(ResidualBlock(name, params, f"{prefix}{norms[-1]}"))
-    return out
 
 
 def require_blocks(model: nn.Module, method: str) -> list[ResidualBlock]:
@@ -246,6 +201,7 @@ class StructureSelection(TrainPlugin):
     )
     needs = "residual blocks (ResNets), or grouped convs (ResNeXt) with unit 'groups'"
     Settings = StructureSelectionSettings
+    standalone = True  # a regulariser: its scales are folded back, the plain architecture stays
 
     def __init__(self, settings: FrozenSpec | None = None) -> None:
         super().__init__(settings)
@@ -282,24 +238,27 @@ class StructureSelection(TrainPlugin):
     def report(self) -> dict[str, Any]:
         return {"scales": dict(self.scales), "unit": self.settings.unit} if self.scales else {}
 
+    @classmethod
+    def report_text(cls, report: dict[str, Any]) -> str:
+        values = [abs(float(v)) for v in report["scales"].values()]
+        unit = report.get("unit", "blocks")
+        return f"learned scales |lambda| of {len(values)} {unit} from {min(values):.3g} to {max(values):.3g}"
 
-@CRITERIA.register("structure_selection")
-class StructureSelectionCriterion(Criterion):
+
+@register_method("structure-selection")
+class StructureSelectionMethod(TrainingMethod):
     """Residual blocks (or groups of grouped convs) by their learned scale |lambda|: the smallest go, whole."""
 
+    description = "blocks or conv groups by L1-pushed scales (Huang & Wang 2018)"
+    structure = "structured-output"
+    structured_only = True
     Settings = StructureSelectionSettings
+    plugin = StructureSelection
+    once = "ranks the scales of one dense training"
     requires = "residual blocks or conv groups"
 
-    def dense_hooks(self, spec) -> list[TrainPlugin]:
-        if spec.rounds != 1:
-            raise SpecError(
-                f"method {spec.method!r} ranks the scales of one dense training: use rounds 1 "
-                f"(got {spec.rounds})"
-            )
-        return [StructureSelection(self.settings)]
-
     def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
-        if self.settings.unit == "groups":
+        if self.settings(spec).unit == "groups":
             return self._select_groups(model, mask, spec, context)
         blocks = require_blocks(model, spec.method)
         found = _reported(spec, context, [block.name for block in blocks])
@@ -336,17 +295,10 @@ class StructureSelectionCriterion(Criterion):
             )
         return group_mask(model, convs, keep, mask)
 
-    def scores(
-        self, model: nn.Module, mask: Mask, names, context: PruneContext, generator: torch.Generator | None
-    ) -> Scores:
-        """|w| (the method selects whole blocks by their scale; see :meth:`select`)."""
-        params = dict(model.named_parameters())
-        return {n: params[n].detach().abs() for n in names}
-
 
 def _reported(spec, context: PruneContext, units: list[str]) -> dict[str, float]:
     """The scales the dense training reported for ``units`` (1 where a trial run, before training, has none)."""
-    found = (context.reports or {}).get("structure-selection", {}).get("scales", {})
+    found = (context.reports or {}).get(StructureSelection.plugin_name, {}).get("scales", {})
     if not context.trial and set(found) != set(units):
         shown = units if len(units) <= 8 else [*units[:8], "..."]
         raise SpecError(
@@ -360,15 +312,3 @@ def _listed(conv: GroupedConv, groups: list[int], found: dict[str, float]) -> st
     """``"1, 3 (|scale| 0.01, 0.02)"``."""
     scales = ", ".join(f"{abs(found[conv.unit(g)]):.3g}" for g in groups)
     return f"{', '.join(map(str, groups))} (|scale| {scales})"
-
-
-METHODS.add(
-    "structure-selection",
-    Method(
-        "structure_selection",
-        "blocks or conv groups by L1-pushed scales (Huang & Wang 2018)",
-        "structured-output",
-        "l1",
-        True,
-    ),
-)

@@ -1,24 +1,17 @@
-"""Network slimming (Liu et al. 2017) and early-bird tickets (You et al. 2020): channels by BatchNorm scale.
+"""Network slimming (Liu, Li, Shen, Huang, Yan & Zhang 2017): channels by BatchNorm scale.
 
-Both prune the output channels of conv/linear layers whose output goes straight into a BatchNorm
+It prunes the output channels of conv/linear layers whose output goes straight into a BatchNorm
 (found by one traced forward pass: the BatchNorm's input is the layer's output tensor), ranked by
-the BatchNorm scale ``|gamma|`` of the channel:
-
-* **slimming**: the dense training adds the L1 subgradient ``s * sign(gamma)`` to the gradient of
-  every such scale after each step (:class:`SlimmingL1`, ``s`` = 1e-4 by default), optionally with
-  every scale initialised to 0.5 (Liu et al.); then one *global* threshold over all the scales
-  removes the target fraction of the channels (the ``count = round(fraction * channels)`` smallest
-  ``|gamma|``, ties to the earlier layer and channel, as every prunelab method counts). The pruning
-  scope does not apply: the threshold is global by definition. A layer the threshold would empty
-  keeps its ``min_channels`` largest scales (1 by default), and the run says so. Fine-tuning is the
-  ``finetune`` treatment.
-* **early-bird**: the same L1 push during dense training; at every epoch end the slimming mask at
-  the target fraction is computed and queued (the last 5); when the normalised Hamming distance
-  between the newest mask and each of the 4 before it is below 0.1, the ticket is there: dense
-  training stops (:attr:`Trainer.stopped_early <prunelab.training.Trainer>` says why), and the
-  level prunes those channels and retrains (``finetune``, or ``reinit``/``scratch-e`` from scratch).
-  The ticket's epoch and the training FLOPs saved against finishing the dense training are kept in
-  the dense level's metrics (``plugins["early-bird"]``).
+the BatchNorm scale ``|gamma|`` of the channel. The dense training adds the L1 subgradient
+``s * sign(gamma)`` to the gradient of every such scale after each step (:class:`SlimmingL1`, ``s``
+= 1e-4 by default), optionally with every scale initialised to 0.5 (Liu et al.); then one *global*
+threshold over all the scales removes the target fraction of the channels (the ``count =
+round(fraction * channels)`` smallest ``|gamma|``, ties to the earlier layer and channel, as every
+prunelab method counts). The pruning scope does not apply: the threshold is global by definition.
+A layer the threshold would empty keeps its ``min_channels`` largest scales (1 by default), and the
+run says so. Fine-tuning is the ``finetune`` treatment; ``--slimming-multi-pass`` keeps the push on
+while each level retrains (Liu et al.'s multi-pass scheme). Early-bird tickets
+(:mod:`prunelab.pruning.early_bird`) choose their channels with the helpers here.
 
 A pruned channel's mask entries are the layer's weight row *and* the BatchNorm's scale and shift,
 so the masked channel outputs exactly 0: the compaction (:func:`prunelab.compress.compact`) then
@@ -30,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
 
 import torch
 from pydantic import Field
@@ -38,31 +31,23 @@ from torch import nn
 
 from prunelab.errors import SpecError
 from prunelab.pruning.context import PruneContext
-from prunelab.pruning.criteria import CRITERIA, Criterion, Scores
 from prunelab.pruning.layers import prunable_layers, select_layers
 from prunelab.pruning.mask import PRUNABLE_TYPES, Mask
-from prunelab.pruning.methods import METHODS, Method
+from prunelab.pruning.methods import TrainingMethod, register_method
 from prunelab.spec import FrozenSpec
 from prunelab.training.plugins import TrainPlugin, register_plugin
 
-if TYPE_CHECKING:
-    from prunelab.training.trainer import Trainer
-
 __all__ = [
-    "EarlyBird",
-    "MaskQueue",
+    "ScaleMethod",
     "ScaledLayer",
+    "Slimming",
     "SlimmingL1",
     "channel_mask",
-    "hamming",
     "scaled_layers",
     "select_channels",
 ]
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-#: Training FLOPs per example and forward MAC: 2 for the forward pass, 4 for the backward pass.
-TRAIN_FLOPS_PER_MAC = 6
 
 
 @dataclass(frozen=True)
@@ -234,31 +219,6 @@ class SlimmingSettings(FrozenSpec):
     )
 
 
-class EarlyBirdSettings(FrozenSpec):
-    """Early-bird tickets' hyperparameters (``[pruning.early_bird]``, ``--early-bird-*``)."""
-
-    flag_prefix: ClassVar[str] = "early-bird-"
-    penalty: float = Field(
-        1e-4, ge=0, lt=1, description="s of the L1 push s*sign(gamma) on BatchNorm scales during the search"
-    )
-    queue: int = Field(
-        5,
-        ge=2,
-        le=100,
-        description="masks kept; the newest is compared with each of the others (You et al.: 5)",
-    )
-    distance: float = Field(
-        0.1,
-        gt=0,
-        lt=1,
-        description="normalised Hamming distance under which the ticket is there (You et al.: 0.1)",
-    )
-    min_channels: int = Field(1, ge=1, description="channels every layer keeps, whatever the threshold says")
-    bf16: bool = Field(
-        False, description="the search under bf16 autocast, on a CPU too (You et al.'s low precision)"
-    )
-
-
 @register_plugin("slimming")
 class SlimmingL1(TrainPlugin):
     """L1 sparsity on BatchNorm scales: ``s * sign(gamma)`` added to each scale's gradient every step.
@@ -271,6 +231,7 @@ class SlimmingL1(TrainPlugin):
     needs = "a BatchNorm right after each conv/linear layer whose channels it prunes"
     Settings = SlimmingSettings
     not_training = ("multi_pass",)  # which trainings it joins, not what it does to one
+    standalone = True  # a regulariser: the architecture and the mask stay
 
     def __init__(self, settings: FrozenSpec | None = None) -> None:
         super().__init__(settings)
@@ -302,122 +263,7 @@ class SlimmingL1(TrainPlugin):
                 gamma.grad.add_(torch.sign(gamma.detach()), alpha=s)
 
 
-def hamming(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The normalised Hamming distance of two keep vectors: the fraction of entries that differ."""
-    return float((a != b).sum()) / max(1, a.numel())
-
-
-class MaskQueue:
-    """The last ``size`` masks; the ticket is there when the newest is within ``threshold`` of every other.
-
-    :meth:`push` returns ``(found, distance)``: ``distance`` is the largest normalised Hamming distance
-    between the newest mask and the others queued (None for the first), ``found`` whether the queue is
-    full and that distance is below ``threshold``.
-    """
-
-    def __init__(self, size: int = 5, threshold: float = 0.1) -> None:
-        self.size, self.threshold = size, threshold
-        self.masks: list[torch.Tensor] = []
-
-    def push(self, mask: torch.Tensor) -> tuple[bool, float | None]:
-        self.masks = [*self.masks, mask.detach().cpu().clone()][-self.size :]
-        newest, others = self.masks[-1], self.masks[:-1]
-        if not others:
-            return False, None
-        distance = max(hamming(newest, m) for m in others)
-        return len(self.masks) == self.size and distance < self.threshold, distance
-
-
-@register_plugin("early-bird")
-class EarlyBird(SlimmingL1):
-    """Early-bird ticket search: slimming's L1 push, and the slimming mask queued at every epoch end.
-
-    Training stops at the first epoch end whose mask is within ``distance`` (normalised Hamming) of
-    each of the ``queue - 1`` masks before it. The report holds the ticket's epoch and iteration, the
-    distances seen, and the training FLOPs saved against the full dense training (6 x forward MACs
-    per example, ``batch_size`` examples per iteration; the pruning itself, one sort of the scales,
-    is the same for both and negligible).
-    """
-
-    description = (
-        "early-bird ticket search: stop dense training when the slimming mask settles (You et al. 2020)"
-    )
-    needs = "a BatchNorm right after each conv/linear layer whose channels it prunes"
-    Settings = EarlyBirdSettings
-
-    def __init__(self, settings: FrozenSpec | None = None, fraction: float = 0.5) -> None:
-        super().__init__(settings)
-        if not 0 < fraction < 1:
-            raise SpecError(f"early-bird's channel fraction must be in (0, 1), got {fraction!r}")
-        self.fraction = float(fraction)
-        self.queue = MaskQueue(self.settings.queue, self.settings.distance)
-        self.epochs = 0
-        self.distances: list[float | None] = []
-        self.ticket: dict[str, Any] | None = None
-
-    def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "fraction": self.fraction}
-
-    @property
-    def wants_bf16(self) -> bool:
-        return bool(self.settings.bf16)
-
-    def current_mask(self, model: nn.Module, mask: Mask | None = None) -> torch.Tensor:
-        """The slimming keep flags of every channel at the target fraction, concatenated."""
-        scales = channel_scales(model, self.layers)
-        keep, _ = select_channels(
-            scales, alive_channels(model, self.layers, mask), self.fraction, self.settings.min_channels
-        )
-        return torch.cat(keep)
-
-    def on_epoch_end(self, trainer: Trainer) -> str | None:
-        self.epochs += 1
-        found, distance = self.queue.push(self.current_mask(trainer.model, trainer.mask))
-        self.distances.append(distance)
-        if not found or self.ticket is not None:
-            return None
-        self.ticket = self._ticket(trainer, distance)
-        return (
-            f"early-bird ticket at epoch {self.epochs}: its channel mask is within {distance:.3f} "
-            f"(< {self.settings.distance:g}) of the {self.settings.queue - 1} before it"
-        )
-
-    def _ticket(self, trainer: Trainer, distance: float) -> dict[str, Any]:
-        from prunelab.pruning.macs import masked_macs  # the trainer's model, dense
-
-        macs = masked_macs(trainer.model, Mask.ones(trainer.model), tuple(trainer.data.info.input_shape))
-        per_iteration = TRAIN_FLOPS_PER_MAC * macs * trainer.cfg.batch_size
-        total, at = trainer.total, trainer.iteration
-        return {
-            "epoch": self.epochs,
-            "iteration": at,
-            "distance": distance,
-            "dense_iterations": total,
-            "search_flops": per_iteration * at,
-            "dense_flops": per_iteration * total,
-            "flops_saved": per_iteration * (total - at),
-            "saved_fraction": (total - at) / total if total else 0.0,
-        }
-
-    def report(self) -> dict[str, Any]:
-        return {"epochs_searched": self.epochs, "distances": list(self.distances), "ticket": self.ticket}
-
-    def state_dict(self) -> dict:
-        return {
-            "masks": [m.clone() for m in self.queue.masks],
-            "epochs": self.epochs,
-            "distances": list(self.distances),
-            "ticket": None if self.ticket is None else dict(self.ticket),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.queue.masks = [torch.as_tensor(m, dtype=torch.bool) for m in state["masks"]]
-        self.epochs = int(state["epochs"])
-        self.distances = [None if d is None else float(d) for d in state["distances"]]
-        self.ticket = None if state["ticket"] is None else dict(state["ticket"])
-
-
-# criteria: what `--method slimming` and `--method early-bird` prune with -------------------------
+# the method: `--method slimming` -----------------------------------------------------------------
 def _example(model: nn.Module, input_shape) -> torch.Tensor:
     param = next(iter(model.parameters()))
     example = torch.zeros(1, *input_shape, device=param.device)
@@ -436,9 +282,12 @@ def _mean_scale(group, modules) -> torch.Tensor:
     return total / count.clamp(min=1)
 
 
-class _ScaleCriterion(Criterion):
-    """Channels by BatchNorm scale, one global threshold; the dense training runs the plug-in."""
+class ScaleMethod(TrainingMethod):
+    """Channels by BatchNorm scale, one global threshold; the dense training runs the plug-in
+    (early-bird tickets choose their channels the same way)."""
 
+    structure = "channels"
+    structured_only = True
     needs = frozenset({"input_shape"})
     requires = "BatchNorm after pruned layers"
 
@@ -470,6 +319,7 @@ class _ScaleCriterion(Criterion):
         from prunelab.coupling import discover
         from prunelab.pruning.coupled import units_of
 
+        settings = self.settings(spec)
         self._layers(model, spec, context)  # a model without BatchNorm after its layers is refused
         base = Mask.ones(model) if mask is None else mask
         base.check_fits(model)
@@ -486,86 +336,31 @@ class _ScaleCriterion(Criterion):
             [_mean_scale(u.group, modules) for u in units],
             [u.alive(entries) for u in units],
             spec.rate_per_round(),
-            self.settings.min_channels,
+            settings.min_channels,
         )
         for i, count in given_back:
             context.note(
                 f"{spec.method}: the global |gamma| threshold would leave layer {units[i].group.name} fewer than "
-                f"{self.settings.min_channels} channel(s); it keeps {count} more, those with the largest |gamma| "
-                f"(--{self.settings.flag_prefix}min-channels sets the minimum)"
+                f"{settings.min_channels} channel(s); it keeps {count} more, those with the largest |gamma| "
+                f"(--{settings.flag_prefix}min-channels sets the minimum)"
             )
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         for u, flags in zip(units, keep, strict=True):
             u.apply(entries, flags, shapes)
         return Mask(entries)
 
-    def scores(
-        self,
-        model: nn.Module,
-        mask: Mask,
-        names: Sequence[str],
-        context: PruneContext,
-        generator: torch.Generator | None,
-    ) -> Scores:
-        """|gamma| of each weight's output channel; layers without BatchNorm are never chosen (inf)."""
-        params = dict(model.named_parameters())
-        example = torch.zeros(1, *context.input_shape, device=next(iter(params.values())).device)
-        by_weight = {layer.weight: layer for layer in scaled_layers(model, example)}
-        out: Scores = {}
-        for name in names:
-            shape = params[name].shape
-            if name in by_weight:
-                gamma = model.get_submodule(by_weight[name].norm).weight.detach().abs()
-                out[name] = gamma.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
-            else:
-                out[name] = torch.full(shape, torch.inf, device=params[name].device)
-        return out
 
-
-@CRITERIA.register("slimming")
-class Slimming(_ScaleCriterion):
+@register_method("slimming")
+class Slimming(ScaleMethod):
     """Network slimming (Liu et al. 2017): L1 on BatchNorm scales in training, a global |gamma| threshold."""
 
+    description = "L1 on BatchNorm scales in training, one global |gamma| cut (Liu 2017)"
     Settings = SlimmingSettings
-
-    def dense_hooks(self, spec) -> list[TrainPlugin]:
-        return [SlimmingL1(self.settings)]
+    plugin = SlimmingL1
+    once = None  # --slimming-multi-pass: several rounds, each level retraining under the push
 
     def level_hooks(self, spec) -> list[TrainPlugin]:
-        return [SlimmingL1(self.settings)] if self.settings.multi_pass else []
+        return [self.make_plugin(spec)] if self.settings(spec).multi_pass else []
 
-
-@CRITERIA.register("early_bird")
-class EarlyBirdCriterion(_ScaleCriterion):
-    """Early-bird tickets (You et al. 2020): the slimming mask once it settles during dense training."""
-
-    Settings = EarlyBirdSettings
-
-    def dense_hooks(self, spec) -> list[TrainPlugin]:
-        if spec.rounds != 1:
-            raise SpecError(
-                f"method {spec.method!r} prunes once, at the ticket: use rounds 1 (got {spec.rounds})"
-            )
-        return [EarlyBird(self.settings, fraction=spec.rate_per_round())]
-
-
-METHODS.add(
-    "slimming",
-    Method(
-        "slimming",
-        "L1 on BatchNorm scales in training, one global |gamma| cut (Liu 2017)",
-        "channels",
-        "linf",
-        True,
-    ),
-)
-METHODS.add(
-    "early-bird",
-    Method(
-        "early_bird",
-        "the slimming mask once it settles; dense training stops (You 2020)",
-        "channels",
-        "linf",
-        True,
-    ),
-)
+    def hooks_text(self) -> str:
+        return f"{super().hooks_text()}; each level too with --{SlimmingSettings.flag_prefix}multi-pass"

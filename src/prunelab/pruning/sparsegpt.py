@@ -24,9 +24,8 @@ from pydantic import Field
 from torch import nn
 
 from prunelab.errors import SpecError
-from prunelab.pruning.blockwise import BlockwiseCriterion
-from prunelab.pruning.criteria import CRITERIA
-from prunelab.pruning.methods import METHODS, Method
+from prunelab.pruning.blockwise import BlockwiseMethod
+from prunelab.pruning.methods import register_method
 from prunelab.pruning.nm import NM
 from prunelab.pruning.rowgroups import RowGroups, drop_in_groups
 from prunelab.spec import FrozenSpec
@@ -125,8 +124,8 @@ def sparsegpt(
     return Result((w * keep).to(weight.dtype), keep, losses)
 
 
-@CRITERIA.register("sparsegpt")
-class SparseGPT(BlockwiseCriterion):
+@register_method("sparsegpt")
+class SparseGPT(BlockwiseMethod):
     """OBS row updates from each layer's calibration Hessian, the kept weights refitted (one shot)."""
 
     class Settings(FrozenSpec):
@@ -141,8 +140,7 @@ class SparseGPT(BlockwiseCriterion):
             description="added to the Hessian's diagonal, as a share of its mean (the paper: 1%)",
         )
 
-    name = "sparsegpt"
-    unit = "single weights by OBS, the kept ones updated"
+    description = "OBS from the calibration Hessian (Frantar & Alistarh 2023)"
     updates_weights = True
     structure_hint = "use unstructured (chosen per block of columns) or N:M (e.g. 2:4)"
 
@@ -153,20 +151,18 @@ class SparseGPT(BlockwiseCriterion):
         dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
         return Hessian(module.in_features, module.weight.device, dtype)
 
-    def prune_layer(self, name, weight, stats, alive, rate, structure):
+    def prune_layer(self, name, weight, stats, alive, rate, structure, spec):
+        settings = self.settings(spec)
         nm = structure if isinstance(structure, NM) else None
-        if nm is not None and self.settings.blocksize % nm.m:
+        if nm is not None and settings.blocksize % nm.m:
             raise SpecError(
-                f"sparsegpt's blocksize {self.settings.blocksize} must be a multiple of M={nm.m} for structure "
+                f"sparsegpt's blocksize {settings.blocksize} must be a multiple of M={nm.m} for structure "
                 f"{nm.name!r}, so that no group straddles two blocks"
             )
         if nm is None and rate == 0:
             return alive.clone(), None
         result = sparsegpt(
             weight, stats.value(), alive, rate, nm=nm,
-            blocksize=self.settings.blocksize, dampening=self.settings.dampening,
+            blocksize=settings.blocksize, dampening=settings.dampening,
         )  # fmt: skip
         return result.keep, result.weight
-
-
-METHODS.add("sparsegpt", Method("sparsegpt", "OBS from the calibration Hessian (Frantar & Alistarh 2023)"))

@@ -1,29 +1,34 @@
-"""What one pruning call does (:class:`PruneSpec`): criterion x structure x scope, rates and rounds.
+"""What one pruning call does (:class:`PruneSpec`): a method (its scorer x structure x scope), rates and rounds.
 
 The spec is what :func:`prunelab.prune` takes, what an experiment prunes each round with, a
-``[pruning]`` table of a config file, and the pruning flags of ``prunelab run``. Each criterion
-with settings (see :class:`~prunelab.pruning.criteria.Criterion`) adds one nested table named
-after it, ``[pruning.synflow]`` with ``rounds`` for example, built from the registry.
+``[pruning]`` table of a config file, and the pruning flags of ``prunelab run``. Each method, scorer
+and layer-rate rule with settings adds one nested table named after it (``[pruning.synflow]`` with
+``rounds``, ``[pruning.early_bird]`` with ``queue``), built from the registries the first time
+:class:`PruneSpec` is asked for (``from prunelab.pruning.spec import PruneSpec``), never when this
+module is imported: whatever registers a method, in whatever order, is there by then.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from pydantic import Field, create_model, field_validator
 
-from prunelab.pruning.criteria import CRITERIA
 from prunelab.pruning.layers import LAYER_FILTERS
-from prunelab.pruning.methods import METHODS
+from prunelab.pruning.methods import METHODS, Method, settings_key
 from prunelab.pruning.rates import LAYER_RATES
 from prunelab.pruning.schedule import rate_for_rounds
 from prunelab.pruning.scope import SCOPES
+from prunelab.pruning.scorers import SCORERS
 from prunelab.pruning.structure import STRUCTURES
 from prunelab.spec import Flag, FrozenSpec, _pairs, known, registered
 
+__all__ = ["PruneSpec", "prune_spec", "settings_tables"]  # noqa: F822 - PruneSpec: built on first use
+
 
 class _PruneFields(FrozenSpec):
-    """How each round prunes: criterion x structure x scope, and how many rounds at what rate."""
+    """How each round prunes: a method (scorer x structure x scope), and how many rounds at what rate."""
 
     method: registered(METHODS, "prunelab methods") = Field(
         "magnitude", description="pruning method: what scores the weights and how they are grouped"
@@ -47,7 +52,7 @@ class _PruneFields(FrozenSpec):
     layer_rates: Annotated[dict[str, float] | str, Flag(parse=lambda text: {"layer_rates": text})] = Field(
         default_factory=dict,
         description="per-layer rates, each layer pruned on its own (fc3=0.1), or a strategy computing "
-        "them: " + ", ".join(LAYER_RATES.names()),
+        "them: see --help: the layer-rate rules",
     )
     reconstruct: bool = Field(
         False,
@@ -71,7 +76,7 @@ class _PruneFields(FrozenSpec):
     @field_validator("layer_rates", mode="before")
     @classmethod
     def _rates_text(cls, v: Any) -> Any:
-        """'fc3=0.1,conv1=0' are rates by name; a word without '=' names a strategy (owl)."""
+        """'fc3=0.1,conv1=0' are rates by name; a word without '=' names a rule (owl)."""
         if isinstance(v, str) and "=" in v:
             return _pairs("layer_rates", v, float)
         if isinstance(v, str):
@@ -92,55 +97,84 @@ class _PruneFields(FrozenSpec):
             return rate_for_rounds(self.target_sparsity, self.rounds)
         return self.rate
 
-    def criterion_name(self) -> str:
-        return METHODS.get(self.method).criterion
-
-    def criterion(self):
-        """The method's criterion, configured with its settings from this spec."""
-        name = self.criterion_name()
-        cls = CRITERIA.get(name)
-        return cls(getattr(self, name) if cls.Settings is not None else None)
+    def method_entry(self):
+        """The registered :class:`~prunelab.pruning.methods.PruningMethod` this spec names."""
+        return METHODS.get(self.method)
 
     def structure_name(self) -> str:
         """The structure in force: the override, else the method's own."""
-        return self.structure or METHODS.get(self.method).structure
+        return self.structure or self.method_entry().structure
 
     def rate_strategy(self):
-        """The layer-rate strategy named by ``layer_rates`` (configured), or None for rates by name."""
+        """The layer-rate rule named by ``layer_rates`` (configured), or None for rates by name."""
         if not isinstance(self.layer_rates, str):
             return None
         cls = LAYER_RATES.get(self.layer_rates)
-        return cls(getattr(self, self.layer_rates) if cls.Settings is not None else None)
+        return cls(getattr(self, settings_key(self.layer_rates)) if cls.Settings is not None else None)
 
     def needs(self) -> frozenset[str]:
-        """The PruneContext inputs the scoring reads: the criterion's and the rate strategy's."""
+        """The PruneContext inputs one round reads: the method's and the layer-rate rule's."""
         strategy = self.rate_strategy()
-        return self.criterion().needs | (strategy.needs if strategy is not None else frozenset())
+        return self.method_entry().needs_of(self) | (strategy.needs if strategy is not None else frozenset())
 
     def calibration_field(self) -> str | None:
-        """The field counting the training examples the scoring calibrates on (calibration_images,
+        """The field counting the training examples one round calibrates on (calibration_images,
         calibration_sequences), or None when it reads a few batches (SNIP) or none."""
-        criterion, strategy = self.criterion(), self.rate_strategy()
-        for part in (criterion, strategy):
-            field = getattr(part, "calibration", None)
-            if field:
-                return field
-        return "calibration_images" if criterion.calibrated else None
+        strategy = self.rate_strategy()
+        own = self.method_entry().calibration_field(self)
+        return own or (getattr(strategy, "calibration", None) if strategy is not None else None)
+
+    def scoring_examples(self, batch_size: int) -> int:
+        """How many training examples one round reads: the calibration field's count, else the
+        method's few batches (SNIP and GraSP read ten)."""
+        field = self.calibration_field()
+        return getattr(self, field) if field else self.method_entry().batches * batch_size
+
+    def tables_read(self) -> set[str]:
+        """The settings tables this spec's method and layer-rate rule read."""
+        read = set(self.method_entry().settings_tables())
+        if isinstance(self.layer_rates, str):
+            read.add(settings_key(self.layer_rates))
+        return read
 
 
-def _settings_fields() -> dict[str, Any]:
-    """One nested settings table per criterion and layer-rate strategy that has settings, named
-    after it."""
-    fields = {}
-    for kind, registry in (("criterion", CRITERIA), ("layer-rate strategy", LAYER_RATES)):
-        for name, cls in registry.items():
-            if cls.Settings is not None:
-                fields[name] = (
-                    cls.Settings,
-                    Field(default_factory=cls.Settings, description=f"settings of the {name} {kind}"),
-                )
-    return fields
+def settings_tables() -> dict[str, tuple[type[FrozenSpec], str]]:
+    """Every settings table: key -> (its spec, whose it is in words): each scorer's, each method's
+    own (a :class:`~prunelab.pruning.methods.Method` record reads its scorer's) and each layer-rate
+    rule's. Two entries whose names give one key are refused, naming both."""
+    entries = [
+        *((name, cls.Settings, f"{name} scorer") for name, cls in SCORERS.items()),
+        *((name, m.Settings, f"{name} method") for name, m in METHODS.items() if not isinstance(m, Method)),
+        *((name, cls.Settings, f"{name} layer-rate rule") for name, cls in LAYER_RATES.items()),
+    ]
+    tables: dict[str, tuple[type[FrozenSpec], str]] = {}
+    for name, settings, what in entries:
+        key = settings_key(name)
+        if settings is None:
+            continue
+        if key in tables:
+            raise ValueError(f"the {what} and the {tables[key][1]} would both have settings [pruning.{key}]")
+        tables[key] = (settings, what)
+    return tables
 
 
-PruneSpec = create_model("PruneSpec", __base__=_PruneFields, __module__=__name__, **_settings_fields())
-PruneSpec.__doc__ = _PruneFields.__doc__
+@functools.cache
+def prune_spec() -> type[FrozenSpec]:
+    """:class:`PruneSpec`: the fields above and one table per entry with settings (built once)."""
+    fields = {
+        key: (settings, Field(default_factory=settings, description=f"settings of the {what}"))
+        for key, (settings, what) in settings_tables().items()
+    }
+    cls = create_model("PruneSpec", __base__=_PruneFields, __module__=__name__, **fields)
+    cls.__doc__ = _PruneFields.__doc__
+    rules = cls.model_fields["layer_rates"]
+    rules.description = rules.description.replace(
+        "see --help: the layer-rate rules", ", ".join(LAYER_RATES.names())
+    )
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PruneSpec":
+        return prune_spec()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

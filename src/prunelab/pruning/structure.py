@@ -130,7 +130,7 @@ class Structure:
 
     @property
     def mixed(self) -> bool:
-        """Some layer kinds lose whole units, others single weights (paper 001's hybrid)."""
+        """Some layer kinds lose whole units, others single weights (Paganini & Forde 2020's hybrid)."""
         return self.structured and not self.fully_structured
 
     def units(
@@ -148,13 +148,13 @@ class Structure:
         ]
 
 
-STRUCTURES: Registry[Structure] = Registry("structure")
+STRUCTURES: Registry[Structure] = Registry("structure", builtins="prunelab.pruning")
 STRUCTURES.add("unstructured", Structure(None, None, "single weights"))
 STRUCTURES.add("structured-input", Structure(1, 1, "whole input channels / input neurons (dim 1)"))
 STRUCTURES.add("structured-output", Structure(0, 0, "whole filters / output neurons (dim 0)"))
-# Paper 001's per-layer structures (torch.nn.utils.prune's ln_structured on each layer on its own);
+# Paganini & Forde 2020's per-layer structures (torch.nn.utils.prune's ln_structured on each layer on its own);
 # the coupled ones (channels, heads, ffn, ...) are in prunelab.pruning.coupled.
-# Paper 001's hybrid: conv layers structured along the input axis, linear layers unstructured.
+# Their hybrid: conv layers structured along the input axis, linear layers unstructured.
 STRUCTURES.add("hybrid", Structure(1, None, "conv: whole input channels; linear: single weights"))
 STRUCTURES.add("hybrid-output", Structure(0, None, "conv: whole filters; linear: single weights"))
 

@@ -32,10 +32,9 @@ from torch import nn
 
 from prunelab.errors import SpecError
 from prunelab.pruning.context import PruneContext
-from prunelab.pruning.criteria import CRITERIA, Criterion, Scores
 from prunelab.pruning.layers import describe, select_layers
 from prunelab.pruning.mask import Mask
-from prunelab.pruning.methods import METHODS, Method
+from prunelab.pruning.methods import TrainingMethod, register_method
 from prunelab.spec import FrozenSpec
 from prunelab.training.config import Duration, parse_duration
 from prunelab.training.plugins import TrainPlugin, register_plugin
@@ -43,7 +42,16 @@ from prunelab.training.plugins import TrainPlugin, register_plugin
 if TYPE_CHECKING:
     from prunelab.training.trainer import Trainer
 
-__all__ = ["K1", "K2", "K3", "SparseVD", "VariationalConv2d", "VariationalLinear", "kl_approximation"]
+__all__ = [
+    "K1",
+    "K2",
+    "K3",
+    "SparseVD",
+    "SparseVDMethod",
+    "VariationalConv2d",
+    "VariationalLinear",
+    "kl_approximation",
+]
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 LOG_ALPHA_RANGE = (-8.0, 8.0)
@@ -252,53 +260,28 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-@CRITERIA.register("sparse_vd")
-class SparseVDCriterion(Criterion):
+@register_method("sparse-vd")
+class SparseVDMethod(TrainingMethod):
     """Sparse variational dropout: the weights its training leaves (log alpha <= 3), nothing else ranked."""
 
+    description = "variational dropout, log alpha > 3 pruned (Molchanov 2017)"
     Settings = SparseVDSettings
-    plugin: ClassVar[type[TrainPlugin]] = SparseVD  # the training that learns the mask
+    plugin: ClassVar[type[SparseVD]] = SparseVD  # the training that learns the mask
+    once = "learns its mask in one training"
 
-    def dense_hooks(self, spec) -> list[TrainPlugin]:
-        if spec.rounds != 1:
-            raise SpecError(
-                f"method {spec.method!r} learns its mask in one training: use rounds 1 (got {spec.rounds})"
-            )
-        return [self.plugin(self.settings, layers=spec.layers, exclude=spec.exclude)]
+    def make_plugin(self, spec) -> SparseVD:
+        return self.plugin(self.settings(spec), layers=spec.layers, exclude=spec.exclude)
 
     def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
         """The non-zero weights of the layers the variational training covered (after it, the pruned
         ones are exact zeros), within ``mask``."""
-        params = dict(model.named_parameters())
-        chosen = {layer.param for layer in select_layers(model, spec.layers, spec.exclude)}
+        chosen = [layer.param for layer in select_layers(model, spec.layers, spec.exclude)]
         base = mask if mask is not None else Mask.ones(model)
         base.check_fits(model)
-        entries = {}
-        for name, m in base.items():
-            m = m.cpu()
-            entries[name] = m & (params[name].detach().cpu() != 0) if name in chosen else m.clone()
-        out = Mask(entries)
+        out = base.and_nonzero(model, chosen)
         if not context.trial:
             context.note(
                 f"{spec.method} keeps the weights its variational training left (log alpha <= "
-                f"{self.settings.threshold:g}): density {out.density():.2%}; --rate does not apply"
+                f"{self.settings(spec).threshold:g}): density {out.density():.2%}; --rate does not apply"
             )
         return out
-
-    def scores(
-        self,
-        model: nn.Module,
-        mask: Mask,
-        names,
-        context: PruneContext,
-        generator: torch.Generator | None,
-    ) -> Scores:
-        """|w| (after the variational training the pruned weights are 0, so they rank lowest)."""
-        params = dict(model.named_parameters())
-        return {n: params[n].detach().abs() for n in names}
-
-
-METHODS.add(
-    "sparse-vd",
-    Method("sparse_vd", "variational dropout, log alpha > 3 pruned (Molchanov 2017)"),
-)

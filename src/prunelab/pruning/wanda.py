@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunelab.pruning.blockwise import BlockwiseCriterion
-from prunelab.pruning.criteria import CRITERIA
-from prunelab.pruning.methods import METHODS, Method
+from prunelab.pruning.blockwise import BlockwiseMethod
+from prunelab.pruning.methods import register_method
 from prunelab.pruning.rowgroups import layer_keep
 
 
@@ -40,20 +39,15 @@ def wanda_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     return weight.detach().double().abs() * norms.to(weight.device, torch.float64).reshape(1, -1)
 
 
-@CRITERIA.register("wanda")
-class Wanda(BlockwiseCriterion):
+@register_method("wanda")
+class Wanda(BlockwiseMethod):
     """|W| x ||X||_2 per input feature, compared within each output row; weights not updated."""
 
-    name = "wanda"
-    unit = "single weights by |W| x ||X||"
+    description = "|W| x ||X||, per output row, block by block (Sun et al. 2023)"
+    structure = "per-row"
 
     def stats(self, name: str, module: nn.Module) -> SquaredNorms:
         return SquaredNorms(module.in_features, module.weight.device)
 
-    def prune_layer(self, name, weight, stats, alive, rate, structure):
+    def prune_layer(self, name, weight, stats, alive, rate, structure, spec):
         return layer_keep(structure, name, wanda_scores(weight, stats.norms()), alive, rate), None
-
-
-METHODS.add(
-    "wanda", Method("wanda", "|W| x ||X||, per output row, block by block (Sun et al. 2023)", "per-row")
-)

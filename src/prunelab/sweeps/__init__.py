@@ -14,16 +14,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunelab.errors import PrunelabError
-from prunelab.experiments.spec import ExperimentSpec
 from prunelab.experiments.store import Store, StoredExperiment
 from prunelab.stats import mean_std
 from prunelab.sweeps.executors import EXECUTORS, Executor, Outcome, Reporter, make_executor
 from prunelab.sweeps.grid import GridPoint, SweepFile, expand, read_sweep_file, short
 from prunelab.sweeps.plan import LEVELS, ExperimentTask, SweepPlan, Task, TrunkTask, make_plan, task_key
 from prunelab.table import Table
+
+if TYPE_CHECKING:
+    from prunelab.experiments.spec import ExperimentSpec
 
 __all__ = [
     "EXECUTORS",
@@ -59,11 +61,7 @@ class SweepResult:
     def experiments(self) -> list[StoredExperiment | None]:
         """Each point's results read back from the store (None where nothing is stored yet)."""
         store = Store(self.plan.root)
-        out: list[StoredExperiment | None] = []
-        for p in self.plan.points:
-            directory = store.experiment_dir(p.spec.experiment_id())
-            out.append(store.read(directory) if (directory / "spec.json").is_file() else None)
-        return out
+        return [store.stored(p.spec.experiment_id()) for p in self.plan.points]
 
     def table(self) -> Table:
         return sweep_table(self.plan.points, self.plan.root, self.outcomes)
@@ -92,8 +90,7 @@ def sweep_table(
     columns += ["final density", "final test acc", "seeds", "status"]
     rows = []
     for i, p in enumerate(points):
-        directory = store.experiment_dir(p.spec.experiment_id())
-        exp = store.read(directory) if (directory / "spec.json").is_file() else None
+        exp = store.stored(p.spec.experiment_id())
         last = p.spec.pruning.rounds
         finals = [] if exp is None else [lv[last] for s, lv in exp.levels.items() if last in lv]
         density = mean_std([m.density for m in finals])[0] if finals else None
@@ -177,11 +174,7 @@ def sweep_experiments(
     (for ``report --sweep``); none with results is an error naming the command to run."""
     points = read_sweep_file(path).expand()
     store = Store(root)
-    found = []
-    for p in points:
-        directory = store.experiment_dir(p.spec.experiment_id())
-        if (directory / "spec.json").is_file():
-            found.append(store.read(directory))
+    found = [exp for p in points if (exp := store.stored(p.spec.experiment_id())) is not None]
     if not found:
         raise PrunelabError(
             f"no experiment of sweep {path} has results under {store.root} yet; run `prunelab sweep {path}`"

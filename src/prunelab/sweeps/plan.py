@@ -14,14 +14,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunelab.data import Dataset
 from prunelab.errors import DataError
 from prunelab.experiments.runner import LEVELS, ExperimentRunner
-from prunelab.experiments.spec import ExperimentSpec
 from prunelab.experiments.store import Store
 from prunelab.sweeps.grid import GridPoint
+
+if TYPE_CHECKING:
+    from prunelab.experiments.spec import ExperimentSpec
 
 
 class DataCache:

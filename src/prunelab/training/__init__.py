@@ -1,5 +1,6 @@
 """Training: masked trainer, its steps and hooks, optimizers, schedules."""
 
+from prunelab.training.callbacks import BestWeights, Checkpoint
 from prunelab.training.config import TrainConfig, parse_duration
 from prunelab.training.device import resolve_device
 from prunelab.training.evaluation import choose_evaluator
@@ -14,6 +15,8 @@ __all__ = [
     "SCHEDULES",
     "STEP_KINDS",
     "AutogradStep",
+    "BestWeights",
+    "Checkpoint",
     "EvalRecord",
     "Step",
     "TrainConfig",

@@ -75,6 +75,28 @@ class TrainConfig(FrozenSpec):
     augment: bool | None = Field(None, description="random crops and flips (default: the dataset's own)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
     bf16: bool = Field(False, description="bf16 autocast (GPU only)")
+    plugins: tuple[str, ...] = Field(
+        (),
+        description="regulariser plug-ins this training runs with, at their default settings, without their "
+        "pruning method (slimming's L1 push, structure-selection's scales; see `prunelab methods`)",
+    )
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        """Registered plug-ins that may join a training alone (they change no mask, no architecture)."""
+        from prunelab.training.plugins import PLUGINS, standalone
+
+        alone = standalone()
+        for name in v:
+            if name not in PLUGINS:
+                raise ValueError(PLUGINS.unknown_message(name))
+            if name not in alone:
+                raise ValueError(
+                    f"training plug-in {name!r} joins a training only through its pruning method "
+                    f"(--method {name}); plug-ins that join a training alone: {', '.join(alone)}"
+                )
+        return tuple(dict.fromkeys(v))
 
     @field_validator("milestones", "warmup", "eval_every")
     @classmethod
@@ -112,6 +134,12 @@ class TrainConfig(FrozenSpec):
                     f"train.{name} is read only with {field} {' or '.join(readers)}, not {getattr(self, field)}"
                 )
         return out
+
+    def plugin_hooks(self) -> list:
+        """Fresh plug-ins (they hold state) of :attr:`plugins`, at their default settings."""
+        from prunelab.training.plugins import PLUGINS
+
+        return [PLUGINS.get(name)() for name in self.plugins]
 
     def total_iterations(self, iterations_per_epoch: int) -> int:
         if self.iterations is not None:

@@ -11,8 +11,10 @@ each one :class:`TrainHook` subclass passed as ``Trainer(..., hooks=[...])`` or
 * :meth:`~TrainHook.after_backward` after every step's gradients, before the optimizer: may change
   ``.grad`` in place. It works with every step kind. The gradient masks are applied again after the
   hooks ran, so pruned weights stay exactly zero whatever a hook adds;
-* :meth:`~TrainHook.on_epoch_end` after every epoch (before the caller's own ``on_epoch_end``, which
-  is where checkpoints are written): returns a reason to stop early, or None. The reason is kept in
+* :meth:`~TrainHook.on_record` after every evaluation, with its record (the trainer's own
+  :class:`~prunelab.training.callbacks.BestWeights` keeps the best-validation weights there);
+* :meth:`~TrainHook.on_epoch_end` after every epoch (before the trainer's callbacks', where
+  checkpoints are written): returns a reason to stop early, or None. The reason is kept in
   the trainer's checkpoint and in ``TrainResult.stopped_early``, so a resumed run stops where the
   uninterrupted one did;
 * :meth:`~TrainHook.state_dict` / :meth:`~TrainHook.load_state_dict` with the trainer's own, so that a
@@ -27,6 +29,8 @@ Around the loop, once per trainer:
   replaced by training-time variants (a variational layer for a plain ``nn.Linear``). A hook that
   swaps layers (:attr:`~TrainHook.swaps_layers`) makes the trainer take the autograd step, since
   the hand-written steps know only plain layers; its parameters are checkpointed with the model's;
+* :meth:`~TrainHook.on_finish` after the final evaluation on the test split (the best-validation
+  weights are tested there);
 * :meth:`~TrainHook.restore` after the last epoch and the final evaluations: the plain model back
   (``nn.Linear``/``nn.Conv2d``), and a :class:`~prunelab.pruning.Mask` of what the method pruned,
   which the trainer combines with its own mask into ``TrainResult.mask``;
@@ -47,6 +51,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from prunelab.pruning.mask import Mask
+    from prunelab.training.results import EvalRecord
     from prunelab.training.trainer import Trainer
 
 __all__ = ["TrainHook"]
@@ -82,6 +87,12 @@ class TrainHook:
         Return a reason (e.g. "early-bird ticket found at epoch 12") to stop training after this epoch.
         """
         return None
+
+    def on_record(self, trainer: Trainer, record: EvalRecord) -> None:
+        """Called after every evaluation with the record appended to ``trainer.history``."""
+
+    def on_finish(self, trainer: Trainer) -> None:
+        """Called once training ended and the final record was tested, before layers are restored."""
 
     def state_dict(self) -> dict:
         """The hook's state, saved in the trainer's checkpoint (weights-only loadable values)."""

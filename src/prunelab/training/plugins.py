@@ -1,26 +1,30 @@
-"""Registered trainer plug-ins: the training-time methods users name, one class each.
+"""Registered trainer plug-ins: what the training-time methods run during training, one class each.
 
 A plug-in is a :class:`~prunelab.training.hooks.TrainHook` (loss terms, gradient changes, epoch-end
 decisions, layer swaps, checkpointed state) with a name, a description, what it needs of a model,
-and its own ``Settings`` spec. Each is registered in :data:`PLUGINS` with :func:`register_plugin`;
+its own ``Settings`` spec, and the line that says what it found (:meth:`TrainPlugin.report_text`,
+printed by the run, ``show`` and the report). Each is registered in :data:`PLUGINS` with
+:func:`register_plugin`, in the file of the pruning method that runs it
+(:class:`~prunelab.pruning.methods.TrainingMethod`: an experiment trains its dense trunk with it);
 the trainer never looks at names, only at what a hook overrides (:attr:`TrainHook.needs_autograd`
 decides the training step, :attr:`TrainHook.swaps_layers` whether the model is converted back).
 
-The pruning methods that act during training (``slimming``, ``early-bird``) are criteria whose
-:meth:`~prunelab.pruning.Criterion.dense_hooks` return these plug-ins; an experiment trains its
-dense trunk with them (see :mod:`prunelab.pruning.slimming`).
+A *regulariser* (``standalone``: it changes neither the mask nor the architecture the training ends
+with, as network slimming's L1 push and structure selection's folded scales) can also join a training
+without its pruning method: ``train.plugins`` (``prunelab train --plugins slimming``, or every
+training of an experiment with ``prunelab run --plugins slimming``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from prunelab.registry import Registry
 from prunelab.spec import FrozenSpec
 from prunelab.training.hooks import TrainHook
 
-__all__ = ["PLUGINS", "TrainPlugin", "register_plugin"]
+__all__ = ["PLUGINS", "TrainPlugin", "register_plugin", "report_lines"]
 
 
 class TrainPlugin(TrainHook):
@@ -37,6 +41,8 @@ class TrainPlugin(TrainHook):
     Settings: ClassVar[type[FrozenSpec] | None] = None
     not_training: ClassVar[tuple[str, ...]] = ()
     """Settings that do not change the training the plug-in joins (left out of :meth:`identity`)."""
+    standalone: ClassVar[bool] = False
+    """A regulariser that may join a training without its pruning method (``train.plugins``)."""
 
     def __init__(self, settings: FrozenSpec | None = None) -> None:
         if settings is None and self.Settings is not None:
@@ -52,13 +58,18 @@ class TrainPlugin(TrainHook):
         values = {} if self.settings is None else self.settings.non_default()
         return {"plugin": self.name, **{k: v for k, v in values.items() if k not in self.not_training}}
 
+    @classmethod
+    def report_text(cls, report: dict[str, Any]) -> str:
+        """What :meth:`report` said, in one line (the run's log, ``show``, the report)."""
+        return ", ".join(f"{k}={v}" for k, v in report.items())
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.settings!r})" if self.settings is not None else super().__repr__()
         )
 
 
-PLUGINS: Registry[type[TrainPlugin]] = Registry("training plug-in")
+PLUGINS: Registry[type[TrainPlugin]] = Registry("training plug-in", builtins="prunelab.pruning")
 
 P = TypeVar("P", bound=type[TrainPlugin])
 
@@ -74,3 +85,17 @@ def register_plugin(name: str) -> Callable[[P], P]:
         return cls
 
     return decorator
+
+
+def report_lines(reports: Mapping[str, dict[str, Any]]) -> list[str]:
+    """``name: what it found`` for each plug-in report of a training (as a level's metrics keep them),
+    each in its plug-in's words."""
+    return [
+        f"{name}: {PLUGINS.get(name).report_text(report) if name in PLUGINS else TrainPlugin.report_text(report)}"
+        for name, report in reports.items()
+    ]
+
+
+def standalone() -> list[str]:
+    """The plug-ins that may join a training without their pruning method (``train.plugins``)."""
+    return [name for name, cls in PLUGINS.items() if cls.standalone]
