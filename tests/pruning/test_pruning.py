@@ -324,11 +324,18 @@ STRUCTURE_CHOICES = [None, *(n for n, s in STRUCTURES.items() if not isinstance(
 # methods that rank elements by scores (those that choose their units themselves, network slimming's
 # BatchNorm-scale channels, are tested in test_slimming.py)
 RANKING_METHODS = [m for m, entry in METHODS.items() if isinstance(entry, Method)]
+COMBINATIONS = [
+    (method, scope, structure)
+    for method in RANKING_METHODS
+    for scope in SCOPES.names()
+    for structure in STRUCTURE_CHOICES
+    # a method whose own default is coupled (l1-filter) is tested there with structure None
+    if structure is not None
+    or not isinstance(STRUCTURES.get(METHODS.get(method).structure), CoupledStructure)
+]
 
 
-@pytest.mark.parametrize("structure", STRUCTURE_CHOICES)
-@pytest.mark.parametrize("scope", SCOPES.names())
-@pytest.mark.parametrize("method", RANKING_METHODS)
+@pytest.mark.parametrize(("method", "scope", "structure"), COMBINATIONS)
 def test_every_combination(method: str, scope: str, structure: str | None) -> None:
     spec = METHODS.get(method)
     struct = STRUCTURES.get(structure or spec.structure)
@@ -342,8 +349,6 @@ def test_every_combination(method: str, scope: str, structure: str | None) -> No
     valid = valid and (allowed is None or (structure or spec.structure) in allowed)
     valid = valid and not (criterion.layerwise and scope != "layerwise")  # thinet/lasso rank within a layer
     valid = valid and not (hybrid and scope == "global")
-    if isinstance(struct, CoupledStructure):  # the method's own default is coupled (l1-filter, taylor)
-        pytest.skip("coupled structures are tested in tests/coupling/test_coupling.py")
     grouped = isinstance(struct, RowGroups)  # per-row: each output row loses its own share
     valid = valid and not (grouped and scope != "layerwise")
     model = seeded(ConvNet)
