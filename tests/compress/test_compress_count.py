@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts of dense, masked and compacted models, and the paper-003 Fig. 2 table."""
+"""Parameter and FLOP counts of dense, masked and compacted models, and Ou Yang & Xu's Fig. 2 table."""
 
 import pytest
 import torch
@@ -20,6 +20,24 @@ def test_flops_are_operator_level_with_macs_half_of_them():
     rows = {name: values for name, *values in report.summary_rows()}
     assert rows["FLOPs"][0] == sum(flops.values()) and rows["MACs"][0] == sum(flops.values()) // 2
     assert rows["parameters"][0] == count_parameters(model) == 266_610
+
+
+def test_attention_flops_include_projections_and_products_in_eval_mode():
+    """torchvision's ViT in eval mode takes nn.MultiheadAttention's fused fast path, and CPU
+    attention a kernel torch has no formula for: both are counted, as the hand formula says."""
+    from prunelab.models.vision import import_torchvision
+
+    tv = import_torchvision()
+    net = tv.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10
+    ).eval()
+    n, d = 17, 32  # 16 patches and the class token
+    per_layer = 2 * n * d * 3 * d + 2 * n * d * d + 2 * 2 * n * n * d + 2 * (2 * n * d * 64)
+    expected = 2 * 3 * 8 * 8 * d * 16 + 2 * per_layer + 2 * d * 10
+    flops = layer_flops(net, (3, 32, 32))
+    assert sum(flops.values()) == expected
+    assert flops["encoder.layers.encoder_layer_0.self_attention"] == 2 * n * d * 4 * d + 2 * 2 * n * n * d
+    assert torch.backends.mha.get_fastpath_enabled()  # left as it was
 
 
 def test_masked_counts_are_non_zeros_and_compact_counts_are_real():

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils import flop_counter
 
 from prunelab.compress.compact import compact
 from prunelab.models import build_model, count_parameters, example_input
@@ -61,6 +62,18 @@ class CountReport:
         ]
 
 
+def _cpu_attention_flops(
+    query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
+    """``scaled_dot_product_attention``'s CPU kernel, which ``torch.utils.flop_counter`` has no
+    formula for: the same ``QK^T`` and ``AV`` products as its other kernels."""
+    return flop_counter.sdpa_flop_count(query, key, value)
+
+
+#: kernels counted by prunelab beside torch's formulas (shapes in, FLOPs out)
+EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 @torch.no_grad()
 def layer_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     """FLOPs of one example per module, each counting only what it does outside its submodules:
@@ -70,7 +83,10 @@ def layer_flops(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     was = model.training
     model.eval()
     try:
-        with eager_attention(model), FlopCounterMode(display=False) as counter:
+        with (
+            eager_attention(model),
+            flop_counter.FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS) as counter,
+        ):
             model(example_input(model, input_shape, generator=torch.Generator().manual_seed(0)))
     finally:
         model.train(was)

@@ -151,15 +151,21 @@ def set_head_counts(model: nn.Module) -> None:
 @contextlib.contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
     """Attention as explicit matrix products for the duration (fused kernels hide them from
-    ``torch.utils.flop_counter``); the same outputs."""
+    ``torch.utils.flop_counter``); the same outputs. Hugging Face models take their eager
+    attention; ``nn.MultiheadAttention`` (torchvision's ViT) and ``nn.TransformerEncoderLayer`` leave
+    their inference fast path, ``torch._native_multi_head_attention``, whose projections no formula
+    counts, for the functional path's linear layers and ``scaled_dot_product_attention``."""
     configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
     configs = {k: c for k, c in configs.items() if hasattr(c, "_attn_implementation")}
     before = {k: c._attn_implementation for k, c in configs.items()}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         for c in configs.values():
             c._attn_implementation = "eager"
+        torch.backends.mha.set_fastpath_enabled(False)
         yield
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for k, c in configs.items():
             c._attn_implementation = before[k]
 
