@@ -30,7 +30,7 @@ from torch.nn.utils import prune as torch_prune
 
 from prunelab.errors import SpecError
 from prunelab.pruning.context import PruneContext
-from prunelab.pruning.layers import describe, select_layers
+from prunelab.pruning.layers import describe, select_layers, selection_identity
 from prunelab.pruning.mask import Mask
 from prunelab.pruning.methods import TrainingMethod, register_method
 from prunelab.spec import FrozenSpec
@@ -102,12 +102,11 @@ class GMP(TrainPlugin):
         self._modules: dict[str, nn.Module] = {}
 
     def identity(self) -> dict[str, Any]:
-        out = {**super().identity(), "sparsity": self.sparsity}
-        if self.layers != "all":
-            out["layers"] = self.layers
-        if self.exclude:
-            out["exclude"] = list(self.exclude)
-        return out
+        return {
+            **super().identity(),
+            "sparsity": self.sparsity,
+            **selection_identity(self.layers, self.exclude),
+        }
 
     def _chosen(self, model: nn.Module) -> list[str]:
         chosen = select_layers(model, self.layers, self.exclude)

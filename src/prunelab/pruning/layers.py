@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -66,6 +67,16 @@ def resolve_layer(name: str, layers: Sequence[LayerInfo], what: str = "layer") -
     close = difflib.get_close_matches(str(name), [layer.name for layer in layers], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise SpecError(f"unknown {what} {name!r}.{hint} Prunable layers: {describe(layers)}.")
+
+
+def selection_identity(layers: str = "all", exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """What a layer selection adds to a plug-in's identity: only what differs from every layer."""
+    out: dict[str, Any] = {}
+    if layers != "all":
+        out["layers"] = layers
+    if exclude:
+        out["exclude"] = list(exclude)
+    return out
 
 
 def select_layers(model: nn.Module, layers: str = "all", exclude: Sequence[str] = ()) -> list[LayerInfo]:

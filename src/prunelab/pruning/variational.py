@@ -32,7 +32,7 @@ from torch import nn
 
 from prunelab.errors import SpecError
 from prunelab.pruning.context import PruneContext
-from prunelab.pruning.layers import describe, select_layers
+from prunelab.pruning.layers import describe, select_layers, selection_identity
 from prunelab.pruning.mask import Mask
 from prunelab.pruning.methods import TrainingMethod, register_method
 from prunelab.spec import FrozenSpec
@@ -193,12 +193,7 @@ class SparseVD(TrainPlugin):
         self._trainer: Trainer | None = None
 
     def identity(self) -> dict[str, Any]:
-        out = super().identity()
-        if self.layers != "all":
-            out["layers"] = self.layers
-        if self.exclude:
-            out["exclude"] = list(self.exclude)
-        return out
+        return {**super().identity(), **selection_identity(self.layers, self.exclude)}
 
     def _chosen(self, model: nn.Module) -> list[str]:
         chosen = select_layers(model, self.layers, self.exclude)
