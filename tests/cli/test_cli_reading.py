@@ -40,6 +40,23 @@ def test_listings_never_break_a_name(capsys, monkeypatch, width, listing):
     assert shown <= known, shown - known  # no piece of a flag cut at the end of a line
 
 
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("command", ["run", "train", "sweep", "bench", "export", "report"])
+def test_help_shows_every_flag_whole(width, command):
+    """Typer's panels cut a flag too long for their column (``--slimming-min-chann…``); where a
+    panel cannot hold every flag whole, the help takes click's plain layout instead."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": str(width)})
+    assert result.exit_code == 0, result.output
+    group = typer.main.get_command(app)
+    params = group.get_command(typer.Context(group), command).params
+    flags = {o for p in params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+    words = set(re.split(r"[\s,/│]+", result.output))
+    assert flags and flags <= words, sorted(flags - words)
+    assert "…" not in "".join(w for w in words if w.startswith("--"))
+
+
 def test_a_table_too_wide_for_its_words_shows_each_row_as_a_block():
     table = Table("t", ["name", "settings"], [["a", "--a-very-long-flag-name-indeed (1)"]])
     wide, narrow = ui.render(table, width=60), ui.render(table, width=36)

@@ -41,6 +41,50 @@ class _FlagsShowNoType:
                 param.metavar = ""
         return params
 
+    def format_help(self, ctx, formatter) -> None:
+        """Typer's panels where every flag fits whole; else click's plain layout, which puts a long
+        flag's help on the next line. A panel too narrow cuts flag names (``--slimming-min-chann…``),
+        and a flag must copy-paste whole at any width."""
+        if getattr(self, "rich_markup_mode", None) is not None and not _panel_fits(self, ctx):
+            typer_class = TyperGroup if isinstance(self, TyperGroup) else TyperCommand
+            return super(typer_class, self).format_help(ctx, formatter)  # click's own layout
+        return super().format_help(ctx, formatter)  # type: ignore[misc]
+
+
+#: the narrowest help column a panel may leave (else its flags and types would be cut instead)
+MIN_HELP_WIDTH = 16
+
+
+def _panel_fits(command, ctx) -> bool:
+    """Whether typer's options panel shows every flag and type whole at the console's width: the
+    widest flag, negative flag, short flag and type, each column's padding, the panel's borders and
+    a help column as wide as its longest word (a path; at least :data:`MIN_HELP_WIDTH`, at most 40)."""
+    from typer import rich_utils
+
+    params = command.get_params(ctx)
+    if not params:
+        return True
+
+    def widest(values) -> int:
+        return max((len(v) for v in values), default=0)
+
+    columns = [
+        widest(",".join(o for o in p.opts if o.startswith("--")) for p in params),
+        widest(",".join(o for o in p.opts if not o.startswith("--")) for p in params),
+        widest(",".join(p.secondary_opts) for p in params),
+        widest(_type_label(p, ctx) for p in params),
+    ]
+    used = sum(w + 2 for w in columns if w) + 4 + (2 if any(p.required for p in params) else 0)
+    words = widest(word for p in params for word in (getattr(p, "help", None) or "").split())
+    return used + max(MIN_HELP_WIDTH, min(words, 40)) <= rich_utils._get_rich_console().width
+
+
+def _type_label(param, ctx) -> str:
+    """The type column typer shows for ``param`` (``INT``, ``FLOAT RANGE [x>=1]``)."""
+    label = param.display_type_rich(ctx=ctx) or ""
+    ranged = getattr(param, "_get_number_range_help_str", lambda: "")()
+    return f"{label} [{ranged}]" if ranged else label
+
 
 class Command(_FlagsShowNoType, TyperCommand):
     """A prunelab command."""
