@@ -204,3 +204,59 @@ def test_a_model_failing_on_its_example_names_the_layer_and_ops_without_rules_fr
     result = compact(model, Mask(keep), torch.zeros(1, 3, 4))
     assert not result.removed and count_parameters(result.model) == count_parameters(model)
     assert_same_outputs(result.model, masked_copy(model, Mask(keep)), (3, 4))
+
+
+class _Permuted(nn.Module):
+    """``linear`` reading its inputs in another order: the same function, summed in another order."""
+
+    def __init__(self, linear: nn.Linear, order: torch.Tensor) -> None:
+        super().__init__()
+        self.order = order
+        self.fc = nn.Linear(linear.in_features, linear.out_features)
+        with torch.no_grad():
+            self.fc.weight.copy_(linear.weight[:, order])
+            self.fc.bias.copy_(linear.bias)
+        self.bn = nn.BatchNorm1d(linear.out_features)
+
+    def forward(self, x):
+        return self.bn(self.fc(x[:, self.order]))
+
+
+def _near_constant_pair():
+    """A linear layer whose outputs barely vary over a batch, then train-mode BatchNorm, which
+    divides float32 rounding (~1e-7) by that small deviation (~1e-4): beyond tolerance in float32,
+    far within it in float64. Eval mode (running statistics 0 and 1) does not amplify it."""
+    torch.manual_seed(0)
+    fc = nn.Linear(512, 4)
+    with torch.no_grad():
+        fc.weight.mul_(1e-3)
+        fc.bias.fill_(1.0)
+    reference = nn.Sequential()
+    reference.fc, reference.bn = fc, nn.BatchNorm1d(4)
+    return reference, _Permuted(fc, torch.randperm(512))
+
+
+def test_the_check_takes_float64_where_float32_rounding_alone_is_off():
+    from prunelab.compress.compact import _checked, _compared, check, check_inputs
+
+    reference, net = _near_constant_pair()
+    example = torch.zeros(1, 512)
+    x = check_inputs(reference, example, 16, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with pytest.raises(Exception, match="in train mode"):  # float32 alone would refuse it
+            _checked(_compared(reference, net, x, net), net, x, True, None, locate=False)
+        float32 = _checked(_compared(reference, net, x, net, modes=(True,)), net, x, False, None)
+    error = check(net, reference, example, torch.Generator().manual_seed(0), 16, exact=True)
+    assert float32 > 1e-5 and error < float32 / 100  # the float64 verdict: the same function
+
+
+def test_an_inexact_model_is_refused_naming_the_first_layer_that_differs():
+    from prunelab.compress.compact import check
+
+    reference = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    net = copy.deepcopy(reference)
+    with torch.no_grad():
+        net[2].weight[0, 0] += 0.5
+    with pytest.raises(PrunelabError, match=r"changed its outputs by .*layer '2' are the first to differ"):
+        check(net, reference, torch.zeros(1, 6), torch.Generator().manual_seed(0), 8, exact=True)
+    assert check(net, reference, torch.zeros(1, 6), torch.Generator().manual_seed(0), 8, exact=False) > 0.01

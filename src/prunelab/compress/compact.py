@@ -525,30 +525,69 @@ def check(
     trace missed happens in the code feeding it.
     """
     x = check_inputs(reference, example, batch, generator)
-    try:
-        return _checked(_compared(reference, net, x, net), net, x, exact, kept)
-    except _Inexact as first:  # float32 rounding, or a real difference? float64 tells
+    try:  # where a float32 difference is found is only worth looking for if float64 confirms it
+        return _checked(_compared(reference, net, x, net), net, x, exact, kept, locate=False)
+    except _Inexact as first:  # float32 rounding, or a real difference? float64 tells, in that mode
         try:
             with torch.no_grad():
                 pairs = _compared(
-                    copy.deepcopy(reference).double(), copy.deepcopy(net).double(), _double(x), net
+                    copy.deepcopy(reference).double(),
+                    copy.deepcopy(net).double(),
+                    _double(x),
+                    net,
+                    modes=(first.training,),
                 )
         except PrunelabError:
             raise
         except Exception:  # code that builds float32 tensors of its own: the float32 verdict stands
             raise PrunelabError(str(first)) from None
         try:
-            return _checked(pairs, net, _double(x), exact, kept)
+            error = _checked(pairs, net, _double(x), exact, kept)
         except _Inexact as exc:
             raise PrunelabError(str(exc)) from None
+        if first.training:  # eval mode passed in float32 before train mode was found off
+            return max(error, first.passed)
+        # eval mode is within tolerance in float64; train mode was not compared yet
+        return max(error, _check_mode(reference, net, x, exact, kept, training=True))
+
+
+def _check_mode(reference: nn.Module, net: nn.Module, x: Any, exact: bool, kept, training: bool) -> float:
+    """:func:`check` in one mode, float32 first, float64 where float32 is off."""
+    try:
+        return _checked(
+            _compared(reference, net, x, net, modes=(training,)), net, x, exact, kept, locate=False
+        )
+    except _Inexact:
+        pass
+    try:
+        with torch.no_grad():
+            pairs = _compared(
+                copy.deepcopy(reference).double(),
+                copy.deepcopy(net).double(),
+                _double(x),
+                net,
+                modes=(training,),
+            )
+        return _checked(pairs, net, _double(x), exact, kept)
+    except _Inexact as exc:
+        raise PrunelabError(str(exc)) from None
 
 
 class _Inexact(Exception):
-    pass
+    """Outputs beyond tolerance in one mode (``training``); ``passed``: the largest difference of
+    the modes compared before it."""
+
+    def __init__(self, message: str, training: bool, passed: float) -> None:
+        super().__init__(message)
+        self.training = training
+        self.passed = passed
 
 
-def _checked(pairs: dict, net: nn.Module, x: Any, exact: bool, kept: dict[str, list[int]] | None) -> float:
-    """The largest difference over both modes; :class:`_Inexact` beyond tolerance when ``exact``."""
+def _checked(
+    pairs: dict, net: nn.Module, x: Any, exact: bool, kept: dict[str, list[int]] | None, locate: bool = True
+) -> float:
+    """The largest difference over the modes compared; :class:`_Inexact` beyond tolerance when
+    ``exact`` (naming the first layer whose kept outputs differ, when ``locate``)."""
     error = 0.0
     for training, (a, b, want, got) in pairs.items():
         if len(want) != len(got) or any(w.shape != g.shape for w, g in zip(want, got, strict=False)):
@@ -558,11 +597,13 @@ def _checked(pairs: dict, net: nn.Module, x: Any, exact: bool, kept: dict[str, l
         scale = max((float(w.abs().max()) for w in want), default=0.0)
         tolerance = 1e-5 * max(1.0, scale)
         if exact and not found <= tolerance:
-            where = _locate(a, b, x, kept or {})
+            where = _locate(a, b, x, kept or {}) if locate else ""
             raise _Inexact(
                 f"compacting {type(net).__name__} changed its outputs{' in train mode' if training else ''} by "
                 f"{found:.3g} (tolerance {tolerance:.3g}); {where}its forward code likely mixes or reorders "
-                "channels in a way the trace does not see: such models cannot be compacted"
+                "channels in a way the trace does not see: such models cannot be compacted",
+                training,
+                error,
             )
         error = max(error, found)
     return error
@@ -574,11 +615,13 @@ def _double(x: Any) -> Any:
     return x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
 
 
-def _compared(reference: nn.Module, net: nn.Module, x: Any, original: nn.Module) -> dict:
+def _compared(
+    reference: nn.Module, net: nn.Module, x: Any, original: nn.Module, modes: tuple[bool, ...] = (False, True)
+) -> dict:
     """Per mode (eval, train): the two models in it and their outputs on ``x`` (a model that fails
     in train mode uncompacted too is compared in eval mode only)."""
     out = {}
-    for training in (False, True):
+    for training in modes:
         a, b = (copy.deepcopy(reference), copy.deepcopy(net)) if training else (reference, net)
         a.train(training)
         b.train(training)
