@@ -42,8 +42,10 @@ class UnionFind:
         self.parent = torch.zeros(1, dtype=torch.long)
 
     def grow(self, size: int) -> None:
-        if size > len(self.parent):
-            self.parent = torch.cat([self.parent, torch.arange(len(self.parent), size)])
+        """Room for members ``0 .. size-1`` (capacity doubles: a trace adds thousands of spaces)."""
+        have = len(self.parent)
+        if size > have:
+            self.parent = torch.cat([self.parent, torch.arange(have, max(size, 2 * have))])
 
     def find(self, x: torch.Tensor) -> torch.Tensor:
         """The roots of ``x`` (a tensor of members), compressing the paths walked."""
@@ -113,8 +115,7 @@ class Labels:
     def __init__(self) -> None:
         self.spaces: list[Space] = []
         self.by_key: dict[tuple[str, int], Space] = {}
-        self._owner: list[torch.Tensor] = [torch.tensor([-1])]
-        self._owner_all: torch.Tensor | None = None
+        self._owner = torch.tensor([-1])  # label -> its space's index (capacity beyond total)
         self.total = 1
         self.chan = UnionFind()
         self.unit = UnionFind()
@@ -136,21 +137,22 @@ class Labels:
         space = Space(len(self.spaces), tensor, dim, size, self.total - 1, buffer)
         self.spaces.append(space)
         self.by_key[key] = space
-        self._owner.append(torch.full((size,), space.index, dtype=torch.long))
-        self._owner_all = None
         self.total += size
+        have = len(self._owner)
+        if self.total > have:  # capacities double: a trace adds thousands of spaces
+            room = max(self.total, 2 * have) - have
+            self._owner = torch.cat([self._owner, torch.full((room,), -1, dtype=torch.long)])
+            self.frozen_at = torch.cat([self.frozen_at, torch.full((room,), -1, dtype=torch.long)])
+        self._owner[space.offset + 1 : self.total] = space.index
         for uf in (self.chan, self.unit):
             uf.grow(self.total)
         self.space_uf.grow(len(self.spaces))
-        self.frozen_at = torch.cat([self.frozen_at, torch.full((size,), -1, dtype=torch.long)])
         return space
 
     @property
     def owner(self) -> torch.Tensor:
         """Label -> the index of its space."""
-        if self._owner_all is None:
-            self._owner_all = torch.cat(self._owner)
-        return self._owner_all
+        return self._owner[: self.total]
 
     # unions ---------------------------------------------------------------------------------------
     def same(self, a: torch.Tensor, b: torch.Tensor, where: str) -> None:
@@ -183,9 +185,9 @@ class Labels:
             self.chan.union(a, b)
         self.unit.union(a, b)
         owner = self.owner
-        pairs = torch.unique(torch.stack([owner[a], owner[b]], 1), dim=0).tolist()
-        for sa, sb in pairs:
-            self._join_spaces(sa, sb, kind)
+        n = len(self.spaces)
+        for key in torch.unique(owner[a] * n + owner[b]).tolist():  # the pairs of spaces joined
+            self._join_spaces(key // n, key % n, kind)
 
     def _join_spaces(self, sa: int, sb: int, kind: str) -> None:
         ra, rb = self.space_uf.find_one(sa), self.space_uf.find_one(sb)
