@@ -525,9 +525,16 @@ def check(
     trace missed happens in the code feeding it.
     """
     x = check_inputs(reference, example, batch, generator)
-    try:  # where a float32 difference is found is only worth looking for if float64 confirms it
-        return _checked(_compared(reference, net, x, net), net, x, exact, kept, locate=False)
-    except _Inexact as first:  # float32 rounding, or a real difference? float64 tells, in that mode
+    return max(_check_mode(reference, net, x, exact, kept, training) for training in (False, True))
+
+
+def _check_mode(reference: nn.Module, net: nn.Module, x: Any, exact: bool, kept, training: bool) -> float:
+    """:func:`check` in one mode: float32, then float64 where float32 is off (where the outputs
+    differ is looked for only when float64 confirms it)."""
+    try:
+        pairs = _compared(reference, net, x, net, modes=(training,))
+        return _checked(pairs, net, x, exact, kept, locate=False)
+    except _Inexact as first:  # float32 rounding, or a real difference? float64 tells
         try:
             with torch.no_grad():
                 pairs = _compared(
@@ -535,52 +542,20 @@ def check(
                     copy.deepcopy(net).double(),
                     _double(x),
                     net,
-                    modes=(first.training,),
+                    modes=(training,),
                 )
         except PrunelabError:
             raise
         except Exception:  # code that builds float32 tensors of its own: the float32 verdict stands
             raise PrunelabError(str(first)) from None
         try:
-            error = _checked(pairs, net, _double(x), exact, kept)
+            return _checked(pairs, net, _double(x), exact, kept)
         except _Inexact as exc:
             raise PrunelabError(str(exc)) from None
-        if first.training:  # eval mode passed in float32 before train mode was found off
-            return max(error, first.passed)
-        # eval mode is within tolerance in float64; train mode was not compared yet
-        return max(error, _check_mode(reference, net, x, exact, kept, training=True))
-
-
-def _check_mode(reference: nn.Module, net: nn.Module, x: Any, exact: bool, kept, training: bool) -> float:
-    """:func:`check` in one mode, float32 first, float64 where float32 is off."""
-    try:
-        return _checked(
-            _compared(reference, net, x, net, modes=(training,)), net, x, exact, kept, locate=False
-        )
-    except _Inexact:
-        pass
-    try:
-        with torch.no_grad():
-            pairs = _compared(
-                copy.deepcopy(reference).double(),
-                copy.deepcopy(net).double(),
-                _double(x),
-                net,
-                modes=(training,),
-            )
-        return _checked(pairs, net, _double(x), exact, kept)
-    except _Inexact as exc:
-        raise PrunelabError(str(exc)) from None
 
 
 class _Inexact(Exception):
-    """Outputs beyond tolerance in one mode (``training``); ``passed``: the largest difference of
-    the modes compared before it."""
-
-    def __init__(self, message: str, training: bool, passed: float) -> None:
-        super().__init__(message)
-        self.training = training
-        self.passed = passed
+    pass
 
 
 def _checked(
@@ -601,9 +576,7 @@ def _checked(
             raise _Inexact(
                 f"compacting {type(net).__name__} changed its outputs{' in train mode' if training else ''} by "
                 f"{found:.3g} (tolerance {tolerance:.3g}); {where}its forward code likely mixes or reorders "
-                "channels in a way the trace does not see: such models cannot be compacted",
-                training,
-                error,
+                "channels in a way the trace does not see: such models cannot be compacted"
             )
         error = max(error, found)
     return error
