@@ -118,27 +118,25 @@ class SparseLinear(nn.Module):
         return x.dtype is torch.float32 and x.is_cpu and not grad and self.descriptor() is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        flat = x.reshape(-1, self.in_features)
         desc = self.descriptor()
         if (
             desc is not None
-            and flat.dtype is torch.float32
-            and flat.is_cpu
-            and not (flat.requires_grad and torch.is_grad_enabled())
-        ):
-            if not flat.is_contiguous():
-                flat = flat.contiguous()
+            and x.dtype is torch.float32
+            and x.is_cpu
+            and not (x.requires_grad and torch.is_grad_enabled())
+        ):  # the kernel's path, kept short: at batch 1 a small layer's call lasts microseconds
+            flat = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, self.in_features).contiguous()
             out = torch.empty(flat.shape[0], self.out_features)
             native.run(desc, flat, out, flat.shape[0], 1, native.ROWS)
-        else:
-            xt = flat.t()
-            if not xt.is_contiguous():
-                xt = xt.contiguous()
-            w = self.csr_weight()
-            out = (
-                torch.sparse.mm(w, xt) if self.bias is None else torch.addmm(self.bias[:, None], w, xt)
-            ).t()  # a view: the next SparseLinear on this path gets its transposed input for free
+            return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
+        lead = x.shape[:-1]
+        xt = x.reshape(-1, self.in_features).t()
+        if not xt.is_contiguous():
+            xt = xt.contiguous()
+        w = self.csr_weight()
+        out = (
+            torch.sparse.mm(w, xt) if self.bias is None else torch.addmm(self.bias[:, None], w, xt)
+        ).t()  # a view: the next SparseLinear on this path gets its transposed input for free
         return out if len(lead) == 1 else out.reshape(*lead, self.out_features)
 
     def descriptor(self) -> native.Packed | None:
