@@ -210,10 +210,7 @@ class GradualMagnitude(TrainingMethod):
 
     def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
         """The non-zero weights of the layers the gradual pruning covered, within ``mask``."""
-        chosen = [layer.param for layer in select_layers(model, spec.layers, spec.exclude)]
-        base = mask if mask is not None else Mask.ones(model)
-        base.check_fits(model)
-        out = base.and_nonzero(model, chosen)
+        out = self.nonzero_within(model, mask, spec)
         if not context.trial:
             context.note(
                 f"{spec.method} keeps the weights its gradual pruning left: density {out.density():.2%}"

@@ -202,6 +202,19 @@ class TrainingMethod(PruningMethod):
         if self.once is not None and spec.rounds != 1:
             raise SpecError(f"method {spec.method!r} {self.once}: use rounds 1 (got {spec.rounds})")
 
+    @staticmethod
+    def nonzero_within(model: nn.Module, mask: Mask | None, spec) -> Mask:
+        """``mask`` (None: dense) with the exact zeros of the layers ``spec`` selects pruned too:
+        what a training that trains zeros into the weights (sparse VD, gradual pruning) leaves."""
+        from prunelab.pruning.layers import select_layers
+        from prunelab.pruning.mask import Mask
+
+        base = mask if mask is not None else Mask.ones(model)
+        base.check_fits(model)
+        return base.and_nonzero(
+            model, [layer.param for layer in select_layers(model, spec.layers, spec.exclude)]
+        )
+
 
 METHODS: Registry[PruningMethod] = Registry("pruning method", builtins="prunelab.pruning")
 

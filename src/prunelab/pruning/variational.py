@@ -270,10 +270,7 @@ class SparseVDMethod(TrainingMethod):
     def select(self, model: nn.Module, mask: Mask | None, spec, context: PruneContext, generator) -> Mask:
         """The non-zero weights of the layers the variational training covered (after it, the pruned
         ones are exact zeros), within ``mask``."""
-        chosen = [layer.param for layer in select_layers(model, spec.layers, spec.exclude)]
-        base = mask if mask is not None else Mask.ones(model)
-        base.check_fits(model)
-        out = base.and_nonzero(model, chosen)
+        out = self.nonzero_within(model, mask, spec)
         if not context.trial:
             context.note(
                 f"{spec.method} keeps the weights its variational training left (log alpha <= "
