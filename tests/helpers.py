@@ -1,6 +1,7 @@
 """What several test modules share (``from helpers import tiny``): small specs, a lock held elsewhere,
-the check that a compacted model computes what the masked one does."""
+the check that a compacted model computes what the masked one does, a checkpoint through disk."""
 
+import io
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -95,3 +96,11 @@ def run_example(name: str, *args: object) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def through_disk(state: dict) -> dict:
+    """What the experiment runner does with a checkpoint: torch.save, then a weights-only load on the CPU."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, map_location="cpu", weights_only=True)

@@ -2,12 +2,12 @@
 their formula's, each step removes the smallest alive weights (checked with numpy on the weights the
 step saw), the method runs from the command line, and a run killed mid-way resumes identically."""
 
-import io
 from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
+from helpers import through_disk
 from torch import nn
 
 from prunelab.data import load_dataset
@@ -98,13 +98,6 @@ def test_every_step_prunes_the_smallest_alive_weights_to_the_schedules_sparsity(
         assert int((~kept).sum()) == round(0.8 * kept.numel())
         assert torch.equal(dict(trainer.model.named_parameters())[name] != 0, kept)
     assert result.reports["gmp"]["steps"][-1] == [23, pytest.approx(0.8)]
-
-
-def through_disk(state):
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, map_location="cpu", weights_only=True)
 
 
 def test_a_gradual_pruning_killed_mid_way_resumes_with_identical_numbers(data):

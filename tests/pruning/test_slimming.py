@@ -2,11 +2,11 @@
 |gamma| threshold, no layer emptied, the compaction of slimmed channels, the early-bird stop rule on
 hand-made masks, and a search killed mid-way that finds the same ticket."""
 
-import io
 from dataclasses import asdict
 
 import pytest
 import torch
+from helpers import through_disk
 from torch import nn
 
 from prunelab.compress import compact
@@ -201,13 +201,6 @@ def test_the_early_bird_rule_on_hand_made_masks():
     # the same mask every epoch: not before the queue is full
     queue = MaskQueue(5, 0.1)
     assert [queue.push(mask(3))[0] for _ in range(6)] == [False] * 4 + [True, True]
-
-
-def through_disk(state):
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, map_location="cpu", weights_only=True)
 
 
 def test_an_early_bird_search_killed_mid_way_finds_the_same_ticket(data):

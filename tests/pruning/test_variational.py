@@ -2,13 +2,13 @@
 local reparameterisation, the log alpha > 3 rule, conversion back to plain layers with the same eval
 outputs, the KL term's scale and warm-up, an exact resume, and the method from the command line."""
 
-import io
 import math
 from dataclasses import asdict
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import through_disk
 from torch import nn
 
 from prunelab.data import load_dataset
@@ -116,13 +116,6 @@ def test_the_kl_term_is_scaled_by_the_training_size_and_warmed_up(data):
     torch.testing.assert_close(plugin.loss(model, None, None), 0.5 * 0.4 * kl / len(data.train))
     trainer.iteration = 25
     torch.testing.assert_close(plugin.loss(model, None, None), 0.5 * kl / len(data.train))
-
-
-def through_disk(state):
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, map_location="cpu", weights_only=True)
 
 
 def test_a_variational_training_killed_mid_way_resumes_with_identical_numbers(data):

@@ -1,11 +1,11 @@
 """Training hooks: each hook point against a hand computation, with every step kind, and resumed exactly."""
 
-import io
 from dataclasses import asdict
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import through_disk
 from torch import nn
 
 from prunelab.data import load_dataset
@@ -178,13 +178,6 @@ class StopAfter(TrainHook):
 
     def load_state_dict(self, state):
         self.seen, self.norms = int(state["seen"]), state["norms"].clone()
-
-
-def through_disk(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, map_location="cpu", weights_only=True)
 
 
 def test_epoch_end_hook_stops_training_and_the_reason_is_recorded(data):

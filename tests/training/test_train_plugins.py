@@ -2,12 +2,12 @@
 mask, the step kind they leave, their reports, and a kill mid-training resumed with identical numbers."""
 
 import copy
-import io
 from dataclasses import asdict
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import through_disk
 from torch import nn
 
 from prunelab.data import load_dataset
@@ -109,13 +109,6 @@ def test_a_plugin_that_swaps_layers_falls_back_to_autograd_and_is_converted_back
         torch.testing.assert_close(model.eval()(x), trained["model"].eval()(x))
     with pytest.raises(RuntimeError, match="converted its layers back"):
         trainer.run()
-
-
-def through_disk(state):
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, map_location="cpu", weights_only=True)
 
 
 def test_a_swapped_run_killed_mid_training_resumes_with_identical_numbers(data):

@@ -1,9 +1,9 @@
-import io
 import math
 from dataclasses import asdict
 
 import pytest
 import torch
+from helpers import through_disk
 from torch import nn
 
 from prunelab.data import load_dataset
@@ -58,14 +58,6 @@ def test_learns_above_chance(data):
 
 def without_time(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k != "wall_time"}
-
-
-def through_disk(state: dict) -> dict:
-    """What the experiment runner does with a checkpoint: torch.save, then a weights-only load on the CPU."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, map_location="cpu", weights_only=True)
 
 
 OPTIMIZERS = [
