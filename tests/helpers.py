@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -104,3 +105,20 @@ def through_disk(state: dict) -> dict:
     torch.save(state, buffer)
     buffer.seek(0)
     return torch.load(buffer, map_location="cpu", weights_only=True)
+
+
+def killed_at_epoch_end(trainer, epoch: int = 1) -> dict:
+    """Run ``trainer`` to the end of epoch ``epoch``, then kill it (``KeyboardInterrupt``) right
+    after checkpointing it through disk: the checkpoint a killed run leaves behind."""
+    saved: dict = {}
+    ends: list[int] = []
+
+    def kill(t) -> None:
+        ends.append(t.iteration)
+        if len(ends) == epoch:
+            saved.update(through_disk(t.state_dict()))
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(on_epoch_end=kill)
+    return saved

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
-from helpers import through_disk
+from helpers import killed_at_epoch_end
 from torch import nn
 
 from prunelab.data import load_dataset
@@ -105,14 +105,7 @@ def test_a_gradual_pruning_killed_mid_way_resumes_with_identical_numbers(data):
     settings = GMPSettings(every="3it", steps=6)
     straight = Trainer(mlp(), data, cfg, seed=4, hooks=[GMP(settings, sparsity=0.7)])
     expected = straight.run()
-    saved = {}
-
-    def kill(trainer):
-        saved.update(through_disk(trainer.state_dict()))
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(mlp(), data, cfg, seed=4, hooks=[GMP(settings, sparsity=0.7)]).run(on_epoch_end=kill)
+    saved = killed_at_epoch_end(Trainer(mlp(), data, cfg, seed=4, hooks=[GMP(settings, sparsity=0.7)]))
     assert "1.weight_mask" in saved["model"] and saved["hooks"][0]["done"]
     resumed = Trainer(mlp(), data, cfg, seed=4, hooks=[GMP(settings, sparsity=0.7)])
     resumed.load_state_dict(saved)

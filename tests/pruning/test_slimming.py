@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from helpers import through_disk
+from helpers import killed_at_epoch_end
 from torch import nn
 
 from prunelab.compress import compact
@@ -223,16 +223,7 @@ def test_an_early_bird_search_killed_mid_way_finds_the_same_ticket(data):
     distances = expected.reports["early-bird"]["distances"]
     assert distances[ticket["epoch"] - 1] < 0.1 and all(d is None or d >= 0 for d in distances)
 
-    saved, ends = {}, []
-
-    def kill(t):
-        ends.append(t.iteration)
-        if len(ends) == ticket["epoch"] - 2:
-            saved.update(through_disk(t.state_dict()))
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        trainer().run(on_epoch_end=kill)
+    saved = killed_at_epoch_end(trainer(), ticket["epoch"] - 2)
     resumed = trainer()
     resumed.load_state_dict(saved)
     result = resumed.run()

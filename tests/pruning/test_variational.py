@@ -8,7 +8,7 @@ from dataclasses import asdict
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import through_disk
+from helpers import killed_at_epoch_end
 from torch import nn
 
 from prunelab.data import load_dataset
@@ -125,14 +125,7 @@ def test_a_variational_training_killed_mid_way_resumes_with_identical_numbers(da
     expected = straight.run()
     assert [type(m) for m in straight.model] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]
     assert 0 < expected.mask.density() < 1  # some log alpha went over 3
-    saved = {}
-
-    def kill(trainer):
-        saved.update(through_disk(trainer.state_dict()))
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(mlp(), data, cfg, seed=4, hooks=[SparseVD(settings)]).run(on_epoch_end=kill)
+    saved = killed_at_epoch_end(Trainer(mlp(), data, cfg, seed=4, hooks=[SparseVD(settings)]))
     assert "1.log_sigma2" in saved["model"]
     resumed = Trainer(mlp(), data, cfg, seed=4, hooks=[SparseVD(settings)])
     resumed.load_state_dict(saved)

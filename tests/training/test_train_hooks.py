@@ -5,7 +5,7 @@ from dataclasses import asdict
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import through_disk
+from helpers import killed_at_epoch_end, through_disk
 from torch import nn
 
 from prunelab.data import load_dataset
@@ -199,16 +199,7 @@ def test_stop_and_hook_state_survive_a_resume(data, kill_after):
     straight_hook = StopAfter(3)
     straight = Trainer(mlp(data), data, cfg, seed=2, hooks=[straight_hook]).run()
 
-    saved, ends = {}, []
-
-    def kill(trainer):
-        ends.append(trainer.iteration)
-        if len(ends) == kill_after:
-            saved.update(through_disk(trainer.state_dict()))
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(mlp(data), data, cfg, seed=2, hooks=[StopAfter(3)]).run(on_epoch_end=kill)
+    saved = killed_at_epoch_end(Trainer(mlp(data), data, cfg, seed=2, hooks=[StopAfter(3)]), kill_after)
     hook = StopAfter(3)
     resumed = Trainer(mlp(data), data, cfg, seed=2, hooks=[hook])
     resumed.load_state_dict(saved)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import through_disk
+from helpers import killed_at_epoch_end
 from torch import nn
 
 from prunelab.data import load_dataset
@@ -115,14 +115,7 @@ def test_a_swapped_run_killed_mid_training_resumes_with_identical_numbers(data):
     cfg = TrainConfig(epochs=3, batch_size=64, eval_every="4it", optimizer="sgd", lr=0.05, momentum=0.9)
     straight = Trainer(mlp(data), data, cfg, seed=3, hooks=[Gates()])
     expected = straight.run()
-    saved = {}
-
-    def kill(trainer):
-        saved.update(through_disk(trainer.state_dict()))
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(mlp(data), data, cfg, seed=3, hooks=[Gates()]).run(on_epoch_end=kill)
+    saved = killed_at_epoch_end(Trainer(mlp(data), data, cfg, seed=3, hooks=[Gates()]))
     assert "1.gate" in saved["model"]  # the variant's parameters are checkpointed with the model's
     resumed = Trainer(mlp(data), data, cfg, seed=3, hooks=[Gates()])
     resumed.load_state_dict(saved)

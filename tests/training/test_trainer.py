@@ -3,7 +3,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from helpers import through_disk
+from helpers import killed_at_epoch_end
 from torch import nn
 
 from prunelab.data import load_dataset
@@ -145,18 +145,8 @@ def test_resume_from_epoch_checkpoint_gives_identical_results(noisy, dropout, ki
     straight_model = small_model(data, dropout=dropout)
     straight = Trainer(straight_model, data, cfg, seed=3).run()
 
-    saved = {}
-    epochs = []
-
-    def kill(trainer):
-        epochs.append(trainer.iteration)
-        if len(epochs) == kill_after:
-            saved.update(through_disk(trainer.state_dict()))
-            raise KeyboardInterrupt
-
     first = Trainer(small_model(data, dropout=dropout), data, cfg, seed=3)
-    with pytest.raises(KeyboardInterrupt):
-        first.run(on_epoch_end=kill)
+    saved = killed_at_epoch_end(first, kill_after)
     assert saved["best"] is not None and saved["train_totals"][2] > 0  # both are carried over
     resumed_model = small_model(data, seed=99, dropout=dropout)  # weights come from the checkpoint
     resumed = Trainer(resumed_model, data, cfg, seed=3)
