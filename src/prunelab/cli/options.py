@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # the spec machinery (pydantic) is imported when a command wi
 
 
 # commands ------------------------------------------------------------------------------------------
-class _FlagsShowNoType:
-    """A flag takes no value, so its help shows no type label (typer's ``<bool>``), --help included."""
+class _ReadableHelp:
+    """Help as people read it: a flag takes no value, so it shows no type label (typer's ``<bool>``),
+    --help included; and every flag is shown whole, whatever the terminal's width."""
 
     def get_help_option(self, ctx):
         option = super().get_help_option(ctx)  # type: ignore[misc]
@@ -86,11 +87,11 @@ def _type_label(param, ctx) -> str:
     return f"{label} [{ranged}]" if ranged else label
 
 
-class Command(_FlagsShowNoType, TyperCommand):
+class Command(_ReadableHelp, TyperCommand):
     """A prunelab command."""
 
 
-class Group(_FlagsShowNoType, TyperGroup):
+class Group(_ReadableHelp, TyperGroup):
     """A group of prunelab commands (``data``)."""
 
 
