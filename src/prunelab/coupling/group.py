@@ -100,16 +100,6 @@ class Group:
             out[m.tensor] = out[m.tensor] & pattern if m.tensor in out else pattern.clone()
         return out
 
-    def unit_alive(self, mask: Mapping[str, torch.Tensor], scored: set[str]) -> torch.Tensor:
-        """Per unit: whether any of its positions in a scored member's mask is kept."""
-        alive = torch.zeros(self.count, dtype=torch.bool)
-        for m in self.params():
-            if m.tensor not in scored or m.tensor not in mask:
-                continue
-            kept = mask[m.tensor].movedim(m.dim, 0).reshape(mask[m.tensor].shape[m.dim], -1).any(1)
-            alive.index_put_((m.units,), kept.cpu(), accumulate=True)
-        return alive
-
     def layers(self) -> list[str]:
         """The modules the group's parameters belong to, in trace order; ``name:in`` where the
         module reads the group's channels (a consumer's input side)."""
