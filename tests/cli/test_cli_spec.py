@@ -267,7 +267,7 @@ def test_a_registered_treatment_appears_without_editing_the_cli():
         assert "test-only-treatment" in text and "a treatment defined in a test" in text
         assert ExperimentSpec(treatment="test-only-treatment").treatment.kind == "test-only-treatment"
     finally:
-        TREATMENTS._items.pop("test-only-treatment")
+        TREATMENTS.unregister("test-only-treatment")
 
 
 def test_every_spec_field_has_a_description_for_its_help():
